@@ -1,0 +1,8 @@
+"""
+The orchestrator's on-chain side: JSON-RPC over Twisted, Livepeer contract
+access through the Controller, transactions with a nonce manager and capped
+EIP-1559 fees, the reward service, payment tickets and their redemption.
+
+Nothing here blocks the reactor: JSON-RPC goes through a L{twisted.web.client.Agent},
+and eth-abi / eth-account / eth-utils are used offline for encoding and signing.
+"""

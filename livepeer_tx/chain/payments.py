@@ -1,0 +1,255 @@
+"""
+What the C{POST /segment} handler calls to take payment: off-chain (accept
+everything) or with probabilistic micropayment tickets.
+"""
+
+import base64
+import binascii
+from fractions import Fraction
+
+from google.protobuf.message import DecodeError
+from prometheus_client import Counter
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from livepeer_tx.proto import lp_rpc_pb2
+
+from .redemption import PendingTicket
+from .tickets import Ticket, TicketError, SenderInfo, bytesInt, expectedValue
+
+TICKETS_RECEIVED = Counter("livepeer_tickets_recv", "Payment tickets received")
+WINNING_TICKETS_RECEIVED = Counter("livepeer_winning_tickets_recv", "Winning tickets received")
+PAYMENT_ERRORS = Counter("livepeer_payment_recv_errors", "Refused payments")
+
+
+class PaymentError(Exception):
+    """
+    A payment was refused.
+
+    @ivar status: the HTTP status to answer with.
+    @ivar message: go-livepeer's error text, for the response body.
+    """
+
+    def __init__(self, status, message):
+        Exception.__init__(self, message)
+        self.status = status
+        self.message = message
+
+
+def decodePayment(header):
+    """
+    Decode a C{Livepeer-Payment} header value.
+
+    @raise PaymentError: 402 for bad base64 or protobuf.
+    """
+    try:
+        raw = base64.b64decode(header, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise PaymentError(402, f"base64 decode error: {e}") from None
+    payment = lp_rpc_pb2.Payment()
+    try:
+        payment.ParseFromString(raw)
+    except DecodeError as e:
+        raise PaymentError(402, f"protobuf unmarshal error: {e}") from None
+    return payment
+
+
+class OffchainPayments:
+    """
+    Off-chain mode: every segment is free; a payment header is only decoded.
+    """
+
+    price = Fraction(0)
+
+    def processPayment(self, paymentHeader, sessionId):
+        """
+        Decode a non-empty header and accept it.
+        """
+        try:
+            if paymentHeader:
+                decodePayment(paymentHeader)
+        except PaymentError as e:
+            return _fail(e)
+        return succeed(None)
+
+    def checkBalance(self, sessionId):
+        """
+        Nothing is owed off-chain.
+        """
+
+    def debit(self, sessionId, encodedPixels):
+        """
+        Nothing is owed off-chain.
+        """
+
+    def ticketParams(self, senderAddress):
+        """
+        No ticket parameters off-chain: fires with L{None}.
+        """
+        return succeed(None)
+
+
+def _fail(error):
+    d = Deferred()
+    d.errback(error)
+    return d
+
+
+class TicketPayments:
+    """
+    On-chain mode: validate tickets, credit their expected value per session,
+    debit price × encoded pixels, queue winning tickets durably.
+
+    @ivar price: wei per pixel (a L{Fraction}).
+    @ivar balances: session id → credit in wei (a L{Fraction}).
+    """
+
+    _log = Logger()
+
+    def __init__(self, contracts, recipient, watcher, store, price, redeemGas=1_200_000):
+        self._contracts = contracts
+        self.recipient = recipient
+        self._watcher = watcher
+        self.store = store
+        self.price = Fraction(price)
+        self.redeemGas = redeemGas
+        self.balances = {}
+
+    async def _senderInfo(self, sender):
+        (deposit, withdrawRound), (reserve, claimed) = await self._contracts.ticketBroker.call(
+            "getSenderInfo", sender
+        )
+        return SenderInfo(deposit, withdrawRound, reserve, claimed)
+
+    def processPayment(self, paymentHeader, sessionId):
+        """
+        Validate and credit a payment's tickets.
+
+        @return: a L{Deferred} that fires once every winning ticket is on disk,
+            or fails with L{PaymentError}.
+        """
+        return Deferred.fromCoroutine(self._processPayment(paymentHeader, sessionId))
+
+    async def _processPayment(self, paymentHeader, sessionId):
+        if not paymentHeader:
+            return
+        payment = decodePayment(paymentHeader)
+        if not payment.HasField("ticket_params") or not payment.ticket_sender_params:
+            return
+        await self._watcher.ready
+        w = self._watcher
+        params = payment.ticket_params
+        expiration = (
+            payment.expiration_params
+            if payment.HasField("expiration_params")
+            else params.expiration_params
+        )
+        price = Fraction(0)
+        if payment.HasField("expected_price") and payment.expected_price.pixelsPerUnit > 0:
+            price = Fraction(payment.expected_price.pricePerUnit, payment.expected_price.pixelsPerUnit)
+        sender = bytes(payment.sender)
+        error = None
+        credit = Fraction(0)
+        winners = []
+        if len(sender) != 20:
+            error = TicketError("invalid ticket sender")
+        else:
+            senderInfo = await self._senderInfo(sender)
+        for senderParams in [] if error else payment.ticket_sender_params:
+            TICKETS_RECEIVED.inc()
+            ticket = Ticket(
+                recipient=bytes(params.recipient),
+                sender=sender,
+                faceValue=bytesInt(params.face_value),
+                winProb=bytesInt(params.win_prob),
+                senderNonce=senderParams.sender_nonce,
+                recipientRandHash=bytes(params.recipient_rand_hash),
+                creationRound=expiration.creation_round,
+                creationRoundBlockHash=bytes(expiration.creation_round_block_hash).rjust(32, b"\0"),
+            )
+            try:
+                won, rand = self.recipient.validate(
+                    ticket,
+                    bytes(senderParams.sig),
+                    bytes(params.seed),
+                    bytesInt(params.expiration_block),
+                    price,
+                    senderInfo,
+                    w.currentRound,
+                    w.lastL1Block,
+                )
+            except TicketError as e:
+                error = e
+                self._log.warn(
+                    "Error receiving ticket sessionID={session} recipientRandHash={hash} "
+                    "senderNonce={nonce}: {error}",
+                    session=sessionId,
+                    hash=ticket.recipientRandHash.hex(),
+                    nonce=ticket.senderNonce,
+                    error=e.message,
+                )
+                break
+            credit += expectedValue(ticket.faceValue, ticket.winProb)
+            if won:
+                WINNING_TICKETS_RECEIVED.inc()
+                self._log.info(
+                    "Received winning ticket sessionID={session} faceValue={faceValue}",
+                    session=sessionId,
+                    faceValue=ticket.faceValue,
+                )
+                winners.append(
+                    PendingTicket(ticket, bytes(senderParams.sig), rand, bytesInt(params.expiration_block))
+                )
+        for pending in winners:
+            await self.store.add(pending)
+        if credit:
+            self.balances[sessionId] = self.balances.get(sessionId, Fraction(0)) + credit
+        if error is not None:
+            PAYMENT_ERRORS.inc()
+            raise PaymentError(400, error.message)
+
+    def checkBalance(self, sessionId):
+        """
+        @raise PaymentError: 400 C{Insufficient balance} when the price is not
+            zero and the session's credit is below one ticket's EV.
+        """
+        if self.price > 0 and self.balances.get(sessionId, 0) < self.recipient.ticketEV:
+            raise PaymentError(400, "Insufficient balance")
+
+    def debit(self, sessionId, encodedPixels):
+        """
+        Charge a session for C{encodedPixels} encoded pixels.
+        """
+        if self.price > 0:
+            self.balances[sessionId] = self.balances.get(sessionId, Fraction(0)) - (
+                self.price * encodedPixels
+            )
+
+    def ticketParams(self, senderAddress):
+        """
+        Fresh ticket parameters for a sender, for C{OrchestratorInfo}.
+
+        @return: a L{Deferred} firing with L{lp_rpc_pb2.TicketParams}, or failing
+            with L{PaymentError} (400 C{insufficient sender reserve}).
+        """
+        return Deferred.fromCoroutine(self._ticketParams(bytes(senderAddress)))
+
+    async def _ticketParams(self, sender):
+        await self._watcher.ready
+        w = self._watcher
+        faceValue = winProb = 0
+        if self.price > 0:
+            info = await self._senderInfo(sender)
+            claimed = await self._contracts.ticketBroker.call(
+                "claimedReserve", sender, self.recipient.address
+            )
+            maxFloat = max(0, info.reserve // max(1, w.poolSize) - claimed)
+            try:
+                faceValue = self.recipient.faceValue(self.redeemGas * w.gasPrice, maxFloat)
+            except TicketError as e:
+                raise PaymentError(400, e.message) from None
+            winProb = self.recipient.winProb(faceValue)
+        return self.recipient.makeParams(
+            sender, faceValue, winProb, self.price, w.lastL1Block, w.creationRound,
+            w.creationRoundBlockHash,
+        )

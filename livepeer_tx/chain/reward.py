@@ -1,0 +1,313 @@
+"""
+The reward service: call C{BondingManager.reward} exactly once per round.
+
+Every tick reads the chain (paused, current round, initialized, our
+C{lastRewardRound}, whether we are active); no local state decides whether a
+round was rewarded. A pre-flight C{eth_call} classifies the revert reasons
+before any gas is spent.
+"""
+
+import time
+
+from prometheus_client import Counter, Gauge
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from .contracts import REWARD_EVENT
+from .rpc import RpcError, RpcTransportError, fromHex
+from .transactions import GasPriceTooHigh, TransactionFailed, feePaid
+
+LAST_REWARD_ROUND = Gauge(
+    "livepeer_last_reward_round", "The last round for which reward was called (from the chain)"
+)
+REWARD_CALL_ERRORS = Counter("livepeer_reward_call_errors", "Failed attempts to call reward")
+ETH_BALANCE = Gauge("livepeer_eth_balance_wei", "ETH balance of the orchestrator account, in wei")
+
+ALREADY_CALLED = "caller has already called reward for the current round"
+NOT_ACTIVE = "caller must be an active transcoder"
+NOT_INITIALIZED = "current round is not initialized"
+PAUSED = "system is paused"
+ROUND_ALREADY_INITIALIZED = "round already initialized"
+
+
+class RewardService(Service):
+    """
+    Call reward once per round, checking the chain every C{interval} seconds.
+
+    @ivar lastRewardRound: the last rewarded round as last read from the chain.
+    @ivar state: a short word for the last tick's outcome (for tests and status):
+        C{rewarded}, C{done}, C{paused}, C{notInitialized}, C{initializing},
+        C{notActive}, C{gasTooHigh}, C{pendingTransactions}, C{error}.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor,
+        contracts,
+        transactions,
+        interval=15.0,
+        initializeRound=False,
+        initializeGrace=60.0,
+        pausedBackoff=(15.0, 600.0),
+    ):
+        self._reactor = reactor
+        self._contracts = contracts
+        self._tx = transactions
+        self.address = transactions.address
+        self.interval = interval
+        self.initializeRound = initializeRound
+        self.initializeGrace = initializeGrace
+        self._pausedBackoff = pausedBackoff
+        self._pausedUntil = 0.0
+        self._pausedDelay = 0.0
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = reactor
+        self._running = None
+        self._said = set()
+        self._uninitializedSince = {}
+        self.lastRewardRound = None
+        self.state = None
+        self.ticks = 0
+
+    def startService(self):
+        """
+        Start ticking.
+        """
+        Service.startService(self)
+        self._loop.start(self.interval, now=True)
+
+    def stopService(self):
+        """
+        Stop ticking; wait for a reward transaction in flight.
+        """
+        Service.stopService(self)
+        if self._loop.running:
+            self._loop.stop()
+        if self._running is not None:
+            d = Deferred()
+            self._running.addBoth(lambda _: d.callback(None))
+            return d
+
+    def _tick(self):
+        # The loop must never die: every error is caught here, and a tick
+        # still running (a transaction waiting for its receipt) is not doubled.
+        if self._running is not None:
+            return
+        d = Deferred.fromCoroutine(self.checkOnce())
+
+        def failed(f):
+            REWARD_CALL_ERRORS.inc()
+            self.state = "error"
+            self._log.failure("Reward check failed; will retry", f)
+
+        def finished(_):
+            self._running = None
+            self.ticks += 1
+
+        d.addErrback(failed)
+        d.addBoth(finished)
+        if not d.called:
+            self._running = d
+
+    def _sayOnce(self, key, level, fmt, **kw):
+        if key not in self._said:
+            self._said.add(key)
+            getattr(self._log, level)(fmt, **kw)
+
+    async def checkOnce(self):
+        """
+        One look at the chain, and a reward transaction if it is due.
+
+        @return: the outcome, as in L{state}.
+        """
+        try:
+            self.state = await self._check()
+        except (RpcError, RpcTransportError) as e:
+            REWARD_CALL_ERRORS.inc()
+            self.state = "error"
+            self._log.warn("Reward check: RPC error, will retry: {error}", error=str(e))
+        await self._updateBalance()
+        return self.state
+
+    async def _updateBalance(self):
+        try:
+            ETH_BALANCE.set(await self._contracts.rpc.getBalance(self.address))
+        except (RpcError, RpcTransportError):
+            pass
+
+    async def _check(self):
+        if time.monotonic() < self._pausedUntil:
+            return "paused"
+        bm = self._contracts.bondingManager
+        rm = self._contracts.roundsManager
+        if await self._contracts.controller.call("paused"):
+            return self._paused()
+        self._pausedDelay = 0.0
+        currentRound = await rm.call("currentRound")
+        lastRewardRound = (await bm.call("getTranscoder", self.address))[0]
+        self._recordRewarded(lastRewardRound)
+        if lastRewardRound >= currentRound:
+            return "done"
+        if not await rm.call("currentRoundInitialized"):
+            return await self._notInitialized(currentRound)
+        if not await bm.call("isActiveTranscoder", self.address):
+            self._sayOnce(
+                ("notActive", currentRound),
+                "info",
+                "Not an active transcoder in round {round}; not calling reward this round",
+                round=currentRound,
+            )
+            return "notActive"
+        pending = await self._contracts.rpc.getTransactionCount(self.address, "pending")
+        mined = await self._contracts.rpc.getTransactionCount(self.address, "latest")
+        if pending > mined:
+            # A transaction from before a restart may be this round's reward.
+            self._sayOnce(
+                ("pending", currentRound, mined),
+                "warn",
+                "Account {address} has {n} pending transaction(s); waiting before calling reward",
+                address=self.address,
+                n=pending - mined,
+            )
+            return "pendingTransactions"
+        try:
+            await bm.call("reward", sender=self.address)
+        except RpcError as e:
+            return self._classifyRevert(e, currentRound)
+        return await self._sendReward(currentRound)
+
+    def _paused(self):
+        low, high = self._pausedBackoff
+        self._pausedDelay = min(high, max(low, self._pausedDelay * 2))
+        self._pausedUntil = time.monotonic() + self._pausedDelay
+        self._log.warn(
+            "The protocol is paused; checking reward again in {delay:.0f}s", delay=self._pausedDelay
+        )
+        return "paused"
+
+    def _recordRewarded(self, lastRewardRound):
+        self.lastRewardRound = lastRewardRound
+        LAST_REWARD_ROUND.set(lastRewardRound)
+
+    async def _notInitialized(self, currentRound):
+        since = self._uninitializedSince.setdefault(currentRound, time.monotonic())
+        if not self.initializeRound:
+            self._sayOnce(
+                ("notInitialized", currentRound),
+                "info",
+                "Round {round} is not initialized; waiting for it before calling reward",
+                round=currentRound,
+            )
+            return "notInitialized"
+        if time.monotonic() - since < self.initializeGrace:
+            return "notInitialized"
+        rm = self._contracts.roundsManager
+        try:
+            await rm.call("initializeRound", sender=self.address)
+        except RpcError as e:
+            if e.revertReason == ROUND_ALREADY_INITIALIZED:
+                return "notInitialized"
+            if e.revertReason == PAUSED:
+                return self._paused()
+            raise
+        self._log.info("Initializing round {round}", round=currentRound)
+        try:
+            receipt = await self._tx.send(
+                rm.address, rm.encode("initializeRound"), description="initializeRound"
+            )
+        except GasPriceTooHigh as e:
+            self._sayOnce(("gas", "init", currentRound), "warn", "Not initializing round: {e}", e=e)
+            return "gasTooHigh"
+        except TransactionFailed as e:
+            self._log.warn("initializeRound failed: {error}", error=str(e))
+            return "notInitialized"
+        except RpcError as e:
+            if e.revertReason == ROUND_ALREADY_INITIALIZED:
+                return "notInitialized"
+            raise
+        self._log.info(
+            "Initialized round {round} (tx {hash})", round=currentRound, hash=receipt["transactionHash"]
+        )
+        return "initializing"
+
+    def _classifyRevert(self, error, currentRound):
+        reason = error.revertReason
+        if reason == ALREADY_CALLED:
+            return "done"
+        if reason == NOT_ACTIVE:
+            self._sayOnce(
+                ("notActive", currentRound),
+                "info",
+                "Not an active transcoder in round {round}; not calling reward this round",
+                round=currentRound,
+            )
+            return "notActive"
+        if reason == NOT_INITIALIZED:
+            return "notInitialized"
+        if reason == PAUSED:
+            return self._paused()
+        REWARD_CALL_ERRORS.inc()
+        self._log.error(
+            "Error trying to call reward for round {round} err={error!r}",
+            round=currentRound,
+            error=reason or str(error),
+        )
+        return "error"
+
+    async def _sendReward(self, currentRound):
+        bm = self._contracts.bondingManager
+        try:
+            receipt = await self._tx.send(
+                bm.address, bm.encode("reward"), description=f"reward for round {currentRound}"
+            )
+        except GasPriceTooHigh as e:
+            self._sayOnce(
+                ("gas", currentRound),
+                "warn",
+                "Not calling reward for round {round} yet: {error}; will send when it drops",
+                round=currentRound,
+                error=str(e),
+            )
+            return "gasTooHigh"
+        except RpcError as e:
+            if e.revertReason is not None:
+                return self._classifyRevert(e, currentRound)
+            raise
+        except TransactionFailed as e:
+            # Mined but reverted, e.g. the round turned between check and
+            # inclusion; the next tick re-reads the chain.
+            REWARD_CALL_ERRORS.inc()
+            self._log.error(
+                "Error trying to call reward for round {round} err={error!r}",
+                round=currentRound,
+                error=str(e),
+            )
+            return "error"
+        events = [
+            values
+            for values in REWARD_EVENT.find(receipt, bm.address)
+            if values[0].lower() == self.address.lower()
+        ]
+        if not events:
+            REWARD_CALL_ERRORS.inc()
+            self._log.error(
+                "Reward transaction {hash} for round {round} succeeded without a Reward event",
+                hash=receipt["transactionHash"],
+                round=currentRound,
+            )
+            return "error"
+        self._recordRewarded(currentRound)
+        self._log.info(
+            "Called reward for round {round}: minted {amount} LPT wei, gas used {gasUsed}, "
+            "fee {fee} wei (tx {hash})",
+            round=currentRound,
+            amount=events[0][1],
+            gasUsed=fromHex(receipt["gasUsed"]),
+            fee=feePaid(receipt),
+            hash=receipt["transactionHash"],
+        )
+        return "rewarded"

@@ -1,0 +1,246 @@
+"""
+An asynchronous Ethereum JSON-RPC client on a Twisted HTTP L{Agent}.
+
+web3.py's HTTP provider is synchronous and would block the reactor, so requests
+are made here and only the encoding (eth-abi) and signing (eth-account) come
+from the Ethereum libraries.
+"""
+
+import itertools
+import json
+
+from eth_abi import decode as abiDecode
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.client import FileBodyProducer
+from io import BytesIO
+
+# Error(string) and Panic(uint256) selectors used by Solidity reverts.
+ERROR_SELECTOR = bytes.fromhex("08c379a0")
+PANIC_SELECTOR = bytes.fromhex("4e487b71")
+
+
+class RpcError(Exception):
+    """
+    The node answered with a JSON-RPC error object.
+
+    @ivar code: the JSON-RPC error code.
+    @ivar message: the node's message.
+    @ivar data: the error's C{data} member, if any.
+    @ivar revertReason: the decoded revert string when the error is an EVM
+        revert with an C{Error(string)} payload (or a reason in the message),
+        otherwise L{None}.
+    """
+
+    def __init__(self, code, message, data=None):
+        Exception.__init__(self, f"JSON-RPC error {code}: {message}")
+        self.code = code
+        self.message = message
+        self.data = data
+        self.revertReason = decodeRevertReason(data, message)
+
+    @property
+    def isRevert(self):
+        """
+        Whether this error reports an EVM revert.
+        """
+        return self.revertReason is not None or "revert" in (self.message or "").lower()
+
+
+class RpcTransportError(Exception):
+    """
+    The node could not be reached or answered something that is not JSON-RPC.
+    """
+
+
+def decodeRevertReason(data, message=""):
+    """
+    Extract a Solidity revert string from a JSON-RPC error.
+
+    @param data: the error's C{data} (hex string, or a dict holding one).
+    @param message: the error message, used when C{data} has no payload
+        (some nodes only say C{execution reverted: <reason>}).
+    @return: the reason string, or L{None}.
+    """
+    if isinstance(data, dict):
+        data = data.get("data")
+    if isinstance(data, str) and data.startswith("0x"):
+        try:
+            raw = bytes.fromhex(data[2:])
+        except ValueError:
+            raw = b""
+        if raw[:4] == ERROR_SELECTOR:
+            try:
+                return abiDecode(["string"], raw[4:])[0]
+            except Exception:
+                return None
+        if raw[:4] == PANIC_SELECTOR:
+            try:
+                return f"panic code {abiDecode(['uint256'], raw[4:])[0]:#x}"
+            except Exception:
+                return None
+    prefix = "execution reverted: "
+    if message and message.startswith(prefix):
+        return message[len(prefix):]
+    return None
+
+
+def toHex(value):
+    """
+    Encode an integer as a JSON-RPC quantity or bytes as JSON-RPC data.
+    """
+    if isinstance(value, int):
+        return hex(value)
+    return "0x" + bytes(value).hex()
+
+
+def fromHex(value):
+    """
+    Decode a JSON-RPC quantity.
+    """
+    return int(value, 16)
+
+
+class JsonRpcClient:
+    """
+    Send Ethereum JSON-RPC requests over HTTP(S) without blocking the reactor.
+
+    @ivar url: the node's URL.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, url, timeout=15.0):
+        self._reactor = reactor
+        self.url = url
+        self._timeout = timeout
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = 4
+        self._pool.cachedConnectionTimeout = 30
+        self._agent = Agent(reactor, pool=self._pool, connectTimeout=timeout)
+        self._ids = itertools.count(1)
+
+    async def request(self, method, params=()):
+        """
+        Call one JSON-RPC method.
+
+        @return: the C{result} member of the answer.
+        @raise RpcError: the node answered with an error object.
+        @raise RpcTransportError: the node could not be reached or answered garbage.
+        """
+        body = json.dumps(
+            {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)}
+        ).encode("utf-8")
+        try:
+            d = self._agent.request(
+                b"POST",
+                self.url.encode("ascii"),
+                Headers({b"Content-Type": [b"application/json"]}),
+                FileBodyProducer(BytesIO(body)),
+            )
+            d.addTimeout(self._timeout, self._reactor)
+            response = await d
+            d = readBody(response)
+            d.addTimeout(self._timeout, self._reactor)
+            raw = await d
+        except Exception as e:
+            raise RpcTransportError(f"{method} to {self.url} failed: {e!r}") from None
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            raise RpcTransportError(
+                f"{method} to {self.url}: HTTP {response.code}, not JSON: {raw[:200]!r}"
+            ) from None
+        if not isinstance(answer, dict):
+            raise RpcTransportError(f"{method} to {self.url}: unexpected answer {raw[:200]!r}")
+        if answer.get("error") is not None:
+            error = answer["error"]
+            raise RpcError(error.get("code"), error.get("message", ""), error.get("data"))
+        if "result" not in answer:
+            raise RpcTransportError(f"{method} to {self.url}: no result in {raw[:200]!r}")
+        return answer["result"]
+
+    def close(self):
+        """
+        Close the persistent connections.
+
+        @rtype: L{Deferred}
+        """
+        return self._pool.closeCachedConnections()
+
+    async def chainId(self):
+        """
+        The chain id (C{eth_chainId}).
+        """
+        return fromHex(await self.request("eth_chainId"))
+
+    async def blockNumber(self):
+        """
+        The latest block number of the node's own chain.
+        """
+        return fromHex(await self.request("eth_blockNumber"))
+
+    async def getBlock(self, block="latest"):
+        """
+        A block header (without transactions).
+        """
+        return await self.request("eth_getBlockByNumber", [block, False])
+
+    async def getBalance(self, address, block="latest"):
+        """
+        The balance of C{address} in wei.
+        """
+        return fromHex(await self.request("eth_getBalance", [address, block]))
+
+    async def getTransactionCount(self, address, block="pending"):
+        """
+        The nonce of the next transaction of C{address} at C{block}.
+        """
+        return fromHex(await self.request("eth_getTransactionCount", [address, block]))
+
+    async def maxPriorityFeePerGas(self):
+        """
+        The node's suggested priority fee, or 0 when it cannot say.
+        """
+        try:
+            return fromHex(await self.request("eth_maxPriorityFeePerGas"))
+        except RpcError:
+            return 0
+
+    async def gasPrice(self):
+        """
+        The node's suggested legacy gas price.
+        """
+        return fromHex(await self.request("eth_gasPrice"))
+
+    async def call(self, to, data, sender=None, block="latest"):
+        """
+        Run C{eth_call}; return the raw output bytes.
+
+        @raise RpcError: with C{revertReason} set when the call reverts.
+        """
+        tx = {"to": to, "data": toHex(data)}
+        if sender is not None:
+            tx["from"] = sender
+        result = await self.request("eth_call", [tx, block])
+        return bytes.fromhex(result[2:])
+
+    async def estimateGas(self, tx):
+        """
+        Run C{eth_estimateGas} for a transaction dictionary of JSON-RPC values.
+        """
+        return fromHex(await self.request("eth_estimateGas", [tx]))
+
+    async def sendRawTransaction(self, raw):
+        """
+        Broadcast a signed transaction; return its hash as a hex string.
+        """
+        return await self.request("eth_sendRawTransaction", [toHex(raw)])
+
+    async def getTransactionReceipt(self, txHash):
+        """
+        The receipt of C{txHash}, or L{None} while it is not mined.
+        """
+        return await self.request("eth_getTransactionReceipt", [txHash])

@@ -1,0 +1,135 @@
+"""
+Assembling the on-chain services for the orchestrator.
+"""
+
+from fractions import Fraction
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from .contracts import LivepeerContracts
+from .keystore import loadAccount
+from .options import isOnChain
+from .payments import OffchainPayments, TicketPayments
+from .redemption import Redeemer, TicketStore
+from .reward import RewardService
+from .rpc import JsonRpcClient, RpcError, RpcTransportError
+from .tickets import TicketRecipient, loadRecipientKey
+from .transactions import TransactionManager
+from .watcher import ChainWatcher
+
+
+class ChainService(MultiService):
+    """
+    The chain watcher, the reward service and the ticket redeemer.
+
+    The watcher starts at once; the transaction manager, the redeemer and the
+    reward service are added once the node answers (retried until it does).
+
+    @ivar transactions: the account's L{TransactionManager} (once set up).
+    @ivar reward: the L{RewardService}, or L{None} when reward is off.
+    @ivar redeemer: the L{Redeemer} (once set up).
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, config, account, rpc, contracts, watcher, store, setupRetry=5.0):
+        MultiService.__init__(self)
+        self._reactor = reactor
+        self._config = config
+        self._account = account
+        self.rpc = rpc
+        self.contracts = contracts
+        self.watcher = watcher
+        self.store = store
+        self.transactions = None
+        self.reward = None
+        self.redeemer = None
+        self._setupRetry = setupRetry
+        self._setup = None
+        watcher.setServiceParent(self)
+
+    def startService(self):
+        """
+        Start the watcher and set up the rest in the background.
+        """
+        MultiService.startService(self)
+        self._setup = Deferred.fromCoroutine(self._setUp())
+        self._setup.addErrback(lambda f: self._log.failure("Chain service set-up failed", f))
+
+    async def _setUp(self):
+        while self.running:
+            try:
+                chainId = await self.rpc.chainId()
+                await self.contracts.resolve()
+                status = await self.contracts.bondingManager.call(
+                    "transcoderStatus", self._account.address
+                )
+                break
+            except (RpcError, RpcTransportError) as e:
+                self._log.warn(
+                    "Cannot reach the chain at {url} yet: {error}", url=self.rpc.url, error=str(e)
+                )
+                await deferLater(self._reactor, self._setupRetry, lambda: None)
+        else:
+            return
+        c = self._config
+        self.transactions = TransactionManager(
+            self._reactor, self.rpc, self._account, chainId, maxGasPrice=c["maxGasPrice"]
+        )
+        self.redeemer = Redeemer(
+            self._reactor, self.contracts, self.transactions, self.store, self.watcher,
+            interval=c["blockPollingInterval"], redeemGas=c["redeemGas"],
+        )
+        self.redeemer.setServiceParent(self)
+        rewardOn = c["reward"] == "on" or (c["reward"] == "auto" and status == 1)
+        if c["reward"] == "auto":
+            self._log.info(
+                "--reward auto: {address} is {what}; reward service {state}",
+                address=self._account.address,
+                what="a registered transcoder" if status == 1 else "not a registered transcoder",
+                state="on" if rewardOn else "off",
+            )
+        if rewardOn:
+            self.reward = RewardService(
+                self._reactor, self.contracts, self.transactions,
+                interval=c["rewardInterval"], initializeRound=bool(c.get("initializeRound")),
+                initializeGrace=c["initializeRoundGrace"],
+            )
+            self.reward.setServiceParent(self)
+
+    def stopService(self):
+        """
+        Stop every child, then close the RPC connections.
+        """
+        d = MultiService.stopService(self)
+        if d is None:
+            return self.rpc.close()
+        d.addBoth(lambda _: self.rpc.close())
+        return d
+
+
+def makeChainService(config, reactor, dataDir):
+    """
+    Build the on-chain services from validated options.
+
+    @param config: options checked by L{livepeer_tx.chain.options.validateChainOptions}.
+    @param dataDir: where the recipientRand key and the winning-ticket queue live.
+    @return: C{(service, payments)}; off-chain C{(None, OffchainPayments())}.
+    """
+    if not isOnChain(config):
+        return None, OffchainPayments()
+    account = loadAccount(config["ethKeystorePath"], config.get("ethAcctAddr"), config.get("ethPassword"))
+    rpc = JsonRpcClient(reactor, config["ethUrl"])
+    contracts = LivepeerContracts(rpc, config["ethController"])
+    watcher = ChainWatcher(reactor, contracts, interval=config["blockPollingInterval"])
+    store = TicketStore(reactor, dataDir)
+    recipient = TicketRecipient(
+        account.address, loadRecipientKey(dataDir), config["ticketEV"], config["maxFaceValue"]
+    )
+    price = Fraction(config["pricePerUnit"], config["pixelsPerUnit"])
+    payments = TicketPayments(contracts, recipient, watcher, store, price, redeemGas=config["redeemGas"])
+    service = ChainService(reactor, config, account, rpc, contracts, watcher, store)
+    return service, payments

@@ -1,0 +1,366 @@
+"""
+Probabilistic micropayment tickets: hashing, signatures, the win check, the
+recipientRand secret, ticket parameters and validation (recipient side).
+
+The layouts follow the TicketBroker contract and go-livepeer's C{pm}
+package; error strings are go-livepeer's so that gateways see familiar text.
+"""
+
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from fractions import Fraction
+
+from eth_abi.packed import encode_packed
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_utils import keccak, to_checksum_address
+from twisted.logger import Logger
+
+from livepeer_tx.proto import lp_rpc_pb2
+
+MAX_WIN_PROB = 2**256 - 1
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+PARAMS_EXPIRY_BLOCKS = 40
+MAX_SENDER_NONCES = 600
+KEY_FILE = "ticket-recipient.key"
+
+
+def intBytes(value):
+    """
+    Minimal big-endian bytes of a non-negative integer (Go's C{big.Int.Bytes}).
+    """
+    return value.to_bytes((value.bit_length() + 7) // 8, "big")
+
+
+def bytesInt(value):
+    """
+    The integer of big-endian bytes (empty is 0).
+    """
+    return int.from_bytes(value, "big")
+
+
+def pad32(value):
+    """
+    An integer as 32 big-endian bytes.
+    """
+    return value.to_bytes(32, "big")
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """
+    A ticket as the TicketBroker sees it (addresses are 20 raw bytes).
+    """
+
+    recipient: bytes
+    sender: bytes
+    faceValue: int
+    winProb: int
+    senderNonce: int
+    recipientRandHash: bytes
+    creationRound: int = 0
+    creationRoundBlockHash: bytes = b"\x00" * 32
+
+    @property
+    def auxData(self):
+        """
+        creationRound ‖ creationRoundBlockHash, or empty when both are zero.
+        """
+        if self.creationRound == 0 and bytesInt(self.creationRoundBlockHash) == 0:
+            return b""
+        return pad32(self.creationRound) + self.creationRoundBlockHash
+
+    def hash(self):
+        """
+        keccak256 of the packed encoding, as C{TicketBroker.getTicketHash}.
+        """
+        return keccak(
+            encode_packed(
+                ["address", "address", "uint256", "uint256", "uint256", "bytes32", "bytes"],
+                [
+                    self.recipient,
+                    self.sender,
+                    self.faceValue,
+                    self.winProb,
+                    self.senderNonce,
+                    self.recipientRandHash,
+                    self.auxData,
+                ],
+            )
+        )
+
+    def asAbiTuple(self):
+        """
+        The C{(address,address,uint256,uint256,uint256,bytes32,bytes)} tuple.
+        """
+        return (
+            to_checksum_address(self.recipient),
+            to_checksum_address(self.sender),
+            self.faceValue,
+            self.winProb,
+            self.senderNonce,
+            self.recipientRandHash,
+            self.auxData,
+        )
+
+    def toJson(self):
+        """
+        A JSON-serialisable dictionary.
+        """
+        return {
+            "recipient": self.recipient.hex(),
+            "sender": self.sender.hex(),
+            "faceValue": str(self.faceValue),
+            "winProb": str(self.winProb),
+            "senderNonce": self.senderNonce,
+            "recipientRandHash": self.recipientRandHash.hex(),
+            "creationRound": self.creationRound,
+            "creationRoundBlockHash": self.creationRoundBlockHash.hex(),
+        }
+
+    @classmethod
+    def fromJson(cls, data):
+        """
+        The inverse of L{toJson}.
+        """
+        return cls(
+            recipient=bytes.fromhex(data["recipient"]),
+            sender=bytes.fromhex(data["sender"]),
+            faceValue=int(data["faceValue"]),
+            winProb=int(data["winProb"]),
+            senderNonce=int(data["senderNonce"]),
+            recipientRandHash=bytes.fromhex(data["recipientRandHash"]),
+            creationRound=int(data["creationRound"]),
+            creationRoundBlockHash=bytes.fromhex(data["creationRoundBlockHash"]),
+        )
+
+
+def signTicket(account, ticket):
+    """
+    Sign a ticket as a gateway does (EIP-191 over the 32-byte hash).
+    """
+    return bytes(account.sign_message(encode_defunct(primitive=ticket.hash())).signature)
+
+
+def verifySignature(ticketHash, sig, sender):
+    """
+    Whether C{sig} is a signature by C{sender} over C{ticketHash} that the
+    chain accepts: 65 bytes, low s, v 27 or 28 (eth-account alone also
+    accepts v 0/1 and high s).
+    """
+    if len(sig) != 65:
+        return False
+    if bytesInt(sig[32:64]) > SECP256K1_N // 2 or sig[64] not in (27, 28):
+        return False
+    try:
+        signer = Account.recover_message(encode_defunct(primitive=ticketHash), signature=sig)
+    except Exception:
+        return False
+    return bytes.fromhex(signer[2:]) == bytes(sender)
+
+
+def isWinning(sig, recipientRand, winProb):
+    """
+    keccak256(sig ‖ recipientRand) < winProb, as the TicketBroker checks.
+    """
+    return bytesInt(keccak(bytes(sig) + pad32(recipientRand))) < winProb
+
+
+def expectedValue(faceValue, winProb):
+    """
+    A ticket's expected value in wei, exact.
+    """
+    return Fraction(faceValue * winProb, MAX_WIN_PROB)
+
+
+class TicketError(Exception):
+    """
+    A ticket was refused.
+
+    @ivar fatal: whether the rest of the payment should be refused as well
+        (only a bad signature is not fatal in go-livepeer).
+    """
+
+    def __init__(self, message, fatal=True):
+        Exception.__init__(self, message)
+        self.message = message
+        self.fatal = fatal
+
+
+def loadRecipientKey(dataDir):
+    """
+    The 32-byte recipientRand key from C{dataDir}, created (mode 0600) if missing.
+
+    Keeping it on disk lets ticket parameters issued before a restart still
+    validate after it.
+
+    @raise OSError: the file is unusable, or readable by group or others.
+    """
+    path = os.path.join(dataDir, KEY_FILE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        info = os.stat(path)
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise OSError(
+                f"refusing {path}: it is accessible by group or others "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); run chmod 600 on it"
+            )
+        with open(path, "rb") as f:
+            key = f.read()
+        if len(key) != 32:
+            raise OSError(f"{path} does not hold a 32-byte key")
+        return key
+    key = secrets.token_bytes(32)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+        f.flush()
+        os.fsync(f.fileno())
+    return key
+
+
+@dataclass
+class SenderInfo:
+    """
+    What the TicketBroker says about a sender.
+    """
+
+    deposit: int
+    withdrawRound: int
+    reserve: int
+    claimedInCurrentRound: int = 0
+
+
+class TicketRecipient:
+    """
+    The recipient side of the ticket protocol: parameters and validation.
+
+    @ivar address: our 20-byte address (the tickets' recipient).
+    """
+
+    _log = Logger()
+
+    def __init__(self, address, key, ticketEV, maxFaceValue=0, txCostMultiplier=100):
+        self.address = bytes.fromhex(address[2:]) if isinstance(address, str) else bytes(address)
+        self._key = key
+        self.ticketEV = ticketEV
+        self.maxFaceValue = maxFaceValue
+        self.txCostMultiplier = txCostMultiplier
+        self._nonces = {}
+
+    def recipientRand(self, seed, sender, faceValue, winProb, expirationBlock, price, auxData):
+        """
+        HMAC-SHA256 of the parameters under our key, as an integer.
+        """
+        message = b"".join(
+            [
+                seed,
+                sender,
+                intBytes(faceValue),
+                intBytes(winProb),
+                intBytes(expirationBlock),
+                intBytes(price.numerator),
+                intBytes(price.denominator),
+                auxData,
+            ]
+        )
+        return bytesInt(hmac.new(self._key, message, hashlib.sha256).digest())
+
+    def faceValue(self, txCost, maxFloat):
+        """
+        The face value for a sender, or raise L{TicketError} when its reserve
+        cannot back a ticket.
+        """
+        faceValue = txCost * self.txCostMultiplier
+        if faceValue < self.ticketEV:
+            faceValue = self.ticketEV * self.txCostMultiplier
+        faceValue = min(faceValue, maxFloat)
+        if self.maxFaceValue:
+            faceValue = min(faceValue, self.maxFaceValue)
+        if faceValue < self.ticketEV or faceValue < txCost:
+            raise TicketError("insufficient sender reserve")
+        return faceValue
+
+    def winProb(self, faceValue):
+        """
+        EV × ceil((2^256 − 1) / faceValue), at most 2^256 − 1.
+        """
+        if faceValue == 0:
+            return 0
+        return min(MAX_WIN_PROB, self.ticketEV * -(-MAX_WIN_PROB // faceValue))
+
+    def makeParams(self, sender, faceValue, winProb, price, lastL1Block, creationRound,
+                   creationRoundBlockHash):
+        """
+        A fresh L{lp_rpc_pb2.TicketParams} for C{sender}.
+        """
+        seed = secrets.token_bytes(32)
+        expirationBlock = lastL1Block + PARAMS_EXPIRY_BLOCKS
+        aux = Ticket(b"", b"", 0, 0, 0, b"", creationRound, creationRoundBlockHash).auxData
+        rand = self.recipientRand(seed, sender, faceValue, winProb, expirationBlock, price, aux)
+        return lp_rpc_pb2.TicketParams(
+            recipient=self.address,
+            face_value=intBytes(faceValue),
+            win_prob=intBytes(winProb),
+            recipient_rand_hash=keccak(pad32(rand)),
+            seed=seed,
+            expiration_block=intBytes(expirationBlock),
+            expiration_params=lp_rpc_pb2.TicketExpirationParams(
+                creation_round=creationRound, creation_round_block_hash=creationRoundBlockHash
+            ),
+        )
+
+    def validate(self, ticket, sig, seed, expirationBlock, price, senderInfo, currentRound,
+                 lastL1Block):
+        """
+        Check one ticket in go-livepeer's order; return C{(won, recipientRand)}.
+
+        @raise TicketError: the ticket is refused.
+        """
+        if senderInfo.withdrawRound != 0 and senderInfo.withdrawRound <= currentRound + 1:
+            raise TicketError(
+                f"deposit and reserve for sender {to_checksum_address(ticket.sender)} "
+                f"is set to unlock soon"
+            )
+        if senderInfo.deposit == 0 and senderInfo.reserve == 0:
+            raise TicketError("sender deposit and reserve are zero")
+        if ticket.recipient != self.address:
+            raise TicketError("invalid ticket recipient")
+        if bytesInt(ticket.sender) == 0:
+            raise TicketError("invalid ticket sender")
+        rand = self.recipientRand(
+            seed, ticket.sender, ticket.faceValue, ticket.winProb, expirationBlock, price,
+            ticket.auxData,
+        )
+        if keccak(pad32(rand)) != ticket.recipientRandHash:
+            raise TicketError("invalid recipientRand for ticket recipientRandHash")
+        if not verifySignature(ticket.hash(), sig, ticket.sender):
+            raise TicketError("invalid ticket signature", fatal=False)
+        won = isWinning(sig, rand, ticket.winProb)
+        seen = self._nonces.setdefault(rand, (expirationBlock, set()))[1]
+        sender = to_checksum_address(ticket.sender)
+        if ticket.senderNonce in seen:
+            raise TicketError(
+                f"invalid ticket senderNonce: already seen sender={sender} nonce={ticket.senderNonce}"
+            )
+        if len(seen) >= MAX_SENDER_NONCES:
+            raise TicketError(
+                f"invalid ticket senderNonce: too many values sender={sender} "
+                f"nonce={ticket.senderNonce}"
+            )
+        if expirationBlock <= lastL1Block:
+            raise TicketError("TicketParams expired")
+        seen.add(ticket.senderNonce)
+        return won, rand
+
+    def forgetExpired(self, lastL1Block):
+        """
+        Drop the nonce sets of parameters that have expired.
+        """
+        for rand, (expirationBlock, _) in list(self._nonces.items()):
+            if expirationBlock <= lastL1Block:
+                del self._nonces[rand]

@@ -1,0 +1,109 @@
+"""
+A periodically refreshed view of the chain used by tickets and redemption.
+"""
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from .rpc import RpcError, RpcTransportError, fromHex
+
+
+class ChainWatcher(Service):
+    """
+    Poll the rounds, the L1 block number and gas price every C{interval} seconds.
+
+    C{RoundsManager.blockNum()} is the block number the contracts see, which
+    on Arbitrum is the L1 block; ticket expiry and rounds are counted in it.
+
+    @ivar lastL1Block: the last block number seen by the contracts.
+    @ivar currentRound: the current round.
+    @ivar lastInitializedRound: the last initialized round.
+    @ivar creationRound: the round new tickets are created in.
+    @ivar creationRoundBlockHash: its block hash (never zero).
+    @ivar gasPrice: base fee plus priority fee, in wei.
+    @ivar poolSize: the transcoder pool size.
+    @ivar ticketValidityPeriod: rounds a ticket can be redeemed in.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, contracts, interval=5.0, resolveEvery=3600.0):
+        self._reactor = reactor
+        self._contracts = contracts
+        self.interval = interval
+        self._resolveEvery = max(1, int(resolveEvery / interval))
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = reactor
+        self._busy = False
+        self._ticks = 0
+        self.lastL1Block = None
+        self.currentRound = None
+        self.lastInitializedRound = None
+        self.creationRound = None
+        self.creationRoundBlockHash = None
+        self.gasPrice = None
+        self.poolSize = None
+        self.ticketValidityPeriod = None
+        self.ready = Deferred()
+
+    def startService(self):
+        """
+        Start polling.
+        """
+        Service.startService(self)
+        self._loop.start(self.interval, now=True)
+
+    def stopService(self):
+        """
+        Stop polling.
+        """
+        Service.stopService(self)
+        if self._loop.running:
+            self._loop.stop()
+
+    def _tick(self):
+        if self._busy:
+            return
+        self._busy = True
+        d = Deferred.fromCoroutine(self.refresh())
+
+        def failed(f):
+            f.trap(RpcError, RpcTransportError)
+            self._log.warn("Chain poll failed, will retry: {error}", error=f.getErrorMessage())
+
+        def done(_):
+            self._busy = False
+
+        d.addErrback(failed)
+        d.addErrback(lambda f: self._log.failure("Chain poll failed", f))
+        d.addBoth(done)
+
+    async def refresh(self):
+        """
+        Read everything once.
+        """
+        self._ticks += 1
+        if self._ticks % self._resolveEvery == 0 or not self._contracts.resolved:
+            await self._contracts.resolve()
+        rm = self._contracts.roundsManager
+        self.lastL1Block = await rm.call("blockNum")
+        self.currentRound = await rm.call("currentRound")
+        lastInitialized = await rm.call("lastInitializedRound")
+        blockHash = await rm.call("blockHashForRound", lastInitialized)
+        creationRound = lastInitialized
+        if int.from_bytes(blockHash, "big") == 0 and lastInitialized > 0:
+            creationRound = lastInitialized - 1
+            blockHash = await rm.call("blockHashForRound", creationRound)
+        self.lastInitializedRound = lastInitialized
+        self.creationRound, self.creationRoundBlockHash = creationRound, blockHash
+        self.poolSize = await self._contracts.bondingManager.call("getTranscoderPoolSize")
+        if self.ticketValidityPeriod is None:
+            self.ticketValidityPeriod = await self._contracts.ticketBroker.call("ticketValidityPeriod")
+        block = await self._contracts.rpc.getBlock("latest")
+        tip = await self._contracts.rpc.maxPriorityFeePerGas()
+        self.gasPrice = fromHex(block.get("baseFeePerGas") or "0x0") + tip
+        if not self.ready.called:
+            self.ready.callback(self)
+        return self

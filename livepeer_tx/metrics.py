@@ -1,0 +1,72 @@
+"""
+Prometheus metrics, with go-livepeer's names where one exists.
+
+Each process builds its own registry so tests can run several in one process.
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_TIME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 6, 8, 12, 20, 30)
+
+
+class OrchestratorMetrics:
+    """
+    The orchestrator's metrics. Gauges about transcoders are read from the pool
+    when scraped, so they can never drift from it.
+    """
+
+    def __init__(self, pool, registry=None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        Gauge("livepeer_transcoders_number", "Registered transcoders", registry=r).set_function(
+            lambda: len(pool.transcoders))
+        Gauge("livepeer_transcoders_capacity", "Sum of the transcoders' capacities", registry=r).set_function(
+            lambda: pool.totalCapacity)
+        Gauge("livepeer_transcoders_load", "Sessions assigned to transcoders", registry=r).set_function(
+            lambda: pool.totalLoad)
+        Gauge("livepeer_max_sessions_total", "Current session limit", registry=r).set_function(
+            lambda: pool.sessionLimit)
+        Gauge("livepeer_current_sessions_total", "Sessions now", registry=r).set_function(
+            lambda: pool.sessionCount)
+        self.segmentsReceived = Counter(
+            "livepeer_segment_source_emerged_unprocessed", "Segments received from gateways", registry=r)
+        self.segmentsTranscoded = Counter(
+            "livepeer_segment_transcoded", "Segments transcoded and answered", registry=r)
+        self.segmentsFailed = Counter(
+            "livepeer_segment_transcode_failed", "Segments that could not be transcoded", ["reason"], registry=r)
+        self.segmentsRejected = Counter(
+            "livepeer_segment_rejected", "Segments refused before transcoding, by HTTP status", ["reason"],
+            registry=r)
+        self.segmentsRetried = Counter(
+            "livepeer_transcode_retried", "Segments moved to another transcoder after a failure", registry=r)
+        self.transcodeSeconds = Histogram(
+            "livepeer_transcode_time_seconds", "Time from dispatch to renditions back", buckets=_TIME_BUCKETS,
+            registry=r)
+        self.pixelsProcessed = Counter(
+            "livepeer_pixels_processed", "Encoded pixels returned to gateways", registry=r)
+        self.registrationsRefused = Counter(
+            "livepeer_transcoder_registrations_refused", "Refused transcoder registrations", ["reason"], registry=r)
+
+
+class TranscoderMetrics:
+    """
+    The transcoder's metrics.
+    """
+
+    def __init__(self, worker, registry=None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        Gauge("livepeer_transcoder_sessions_capacity", "maxSessions", registry=r).set_function(
+            lambda: worker.maxSessions)
+        Gauge("livepeer_transcoder_running", "FFmpeg processes running", registry=r).set_function(
+            lambda: worker.running)
+        Gauge("livepeer_transcoder_queued", "Segments waiting for a free slot", registry=r).set_function(
+            lambda: worker.queued)
+        self.segmentsTranscoded = Counter(
+            "livepeer_segment_transcoded", "Segments transcoded", registry=r)
+        self.segmentsFailed = Counter(
+            "livepeer_segment_transcode_failed", "Segments that failed", registry=r)
+        self.transcodeSeconds = Histogram(
+            "livepeer_transcode_time_seconds", "FFmpeg wall time per segment", buckets=_TIME_BUCKETS, registry=r)
+        self.pixelsProcessed = Counter(
+            "livepeer_mil_pixels_processed", "Encoded pixels, in millions", registry=r)

@@ -1,0 +1,3 @@
+"""
+The orchestrator: accepts gateways' segments and routes them to remote transcoders.
+"""

@@ -1,0 +1,261 @@
+# -*- test-case-name: tests.test_dispatch -*-
+"""
+Sending segments to transcoders and getting their renditions back.
+
+The L{Dispatcher} turns a gateway's segment into a task on a transcoder chosen
+by the L{TranscoderPool}, waits for its result within the gateway's deadline,
+and moves the task to another transcoder if the first one disconnects while it
+holds it. It knows transcoders only through their C{link} (see
+L{RemoteTranscoder}), so it is tested without sockets.
+"""
+
+import itertools
+from dataclasses import dataclass, field
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from livepeer_tx.orchestrator.routing import RoutingError
+
+TOO_LONG = "Remote transcoder took too long"
+MISMATCHED = "MismatchedSegments"
+ZERO_SEGMENTS = "ZeroSegments"
+ORCHESTRATOR_BUSY = "OrchestratorBusy"
+MIN_RENDITION_BYTES = 25
+
+
+class TranscodeFailed(Exception):
+    """
+    A segment could not be transcoded; the message goes to the gateway.
+    """
+
+
+class TranscoderLost(Exception):
+    """
+    The transcoder holding a task went away before answering.
+    """
+
+
+@dataclass
+class SegmentJob:
+    """
+    One gateway segment to transcode.
+    """
+
+    sessionId: str
+    seq: int
+    data: bytes
+    profiles: list
+    durationMs: int = 2000
+
+    @property
+    def timeout(self):
+        """
+        How long the gateway waits: go-livepeer's max(8 s, 4 x duration).
+        """
+        return max(8.0, 4 * (self.durationMs or 2000) / 1000.0)
+
+
+@dataclass
+class Rendition:
+    """
+    One transcoded rendition as a transcoder returned it.
+    """
+
+    name: str
+    data: bytes
+    pixels: int
+    frames: int = 0
+    width: int = 0
+    height: int = 0
+
+
+@dataclass
+class TaskResult:
+    """
+    A transcoder's answer to a task.
+    """
+
+    renditions: list
+    decodedPixels: int = 0
+    transcoder: str = ""
+    attempts: int = 1
+    ffmpegSeconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class _Task:
+    def __init__(self, taskId, job, transcoder, deferred):
+        self.taskId = taskId
+        self.job = job
+        self.transcoder = transcoder
+        self.deferred = deferred
+
+
+class Dispatcher:
+    """
+    Routes segment jobs to transcoders and collects their results.
+
+    @param pool: the L{TranscoderPool}.
+    @param clock: an L{IReactorTime} for per-task deadlines.
+    @param maxQueuedPerSession: segments of one session that may wait or run at
+        once before further ones are refused with C{OrchestratorBusy}.
+    """
+
+    _log = Logger()
+
+    def __init__(self, pool, clock, maxQueuedPerSession=4):
+        self.pool = pool
+        self._clock = clock
+        self.maxQueuedPerSession = maxQueuedPerSession
+        self._taskIds = itertools.count(1)
+        self._tasks = {}
+        self._sessionQueues = {}
+
+    def transcode(self, job):
+        """
+        Transcode C{job}, one segment of a session at a time.
+
+        @return: a Deferred firing with a L{TaskResult}, or failing with
+            L{TranscodeFailed} carrying the gateway-facing error text.
+        """
+        queue = self._sessionQueues.get(job.sessionId)
+        if queue is None:
+            queue = self._sessionQueues[job.sessionId] = _SessionQueue()
+        if queue.pending >= self.maxQueuedPerSession:
+            return defer.fail(TranscodeFailed(ORCHESTRATOR_BUSY))
+        deadline = self._clock.seconds() + job.timeout
+        queue.pending += 1
+
+        def done(result):
+            queue.pending -= 1
+            if queue.pending == 0 and self._sessionQueues.get(job.sessionId) is queue:
+                del self._sessionQueues[job.sessionId]
+            return result
+
+        d = queue.lock.run(self._transcodeWithRetry, job, deadline)
+        d.addBoth(done)
+        return d
+
+    @defer.inlineCallbacks
+    def _transcodeWithRetry(self, job, deadline):
+        failed = []
+        attempts = 0
+        while True:
+            remaining = deadline - self._clock.seconds()
+            if remaining <= 0:
+                raise TranscodeFailed(TOO_LONG)
+            try:
+                transcoder = self.pool.select(job.sessionId, exclude=failed)
+            except RoutingError as e:
+                raise TranscodeFailed(str(e))
+            attempts += 1
+            try:
+                result = yield self._runTask(job, transcoder, remaining)
+            except TranscoderLost:
+                failed.append(transcoder)
+                self._log.warn(
+                    "Transcoder lost while it held a segment transcoder={transcoder} "
+                    "sessionID={sessionId} seqNo={seq}; retrying on another transcoder",
+                    transcoder=transcoder.address, sessionId=job.sessionId, seq=job.seq,
+                )
+                continue
+            except TranscodeFailed:
+                self.pool.release(job.sessionId)
+                raise
+            result.attempts = attempts
+            result.transcoder = transcoder.address
+            return result
+
+    def _runTask(self, job, transcoder, timeout):
+        taskId = next(self._taskIds)
+        d = defer.Deferred()
+        task = _Task(taskId, job, transcoder, d)
+        self._tasks[taskId] = task
+        transcoder.tasksInFlight += 1
+        self.pool.markBusy(job.sessionId)
+
+        def onTimeout():
+            if self._tasks.get(taskId) is task:
+                self._log.error(
+                    "Remote transcoder took too long to transcode transcoder={transcoder} "
+                    "taskId={taskId} seqNo={seq}",
+                    transcoder=transcoder.address, taskId=taskId, seq=job.seq,
+                )
+                self._finish(taskId, failure=TranscodeFailed(TOO_LONG))
+                try:
+                    transcoder.link.cancelTask(taskId)
+                except Exception:
+                    self._log.failure("Could not cancel task {taskId}", taskId=taskId)
+
+        task.timer = self._clock.callLater(timeout, onTimeout)
+        try:
+            transcoder.link.sendTask(taskId, job)
+        except Exception:
+            self._log.failure("Could not send task {taskId} to transcoder={transcoder}",
+                              taskId=taskId, transcoder=transcoder.address)
+            self._finish(taskId, failure=TranscoderLost())
+        return d
+
+    def _finish(self, taskId, result=None, failure=None):
+        task = self._tasks.pop(taskId, None)
+        if task is None:
+            return False
+        task.transcoder.tasksInFlight -= 1
+        if task.timer.active():
+            task.timer.cancel()
+        if failure is not None:
+            task.deferred.errback(failure)
+        else:
+            task.deferred.callback(result)
+        return True
+
+    def taskSucceeded(self, taskId, renditions, decodedPixels, ffmpegSeconds=0.0):
+        """
+        A transcoder returned renditions for C{taskId}.
+
+        Late results for unknown or expired tasks are dropped.
+        """
+        task = self._tasks.get(taskId)
+        if task is None:
+            self._log.info("Dropping result for unknown or expired taskId={taskId}", taskId=taskId)
+            return
+        if len(renditions) != len(task.job.profiles):
+            self._finish(taskId, failure=TranscodeFailed(MISMATCHED))
+            return
+        if any(len(r.data) < MIN_RENDITION_BYTES for r in renditions):
+            self._finish(taskId, failure=TranscodeFailed(ZERO_SEGMENTS))
+            return
+        self._finish(
+            taskId,
+            TaskResult(renditions=renditions, decodedPixels=decodedPixels, ffmpegSeconds=ffmpegSeconds),
+        )
+
+    def taskFailed(self, taskId, error):
+        """
+        A transcoder reported that it could not transcode C{taskId}.
+        """
+        if not self._finish(taskId, failure=TranscodeFailed(error)):
+            self._log.info("Dropping error for unknown or expired taskId={taskId}", taskId=taskId)
+
+    def transcoderLost(self, transcoder):
+        """
+        A transcoder disconnected: take it out of the pool and move its tasks.
+        """
+        self.pool.remove(transcoder)
+        for taskId, task in list(self._tasks.items()):
+            if task.transcoder is transcoder:
+                self._finish(taskId, failure=TranscoderLost())
+
+    def isKnownTask(self, taskId, transcoder):
+        """
+        Whether C{taskId} is in flight on C{transcoder} (results from others are refused).
+        """
+        task = self._tasks.get(taskId)
+        return task is not None and task.transcoder is transcoder
+
+
+class _SessionQueue:
+    def __init__(self):
+        self.lock = defer.DeferredLock()
+        self.pending = 0

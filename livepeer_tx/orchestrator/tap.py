@@ -1,0 +1,157 @@
+# -*- test-case-name: tests.test_orchestrator_tap -*-
+"""
+C{twistd livepeer-orchestrator}: options and service assembly.
+"""
+
+import os
+import socket
+
+from twisted.application import service, strports
+from twisted.logger import Logger
+from twisted.python import usage
+
+from livepeer_tx import __version__
+from livepeer_tx.addresses import formatHostPort, parseHostPort
+from livepeer_tx.chain.options import CHAIN_OPT_FLAGS, CHAIN_OPT_PARAMETERS, validateChainOptions
+from livepeer_tx.secret import Secret, SecretFileError
+from livepeer_tx.tls import CertificateError, ServerCertificate
+from livepeer_tx.web import BoundedSite
+
+_log = Logger()
+
+DEFAULT_SERVICE_PORT = 8935
+DEFAULT_CLI_ADDR = "127.0.0.1:7935"
+MAX_SEGMENT_BYTES = 300_000_000
+
+LONGDESC = """\
+Run a standalone Livepeer orchestrator. It transcodes nothing itself: gateways
+send segments to its public TLS port (8935 by default, go-livepeer's wire
+format), transcoders connect to the same port over a WebSocket authenticated
+by the shared secret, and every segment is routed to a transcoder with free
+capacity. The CLI port (127.0.0.1:7935) serves the full /status and, with
+--monitor, /metrics.
+"""
+
+
+class Options(usage.Options):
+    """
+    Command-line options, with go-livepeer's names.
+    """
+
+    synopsis = "[options]"
+    longdesc = LONGDESC
+    optParameters = [
+        ["orchSecret", None, None,
+         "Shared secret of the orchestrator and its transcoders: a file path (recommended; must be mode 600) "
+         "or a literal (visible in the process list)."],
+        ["serviceAddr", None, None,
+         "Public host:port advertised to gateways and named in the self-signed certificate "
+         "[default: this host's FQDN, port 8935]."],
+        ["httpAddr", None, None,
+         "Address the public TLS port listens on [default: all interfaces, the serviceAddr port]."],
+        ["cliAddr", None, DEFAULT_CLI_ADDR, "Address of the local CLI port (/status, /metrics)."],
+        ["maxSessions", None, "auto",
+         "Cap on concurrent sessions, or 'auto' for the sum of the connected transcoders' capacities."],
+        ["dataDir", None, None, "Directory for the TLS certificate and other state [default: ~/.lpData/<network>]."],
+        ["tlsCert", None, None, "PEM certificate chain to serve instead of the self-signed certificate."],
+        ["tlsKey", None, None, "PEM private key of --tlsCert (mode 600)."],
+        ["maxSegmentSize", None, str(MAX_SEGMENT_BYTES), "Largest segment body accepted, in bytes (413 above)."],
+    ] + CHAIN_OPT_PARAMETERS
+    optFlags = [
+        ["monitor", None, "Serve Prometheus metrics at /metrics on the CLI port."],
+    ] + CHAIN_OPT_FLAGS
+
+    def postOptions(self):
+        """
+        Validate and convert the options; raise L{usage.UsageError} on bad input.
+        """
+        if not self["orchSecret"]:
+            raise usage.UsageError(
+                "Running an orchestrator requires an --orchSecret (a file path, mode 600) for standalone mode")
+        try:
+            self["secret"] = Secret.fromOption(self["orchSecret"])
+        except SecretFileError as e:
+            raise usage.UsageError(str(e))
+        try:
+            host, port = parseHostPort(self["serviceAddr"], socket.getfqdn(), DEFAULT_SERVICE_PORT)
+            self["serviceHost"], self["servicePort"] = host, port
+            self["listenHost"], self["listenPort"] = parseHostPort(self["httpAddr"], "", port)
+            self["cliHost"], self["cliPort"] = parseHostPort(self["cliAddr"], "127.0.0.1", 7935)
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+        if self["maxSessions"] == "auto":
+            self["maxSessionsLimit"] = None
+        else:
+            try:
+                self["maxSessionsLimit"] = int(self["maxSessions"])
+            except ValueError:
+                self["maxSessionsLimit"] = 0
+            if self["maxSessionsLimit"] <= 0:
+                raise usage.UsageError("--maxSessions must be 'auto' or greater than zero")
+        try:
+            self["maxSegmentBytes"] = int(self["maxSegmentSize"])
+            if self["maxSegmentBytes"] <= 0:
+                raise ValueError
+        except ValueError:
+            raise usage.UsageError("--maxSegmentSize must be a positive number of bytes")
+        if bool(self["tlsCert"]) != bool(self["tlsKey"]):
+            raise usage.UsageError("--tlsCert and --tlsKey must be given together")
+        validateChainOptions(self)
+        if not self["dataDir"]:
+            self["dataDir"] = os.path.expanduser(os.path.join("~", ".lpData", self.get("network") or "offchain"))
+
+
+def makeService(config, reactor=None):
+    """
+    Build the orchestrator's service tree from parsed L{Options}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    from livepeer_tx.chain.service import makeChainService
+    from livepeer_tx.orchestrator.app import Orchestrator
+
+    secret = config["secret"]
+    if secret.isLiteral:
+        _log.warn("--orchSecret was given as a literal: it is visible in the process list; use a file (mode 600)")
+    dataDir = config["dataDir"]
+    os.makedirs(dataDir, mode=0o700, exist_ok=True)
+    try:
+        certificate = ServerCertificate.loadOrCreate(
+            dataDir, config["serviceHost"], config["tlsCert"], config["tlsKey"])
+    except CertificateError as e:
+        raise usage.UsageError(str(e))
+    from livepeer_tx.tls import formatFingerprint
+
+    if certificate.generated:
+        _log.info("Private key and cert not found. Generating cert for {host} in {path}",
+                  host=config["serviceHost"], path=certificate.certPath)
+    _log.info("TLS certificate {path} SHA-256 fingerprint {fingerprint}",
+              path=certificate.certPath, fingerprint=formatFingerprint(certificate.fingerprint))
+
+    serviceURL = "https://" + formatHostPort(config["serviceHost"], config["servicePort"])
+    parent = service.MultiService()
+    app = Orchestrator(reactor, serviceURL, maxSessions=config["maxSessionsLimit"])
+    app.setServiceParent(parent)
+    chainService, payments = makeChainService(config, reactor, dataDir)
+    if chainService is not None:
+        chainService.setServiceParent(parent)
+
+    maxSegmentBytes = config["maxSegmentBytes"]
+    publicRoot = app.makePublicRoot(reactor, secret, payments, maxSegmentBytes)
+    publicSite = BoundedSite(publicRoot, maxBodyBytes=maxSegmentBytes, timeout=600)
+    publicEndpoint = certificate.endpointDescription(config["listenPort"], config["listenHost"])
+    strports.service(publicEndpoint, publicSite, reactor=reactor).setServiceParent(parent)
+
+    cliSite = BoundedSite(app.makeCLIRoot(config["monitor"]), maxBodyBytes=64 * 1024)
+    cliEndpoint = f"tcp:{config['cliPort']}:interface={_escape(config['cliHost'])}"
+    strports.service(cliEndpoint, cliSite, reactor=reactor).setServiceParent(parent)
+
+    _log.info("***Livepeer Running in Orchestrator Mode*** version={version}", version=__version__)
+    _log.info("Listening for RPC on https://{addr} (service URI {uri})",
+              addr=formatHostPort(config["listenHost"] or "0.0.0.0", config["listenPort"]), uri=serviceURL)
+    _log.info("CLI server listening on {addr}", addr=formatHostPort(config["cliHost"], config["cliPort"]))
+    return parent
+
+
+def _escape(value):
+    return value.replace(":", "\\:")

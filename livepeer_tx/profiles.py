@@ -1,0 +1,226 @@
+"""
+Video profiles (renditions) with go-livepeer's semantics.
+
+A L{Profile} is what one rendition must look like. It travels as a protobuf
+C{VideoProfile} between gateway and orchestrator and as a plain dict in our
+transcoder protocol.
+"""
+
+from dataclasses import asdict, dataclass
+
+from livepeer_tx.proto import lp_rpc_pb2 as pb
+
+
+class ProfileError(ValueError):
+    """
+    A profile cannot be honoured; the message is go-livepeer's error text.
+    """
+
+
+FORMAT_EXTENSIONS = {"mpegts": ".ts", "mp4": ".mp4"}
+FORMAT_MIME = {"mpegts": "video/mp2t", "mp4": "video/mp4"}
+_FORMATS = {pb.VideoProfile.MPEGTS: "mpegts", pb.VideoProfile.MP4: "mp4"}
+_ENCODER_PROFILES = {
+    pb.VideoProfile.ENCODER_DEFAULT: "",
+    pb.VideoProfile.H264_BASELINE: "baseline",
+    pb.VideoProfile.H264_MAIN: "main",
+    pb.VideoProfile.H264_HIGH: "high",
+    pb.VideoProfile.H264_CONSTRAINED_HIGH: "constrained_high",
+}
+
+# H.264 encoder limits used by LPMS.
+MIN_WIDTH, MIN_HEIGHT, MAX_SIDE = 146, 50, 4096
+
+
+@dataclass(frozen=True)
+class Profile:
+    """
+    One rendition: size bound, bitrate (bits/s), frame rate (0 = keep the
+    input's), container format and H.264 profile.
+    """
+
+    name: str
+    width: int
+    height: int
+    bitrate: int
+    fps: int = 0
+    fpsDen: int = 1
+    format: str = "mpegts"
+    encoderProfile: str = ""
+    gop: int = 0
+
+    @property
+    def extension(self):
+        """
+        The file extension of this profile's container.
+        """
+        return FORMAT_EXTENSIONS[self.format]
+
+    @property
+    def mimeType(self):
+        """
+        The MIME type of this profile's container.
+        """
+        return FORMAT_MIME[self.format]
+
+    def toDict(self):
+        """
+        The profile as a JSON-compatible dict (our transcoder protocol).
+        """
+        return asdict(self)
+
+    @classmethod
+    def fromDict(cls, data):
+        """
+        Build a profile from L{toDict} output, validating types.
+
+        @raise ProfileError: a field is missing or has the wrong type.
+        """
+        try:
+            profile = cls(
+                name=str(data["name"]),
+                width=int(data["width"]),
+                height=int(data["height"]),
+                bitrate=int(data["bitrate"]),
+                fps=int(data.get("fps", 0)),
+                fpsDen=int(data.get("fpsDen", 1)) or 1,
+                format=str(data.get("format", "mpegts")),
+                encoderProfile=str(data.get("encoderProfile", "")),
+                gop=int(data.get("gop", 0)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ProfileError(f"invalid profile: {e}") from None
+        profile.validate()
+        return profile
+
+    def validate(self):
+        """
+        Check the profile can be encoded.
+
+        @raise ProfileError: it cannot.
+        """
+        if self.format not in FORMAT_EXTENSIONS:
+            raise ProfileError("unrecognized profile output format")
+        if self.encoderProfile not in _ENCODER_PROFILES.values():
+            raise ProfileError("unrecognized encoder profile")
+        if self.width <= 0 or self.height <= 0 or max(self.width, self.height) > MAX_SIDE:
+            raise ProfileError(f"invalid profile resolution {self.width}x{self.height}")
+        if self.bitrate <= 0:
+            raise ProfileError(f"invalid profile bitrate {self.bitrate}")
+        if self.fps < 0 or self.fpsDen <= 0:
+            raise ProfileError(f"invalid profile frame rate {self.fps}/{self.fpsDen}")
+        if "/" in self.name or self.name in ("", ".", ".."):
+            raise ProfileError(f"invalid profile name {self.name!r}")
+
+    @classmethod
+    def fromProto(cls, message):
+        """
+        Build a profile from a go-livepeer C{VideoProfile} message.
+
+        @raise ProfileError: with go-livepeer's wording for unsupported fields.
+        """
+        if message.format not in _FORMATS:
+            raise ProfileError("unrecognized profile output format")
+        if message.profile not in _ENCODER_PROFILES:
+            raise ProfileError("unrecognized encoder profile")
+        if message.encoder != pb.VideoProfile.H264:
+            raise ProfileError("unrecognized video codec")
+        name = message.name or f"net_{message.width}x{message.height}_{message.bitrate}"
+        profile = cls(
+            name=name,
+            width=message.width,
+            height=message.height,
+            bitrate=message.bitrate,
+            fps=message.fps,
+            fpsDen=message.fpsDen or 1,
+            format=_FORMATS[message.format],
+            encoderProfile=_ENCODER_PROFILES[message.profile],
+            gop=message.gop,
+        )
+        profile.validate()
+        return profile
+
+    def toProto(self):
+        """
+        The profile as a go-livepeer C{VideoProfile} message.
+        """
+        formats = {v: k for k, v in _FORMATS.items()}
+        encoderProfiles = {v: k for k, v in _ENCODER_PROFILES.items()}
+        return pb.VideoProfile(
+            name=self.name,
+            width=self.width,
+            height=self.height,
+            bitrate=self.bitrate,
+            fps=self.fps,
+            fpsDen=self.fpsDen,
+            format=formats[self.format],
+            profile=encoderProfiles[self.encoderProfile],
+            gop=self.gop,
+        )
+
+    def outputSize(self, inputWidth, inputHeight):
+        """
+        The size this profile encodes an input of the given size to.
+
+        The input's aspect ratio is kept and the result fits inside the
+        profile's box, oriented like the input (a portrait input gets a portrait
+        box); both sides are even and within the H.264 limits.
+        """
+        boxW, boxH = self.width, self.height
+        if (inputHeight > inputWidth) != (boxH > boxW):
+            boxW, boxH = boxH, boxW
+        scale = min(boxW / inputWidth, boxH / inputHeight)
+        width = max(MIN_WIDTH, min(MAX_SIDE, _even(inputWidth * scale)))
+        height = max(MIN_HEIGHT, min(MAX_SIDE, _even(inputHeight * scale)))
+        return width, height
+
+
+def _even(value):
+    return max(2, int(round(value / 2.0)) * 2)
+
+
+PRESETS = {
+    p.name: p
+    for p in [
+        Profile("P720p60fps16x9", 1280, 720, 6_000_000, 60),
+        Profile("P720p30fps16x9", 1280, 720, 4_000_000, 30),
+        Profile("P720p25fps16x9", 1280, 720, 3_500_000, 25),
+        Profile("P720p30fps4x3", 960, 720, 3_500_000, 30),
+        Profile("P576p30fps16x9", 1024, 576, 1_500_000, 30),
+        Profile("P576p25fps16x9", 1024, 576, 1_500_000, 25),
+        Profile("P360p30fps16x9", 640, 360, 1_200_000, 30),
+        Profile("P360p25fps16x9", 640, 360, 1_000_000, 25),
+        Profile("P360p30fps4x3", 480, 360, 1_000_000, 30),
+        Profile("P240p30fps16x9", 426, 240, 600_000, 30),
+        Profile("P240p25fps16x9", 426, 240, 600_000, 25),
+        Profile("P240p30fps4x3", 320, 240, 600_000, 30),
+        Profile("P144p30fps16x9", 256, 144, 400_000, 30),
+    ]
+}
+
+
+def parsePresetList(text):
+    """
+    Parse a comma list of preset names, like go-livepeer's C{-transcodingOptions}.
+
+    @raise ProfileError: a name is not a known preset.
+    """
+    profiles = []
+    for name in filter(None, (part.strip() for part in text.split(","))):
+        if name not in PRESETS:
+            raise ProfileError(f"unknown profile {name!r}; known: {', '.join(sorted(PRESETS))}")
+        profiles.append(PRESETS[name])
+    return profiles
+
+
+def profilesFromSegData(segData):
+    """
+    The profiles a C{SegData} asks for: the first non-empty of C{fullProfiles3},
+    C{fullProfiles2} and C{fullProfiles}, as go-livepeer reads them.
+
+    @raise ProfileError: a profile is unsupported.
+    """
+    for field in (segData.fullProfiles3, segData.fullProfiles2, segData.fullProfiles):
+        if len(field):
+            return [Profile.fromProto(message) for message in field]
+    return []

@@ -1,0 +1,3 @@
+"""
+go-livepeer's protobuf messages (package C{net}), generated from lp_rpc.proto.
+"""

@@ -1,0 +1,95 @@
+"""
+Reading the shared C{orchSecret} and other secret values from the command line.
+
+go-livepeer accepts a literal or the path of a file; we do the same, but refuse a
+file that other users can read, and remember where the value came from so that a
+file can be re-read (secret rotation) and a literal can be warned about.
+"""
+
+import hmac
+import os
+import stat
+
+from twisted.logger import Logger
+
+
+class SecretFileError(Exception):
+    """
+    A secret file exists but cannot be used (unsafe permissions, empty, unreadable).
+    """
+
+
+class Secret:
+    """
+    A secret given on the command line, either as a literal or as a file path.
+
+    The value never appears in C{repr}, so it cannot leak through logged objects
+    or tracebacks.
+
+    @ivar path: the file the secret is read from, or L{None} for a literal.
+    """
+
+    _log = Logger()
+
+    def __init__(self, literal=None, path=None):
+        self._literal = literal
+        self.path = path
+
+    @classmethod
+    def fromOption(cls, value, optionName="--orchSecret"):
+        """
+        Interpret a command-line value: a path to an existing file, or a literal.
+
+        @raise SecretFileError: the file is unsafe or empty.
+        """
+        if value is None or value == "":
+            return None
+        if os.path.isfile(value):
+            secret = cls(path=value)
+            secret.read()  # fail early on permissions or emptiness
+            return secret
+        return cls(literal=value)
+
+    @property
+    def isLiteral(self):
+        """
+        Whether the secret was given literally (and so is visible in C{ps}).
+        """
+        return self.path is None
+
+    def read(self):
+        """
+        Return the secret as a string, re-reading its file if it has one.
+
+        @raise SecretFileError: the file is readable by group or others, empty
+            or unreadable.
+        """
+        if self._literal is not None:
+            return self._literal
+        try:
+            info = os.stat(self.path)
+            if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise SecretFileError(
+                    f"refusing secret file {self.path}: it is accessible by group or others "
+                    f"(mode {stat.S_IMODE(info.st_mode):04o}); run chmod 600 on it"
+                )
+            with open(self.path, encoding="utf-8") as f:
+                value = f.read().strip()
+        except OSError as e:
+            raise SecretFileError(f"cannot read secret file {self.path}: {e.strerror}") from None
+        if not value:
+            raise SecretFileError(f"secret file {self.path} is empty")
+        return value
+
+    def matches(self, candidate):
+        """
+        Compare C{candidate} with the secret in constant time.
+        """
+        if isinstance(candidate, bytes):
+            candidate = candidate.decode("utf-8", "replace")
+        return hmac.compare_digest(candidate.encode("utf-8"), self.read().encode("utf-8"))
+
+    def __repr__(self):
+        if self.path is None:
+            return "<Secret literal>"
+        return f"<Secret file={self.path!r}>"

@@ -1,0 +1,1 @@
+"""The transcoder: turns segments into renditions with FFmpeg, on the CPU or NVIDIA GPUs."""

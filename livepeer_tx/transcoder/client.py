@@ -1,0 +1,384 @@
+# -*- test-case-name: tests.test_transcoder_client -*-
+"""
+The transcoder's connection to its orchestrator: registration over a
+WebSocket, work in binary frames, and reconnection with backoff.
+"""
+
+import random
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.logger import Logger
+
+from livepeer_tx import __version__, wsproto
+from livepeer_tx.addresses import formatHostPort
+from livepeer_tx.lifecycle import stopWithStatus
+from livepeer_tx.profiles import Profile
+from livepeer_tx.secret import SecretFileError
+
+INVALID_SECRET = "invalid secret"
+ZERO_CAPACITY = "zero capacity"
+
+# go-livepeer's default capability set (core/capabilities.go): H.264, MPEG-TS,
+# MP4, fractional frame rates, storage, H.264 profiles, GOP, auth token, MPEG-7
+# signature, segment slicing.
+DEFAULT_CAPABILITIES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 26)
+
+
+def capabilityBitstring(capabilities=DEFAULT_CAPABILITIES):
+    """
+    go-livepeer's capability bitstring: bit i of word i/64 set for capability i.
+    """
+    words = [0] * (max(capabilities) // 64 + 1)
+    for capability in capabilities:
+        words[capability // 64] |= 1 << (capability % 64)
+    return words
+
+
+class Backoff:
+    """
+    Exponential backoff with jitter: about C{initial} seconds first, growing by
+    C{factor} up to C{cap}, each delay randomised by +/- C{jitter}.
+    """
+
+    def __init__(self, initial=0.5, factor=1.5, cap=30.0, jitter=0.5, random=random.random):
+        self.initial = initial
+        self.factor = factor
+        self.cap = cap
+        self.jitter = jitter
+        self._random = random
+        self.attempts = 0
+
+    def next(self):
+        """
+        The delay before the next attempt.
+        """
+        base = min(self.cap, self.initial * self.factor ** self.attempts)
+        self.attempts += 1
+        return base * (1 - self.jitter + 2 * self.jitter * self._random())
+
+    def slow(self):
+        """
+        The delay used while the orchestrator refuses our secret.
+        """
+        return self.cap
+
+    def reset(self):
+        """
+        Start again from the initial delay (after a successful registration).
+        """
+        self.attempts = 0
+
+
+class TranscoderClientProtocol(WebSocketClientProtocol):
+    """
+    One connection to the orchestrator. Decodes work, runs it on the worker,
+    sends results back.
+    """
+
+    _log = Logger()
+
+    def onOpen(self):
+        """
+        Announce ourselves: capacity, devices, capabilities, version.
+        """
+        self.factory.link.connectionOpened(self)
+        self.sendMessage(wsproto.encodeControl(
+            "register",
+            capacity=self.factory.link.capacity,
+            devices=self.factory.link.devices or [],
+            capabilities={"bitstring": capabilityBitstring()},
+            version=__version__,
+        ))
+
+    def onMessage(self, payload, isBinary):
+        """
+        Dispatch one message from the orchestrator.
+        """
+        try:
+            if isBinary:
+                header, parts = wsproto.decodeMedia(payload)
+            else:
+                header, parts = wsproto.decodeControl(payload), []
+            handler = getattr(self, "handle_" + header["type"], None)
+            if handler is None:
+                raise wsproto.ProtocolError(f"unknown message type {header['type']!r}")
+            handler(header, parts)
+        except wsproto.ProtocolError as e:
+            self._log.error("Protocol error from orchestrator: {reason}", reason=str(e))
+            self.sendClose(wsproto.CLOSE_PROTOCOL_ERROR, str(e)[:120])
+
+    def handle_registered(self, message, parts):
+        """
+        The orchestrator accepted our registration.
+        """
+        self.factory.link.registered(message)
+
+    def handle_refused(self, message, parts):
+        """
+        The orchestrator refused our registration.
+        """
+        self.factory.link.refusal = str(message.get("error", ""))
+
+    def handle_error(self, message, parts):
+        """
+        The orchestrator reports a problem with something we sent.
+        """
+        self._log.warn("Orchestrator reported an error: {error}", error=message.get("error"))
+
+    def handle_transcode(self, header, parts):
+        """
+        Transcode one segment and send the renditions back.
+        """
+        taskId = header.get("taskId")
+        if not isinstance(taskId, int) or len(parts) != 1:
+            raise wsproto.ProtocolError("transcode: needs an integer taskId and one segment part")
+        try:
+            profiles = [Profile.fromDict(item) for item in header.get("profiles") or []]
+        except ValueError as e:
+            self._sendError(taskId, f"invalid profiles: {e}")
+            return
+        if not profiles:
+            self._sendError(taskId, "no profiles requested")
+            return
+        self.factory.link.runTask(self, taskId, str(header.get("sessionId", "")), int(header.get("seq", 0)),
+                                  parts[0], profiles)
+
+    def handle_cancel(self, message, parts):
+        """
+        The orchestrator gave up on a task: kill its FFmpeg.
+        """
+        self.factory.link.worker.cancel(message.get("taskId"))
+
+    def handle_endSession(self, message, parts):
+        """
+        A session ended: free what we keep for it.
+        """
+        self.factory.link.worker.endSession(message.get("sessionId"))
+
+    def sendResult(self, taskId, output):
+        """
+        Send a transcode output as a C{result} frame.
+        """
+        header = {
+            "type": "result",
+            "taskId": taskId,
+            "decodedPixels": output.decodedPixels,
+            "decodedFrames": output.decodedFrames,
+            "seconds": output.seconds,
+            "renditions": [
+                {"name": r.profile.name, "pixels": r.pixels, "frames": r.frames, "width": r.width,
+                 "height": r.height}
+                for r in output.renditions
+            ],
+        }
+        self.sendMessage(wsproto.encodeMedia(header, [r.data for r in output.renditions]), isBinary=True)
+
+    def _sendError(self, taskId, error):
+        self.sendMessage(wsproto.encodeControl("error", taskId=taskId, error=error))
+
+    sendError = _sendError
+
+    def onClose(self, wasClean, code, reason):
+        """
+        Report the end of this connection to the link, which reconnects.
+        """
+        self.factory.link.connectionEnded(self, code, reason)
+
+
+class OrchestratorLink(service.Service):
+    """
+    Keeps one registered connection to the orchestrator, reconnecting with
+    backoff; the secret file is re-read before every attempt.
+
+    @param reactor: the reactor.
+    @param host: the orchestrator's host.
+    @param port: the orchestrator's port.
+    @param secret: a L{livepeer_tx.secret.Secret}.
+    @param tlsOptions: the client TLS creator (see L{livepeer_tx.tls.clientTLSOptions}).
+    @param worker: the L{TranscodeWorker}.
+    @param capacity: our C{maxSessions}.
+    @param devices: GPU ids, or L{None}.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, host, port, secret, tlsOptions, worker, capacity, devices=None, backoff=None,
+                 metrics=None):
+        self._reactor = reactor
+        self.host = host
+        self.port = port
+        self._secret = secret
+        self._tlsOptions = tlsOptions
+        self.worker = worker
+        self.capacity = capacity
+        self.devices = devices
+        self.backoff = backoff or Backoff()
+        self.metrics = metrics
+        self.protocol = None
+        self.isRegistered = False
+        self.refusal = None
+        self._retryCall = None
+        self._stopping = False
+        self._connecting = None
+
+    @property
+    def address(self):
+        """
+        The orchestrator's C{host:port}.
+        """
+        return formatHostPort(self.host, self.port)
+
+    def startService(self):
+        """
+        Connect as soon as the service starts.
+        """
+        super().startService()
+        self._stopping = False
+        self._attempt()
+
+    def stopService(self):
+        """
+        Stop reconnecting, close the connection and kill running FFmpegs.
+        """
+        super().stopService()
+        self._stopping = True
+        if self._retryCall is not None and self._retryCall.active():
+            self._retryCall.cancel()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        self.worker.cancelAll()
+        if self.protocol is not None:
+            self.protocol.sendClose(wsproto.CLOSE_SHUTDOWN, "transcoder shutting down")
+
+    def _attempt(self):
+        self._retryCall = None
+        if self._stopping:
+            return
+        try:
+            secretValue = self._secret.read()
+        except SecretFileError as e:
+            self._log.error("Cannot read the secret: {error}; retrying", error=str(e))
+            self._schedule(self.backoff.slow())
+            return
+        self.refusal = None
+        url = f"wss://{self.address}/{wsproto.RESOURCE_PATH.decode()}"
+        factory = WebSocketClientFactory(
+            url, protocols=[wsproto.SUBPROTOCOL], reactor=self._reactor,
+            headers={
+                wsproto.AUTH_HEADER: "Livepeer-Transcoder-1.0",
+                "Credentials": secretValue,
+                "Livepeer-Capacity": str(self.capacity),
+            },
+            useragent=f"livepeer-tx-transcoder/{__version__}",
+        )
+        factory.setProtocolOptions(
+            autoPingInterval=10, autoPingTimeout=10, openHandshakeTimeout=10, closeHandshakeTimeout=5,
+            maxMessagePayloadSize=0, maxFramePayloadSize=0,
+        )
+        factory.protocol = TranscoderClientProtocol
+        factory.link = self
+        endpoint = wrapClientTLS(self._tlsOptions, HostnameEndpoint(self._reactor, self.host, self.port, timeout=10))
+        self._log.info("Registering transcoder to {orchestrator}", orchestrator=self.address)
+        self._connecting = endpoint.connect(factory)
+
+        def connected(protocol):
+            self._connecting = None
+
+        def failed(failure):
+            self._connecting = None
+            if failure.check(defer.CancelledError):
+                return
+            self._log.warn("Could not register transcoder to orchestrator {orchestrator}: {error}",
+                           orchestrator=self.address, error=failure.getErrorMessage())
+            self._schedule(self.backoff.next())
+
+        self._connecting.addCallbacks(connected, failed)
+
+    def _schedule(self, delay):
+        if self._stopping:
+            return
+        self._log.info("Reconnecting to {orchestrator} in {delay:.1f} s", orchestrator=self.address, delay=delay)
+        self._retryCall = self._reactor.callLater(delay, self._attempt)
+
+    def connectionOpened(self, protocol):
+        """
+        The WebSocket opened (the orchestrator accepted our secret).
+        """
+        self.protocol = protocol
+
+    def registered(self, message):
+        """
+        The orchestrator acknowledged our registration.
+        """
+        self.isRegistered = True
+        self.backoff.reset()
+        self._log.info(
+            "Successful transcoder registration orchestrator={orchestrator} capacity={capacity}",
+            orchestrator=self.address, capacity=message.get("capacity", self.capacity),
+        )
+
+    def connectionEnded(self, protocol, code, reason):
+        """
+        A connection ended: classify why, then reconnect or give up.
+        """
+        if self.protocol is protocol:
+            self.protocol = None
+        wasRegistered, self.isRegistered = self.isRegistered, False
+        self.worker.cancelAll()
+        reason = self.refusal or reason or ""
+        if self._stopping:
+            return
+        if INVALID_SECRET in reason:
+            if self._secret.isLiteral:
+                self._log.critical(
+                    "Terminating transcoder because of {error}: the orchestrator refused our --orchSecret",
+                    error=INVALID_SECRET)
+                stopWithStatus(self._reactor, 1)
+                return
+            self._log.error(
+                "The orchestrator refused our secret ({error}); will re-read {path} and retry every {delay:.0f} s",
+                error=INVALID_SECRET, path=self._secret.path, delay=self.backoff.slow())
+            self._schedule(self.backoff.slow())
+            return
+        if ZERO_CAPACITY in reason:
+            self._log.critical("Terminating transcoder because of {error}", error=ZERO_CAPACITY)
+            stopWithStatus(self._reactor, 1)
+            return
+        self._log.info("Unregistering transcoder: {reason} (code {code})", reason=reason or "connection lost",
+                       code=code)
+        self._schedule(self.backoff.next())
+
+    def runTask(self, protocol, taskId, sessionId, seq, segment, profiles):
+        """
+        Run one task on the worker and answer on C{protocol} if it is still open.
+        """
+        self._log.info("Transcoding taskId={taskId} sessionID={sessionId} seqNo={seq}",
+                       taskId=taskId, sessionId=sessionId, seq=seq)
+        d = self.worker.run(taskId, sessionId, segment, profiles)
+
+        def done(output):
+            if self.metrics is not None:
+                self.metrics.segmentsTranscoded.inc()
+                self.metrics.transcodeSeconds.observe(output.seconds)
+                self.metrics.pixelsProcessed.inc(sum(r.pixels for r in output.renditions) / 1e6)
+            self._log.info("Transcoding done for taskId={taskId} dur={seconds:.3f}s", taskId=taskId,
+                           seconds=output.seconds)
+            if protocol.state == protocol.STATE_OPEN:
+                protocol.sendResult(taskId, output)
+
+        def failed(failure):
+            if failure.check(defer.CancelledError):
+                self._log.info("Transcoding cancelled for taskId={taskId}", taskId=taskId)
+                return
+            if self.metrics is not None:
+                self.metrics.segmentsFailed.inc()
+            self._log.error("Unable to transcode taskId={taskId} err={err!r}", taskId=taskId,
+                            err=failure.getErrorMessage())
+            if protocol.state == protocol.STATE_OPEN:
+                protocol.sendError(taskId, failure.getErrorMessage())
+
+        d.addCallbacks(done, failed)
+        d.addErrback(lambda f: self._log.failure("Could not send the result of taskId={taskId}", f, taskId=taskId))

@@ -1,0 +1,569 @@
+"""
+The FFmpeg transcoding engine.
+
+Each segment is transcoded by exactly one FFmpeg process, spawned with
+C{reactor.spawnProcess}: the input is decoded once, C{split} into one branch per
+rendition, and every branch is scaled, frame-rate converted and encoded in the
+same process, as go-livepeer's LPMS does in-process.
+
+The output size is computed inside FFmpeg by scale-filter expressions that are
+the exact equivalent of L{Profile.outputSize}, so no separate probe is needed.
+What was really encoded (sizes, frame counts) is read back from FFmpeg's own
+log (C{-loglevel level+verbose}): the stream lines of each C{Output #N}
+section and the final per-stream statistics, whose formats differ between
+FFmpeg 5.1 and 7+ and are both understood here.
+
+Encoder choices, following LPMS (C{ffmpeg/ffmpeg.go}, C{encoder.c}):
+  - CPU: C{libx264} with preset C{veryfast} (LPMS uses C{medium}; C{veryfast}
+    is several times cheaper for a small quality loss, which suits a
+    per-segment CLI process). NVIDIA: C{h264_nvenc} with its default preset.
+  - CBR-like rate control: C{b:v = minrate = maxrate = bufsize = bitrate};
+    C{forced-idr=1}.
+  - B-frames: baseline and constrained high get C{bf=0}; main and high
+    C{bf=3}; the default profile C{bf=3} on x264 and C{bf=0} on NVENC (also
+    with frame-rate passthrough). x264 has no "constrained high" profile, so it
+    is encoded as C{high} without B-frames, as LPMS does.
+  - GOP (milliseconds): C{-g round(gop × fps)} when the profile sets a frame
+    rate, otherwise time-based C{-force_key_frames}; C{-1} means intra only.
+  - Audio is copied (go-livepeer always passes C{copy}).
+  - Timestamps are kept (C{-copyts}; C{mpegts_copyts} for MPEG-TS) so that
+    consecutive renditions line up like their source segments; MP4 outputs
+    start near zero (no edit list) and are written C{faststart}.
+"""
+
+import os
+import re
+import shutil
+import signal
+import stat
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import ffmpeg as ffmpegpy
+from twisted.internet import defer, error, protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.procutils import which
+
+from livepeer_tx.profiles import MAX_SIDE, MIN_HEIGHT, MIN_WIDTH, Profile
+
+__all__ = [
+    "FFmpegNotFound",
+    "TranscodeError",
+    "RenditionOutput",
+    "TranscodeOutput",
+    "FFmpegTranscoder",
+    "findFFmpeg",
+    "buildCommand",
+    "scaleExpressions",
+]
+
+# How long FFmpeg gets to exit after SIGTERM before it is sent SIGKILL.
+KILL_GRACE = 1.0
+# How many log lines are kept for error messages and classification.
+_TAIL_LINES = 200
+_ERROR_LEVELS = ("error", "fatal", "panic")
+
+
+class FFmpegNotFound(Exception):
+    """
+    No usable FFmpeg executable could be found.
+    """
+
+
+class TranscodeError(Exception):
+    """
+    A segment could not be transcoded; the message says why, for an operator.
+
+    @ivar stderr: the last lines FFmpeg logged (empty if it never ran).
+    @ivar exitCode: FFmpeg's exit status, or L{None}.
+    """
+
+    def __init__(self, message, stderr="", exitCode=None):
+        super().__init__(message)
+        self.stderr = stderr
+        self.exitCode = exitCode
+
+
+@dataclass
+class RenditionOutput:
+    """
+    One encoded rendition: its bytes and what FFmpeg reported encoding.
+
+    C{pixels} is C{frames × width × height}, the encoded pixel count that is
+    reported to the orchestrator and billed.
+    """
+
+    profile: Profile
+    data: bytes
+    width: int
+    height: int
+    frames: int
+    pixels: int
+
+
+@dataclass
+class TranscodeOutput:
+    """
+    The result of transcoding one segment.
+
+    C{decodedPixels} is C{decodedFrames × input width × input height};
+    C{seconds} is how long the FFmpeg process ran.
+    """
+
+    decodedFrames: int
+    decodedPixels: int
+    renditions: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def findFFmpeg(explicit=None):
+    """
+    Find the FFmpeg executable to use.
+
+    @param explicit: a path given by the operator, used if not L{None}.
+    @return: the explicit path; else C{ffmpeg} on C{PATH}; else the binary of
+        the C{imageio-ffmpeg} wheel.
+    @raise FFmpegNotFound: the explicit path is not an executable file, or
+        no FFmpeg is available at all.
+    """
+    if explicit is not None:
+        if os.path.isfile(explicit) and os.access(explicit, os.X_OK):
+            return explicit
+        raise FFmpegNotFound(f"FFmpeg executable {explicit!r} does not exist or is not executable")
+    found = which("ffmpeg")
+    if found:
+        return found[0]
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception as e:
+        raise FFmpegNotFound(
+            f"no ffmpeg on PATH and the imageio-ffmpeg binary is unavailable ({e}); "
+            "install FFmpeg or give its path"
+        ) from None
+
+
+def _bankersEven(expr):
+    """
+    FFmpeg expression for C{profiles._even}: C{2 × round-half-to-even(x / 2)},
+    at least 2. (FFmpeg's C{round} rounds halves away from zero; Python's to
+    even, which at an exact half is C{2 × round(v / 2)}.)
+    """
+    v = f"({expr})/2"
+    rounded = f"if(eq({v}-floor({v}),0.5),2*round({v}/2),round({v}))"
+    return f"max(2,({rounded})*2)"
+
+
+def scaleExpressions(profile):
+    """
+    The C{w} and C{h} expressions for FFmpeg's C{scale}/C{scale_cuda} filters
+    that give exactly L{Profile.outputSize} for the filter's input size.
+
+    @return: C{(widthExpression, heightExpression)}
+    """
+    boxW, boxH = profile.width, profile.height
+    # outputSize swaps the box when (ih > iw) != (boxH > boxW).
+    swap = "lte(ih,iw)" if boxH > boxW else "gt(ih,iw)"
+    bw = f"if({swap},{boxH},{boxW})"
+    bh = f"if({swap},{boxW},{boxH})"
+    scale = f"min({bw}/iw,{bh}/ih)"
+    width = f"max({MIN_WIDTH},min({MAX_SIDE},{_bankersEven(f'iw*{scale}')}))"
+    height = f"max({MIN_HEIGHT},min({MAX_SIDE},{_bankersEven(f'ih*{scale}')}))"
+    return width, height
+
+
+def _bFrames(profile, nvidia):
+    if profile.encoderProfile in ("baseline", "constrained_high"):
+        return 0
+    if nvidia and (profile.encoderProfile == "" or profile.fps == 0):
+        return 0
+    return 3
+
+
+def _encoderOptions(profile, device):
+    nvidia = device is not None
+    bitrate = str(profile.bitrate)
+    options = {
+        "c:v": "h264_nvenc" if nvidia else "libx264",
+        "b:v": bitrate,
+        "minrate": bitrate,
+        "maxrate": bitrate,
+        "bufsize": bitrate,
+        "forced-idr": "1",
+        "bf": str(_bFrames(profile, nvidia)),
+    }
+    if nvidia:
+        options["gpu"] = str(device)
+    else:
+        options["preset"] = "veryfast"
+        options["pix_fmt"] = "yuv420p"
+    if profile.encoderProfile:
+        options["profile:v"] = "high" if profile.encoderProfile == "constrained_high" else profile.encoderProfile
+    if profile.gop == -1:
+        options["g"] = "1"
+    elif profile.gop > 0:
+        if profile.fps > 0:
+            options["g"] = str(max(1, round(profile.gop / 1000 * profile.fps / profile.fpsDen)))
+        else:
+            options["force_key_frames"] = f"expr:gte(t,n_forced*{profile.gop / 1000:g})"
+    return options
+
+
+def _muxerOptions(profile):
+    if profile.format == "mp4":
+        return {"f": "mp4", "movflags": "faststart", "use_editlist": "0"}
+    return {"f": "mpegts", "mpegts_copyts": "1"}
+
+
+def buildCommand(ffmpegPath, inputPath, outputPaths, profiles, device=None):
+    """
+    The FFmpeg command line transcoding C{inputPath} into one output per
+    profile, in a single process, on the CPU (C{device} L{None}) or the given
+    NVIDIA GPU.
+
+    @return: the argument list, C{ffmpegPath} first.
+    """
+    nvidia = device is not None
+    inputOptions = {}
+    if nvidia:
+        inputOptions = {
+            "hwaccel": "cuda",
+            "hwaccel_device": str(device),
+            "hwaccel_output_format": "cuda",
+        }
+    source = ffmpegpy.input(inputPath, **inputOptions)
+    video = source["v:0"]
+    if len(profiles) > 1:
+        split = video.filter_multi_output("split", len(profiles))
+        branches = [split.stream(i) for i in range(len(profiles))]
+    else:
+        branches = [video]
+    outputs = []
+    for branch, profile, path in zip(branches, profiles, outputPaths):
+        width, height = scaleExpressions(profile)
+        scaled = branch.filter("scale_cuda" if nvidia else "scale", w=width, h=height)
+        if profile.fps > 0:
+            scaled = scaled.filter("fps", fps=f"{profile.fps}/{profile.fpsDen}")
+        options = _encoderOptions(profile, device)
+        options.update(_muxerOptions(profile))
+        options["c:a"] = "copy"
+        outputs.append(ffmpegpy.output(scaled, source["a?"], path, **options))
+    globalArgs = ["-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+verbose", "-y", "-copyts"]
+    return [ffmpegPath, *globalArgs, *ffmpegpy.merge_outputs(*outputs).get_args()]
+
+
+_LINE = re.compile(r"^(?:\[[^\]]* @ 0x[0-9a-fA-F]+\] )*(?:\[(?P<level>[a-z]+)\] )?(?P<text>.*)$")
+_SECTION = re.compile(r"^(?P<kind>Input|Output) #(?P<file>\d+), .*(?:from|to) '(?P<path>.*)':$")
+_VIDEO_STREAM = re.compile(r"^\s*Stream #(?P<file>\d+):(?P<stream>\d+)\S*: Video: (?P<rest>.*)$")
+_SIZE = re.compile(r"\s(?P<w>\d+)x(?P<h>\d+)(?=[\s,\[]|$)")
+_DECODED = re.compile(r"^\s*Input stream #0:(?P<stream>\d+) \(video\): .*?(?P<frames>\d+) frames decoded")
+_ENCODED = re.compile(r"^\s*Output stream #(?P<file>\d+):(?P<stream>\d+) \(video\): (?P<frames>\d+) frames encoded")
+
+
+class _LogParser:
+    """
+    Reads FFmpeg's C{level+verbose} log line by line and keeps what we need:
+    the input video size, each output's video size, decoded and encoded frame
+    counts, and the last lines (and error lines) for error messages.
+    """
+
+    def __init__(self):
+        self._buffer = b""
+        self._section = None
+        self.inputSize = None
+        self.inputVideoStream = None
+        self.decodedFrames = {}
+        self.outputPaths = {}
+        self.outputSizes = {}
+        self.encodedFrames = {}
+        self.tail = deque(maxlen=_TAIL_LINES)
+        self.errors = deque(maxlen=_TAIL_LINES)
+
+    def feed(self, data):
+        self._buffer += data.replace(b"\r", b"\n")
+        *lines, self._buffer = self._buffer.split(b"\n")
+        if len(self._buffer) > 65536:
+            lines.append(self._buffer)
+            self._buffer = b""
+        for line in lines:
+            self._line(line.decode("utf-8", "replace"))
+
+    def close(self):
+        if self._buffer:
+            self._line(self._buffer.decode("utf-8", "replace"))
+            self._buffer = b""
+
+    def _line(self, raw):
+        if not raw.strip():
+            return
+        match = _LINE.match(raw)
+        level, text = match.group("level"), match.group("text")
+        self.tail.append(raw)
+        if level in _ERROR_LEVELS:
+            self.errors.append(text)
+        section = _SECTION.match(text)
+        if section:
+            self._section = (section.group("kind"), int(section.group("file")))
+            if section.group("kind") == "Output":
+                self.outputPaths[int(section.group("file"))] = section.group("path")
+            return
+        stream = _VIDEO_STREAM.match(text)
+        if stream and self._section is not None:
+            size = _SIZE.search(" " + stream.group("rest"))
+            if size:
+                kind, fileIndex = self._section
+                dimensions = (int(size.group("w")), int(size.group("h")))
+                if kind == "Input" and fileIndex == 0 and self.inputSize is None:
+                    self.inputSize = dimensions
+                    self.inputVideoStream = int(stream.group("stream"))
+                elif kind == "Output" and int(stream.group("file")) == fileIndex:
+                    self.outputSizes.setdefault(fileIndex, dimensions)
+            return
+        if text.startswith("Stream mapping:"):
+            self._section = None
+            return
+        decoded = _DECODED.match(text)
+        if decoded:
+            self.decodedFrames[int(decoded.group("stream"))] = int(decoded.group("frames"))
+            return
+        encoded = _ENCODED.match(text)
+        if encoded:
+            self.encodedFrames.setdefault(int(encoded.group("file")), int(encoded.group("frames")))
+
+    def tailText(self):
+        """
+        The kept log lines, as text.
+        """
+        return "\n".join(self.tail)
+
+    def cause(self, lines=4):
+        """
+        The most telling last lines: FFmpeg's last error lines, or its last
+        lines if it logged no error.
+        """
+        chosen = list(self.errors)[-lines:] or [_LINE.match(line).group("text") for line in list(self.tail)[-lines:]]
+        return " | ".join(line.strip() for line in chosen if line.strip())
+
+
+class _FFmpegProtocol(protocol.ProcessProtocol):
+    """
+    Feeds FFmpeg's stderr to a L{_LogParser} and reports the exit.
+    """
+
+    def __init__(self, parser, onEnded):
+        self._parser = parser
+        self._onEnded = onEnded
+
+    def connectionMade(self):
+        self.transport.closeStdin()
+
+    def errReceived(self, data):
+        self._parser.feed(data)
+
+    def processEnded(self, reason):
+        self._parser.close()
+        self._onEnded(reason)
+
+
+class _Job:
+    """
+    One segment being transcoded: work directory, process, timers, result.
+    """
+
+    _log = Logger()
+
+    def __init__(self, transcoder, segment, profiles, device, timeout):
+        self._reactor = transcoder._reactor
+        self._transcoder = transcoder
+        self._segment = segment
+        self._profiles = list(profiles)
+        self._device = device
+        self._timeout = timeout
+        self._parser = _LogParser()
+        self._stopping = None
+        self._timer = None
+        self._killTimer = None
+        self._process = None
+        self._started = None
+        self._workDir = None
+        self.result = defer.Deferred(self._cancel)
+
+    def start(self):
+        ffmpegPath = self._transcoder._ffmpegPath
+        if shutil.which(ffmpegPath) is None:
+            self.result.errback(TranscodeError(f"FFmpeg executable {ffmpegPath!r} not found or not executable"))
+            return self.result
+        try:
+            self._workDir = tempfile.mkdtemp(prefix="transcode-", dir=self._transcoder._workDir)
+            inputPath = os.path.join(self._workDir, "input.tempfile")
+            fd = os.open(inputPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+            with os.fdopen(fd, "wb") as f:
+                f.write(self._segment)
+            self._outputs = [
+                os.path.join(self._workDir, f"out{index}{profile.extension}")
+                for index, profile in enumerate(self._profiles)
+            ]
+            args = buildCommand(
+                ffmpegPath, inputPath, self._outputs, self._profiles, self._device
+            )
+            self._started = time.monotonic()
+            self._process = self._reactor.spawnProcess(
+                _FFmpegProtocol(self._parser, self._ended),
+                args[0],
+                args,
+                env=None,
+                path=self._workDir,
+            )
+        except Exception as e:
+            self._removeWorkDir()
+            self.result.errback(TranscodeError(f"cannot start FFmpeg: {e}"))
+            return self.result
+        self._timer = self._reactor.callLater(self._timeout, self._timedOut)
+        return self.result
+
+    def _timedOut(self):
+        self._timer = None
+        self._log.warn("transcode timed out after {timeout}s; stopping FFmpeg", timeout=self._timeout)
+        self._stop("timeout")
+
+    def _cancel(self, result):
+        self._stop("cancel")
+        # Deliver the CancelledError only after FFmpeg is reaped and the work
+        # files are gone (see _ended).
+        result.pause()
+
+    def _stop(self, why):
+        if self._stopping is not None:
+            return
+        self._stopping = why
+        self._signal("TERM")
+        self._killTimer = self._reactor.callLater(KILL_GRACE, self._signal, "KILL")
+
+    def _signal(self, name):
+        if name == "KILL":
+            self._killTimer = None
+        try:
+            self._process.signalProcess(name)
+        except error.ProcessExitedAlready:
+            pass
+
+    def _ended(self, reason):
+        for timer in (self._timer, self._killTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._killTimer = None
+        seconds = time.monotonic() - self._started
+        try:
+            outcome = self._outcome(reason, seconds)
+        except Exception as e:
+            outcome = Failure(e)
+        finally:
+            self._removeWorkDir()
+        if self._stopping == "cancel":
+            self.result.unpause()
+        elif isinstance(outcome, Failure):
+            self.result.errback(outcome)
+        else:
+            self.result.callback(outcome)
+
+    def _outcome(self, reason, seconds):
+        if self._stopping == "cancel":
+            return None
+        if self._stopping == "timeout":
+            return Failure(
+                TranscodeError(f"transcode timed out after {self._timeout:g}s", self._parser.tailText())
+            )
+        exitCode = getattr(reason.value, "exitCode", None)
+        if not isinstance(reason.value, error.ProcessDone):
+            signalNumber = getattr(reason.value, "signal", None)
+            if signalNumber is not None:
+                what = f"FFmpeg was killed by signal {signal.Signals(signalNumber).name}"
+            else:
+                what = f"FFmpeg exited with status {exitCode}"
+            return Failure(TranscodeError(f"{what}: {self._parser.cause()}", self._parser.tailText(), exitCode))
+        return self._collect(seconds)
+
+    def _collect(self, seconds):
+        parser = self._parser
+
+        def missing(what):
+            return TranscodeError(
+                f"FFmpeg succeeded but its log does not show {what}: {parser.cause()}", parser.tailText(), 0
+            )
+
+        if parser.inputSize is None or parser.inputVideoStream not in parser.decodedFrames:
+            raise missing("the input video size and decoded frames")
+        decodedFrames = parser.decodedFrames[parser.inputVideoStream]
+        inW, inH = parser.inputSize
+        byPath = {path: index for index, path in parser.outputPaths.items()}
+        renditions = []
+        for profile, path in zip(self._profiles, self._outputs):
+            index = byPath.get(path)
+            if index is None or index not in parser.outputSizes or index not in parser.encodedFrames:
+                raise missing(f"the size and frames of rendition {profile.name!r}")
+            width, height = parser.outputSizes[index]
+            frames = parser.encodedFrames[index]
+            with open(path, "rb") as f:
+                data = f.read()
+            renditions.append(RenditionOutput(profile, data, width, height, frames, frames * width * height))
+        return TranscodeOutput(decodedFrames, decodedFrames * inW * inH, renditions, seconds)
+
+    def _removeWorkDir(self):
+        if self._workDir is not None:
+            shutil.rmtree(self._workDir, ignore_errors=True)
+            self._workDir = None
+
+
+class FFmpegTranscoder:
+    """
+    Transcodes segments with one FFmpeg process each.
+
+    @ivar running: the number of FFmpeg processes not yet reaped.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, ffmpegPath, workDir, timeout=60.0):
+        """
+        @param reactor: provides C{spawnProcess} and C{callLater}.
+        @param ffmpegPath: the FFmpeg executable (see L{findFFmpeg}).
+        @param workDir: an existing directory for per-segment work files.
+        @param timeout: default seconds a transcode may take before FFmpeg is killed.
+        """
+        self._reactor = reactor
+        self._ffmpegPath = ffmpegPath
+        self._workDir = os.path.abspath(workDir)
+        self._timeout = timeout
+        self.running = 0
+
+    def transcode(self, segment, profiles, device=None, timeout=None):
+        """
+        Transcode one segment into one rendition per profile.
+
+        @param segment: the input (MPEG-TS or anything FFmpeg can read).
+        @param profiles: the L{Profile}s to encode, in order.
+        @param device: an NVIDIA GPU index (as a string) to decode, scale and
+            encode on, or L{None} for the CPU.
+        @param timeout: seconds before FFmpeg is killed; the default if L{None}.
+        @return: a L{Deferred} firing with a L{TranscodeOutput} whose
+            renditions follow C{profiles}, or failing with L{TranscodeError}.
+            Cancelling it kills FFmpeg; it then fails with C{CancelledError}
+            once the process is reaped and the work files removed.
+        """
+        if not profiles:
+            return defer.fail(TranscodeError("no renditions requested"))
+        if device is not None and not str(device).isdigit():
+            return defer.fail(TranscodeError(f"invalid GPU device {device!r}: expected an index like 0"))
+        job = _Job(self, segment, profiles, device, self._timeout if timeout is None else timeout)
+        self.running += 1
+
+        def finished(result):
+            self.running -= 1
+            return result
+
+        job.result.addBoth(finished)
+        return job.start()

@@ -1,0 +1,262 @@
+# -*- test-case-name: tests.test_transcoder_tap -*-
+"""
+C{twistd livepeer-transcoder}: options and service assembly.
+"""
+
+import os
+
+from twisted.application import service, strports
+from twisted.logger import Logger
+from twisted.python import usage
+
+from livepeer_tx import __version__
+from livepeer_tx.addresses import formatHostPort, parseHostPort
+from livepeer_tx.lifecycle import stopWithStatus
+from livepeer_tx.secret import Secret, SecretFileError
+from livepeer_tx.tls import clientTLSOptions, parseFingerprint
+
+_log = Logger()
+
+DEFAULT_ORCH_PORT = 8935
+DEFAULT_CLI_ADDR = "127.0.0.1:6935"
+
+LONGDESC = """\
+Run a Livepeer transcoder. It holds no keys: it tests its GPUs (or libx264)
+at start, connects out to the orchestrator's port 8935 over TLS, registers its
+capacity (--maxSessions) with the shared --orchSecret, and runs one FFmpeg
+process per segment. It reconnects by itself when the orchestrator restarts.
+The orchestrator's certificate is verified by default: use --orchCert for a
+self-signed certificate or private CA, or --orchCertFingerprint to pin one.
+"""
+
+
+class Options(usage.Options):
+    """
+    Command-line options, with go-livepeer's names.
+    """
+
+    synopsis = "--orchAddr HOST:PORT --orchSecret FILE [options]"
+    longdesc = LONGDESC
+    optParameters = [
+        ["orchAddr", None, None, "The orchestrator's host:port (port 8935 if omitted)."],
+        ["orchSecret", None, None,
+         "Shared secret: a file path (recommended; must be mode 600, re-read before every connection attempt) "
+         "or a literal (visible in the process list)."],
+        ["maxSessions", None, "10", "Capacity announced to the orchestrator: segments transcoded at once."],
+        ["nvidia", None, None, "Comma list of NVIDIA GPU ids, or 'all'. Absent: transcode on the CPU (libx264)."],
+        ["ffmpeg", None, None, "FFmpeg binary [default: ffmpeg on PATH, else the one shipped by imageio-ffmpeg]."],
+        ["dataDir", None, None, "Directory for work files [default: ~/.lpData/transcoder]."],
+        ["cliAddr", None, DEFAULT_CLI_ADDR, "Address of the local CLI port (/status, /metrics)."],
+        ["orchCert", None, None, "PEM certificate or CA to trust for the orchestrator instead of the system store."],
+        ["orchCertFingerprint", None, None,
+         "Accept only the orchestrator certificate with this SHA-256 fingerprint (hex, colons optional)."],
+        ["segmentTimeout", None, "60", "Seconds after which a segment's FFmpeg is killed."],
+    ]
+    optFlags = [
+        ["monitor", None, "Serve Prometheus metrics at /metrics on the CLI port."],
+        ["orchInsecure", None,
+         "Do NOT verify the orchestrator's certificate (anyone on the path can impersonate it). Tests only."],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self["ethOptionsGiven"] = []
+
+    def _refuseEth(self, name):
+        def refuse(value):
+            raise usage.UsageError(
+                f"--{name} is not a transcoder option: Ethereum keys and RPC belong on the orchestrator; "
+                "a transcoder holds no keys")
+        return refuse
+
+    def opt_ethUrl(self, value):
+        """
+        Refused: Ethereum options belong on the orchestrator.
+        """
+        self._refuseEth("ethUrl")(value)
+
+    def opt_ethKeystorePath(self, value):
+        """
+        Refused: Ethereum options belong on the orchestrator.
+        """
+        self._refuseEth("ethKeystorePath")(value)
+
+    def opt_ethPassword(self, value):
+        """
+        Refused: Ethereum options belong on the orchestrator.
+        """
+        self._refuseEth("ethPassword")(value)
+
+    def opt_ethAcctAddr(self, value):
+        """
+        Refused: Ethereum options belong on the orchestrator.
+        """
+        self._refuseEth("ethAcctAddr")(value)
+
+    def opt_ethController(self, value):
+        """
+        Refused: Ethereum options belong on the orchestrator.
+        """
+        self._refuseEth("ethController")(value)
+
+    def postOptions(self):
+        """
+        Validate and convert the options; raise L{usage.UsageError} on bad input.
+        """
+        if not self["orchAddr"]:
+            raise usage.UsageError("Missing --orchAddr")
+        if not self["orchSecret"]:
+            raise usage.UsageError("Missing --orchSecret")
+        try:
+            self["secret"] = Secret.fromOption(self["orchSecret"])
+        except SecretFileError as e:
+            raise usage.UsageError(str(e))
+        try:
+            self["orchHost"], self["orchPort"] = parseHostPort(self["orchAddr"], "127.0.0.1", DEFAULT_ORCH_PORT)
+            self["cliHost"], self["cliPort"] = parseHostPort(self["cliAddr"], "127.0.0.1", 6935)
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+        try:
+            self["capacity"] = int(self["maxSessions"])
+        except ValueError:
+            raise usage.UsageError("--maxSessions must be an integer greater than zero")
+        if self["capacity"] <= 0:
+            raise usage.UsageError("--maxSessions must be an integer greater than zero")
+        try:
+            self["timeoutSeconds"] = float(self["segmentTimeout"])
+        except ValueError:
+            raise usage.UsageError("--segmentTimeout must be a number of seconds")
+        trustChoices = [bool(self["orchCert"]), bool(self["orchCertFingerprint"]), bool(self["orchInsecure"])]
+        if sum(trustChoices) > 1:
+            raise usage.UsageError("choose one of --orchCert, --orchCertFingerprint and --orchInsecure")
+        self["fingerprintBytes"] = None
+        if self["orchCertFingerprint"]:
+            try:
+                self["fingerprintBytes"] = parseFingerprint(self["orchCertFingerprint"])
+            except ValueError as e:
+                raise usage.UsageError(f"--orchCertFingerprint: {e}")
+        if self["orchCert"] and not os.path.isfile(self["orchCert"]):
+            raise usage.UsageError(f"--orchCert: no such file {self['orchCert']}")
+        nvidia = (self["nvidia"] or "").strip()
+        if nvidia and nvidia != "all":
+            devices = [d.strip() for d in nvidia.split(",") if d.strip()]
+            if not devices or not all(d.isdigit() for d in devices):
+                raise usage.UsageError("--nvidia takes a comma list of GPU ids (e.g. 0,1) or 'all'")
+            self["devices"] = devices
+        else:
+            self["devices"] = "all" if nvidia == "all" else None
+        if not self["dataDir"]:
+            self["dataDir"] = os.path.expanduser(os.path.join("~", ".lpData", "transcoder"))
+
+
+class TranscoderNode(service.MultiService):
+    """
+    Runs the start-up transcode test, then keeps the orchestrator link up.
+    A failed test stops the process with status 1 before it connects.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, config, transcoder, makeLink, ffmpegPath):
+        super().__init__()
+        self._reactor = reactor
+        self._config = config
+        self._transcoder = transcoder
+        self._makeLink = makeLink
+        self._ffmpegPath = ffmpegPath
+        self.link = None
+
+    def startService(self):
+        """
+        Start the CLI port, then test the hardware and connect.
+        """
+        super().startService()
+        from twisted.internet import defer
+
+        d = defer.ensureDeferred(self._startUp())
+        d.addErrback(self._startUpFailed)
+
+    async def _startUp(self):
+        from livepeer_tx.transcoder import gpucheck
+
+        devices = self._config["devices"]
+        if devices == "all":
+            devices = await gpucheck.listNvidiaDevices(self._reactor)
+        if devices:
+            self._log.info("Transcoding on these Nvidia devices: {devices}", devices=devices)
+        clip = await gpucheck.makeTestClip(self._reactor, self._ffmpegPath)
+        await gpucheck.checkDevices(self._transcoder, devices, clip)
+        self._log.info("Start-up transcode test passed on {what}", what=devices or "CPU (libx264)")
+        self._log.info("**Livepeer Running in Transcoder Mode*** version={version}", version=__version__)
+        self.link = self._makeLink(devices)
+        if self.running:
+            self.link.setServiceParent(self)
+
+    def _startUpFailed(self, failure):
+        self._log.critical("Transcoder start-up test failed: {error}", error=failure.getErrorMessage())
+        stopWithStatus(self._reactor, 1)
+
+    def status(self):
+        """
+        The CLI port's C{/status}.
+        """
+        link = self.link
+        return {
+            "Version": __version__,
+            "Orchestrator": formatHostPort(self._config["orchHost"], self._config["orchPort"]),
+            "Registered": bool(link and link.isRegistered),
+            "MaxSessions": self._config["capacity"],
+            "Running": link.worker.running if link else 0,
+            "Queued": link.worker.queued if link else 0,
+            "Devices": (link.devices if link else None) or [],
+        }
+
+
+def makeService(config, reactor=None):
+    """
+    Build the transcoder's service tree from parsed L{Options}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    from livepeer_tx.metrics import TranscoderMetrics
+    from livepeer_tx.transcoder.client import OrchestratorLink
+    from livepeer_tx.transcoder.ffmpeg import FFmpegNotFound, FFmpegTranscoder, findFFmpeg
+    from livepeer_tx.transcoder.worker import TranscodeWorker
+    from livepeer_tx.web import BoundedSite, makeCLIRoot
+
+    secret = config["secret"]
+    if secret.isLiteral:
+        _log.warn("--orchSecret was given as a literal: it is visible in the process list; use a file (mode 600)")
+    if config["orchInsecure"]:
+        _log.warn("!!! --orchInsecure: the orchestrator's TLS certificate is NOT verified; anyone on the network "
+                  "path can impersonate it and receive the secret !!!")
+    try:
+        ffmpegPath = findFFmpeg(config["ffmpeg"])
+    except FFmpegNotFound as e:
+        raise usage.UsageError(str(e))
+    workDir = config["dataDir"]
+    os.makedirs(workDir, mode=0o700, exist_ok=True)
+    transcoder = FFmpegTranscoder(reactor, ffmpegPath, workDir, timeout=config["timeoutSeconds"])
+    tlsOptions = clientTLSOptions(
+        config["orchHost"], caFile=config["orchCert"], fingerprint=config["fingerprintBytes"],
+        insecure=config["orchInsecure"])
+    holder = {}
+
+    def makeLink(devices):
+        worker = TranscodeWorker(transcoder, config["capacity"], devices)
+        metrics = TranscoderMetrics(worker, registry=holder["registry"])
+        return OrchestratorLink(reactor, config["orchHost"], config["orchPort"], secret, tlsOptions, worker,
+                                config["capacity"], devices, metrics=metrics)
+
+    node = TranscoderNode(reactor, config, transcoder, makeLink, ffmpegPath)
+    from prometheus_client import CollectorRegistry
+
+    holder["registry"] = CollectorRegistry()
+    cliSite = BoundedSite(makeCLIRoot(node.status, holder["registry"] if config["monitor"] else None),
+                          maxBodyBytes=64 * 1024)
+    cliEndpoint = f"tcp:{config['cliPort']}:interface={config['cliHost'].replace(':', chr(92) + ':')}"
+    strports.service(cliEndpoint, cliSite, reactor=reactor).setServiceParent(node)
+    _log.info("Livepeer Node version: {version}; FFmpeg {ffmpeg}; work dir {workDir}",
+              version=__version__, ffmpeg=ffmpegPath, workDir=workDir)
+    _log.info("CLI server listening on {addr}", addr=formatHostPort(config["cliHost"], config["cliPort"]))
+    return node

@@ -1,0 +1,110 @@
+# -*- test-case-name: tests.test_worker -*-
+"""
+The transcoder's local scheduling: at most C{maxSessions} FFmpeg processes at
+once, and sessions spread over the GPUs by load, each session staying on its
+device.
+"""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+
+class TranscodeWorker:
+    """
+    Runs segments through an FFmpeg transcoder within a concurrency limit.
+
+    @param transcoder: an object with C{transcode(segment, profiles, device,
+        timeout)} returning a cancellable Deferred (L{FFmpegTranscoder}).
+    @param maxSessions: how many segments may transcode at once.
+    @param devices: GPU ids to spread sessions over, or L{None} for CPU.
+    """
+
+    _log = Logger()
+
+    def __init__(self, transcoder, maxSessions, devices=None):
+        self._transcoder = transcoder
+        self.maxSessions = maxSessions
+        self.devices = list(devices) if devices else None
+        self._slots = defer.DeferredSemaphore(maxSessions)
+        self._deviceOfSession = {}
+        self._tasks = {}
+        self.running = 0
+
+    @property
+    def queued(self):
+        """
+        Segments waiting for a free slot.
+        """
+        return len(self._slots.waiting)
+
+    def deviceFor(self, sessionId):
+        """
+        The device a session uses, choosing the least-loaded one for a new session.
+        """
+        if self.devices is None:
+            return None
+        device = self._deviceOfSession.get(sessionId)
+        if device is None:
+            loads = {d: 0 for d in self.devices}
+            for assigned in self._deviceOfSession.values():
+                loads[assigned] += 1
+            device = min(self.devices, key=lambda d: loads[d])
+            self._deviceOfSession[sessionId] = device
+        return device
+
+    def endSession(self, sessionId):
+        """
+        Forget a session's device assignment.
+        """
+        self._deviceOfSession.pop(sessionId, None)
+
+    def run(self, taskId, sessionId, segment, profiles, timeout=None):
+        """
+        Transcode one segment when a slot is free.
+
+        @return: a Deferred with the transcoder's output; cancelling it (or
+            L{cancel}) kills FFmpeg or drops the queued segment.
+        """
+        device = self.deviceFor(sessionId)
+        state = {"inner": None}
+
+        def start(_):
+            self.running += 1
+            state["inner"] = self._transcoder.transcode(segment, profiles, device=device, timeout=timeout)
+            return state["inner"]
+
+        def release(result):
+            if state["inner"] is not None:
+                self.running -= 1
+                self._slots.release()
+            self._tasks.pop(taskId, None)
+            return result
+
+        def canceller(outer):
+            if state["inner"] is not None:
+                state["inner"].cancel()
+            else:
+                acquired.cancel()
+
+        outer = defer.Deferred(canceller)
+        acquired = self._slots.acquire()
+        acquired.addCallback(start)
+        acquired.addBoth(release)
+        acquired.chainDeferred(outer)
+        self._tasks[taskId] = outer
+        return outer
+
+    def cancel(self, taskId):
+        """
+        Stop a task: kill its FFmpeg, or drop it from the queue.
+        """
+        entry = self._tasks.get(taskId)
+        if entry is not None:
+            entry.cancel()
+
+    def cancelAll(self):
+        """
+        Stop every task (the orchestrator connection was lost).
+        """
+        for taskId in list(self._tasks):
+            self.cancel(taskId)

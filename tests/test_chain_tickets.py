@@ -1,0 +1,202 @@
+"""
+Ticket hashing, signatures, the win check, parameters and validation, without a chain.
+(The hash is compared with the contract's getTicketHash in test_chain_payments.)
+"""
+
+import os
+import stat
+from fractions import Fraction
+
+import pytest
+from eth_account import Account
+from eth_utils import keccak
+
+from livepeer_tx.chain.tickets import (
+    MAX_WIN_PROB,
+    SECP256K1_N,
+    SenderInfo,
+    Ticket,
+    TicketError,
+    TicketRecipient,
+    bytesInt,
+    isWinning,
+    loadRecipientKey,
+    pad32,
+    signTicket,
+    verifySignature,
+)
+
+SENDER = Account.from_key(b"\x01" * 32)
+OTHER = Account.from_key(b"\x02" * 32)
+ORCH = Account.from_key(b"\x03" * 32)
+PRICE = Fraction(1000, 3)
+FUNDED = SenderInfo(deposit=10**18, withdrawRound=0, reserve=10**18)
+
+
+def addr(account):
+    return bytes.fromhex(account.address[2:])
+
+
+def makeTicket(recipient, params, nonce=1, sender=SENDER):
+    return Ticket(
+        recipient=bytes(params.recipient),
+        sender=addr(sender),
+        faceValue=bytesInt(params.face_value),
+        winProb=bytesInt(params.win_prob),
+        senderNonce=nonce,
+        recipientRandHash=bytes(params.recipient_rand_hash),
+        creationRound=params.expiration_params.creation_round,
+        creationRoundBlockHash=bytes(params.expiration_params.creation_round_block_hash),
+    )
+
+
+@pytest.fixture
+def recipient(tmp_path):
+    return TicketRecipient(ORCH.address, loadRecipientKey(str(tmp_path)), ticketEV=1000)
+
+
+def issue(recipient, faceValue=10**6, winProb=None, block=100):
+    winProb = recipient.winProb(faceValue) if winProb is None else winProb
+    return recipient.makeParams(addr(SENDER), faceValue, winProb, PRICE, block, 5, b"\x11" * 32)
+
+
+def validate(recipient, params, ticket, sig, senderInfo=FUNDED, block=100, price=PRICE):
+    return recipient.validate(
+        ticket, sig, bytes(params.seed), bytesInt(params.expiration_block), price, senderInfo, 5, block
+    )
+
+
+def test_hashPreimage():
+    t = Ticket(b"\xaa" * 20, b"\xbb" * 20, 1, 2, 3, b"\xcc" * 32, 7, b"\xdd" * 32)
+    preimage = (
+        b"\xaa" * 20 + b"\xbb" * 20 + pad32(1) + pad32(2) + pad32(3) + b"\xcc" * 32
+        + pad32(7) + b"\xdd" * 32
+    )
+    assert len(preimage) == 232
+    assert t.hash() == keccak(preimage)
+    assert Ticket(b"\xaa" * 20, b"\xbb" * 20, 1, 2, 3, b"\xcc" * 32).auxData == b""
+
+
+def test_signatureRules():
+    t = Ticket(addr(ORCH), addr(SENDER), 1, 2, 3, b"\xcc" * 32, 7, b"\xdd" * 32)
+    sig = signTicket(SENDER, t)
+    assert verifySignature(t.hash(), sig, addr(SENDER))
+    assert not verifySignature(t.hash(), sig, addr(OTHER))
+    assert not verifySignature(t.hash(), sig[:64], addr(SENDER))
+    assert not verifySignature(t.hash(), sig + b"\0", addr(SENDER))
+    # v 0/1: eth-account would accept it, the chain does not.
+    v01 = sig[:64] + bytes([sig[64] - 27])
+    assert Account.recover_message  # the library accepts it; we must not
+    assert not verifySignature(t.hash(), v01, addr(SENDER))
+    # High s (the malleable twin of a valid signature).
+    s = bytesInt(sig[32:64])
+    high = sig[:32] + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - sig[64]])
+    assert not verifySignature(t.hash(), high, addr(SENDER))
+    assert not verifySignature(t.hash(), b"\0" * 65, addr(SENDER))
+
+
+def test_winCheckStrict():
+    sig = b"\x05" * 65
+    value = bytesInt(keccak(sig + pad32(9)))
+    assert not isWinning(sig, 9, value)
+    assert isWinning(sig, 9, value + 1)
+    assert isWinning(sig, 9, MAX_WIN_PROB) or value == MAX_WIN_PROB
+
+
+def test_keyPersistsAndIsPrivate(tmp_path):
+    key = loadRecipientKey(str(tmp_path))
+    path = tmp_path / "ticket-recipient.key"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert loadRecipientKey(str(tmp_path)) == key
+    os.chmod(path, 0o644)
+    with pytest.raises(OSError, match="chmod 600"):
+        loadRecipientKey(str(tmp_path))
+
+
+def test_paramsSurviveRestart(tmp_path):
+    first = TicketRecipient(ORCH.address, loadRecipientKey(str(tmp_path)), ticketEV=1000)
+    params = issue(first)
+    second = TicketRecipient(ORCH.address, loadRecipientKey(str(tmp_path)), ticketEV=1000)
+    ticket = makeTicket(second, params)
+    won, rand = validate(second, params, ticket, signTicket(SENDER, ticket))
+    assert keccak(pad32(rand)) == ticket.recipientRandHash
+
+
+def test_faceValueAndWinProb(recipient):
+    assert recipient.winProb(1000) == MAX_WIN_PROB
+    assert recipient.winProb(10**5) == 1000 * -(-MAX_WIN_PROB // 10**5)
+    assert recipient.faceValue(txCost=5, maxFloat=10**9) == 1000 * 100
+    assert recipient.faceValue(txCost=10**4, maxFloat=10**9) == 10**6
+    assert recipient.faceValue(txCost=10**4, maxFloat=5 * 10**5) == 5 * 10**5
+    with pytest.raises(TicketError, match="insufficient sender reserve"):
+        recipient.faceValue(txCost=5, maxFloat=999)
+    recipient.maxFaceValue = 2000
+    assert recipient.faceValue(txCost=5, maxFloat=10**9) == 2000
+
+
+def test_accepted(recipient):
+    params = issue(recipient, winProb=MAX_WIN_PROB)
+    ticket = makeTicket(recipient, params)
+    won, _ = validate(recipient, params, ticket, signTicket(SENDER, ticket))
+    assert won
+    params = issue(recipient, winProb=0)
+    ticket = makeTicket(recipient, params)
+    won, _ = validate(recipient, params, ticket, signTicket(SENDER, ticket))
+    assert not won
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("unlockSoon", "is set to unlock soon"),
+        ("noFunds", "sender deposit and reserve are zero"),
+        ("recipient", "invalid ticket recipient"),
+        ("zeroSender", "invalid ticket sender"),
+        ("rand", "invalid recipientRand for ticket recipientRandHash"),
+        ("price", "invalid recipientRand for ticket recipientRandHash"),
+        ("badSig", "invalid ticket signature"),
+        ("v01", "invalid ticket signature"),
+        ("shortSig", "invalid ticket signature"),
+        ("replay", "invalid ticket senderNonce: already seen"),
+        ("expired", "TicketParams expired"),
+    ],
+)
+def test_rejections(recipient, case, message):
+    params = issue(recipient)
+    ticket = makeTicket(recipient, params)
+    sig = signTicket(SENDER, ticket)
+    senderInfo, block, price = FUNDED, 100, PRICE
+    if case == "unlockSoon":
+        senderInfo = SenderInfo(10**18, 6, 10**18)
+    elif case == "noFunds":
+        senderInfo = SenderInfo(0, 0, 0)
+    elif case == "recipient":
+        ticket = Ticket(addr(OTHER), *[getattr(ticket, f) for f in (
+            "sender", "faceValue", "winProb", "senderNonce", "recipientRandHash",
+            "creationRound", "creationRoundBlockHash")])
+        sig = signTicket(SENDER, ticket)
+    elif case == "zeroSender":
+        ticket = Ticket(ticket.recipient, b"\0" * 20, *[getattr(ticket, f) for f in (
+            "faceValue", "winProb", "senderNonce", "recipientRandHash",
+            "creationRound", "creationRoundBlockHash")])
+    elif case == "rand":
+        ticket = Ticket(*[getattr(ticket, f) for f in (
+            "recipient", "sender", "faceValue", "winProb", "senderNonce")], b"\x01" * 32,
+            ticket.creationRound, ticket.creationRoundBlockHash)
+        sig = signTicket(SENDER, ticket)
+    elif case == "price":
+        price = Fraction(1, 1)
+    elif case == "badSig":
+        sig = signTicket(OTHER, ticket)
+    elif case == "v01":
+        sig = sig[:64] + bytes([sig[64] - 27])
+    elif case == "shortSig":
+        sig = sig[:64]
+    elif case == "replay":
+        validate(recipient, params, ticket, sig)
+    elif case == "expired":
+        block = bytesInt(params.expiration_block)
+    with pytest.raises(TicketError) as caught:
+        validate(recipient, params, ticket, sig, senderInfo, block, price)
+    assert message in caught.value.message
+    assert caught.value.fatal == (case not in ("badSig", "v01", "shortSig"))

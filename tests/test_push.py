@@ -1,0 +1,628 @@
+"""
+Tests for the gateway side: segment headers, the segmenter, SegmentPusher
+against a real TLS server on 127.0.0.1, the C{livepeer-tx} command and the
+process handling of L{livepeer_tx.localnodes}.
+"""
+
+import base64
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from eth_utils import keccak
+from twisted.internet import reactor as globalReactor
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+from livepeer_tx.gateway.push import (
+    SegmentPusher,
+    buildSegmentHeaders,
+    parseOrchAddr,
+    percentile,
+    pushSegments,
+    segmentTimeout,
+    summarize,
+    writeRenditions,
+)
+from livepeer_tx.gateway.segmenter import (
+    SegmenterError,
+    generateTestClip,
+    readSegmentList,
+    segmentFile,
+)
+from livepeer_tx.localnodes import LocalNodes, NodeError, optionArguments
+from livepeer_tx.profiles import PRESETS, Profile, parsePresetList, profilesFromSegData
+from livepeer_tx.proto import lp_rpc_pb2 as pb
+from livepeer_tx.tls import certificateFingerprint, clientTLSOptions, createSelfSigned
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWO_PROFILES = parsePresetList("P240p30fps16x9,P360p30fps16x9")
+
+
+def _decodeSegData(headers):
+    return pb.SegData.FromString(base64.b64decode(headers["Livepeer-Segment"], validate=True))
+
+
+# --- buildSegmentHeaders and helpers ------------------------------------------------
+
+
+def test_segmentHeadersRoundTrip():
+    """
+    The Livepeer-Segment header decodes back to the segment's keccak-256, seq,
+    duration, manifest id and profiles; payment is empty off-chain.
+    """
+    data = b"\x47" + os.urandom(1879)
+    headers = buildSegmentHeaders(7, data, TWO_PROFILES, "stream-1", 2000)
+    segData = _decodeSegData(headers)
+    assert segData.hash == keccak(data)
+    assert len(segData.hash) == 32
+    assert segData.seq == 7
+    assert segData.duration == 2000
+    assert segData.manifestId == b"stream-1"
+    assert segData.profiles == b"invalid"
+    assert profilesFromSegData(segData) == TWO_PROFILES
+    assert len(segData.fullProfiles) == 2 and not segData.fullProfiles3
+    assert headers["Livepeer-Payment"] == ""
+    assert headers["Content-Type"] == "video/MP2T"
+
+
+def test_segmentHeadersProfileFields():
+    """
+    Profiles go into fullProfiles2 when an output is MP4 and into
+    fullProfiles3 for a fractional frame rate, as go-livepeer writes them.
+    """
+    mp4 = Profile("mp4out", 640, 360, 1_000_000, 30, format="mp4")
+    ntsc = Profile("ntsc", 640, 360, 1_000_000, 30000, fpsDen=1001)
+    segData = _decodeSegData(buildSegmentHeaders(0, b"x", [PRESETS["P240p30fps16x9"], mp4], b"m", 0))
+    assert len(segData.fullProfiles2) == 2 and not segData.fullProfiles
+    assert profilesFromSegData(segData)[1] == mp4
+    segData = _decodeSegData(buildSegmentHeaders(0, b"x", [ntsc], b"m", 0))
+    assert len(segData.fullProfiles3) == 1
+    assert profilesFromSegData(segData) == [ntsc]
+
+
+def test_segmentHeadersAuthToken():
+    """
+    An auth token from GetOrchestrator travels in SegData.
+    """
+    token = pb.AuthToken(token=b"t" * 32, session_id="abcd0123", expiration=1700000000)
+    segData = _decodeSegData(buildSegmentHeaders(1, b"x", TWO_PROFILES, "m", 2000, authToken=token))
+    assert segData.auth_token == token
+
+
+def test_parseOrchAddr():
+    """
+    Orchestrator addresses parse like go-livepeer's -orchAddr.
+    """
+    assert parseOrchAddr("127.0.0.1:9000") == ("https", "127.0.0.1", 9000)
+    assert parseOrchAddr(":9000") == ("https", "127.0.0.1", 9000)
+    assert parseOrchAddr("o.example.com") == ("https", "o.example.com", 8935)
+    assert parseOrchAddr("http://[::1]:81") == ("http", "::1", 81)
+    for bad in ("ftp://x:1", "x:notaport", "https://x:1/path"):
+        with pytest.raises(ValueError):
+            parseOrchAddr(bad)
+
+
+def test_segmentTimeoutAndSummary():
+    """
+    The deadline is go-livepeer's max(8 s, 4 x duration); the summary counts
+    failures and computes nearest-rank percentiles over successes only.
+    """
+    assert segmentTimeout(2000) == 8.0
+    assert segmentTimeout(0) == 8.0
+    assert segmentTimeout(5000) == 20.0
+    assert percentile([], 0.5) is None
+    assert percentile([3, 1, 2, 4], 0.5) == 2
+    assert percentile(list(range(1, 101)), 0.95) == 95
+    from livepeer_tx.gateway.push import SegmentResult
+
+    results = [
+        SegmentResult(seq=0, durationMs=2000, status=200, latency=1.0),
+        SegmentResult(seq=1, durationMs=2000, status=200, latency=3.0),
+        SegmentResult(seq=2, durationMs=2000, status=403, error="Forbidden", latency=0.1),
+    ]
+    summary = summarize(results)
+    assert (summary["segments"], summary["ok"], summary["failed"]) == (3, 2, 1)
+    assert summary["latencyP50"] == 1.0 and summary["latencyP95"] == 3.0
+    assert summary["sourceSeconds"] == 6.0
+
+
+# --- segmenter ------------------------------------------------------------------------
+
+
+class SegmenterTests(TestCase):
+    """
+    The segmenter, with real FFmpeg on real clips.
+    """
+
+    timeout = 120
+
+    def setUp(self):
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+
+    def _outDir(self, name):
+        path = os.path.join(self.dir, name)
+        os.makedirs(path)
+        return path
+
+    async def _checkSegments(self, segments, count, totalMs):
+        self.assertEqual(len(segments), count)
+        for segment in segments:
+            with open(segment.path, "rb") as f:
+                self.assertEqual(f.read(1), b"\x47", "not MPEG-TS")
+        self.assertLessEqual(abs(sum(s.durationMs for s in segments) - totalMs), 250)
+
+    async def _copyCut(self):
+        clip = await generateTestClip(
+            globalReactor, os.path.join(self.dir, "clip.ts"), seconds=6, width=320, height=180
+        )
+        segments = await segmentFile(globalReactor, clip, self._outDir("out"), 2)
+        await self._checkSegments(segments, 3, 6000)
+        for segment in segments:
+            self.assertLessEqual(abs(segment.durationMs - 2000), 150)
+        self.assertEqual(readSegmentList(os.path.join(self.dir, "out", "segments.csv")), segments)
+
+    def test_copyCut(self):
+        """
+        A clip with a key frame every 2 s is cut into three ~2 s MPEG-TS segments.
+        """
+        return Deferred.fromCoroutine(self._copyCut())
+
+    async def _sparseKeyframes(self):
+        clip = await generateTestClip(
+            globalReactor, os.path.join(self.dir, "sparse.mp4"), seconds=6, width=320,
+            height=180, keyframeSeconds=6, audio=False,
+        )
+        copied = await segmentFile(globalReactor, clip, self._outDir("copy"), 2, reencode=False)
+        await self._checkSegments(copied, 1, 6000)
+        cut = await segmentFile(globalReactor, clip, self._outDir("auto"), 2)
+        await self._checkSegments(cut, 3, 6000)
+        self.assertEqual(sorted(os.listdir(os.path.join(self.dir, "auto")))[-1], "segments.csv")
+
+    def test_sparseKeyframesReencode(self):
+        """
+        An MP4 with one key frame in 6 s cannot be cut by copying; the default
+        mode notices and re-encodes with a key frame every segment.
+        """
+        return Deferred.fromCoroutine(self._sparseKeyframes())
+
+    def test_missingInput(self):
+        """
+        A missing input fails with L{SegmenterError}.
+        """
+        d = segmentFile(globalReactor, os.path.join(self.dir, "nope.ts"), self.dir, 2)
+        return self.assertFailure(d, SegmenterError)
+
+    async def _garbage(self):
+        path = os.path.join(self.dir, "garbage.ts")
+        with open(path, "wb") as f:
+            f.write(b"this is not video" * 100)
+        with self.assertRaises(SegmenterError) as raised:
+            await segmentFile(globalReactor, path, self._outDir("g"), 2)
+        self.assertIn("ffmpeg failed", str(raised.exception))
+
+    def test_garbageInput(self):
+        """
+        An input FFmpeg cannot read fails with its error text.
+        """
+        return Deferred.fromCoroutine(self._garbage())
+
+
+# --- a fake orchestrator on real TLS -------------------------------------------------
+
+
+class FakeOrchestrator(Resource):
+    """
+    Answers C{POST /segment} like go-livepeer (a TranscodeResult with rendition
+    URLs on itself) and serves those URLs.
+    """
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.mode = "ok"
+        self.files = {}
+        self.received = []
+        self.port = None
+
+    def render_POST(self, request):
+        if request.path != b"/segment":
+            request.setResponseCode(404)
+            return b"not found"
+        body = request.content.read()
+        segData = pb.SegData.FromString(
+            base64.b64decode(request.getHeader("Livepeer-Segment"), validate=True)
+        )
+        self.received.append(
+            (segData, body, request.getHeader("Content-Type"), request.getHeader("Livepeer-Payment"))
+        )
+        if keccak(body) != segData.hash:
+            request.setResponseCode(403)
+            return b"Forbidden\n"
+        if self.mode == "forbidden":
+            request.setResponseCode(403)
+            return b"invalid auth token\n"
+        if self.mode == "hang":
+            return NOT_DONE_YET
+        result = pb.TranscodeResult(seq=segData.seq)
+        if self.mode == "busy":
+            result.error = "OrchestratorBusy"
+            return result.SerializeToString()
+        for profile in profilesFromSegData(segData):
+            path = f"/stream/sess0001/{profile.name}/{segData.seq}.ts"
+            content = f"{profile.name}:{segData.seq}:".encode() + body[:64]
+            if self.mode != "lost":
+                self.files[path.encode()] = content
+            result.data.segments.add(
+                url=f"https://127.0.0.1:{self.port}{path}", pixels=profile.width * profile.height * 60
+            )
+        return result.SerializeToString()
+
+    def render_GET(self, request):
+        if request.path in self.files:
+            request.setHeader("Content-Type", "video/mp2t")
+            return self.files[request.path]
+        request.setResponseCode(404)
+        return b"ErrNotFound"
+
+
+class TrackingSite(Site):
+    """
+    A Site that can wait for all its connections to close (for a clean reactor).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.closed = []
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        lost = Deferred()
+        self.closed.append(lost)
+        original = protocol.connectionLost
+
+        def connectionLost(reason):
+            try:
+                return original(reason)
+            finally:
+                lost.callback(None)
+
+        protocol.connectionLost = connectionLost
+        return protocol
+
+
+class PusherTests(TestCase):
+    """
+    L{SegmentPusher} against a real TLS server on 127.0.0.1.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        certPEM, keyPEM = createSelfSigned("127.0.0.1")
+        self.certPath = os.path.join(self.dir, "cert.pem")
+        with open(self.certPath, "wb") as f:
+            f.write(certPEM)
+        self.fingerprint = certificateFingerprint(certPEM)
+        serverOptions = ssl.PrivateCertificate.loadPEM(keyPEM + certPEM).options()
+        self.orchestrator = FakeOrchestrator()
+        self.site = TrackingSite(self.orchestrator)
+        self.listening = globalReactor.listenSSL(0, self.site, serverOptions, interface="127.0.0.1")
+        self.orchestrator.port = self.listening.getHost().port
+        self.orchAddr = f"127.0.0.1:{self.orchestrator.port}"
+        self.pushers = []
+
+    async def _tearDown(self):
+        for pusher in self.pushers:
+            await pusher.close()
+        await self.listening.stopListening()
+        await gatherResults(self.site.closed)
+
+    def tearDown(self):
+        return Deferred.fromCoroutine(self._tearDown())
+
+    def pusher(self, tlsOptions, profiles=TWO_PROFILES, **kwargs):
+        pusher = SegmentPusher(globalReactor, self.orchAddr, tlsOptions, profiles, "manifest-1", **kwargs)
+        self.pushers.append(pusher)
+        return pusher
+
+    def pinned(self):
+        return clientTLSOptions("127.0.0.1", fingerprint=self.fingerprint)
+
+    async def _pinnedFingerprint(self):
+        data = b"\x47segment" * 500
+        result = await self.pusher(self.pinned()).pushSegment(3, data, 2000)
+        self.assertTrue(result.ok, result.error)
+        self.assertEqual(result.status, 200)
+        self.assertEqual([r.profile for r in result.renditions], ["P240p30fps16x9", "P360p30fps16x9"])
+        for rendition in result.renditions:
+            self.assertEqual(rendition.data, f"{rendition.profile}:3:".encode() + data[:64])
+            self.assertTrue(rendition.url.endswith(f"/{rendition.profile}/3.ts"))
+        self.assertEqual(result.pixels, (426 * 240 + 640 * 360) * 60)
+        self.assertGreater(result.latency, 0)
+        self.assertLessEqual(result.uploadSeconds, result.latency)
+        segData, body, contentType, payment = self.orchestrator.received[0]
+        self.assertEqual(body, data)
+        self.assertEqual((segData.seq, segData.duration, segData.manifestId), (3, 2000, b"manifest-1"))
+        self.assertEqual(contentType, b"video/MP2T")
+        self.assertEqual(payment, b"")
+        summary = result.toDict()
+        self.assertEqual(summary["renditions"][0]["bytes"], len(result.renditions[0].data))
+        json.dumps(summary)
+
+    def test_pinnedFingerprint(self):
+        """
+        With the right pinned fingerprint the segment is uploaded, its
+        TranscodeResult parsed and every rendition downloaded.
+        """
+        return Deferred.fromCoroutine(self._pinnedFingerprint())
+
+    async def _wrongFingerprint(self):
+        wrong = bytes(32)
+        result = await self.pusher(clientTLSOptions("127.0.0.1", fingerprint=wrong)).pushSegment(
+            0, b"data", 2000
+        )
+        self.assertFalse(result.ok)
+        self.assertIsNone(result.status)
+        self.assertIn("certificate verify failed", result.error)
+        self.assertEqual(self.orchestrator.received, [])
+
+    def test_wrongFingerprint(self):
+        """
+        A pinned fingerprint that does not match refuses the server before
+        anything is sent.
+        """
+        return Deferred.fromCoroutine(self._wrongFingerprint())
+
+    async def _caFile(self):
+        result = await self.pusher(clientTLSOptions("127.0.0.1", caFile=self.certPath)).pushSegment(
+            0, b"data", 2000
+        )
+        self.assertTrue(result.ok, result.error)
+        other = os.path.join(self.dir, "other.pem")
+        with open(other, "wb") as f:
+            f.write(createSelfSigned("127.0.0.1")[0])
+        result = await self.pusher(clientTLSOptions("127.0.0.1", caFile=other)).pushSegment(
+            1, b"data", 2000
+        )
+        self.assertFalse(result.ok)
+        self.assertIn("certificate verify failed", result.error)
+
+    def test_trustCertificateFile(self):
+        """
+        Trusting the orchestrator's certificate file works; another
+        self-signed certificate is not trusted.
+        """
+        return Deferred.fromCoroutine(self._caFile())
+
+    async def _errors(self):
+        pusher = self.pusher(self.pinned())
+        self.orchestrator.mode = "forbidden"
+        result = await pusher.pushSegment(0, b"data", 2000)
+        self.assertEqual((result.status, result.error), (403, "invalid auth token"))
+        self.orchestrator.mode = "busy"
+        result = await pusher.pushSegment(1, b"data", 2000)
+        self.assertEqual((result.status, result.error, result.renditions), (200, "OrchestratorBusy", []))
+        self.assertFalse(result.ok)
+        self.orchestrator.mode = "lost"
+        result = await pusher.pushSegment(2, b"data", 2000)
+        self.assertFalse(result.ok)
+        self.assertIn("404", result.error)
+
+    def test_orchestratorErrors(self):
+        """
+        HTTP errors, an error inside the TranscodeResult and a missing
+        rendition are reported in the result.
+        """
+        return Deferred.fromCoroutine(self._errors())
+
+    async def _timeout(self):
+        self.orchestrator.mode = "hang"
+        result = await self.pusher(self.pinned(), timeout=0.5).pushSegment(0, b"data", 2000)
+        self.assertFalse(result.ok)
+        self.assertIn("timed out after 0.5 s", result.error)
+        self.assertEqual(result.status, None)
+
+    def test_timeout(self):
+        """
+        A segment that gets no answer fails at the deadline.
+        """
+        return Deferred.fromCoroutine(self._timeout())
+
+    async def _pushSegments(self):
+        segments = []
+        for i in range(4):
+            path = os.path.join(self.dir, f"{i}.ts")
+            with open(path, "wb") as f:
+                f.write(b"\x47" + bytes([i]) * 100)
+            segments.append((path, 2000))
+        out = os.path.join(self.dir, "out")
+        seen = []
+
+        def onResult(result):
+            seen.append(result.seq)
+            return writeRenditions(globalReactor, result, out)
+
+        results = await pushSegments(
+            globalReactor, self.pusher(self.pinned()), segments, concurrency=2, onResult=onResult
+        )
+        self.assertEqual([r.seq for r in results], [0, 1, 2, 3])
+        self.assertEqual(sorted(seen), [0, 1, 2, 3])
+        self.assertTrue(all(r.ok for r in results))
+        with open(os.path.join(out, "P360p30fps16x9", "2.ts"), "rb") as f:
+            self.assertEqual(f.read(), b"P360p30fps16x9:2:\x47" + b"\x02" * 63)
+
+    def test_pushSegmentsWritesRenditions(self):
+        """
+        L{pushSegments} numbers files in order and the renditions are written
+        as <out>/<profile>/<seq>.ts.
+        """
+        return Deferred.fromCoroutine(self._pushSegments())
+
+    async def _cli(self):
+        clip = await generateTestClip(
+            globalReactor, os.path.join(self.dir, "clip.ts"), seconds=4, width=320, height=180
+        )
+        env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
+        base = [
+            "-m", "livepeer_tx.cli", "push", "--orchAddr", self.orchAddr, "--json",
+            "--profiles", "P144p30fps16x9", "--manifestId", "cli-test",
+        ]
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            base + ["--orchCertFingerprint", self.fingerprint.hex(), "--out", os.path.join(self.dir, "r"), clip],
+            env=env, reactor=globalReactor,
+        )
+        self.assertEqual(code, 0, err)
+        document = json.loads(out)
+        self.assertEqual(document["summary"]["ok"], 2)
+        self.assertEqual(document["manifestId"], "cli-test")
+        self.assertEqual([s["seq"] for s in document["segments"]], [0, 1])
+        self.assertTrue(os.path.isfile(os.path.join(self.dir, "r", "P144p30fps16x9", "1.ts")))
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, base + ["--orchCertFingerprint", "00" * 32, clip],
+            env=env, reactor=globalReactor,
+        )
+        self.assertEqual(code, 1)
+        document = json.loads(out)
+        self.assertEqual(document["summary"]["failed"], 2)
+
+    def test_cliPush(self):
+        """
+        C{livepeer-tx push --json} segments a file, pushes it and prints one
+        JSON document; a wrong fingerprint makes it exit 1.
+        """
+        return Deferred.fromCoroutine(self._cli())
+
+
+def test_cliHelp():
+    """
+    C{livepeer-tx push --help} documents the options; bad arguments exit 2.
+    """
+    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
+    run = subprocess.run(
+        [sys.executable, "-m", "livepeer_tx.cli", "push", "--help"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert run.returncode == 0
+    for option in ("--orchAddr", "--orchCertFingerprint", "--profiles", "--segmentDuration", "--json"):
+        assert option in run.stdout
+    run = subprocess.run(
+        [sys.executable, "-m", "livepeer_tx.cli", "push", "--orchAddr", "x:1", "--profiles", "P9000p", "in.ts"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert run.returncode == 2
+    assert "unknown profile" in run.stderr
+
+
+# --- LocalNodes process handling ----------------------------------------------------
+
+
+def test_optionArguments():
+    """
+    Keyword options become command-line arguments.
+    """
+    assert optionArguments({"a": 1, "b": True, "c": None, "d": False, "e": ["x", "y"]}) == [
+        "--a", "1", "--b", "--e", "x", "--e", "y",
+    ]
+
+
+def _pidAlive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[1].split()[0] != "Z"
+
+
+def test_localNodesProcesses(tmp_path):
+    """
+    A managed process logs to its file, L{Node.waitForLog} finds lines and
+    reports an exit with the log tail, and stopping kills the whole process
+    group (children included). The secret file is private.
+    """
+    script = textwrap.dedent(
+        """
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        print("ready child=%d" % child.pid, flush=True)
+        signal_name = sys.argv[1]
+        if signal_name == "exit":
+            print("giving up", flush=True)
+            sys.exit(3)
+        time.sleep(60)
+        """
+    )
+    with LocalNodes(str(tmp_path)) as nodes:
+        assert os.stat(nodes.secretPath).st_mode & 0o777 == 0o600
+        node = nodes.startProcess("sleeper", [sys.executable, "-c", script, "stay"])
+        match = node.waitForLog(r"ready child=(\d+)", timeout=30)
+        child = int(match.group(1))
+        assert node.running and _pidAlive(child)
+        offset = node.logOffset()
+        with pytest.raises(NodeError, match="did not log"):
+            node.waitForLog("ready", timeout=0.3, since=offset)
+        status = node.stop(timeout=5)
+        assert status == -signal.SIGTERM
+        assert not _pidAlive(child)
+
+        quitter = nodes.startProcess("quitter", [sys.executable, "-c", script, "exit"])
+        with pytest.raises(NodeError) as raised:
+            quitter.waitForLog("never printed", timeout=30)
+        assert "exited with status 3" in str(raised.value)
+        assert "giving up" in str(raised.value)
+
+        crasher = nodes.startProcess("crasher", [sys.executable, "-c", script, "stay"])
+        crasher.waitForLog("ready", timeout=30)
+        assert crasher.kill() == -signal.SIGKILL
+        crasher.restart()
+        crasher.waitForLog(r"ready[\s\S]*ready", timeout=30)
+        assert crasher.running
+    assert not crasher.running
+    assert nodes.stopAll() == {"sleeper": -signal.SIGTERM, "quitter": 3, "crasher": -signal.SIGTERM}
+
+
+# --- the demo, when the orchestrator and transcoder exist -------------------------------
+
+
+_NODES_MISSING = [
+    module
+    for module in ("livepeer_tx.orchestrator.tap", "livepeer_tx.transcoder.tap")
+    if importlib.util.find_spec(module) is None
+]
+
+
+@pytest.mark.skipif(bool(_NODES_MISSING), reason=f"node modules not written yet: {_NODES_MISSING}")
+def test_demo(tmp_path):
+    """
+    C{livepeer-tx demo} starts both nodes, transcodes three segments into
+    three renditions each, stops the nodes and exits 0.
+    """
+    out = tmp_path / "demo-output"
+    started = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "livepeer_tx.cli", "demo", "--out", str(out), "--workDir", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=240,
+        env=dict(os.environ, PYTHONPATH=PROJECT_ROOT),
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    for profile in ("P240p30fps16x9", "P360p30fps16x9", "P720p30fps16x9"):
+        assert sorted(os.listdir(out / profile)) == ["0.ts", "1.ts", "2.ts"]
+    assert "426x240" in run.stdout and "1280x720" in run.stdout
+    assert "3/3 segments transcoded" in run.stdout
+    print(f"demo took {time.monotonic() - started:.1f} s")
