@@ -409,7 +409,9 @@ contract BondingManager is RoundsAwareManager {
         Transcoder storage t = transcoders[_transcoder];
         t.deactivationRound = _immediately ? currentRound : currentRound + 1;
         if (_immediately && t.activationRound <= currentRound) {
-            currentRoundTotalActiveStake -= delegators[_transcoder].delegatedAmount;
+            uint256 last = t.lastActiveStakeUpdateRound;
+            uint256 stake = last <= currentRound ? poolStake[_transcoder][last] : poolStake[_transcoder][currentRound];
+            currentRoundTotalActiveStake -= stake < currentRoundTotalActiveStake ? stake : currentRoundTotalActiveStake;
         }
         emit TranscoderDeactivated(_transcoder, t.deactivationRound);
     }

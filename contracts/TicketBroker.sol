@@ -89,7 +89,11 @@ contract TicketBroker is RoundsAwareManager {
         emit ReserveFunded(_sender, _amount);
     }
 
-    constructor(address _controller, uint256 _unlockPeriod, uint256 _ticketValidityPeriod) RoundsAwareManager(_controller) {
+    constructor(
+        address _controller,
+        uint256 _unlockPeriod,
+        uint256 _ticketValidityPeriod
+    ) RoundsAwareManager(_controller) {
         require(_ticketValidityPeriod > 0, "ticketValidityPeriod must be greater than 0");
         unlockPeriod = _unlockPeriod;
         ticketValidityPeriod = _ticketValidityPeriod;

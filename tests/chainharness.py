@@ -66,6 +66,10 @@ REGISTRATIONS = (
 )
 
 
+# The node is local: never go through a proxy from the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 class RPCError(Exception):
     """
     A JSON-RPC error answer: C{code}, C{message} and C{data} as the node sent them.
@@ -262,7 +266,7 @@ class Anvil:
         request = urllib.request.Request(
             self.url, data=body.encode(), headers={"Content-Type": "application/json"}, method="POST"
         )
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _DIRECT.open(request, timeout=timeout) as response:
             answer = json.loads(response.read())
         if "error" in answer:
             error = answer["error"]

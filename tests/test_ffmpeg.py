@@ -119,7 +119,8 @@ class CommandLineTests(unittest.TestCase):
         path (or the filter graph) and C{path}.
         """
         end = args.index(path)
-        start = max(i for i in range(end) if args[i] in ("o0.ts", "o1.mp4", "o2.ts") or args[i - 1] == "-filter_complex")
+        boundaries = ("o0.ts", "o1.mp4", "o2.ts")
+        start = max(i for i in range(end) if args[i] in boundaries or args[i - 1] == "-filter_complex")
         return args[start + 1 : end]
 
     def option(self, args, name):
@@ -382,6 +383,47 @@ class ImageioFFmpegTests(_FFmpegTestsMixin, unittest.TestCase):
     """
 
     binary = "imageio"
+
+
+class StubbornProcessTests(unittest.TestCase):
+    """
+    An "FFmpeg" that ignores SIGTERM is killed with SIGKILL after the grace
+    period and reaped.
+    """
+
+    def setUp(self):
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.workDir = tempDir(self)
+        fake = os.path.join(tempDir(self), "ffmpeg")
+        with open(fake, "w") as f:
+            f.write("#!/bin/sh\ntrap '' TERM\nexec /bin/sleep 30\n")
+        os.chmod(fake, 0o755)
+        self.transcoder = FFmpegTranscoder(reactor, fake, self.workDir)
+
+    def assertClean(self):
+        self.assertEqual(os.listdir(self.workDir), [])
+        self.assertEqual(self.transcoder.running, 0)
+        self.assertEqual(childProcesses(), [])
+
+    @defer.inlineCallbacks
+    def test_timeout(self):
+        d = self.transcoder.transcode(b"segment", [PRESETS["P144p30fps16x9"]], timeout=0.1)
+        failure = yield self.assertFailure(d, TranscodeError)
+        self.assertEqual(str(failure), "transcode timed out after 0.1s")
+        self.assertClean()
+
+    @defer.inlineCallbacks
+    def test_cancelDuringGrace(self):
+        """
+        Cancelling after the timeout, while waiting to SIGKILL, gives
+        CancelledError once the process is gone.
+        """
+        d = self.transcoder.transcode(b"segment", [PRESETS["P144p30fps16x9"]], timeout=0.1)
+        self.reactor.callLater(0.1 + ffmpeg.KILL_GRACE / 2, d.cancel)
+        yield self.assertFailure(d, defer.CancelledError)
+        self.assertClean()
 
 
 class InvalidRequestTests(unittest.TestCase):

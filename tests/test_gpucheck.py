@@ -105,7 +105,9 @@ class ClassifyTests(unittest.TestCase):
         self.assertCause(SESSIONS, SESSION_LIMIT, "consumer-GPU NVENC session limit")
 
     def test_unknown(self):
-        self.assertEqual(classifyFFmpegError(UNKNOWN), "FFmpeg failed: [mpegts @ 0x55] [error] Something unexpected happened here")
+        self.assertEqual(
+            classifyFFmpegError(UNKNOWN), "FFmpeg failed: [mpegts @ 0x55] [error] Something unexpected happened here"
+        )
 
     def test_empty(self):
         self.assertEqual(classifyFFmpegError(""), "FFmpeg failed: FFmpeg logged nothing")

@@ -358,8 +358,8 @@ class PusherTests(TestCase):
         segData, body, contentType, payment = self.orchestrator.received[0]
         self.assertEqual(body, data)
         self.assertEqual((segData.seq, segData.duration, segData.manifestId), (3, 2000, b"manifest-1"))
-        self.assertEqual(contentType, b"video/MP2T")
-        self.assertEqual(payment, b"")
+        self.assertEqual(contentType, "video/MP2T")
+        self.assertEqual(payment, "")
         summary = result.toDict()
         self.assertEqual(summary["renditions"][0]["bytes"], len(result.renditions[0].data))
         json.dumps(summary)

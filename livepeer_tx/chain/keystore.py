@@ -53,6 +53,12 @@ def loadAccount(keystorePath, ethAcctAddr=None, password=None):
     @raise KeystoreError: no matching key, several candidates, or a wrong password.
     @raise livepeer_tx.secret.SecretFileError: the password file is unsafe.
     """
+    secret = Secret.fromOption(password, optionName="--ethPassword")
+    if secret is not None and secret.isLiteral:
+        _log.warn(
+            "--ethPassword was given literally; it is visible to other users in the process "
+            "list. Put it in a file readable only by you instead."
+        )
     if ethAcctAddr is not None and not is_address(ethAcctAddr):
         raise KeystoreError(f"--ethAcctAddr {ethAcctAddr!r} is not an Ethereum address")
     keys = [(address, data) for address, data in map(_address, _keyFiles(keystorePath)) if address]
@@ -66,12 +72,6 @@ def loadAccount(keystorePath, ethAcctAddr=None, password=None):
             f"{keystorePath} holds {len(keys)} keys; choose one with --ethAcctAddr"
         )
     address, data = keys[0]
-    secret = Secret.fromOption(password, optionName="--ethPassword")
-    if secret is not None and secret.isLiteral:
-        _log.warn(
-            "--ethPassword was given literally; it is visible to other users in the process "
-            "list. Put it in a file readable only by you instead."
-        )
     try:
         key = Account.decrypt(data, secret.read() if secret is not None else "")
     except ValueError as e:

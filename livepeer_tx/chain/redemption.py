@@ -204,6 +204,7 @@ class Redeemer(Service):
             d = Deferred()
             self._running.addBoth(lambda _: d.callback(None))
             return d
+        return succeed(None)
 
     def _tick(self):
         if self._running is not None or not self.store.pending:

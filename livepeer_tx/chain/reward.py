@@ -11,7 +11,7 @@ import time
 
 from prometheus_client import Counter, Gauge
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -91,6 +91,7 @@ class RewardService(Service):
             d = Deferred()
             self._running.addBoth(lambda _: d.callback(None))
             return d
+        return succeed(None)
 
     def _tick(self):
         # The loop must never die: every error is caught here, and a tick

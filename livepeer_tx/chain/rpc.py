@@ -10,12 +10,13 @@ import itertools
 import json
 
 from eth_abi import decode as abiDecode
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Protocol
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 from twisted.web.http_headers import Headers
-from twisted.web.client import FileBodyProducer
-from io import BytesIO
 
 # Error(string) and Panic(uint256) selectors used by Solidity reverts.
 ERROR_SELECTOR = bytes.fromhex("08c379a0")
@@ -103,6 +104,57 @@ def fromHex(value):
     return int(value, 16)
 
 
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """
+    A request body held in memory (written at once, no cooperator needed).
+    """
+
+    def __init__(self, body):
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer):
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+class _BodyReader(Protocol):
+    """
+    Collect a response body; C{finished} fires with it, or fails on data loss.
+    """
+
+    def __init__(self, maxSize=64 * 1024 * 1024):
+        self.finished = Deferred(lambda _: self.transport and self.transport.stopProducing())
+        self._chunks = []
+        self._size = 0
+        self._maxSize = maxSize
+
+    def dataReceived(self, data):
+        self._size += len(data)
+        if self._size > self._maxSize:
+            self.transport.stopProducing()
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason):
+        if self.finished.called:
+            return
+        if reason.check(ResponseDone) and self._size <= self._maxSize:
+            self.finished.callback(b"".join(self._chunks))
+        else:
+            self.finished.errback(reason)
+
+
 class JsonRpcClient:
     """
     Send Ethereum JSON-RPC requests over HTTP(S) without blocking the reactor.
@@ -138,11 +190,13 @@ class JsonRpcClient:
                 b"POST",
                 self.url.encode("ascii"),
                 Headers({b"Content-Type": [b"application/json"]}),
-                FileBodyProducer(BytesIO(body)),
+                _BytesProducer(body),
             )
             d.addTimeout(self._timeout, self._reactor)
             response = await d
-            d = readBody(response)
+            reader = _BodyReader()
+            response.deliverBody(reader)
+            d = reader.finished
             d.addTimeout(self._timeout, self._reactor)
             raw = await d
         except Exception as e:

@@ -6,7 +6,7 @@ transaction replacement and receipt checks.
 import time
 
 from eth_utils import to_checksum_address
-from twisted.internet.defer import DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -72,6 +72,7 @@ class TransactionManager:
     C{maxReplacements} times and never above C{maxGasPrice}.
 
     @ivar address: the checksummed account address.
+    @ivar replacements: how many replacement transactions were sent in all.
     """
 
     _log = Logger()
@@ -102,6 +103,7 @@ class TransactionManager:
         self.confirmTimeout = confirmTimeout
         self._lock = DeferredLock()
         self._lastMinedNonce = None
+        self.replacements = 0
 
     async def suggestFees(self):
         """
@@ -138,8 +140,6 @@ class TransactionManager:
         @raise TransactionFailed: it was mined but reverted.
         @raise TransactionTimeout: no receipt in C{confirmTimeout} seconds.
         """
-        from twisted.internet.defer import Deferred
-
         return self._lock.run(
             lambda: Deferred.fromCoroutine(self._send(to, data, value, description))
         )
@@ -198,6 +198,7 @@ class TransactionManager:
                     await self._rebroadcast(raw)
                 else:
                     replacements += 1
+                    self.replacements += 1
                     self._log.warn(
                         "{description} (nonce {nonce}) not mined after {seconds:.0f}s; replacing it "
                         "with maxFeePerGas {maxFee} wei (replacement {n} of {most})",

@@ -134,7 +134,7 @@ class SegmentResource(resource.Resource):
 
     async def _handle(self, request):
         metrics = self._app.metrics
-        payment = request.getHeader(PAYMENT_HEADER) or ""
+        payment = (request.getHeader(PAYMENT_HEADER) or b"").decode("latin-1")
         try:
             segData, profiles, sessionId = parseSegmentHeader(request.getHeader(SEGMENT_HEADER))
             if self._app.pool.wouldExceedLimit(sessionId):

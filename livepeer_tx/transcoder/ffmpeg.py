@@ -385,6 +385,7 @@ class _Job:
         self._timeout = timeout
         self._parser = _LogParser()
         self._stopping = None
+        self._cancelled = False
         self._timer = None
         self._killTimer = None
         self._process = None
@@ -407,9 +408,7 @@ class _Job:
                 os.path.join(self._workDir, f"out{index}{profile.extension}")
                 for index, profile in enumerate(self._profiles)
             ]
-            args = buildCommand(
-                ffmpegPath, inputPath, self._outputs, self._profiles, self._device
-            )
+            args = buildCommand(ffmpegPath, inputPath, self._outputs, self._profiles, self._device)
             self._started = time.monotonic()
             self._process = self._reactor.spawnProcess(
                 _FFmpegProtocol(self._parser, self._ended),
@@ -431,6 +430,7 @@ class _Job:
         self._stop("timeout")
 
     def _cancel(self, result):
+        self._cancelled = True
         self._stop("cancel")
         # Deliver the CancelledError only after FFmpeg is reaped and the work
         # files are gone (see _ended).
@@ -463,7 +463,7 @@ class _Job:
             outcome = Failure(e)
         finally:
             self._removeWorkDir()
-        if self._stopping == "cancel":
+        if self._cancelled:
             self.result.unpause()
         elif isinstance(outcome, Failure):
             self.result.errback(outcome)
@@ -471,7 +471,7 @@ class _Job:
             self.result.callback(outcome)
 
     def _outcome(self, reason, seconds):
-        if self._stopping == "cancel":
+        if self._cancelled:
             return None
         if self._stopping == "timeout":
             return Failure(

@@ -1,0 +1,142 @@
+"""
+Benchmark 1: one segment through gateway -> orchestrator -> transcoder -> back,
+against running the transcoder's own FFmpeg command on the same input directly.
+
+A 2 s 1080p30 H.264/AAC MPEG-TS clip is generated; a real orchestrator and a
+real CPU transcoder run as C{twistd -n} processes on 127.0.0.1
+(L{livepeer_tx.localnodes.LocalNodes}); segments are pushed one after the other
+with L{livepeer_tx.gateway.push.SegmentPusher} (upload, transcode, rendition
+downloads). The direct runs execute the command built by
+L{livepeer_tx.transcoder.ffmpeg.buildCommand} for the same input and ladder.
+Runs are interleaved (direct, pushed, direct, pushed, ...) after one warm-up
+of each. Prints the medians and their ratio (target <= 1.10).
+
+    .venv/bin/python bench/e2e_vs_direct.py [--segments 5]
+"""
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import (  # noqa: E402
+    LADDER, PROJECT_ROOT, ladder, median, printHeader, printTable, verdict,
+)
+from twisted.internet import task  # noqa: E402
+from twisted.internet.defer import Deferred  # noqa: E402
+from twisted.internet.threads import deferToThreadPool  # noqa: E402
+from twisted.internet.utils import getProcessOutputAndValue  # noqa: E402
+
+from livepeer_tx.gateway.push import SegmentPusher  # noqa: E402
+from livepeer_tx.localnodes import REGISTRATION_LOG, LocalNodes  # noqa: E402
+from livepeer_tx.transcoder.ffmpeg import buildCommand, findFFmpeg  # noqa: E402
+from tests.media import makeClip  # noqa: E402
+
+TARGET_RATIO = 1.10
+_DONE = re.compile(r"Transcoding done for taskId=(\d+) dur=([0-9.]+)s")
+
+
+async def runDirect(reactor, ffmpegPath, inputPath, profiles, workDir):
+    """
+    Run the transcoder's FFmpeg command on C{inputPath} once.
+
+    @return: the wall time in seconds.
+    """
+    outDir = tempfile.mkdtemp(prefix="direct-", dir=workDir)
+    try:
+        outputs = [os.path.join(outDir, f"out{i}{p.extension}") for i, p in enumerate(profiles)]
+        args = buildCommand(ffmpegPath, inputPath, outputs, profiles)
+        started = time.perf_counter()
+        _, err, code = await getProcessOutputAndValue(args[0], args[1:], env=dict(os.environ), reactor=reactor)
+        elapsed = time.perf_counter() - started
+        if code != 0:
+            raise RuntimeError(f"FFmpeg failed ({code}): {err[-800:].decode('utf-8', 'replace')}")
+        return elapsed
+    finally:
+        shutil.rmtree(outDir, ignore_errors=True)
+
+
+async def main(reactor, args):
+    """
+    Run the benchmark and print its table.
+    """
+    printHeader("e2e_vs_direct: gateway -> orchestrator -> transcoder -> back vs. FFmpeg directly")
+    profiles = ladder()
+    workDir = tempfile.mkdtemp(prefix="bench-e2e-")
+    pool = reactor.getThreadPool()
+    nodes = LocalNodes(workDir)
+    try:
+        ffmpegPath = findFFmpeg()
+        clip = os.path.join(workDir, "source-1080p.ts")
+        await deferToThreadPool(reactor, pool, makeClip, clip, 1920, 1080, 2, 30, True, ffmpegPath)
+        with open(clip, "rb") as f:
+            data = f.read()
+        print(f"source: 2 s 1920x1080 30 fps H.264 + AAC, {len(data)} bytes; ladder {LADDER}; "
+              f"FFmpeg {ffmpegPath}")
+        orchestrator = await deferToThreadPool(reactor, pool, nodes.startOrchestrator)
+        transcoder = await deferToThreadPool(reactor, pool, nodes.startTranscoder, orchestrator, 1)
+        await deferToThreadPool(reactor, pool, orchestrator.waitForLog, REGISTRATION_LOG, 60.0)
+        pusher = SegmentPusher(reactor, orchestrator.serviceAddr, orchestrator.clientTLSOptions(), profiles,
+                               "bench-e2e", timeout=60)
+        direct, pushed, uploads, downloads = [], [], [], []
+
+        async def pushOne(seq):
+            result = await pusher.pushSegment(seq, data, 2000)
+            if not result.ok:
+                raise RuntimeError(f"segment {seq} failed: {result.error}")
+            return result
+
+        await runDirect(reactor, ffmpegPath, clip, profiles, workDir)
+        await pushOne(0)
+        for seq in range(1, args.segments + 1):
+            direct.append(await runDirect(reactor, ffmpegPath, clip, profiles, workDir))
+            result = await pushOne(seq)
+            pushed.append(result.latency)
+            uploads.append(result.uploadSeconds)
+            downloads.append(result.downloadSeconds)
+        await pusher.close()
+        inside = [float(m.group(2)) for m in _DONE.finditer(transcoder.logText())][1:]
+    finally:
+        await deferToThreadPool(reactor, pool, nodes.close)
+        shutil.rmtree(workDir, ignore_errors=True)
+
+    directMedian, pushedMedian = median(direct), median(pushed)
+    ratio = pushedMedian / directMedian
+    print()
+    printTable(
+        ["measure", f"median of {args.segments} (s)", "min (s)", "max (s)"],
+        [
+            ["FFmpeg run directly", f"{directMedian:.3f}", f"{min(direct):.3f}", f"{max(direct):.3f}"],
+            ["pushed end to end (SegmentPusher)", f"{pushedMedian:.3f}", f"{min(pushed):.3f}",
+             f"{max(pushed):.3f}"],
+            ["  of which: FFmpeg in the transcoder (its log)", f"{median(inside):.3f}" if inside else "-",
+             f"{min(inside):.3f}" if inside else "-", f"{max(inside):.3f}" if inside else "-"],
+            ["  of which: upload + transcode (to response headers)", f"{median(uploads):.3f}", f"{min(uploads):.3f}",
+             f"{max(uploads):.3f}"],
+            ["  of which: rendition downloads", f"{median(downloads):.3f}", f"{min(downloads):.3f}",
+             f"{max(downloads):.3f}"],
+        ],
+    )
+    print()
+    print(f"ratio end-to-end / direct = {ratio:.3f}  (target <= {TARGET_RATIO:.2f}): "
+          f"{verdict(ratio, TARGET_RATIO)}")
+
+
+def parseArguments(argv):
+    """
+    Command-line arguments.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--segments", type=int, default=5, help="timed segments (and direct runs) [5]")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    os.chdir(PROJECT_ROOT)
+    arguments = parseArguments(sys.argv[1:])
+    task.react(lambda reactor: Deferred.fromCoroutine(main(reactor, arguments)))

@@ -1,0 +1,177 @@
+"""
+Benchmark 2: the orchestrator's overhead per segment, p50 and p99, with 1, 8
+and 32 concurrent streams of 2 MB segments over loopback TLS.
+
+A real orchestrator runs as a C{twistd -n} process on 127.0.0.1
+(L{livepeer_tx.localnodes.LocalNodes}). The transcoder is a fake-work one
+inside this process: a WebSocket client speaking the transcoder protocol
+(L{livepeer_tx.wsproto}; TLS pinned to the orchestrator's certificate) that
+answers each C{transcode} at once with one rendition of the segment's size and
+reports the time it spent as C{seconds}. The orchestrator's code path is the
+real one: TLS, C{POST /segment} parsing and keccak check, routing, the
+WebSocket task and result frames, the rendition store, the C{TranscodeResult}.
+
+Each stream is one L{livepeer_tx.gateway.push.SegmentPusher} pushing segments
+one after another (one warm-up segment, not counted). Per segment:
+
+    overhead = time until the TranscodeResult arrived - the transcoder's seconds
+
+and, since the gateway hashes each 2 MB segment inside that window too, the
+same figure net of the gateway's keccak-256 time (measured apart). Rendition
+downloads come after the TranscodeResult and are shown separately.
+
+    .venv/bin/python bench/orchestrator_overhead.py [--streams 1,8,32] [--budget 64]
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import (  # noqa: E402
+    PROJECT_ROOT, connectFakeTranscoder, fakeTranscoderFactory, median, p50p99, printHeader, printTable,
+    raiseFileLimit, readSecret, verdict,
+)
+from eth_utils import keccak  # noqa: E402
+from twisted.internet import task  # noqa: E402
+from twisted.internet.defer import Deferred, gatherResults  # noqa: E402
+from twisted.internet.threads import deferToThreadPool  # noqa: E402
+
+from livepeer_tx.gateway.push import SegmentPusher  # noqa: E402
+from livepeer_tx.localnodes import LocalNodes  # noqa: E402
+from livepeer_tx.profiles import parsePresetList  # noqa: E402
+
+SEGMENT_BYTES = 2 * 1024 * 1024
+TARGET_P50_MS = 5.0
+TARGET_P99_MS = 25.0
+CAPACITY = 64
+
+
+def gatewayHashSeconds(data, rounds=10):
+    """
+    The median time the gateway spends on keccak-256 of C{data}.
+    """
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        keccak(data)
+        times.append(time.perf_counter() - started)
+    return median(times)
+
+
+async def runLevel(reactor, orchestrator, factory, profiles, data, streams, perStream):
+    """
+    Push C{perStream} timed segments (plus one warm-up) on each of C{streams}
+    concurrent streams.
+
+    @return: a dict of lists (seconds): C{toResult}, C{work}, C{downloads},
+        and C{wall}, C{failed}.
+    """
+    figures = {"toResult": [], "work": [], "downloads": [], "failed": 0}
+
+    async def stream(index):
+        manifestId = f"bench-c{streams}-s{index}"
+        pusher = SegmentPusher(reactor, orchestrator.serviceAddr, orchestrator.clientTLSOptions(), profiles,
+                               manifestId, timeout=60)
+        try:
+            for seq in range(perStream + 1):
+                result = await pusher.pushSegment(seq, data, 2000)
+                if not result.ok:
+                    figures["failed"] += 1
+                    print(f"  segment {manifestId}/{seq} failed: {result.error}", flush=True)
+                    continue
+                if seq == 0:
+                    continue
+                figures["toResult"].append(result.uploadSeconds + result.transcodeSeconds)
+                figures["work"].append(factory.workSeconds.pop((manifestId, seq), 0.0))
+                figures["downloads"].append(result.downloadSeconds)
+        finally:
+            await pusher.close()
+
+    started = time.perf_counter()
+    await gatherResults([Deferred.fromCoroutine(stream(i)) for i in range(streams)], consumeErrors=True)
+    figures["wall"] = time.perf_counter() - started
+    return figures
+
+
+async def main(reactor, args):
+    """
+    Run the benchmark and print its table.
+    """
+    printHeader("orchestrator_overhead: per-segment overhead, 2 MB segments, loopback TLS")
+    raiseFileLimit(4096)
+    levels = [int(n) for n in args.streams.split(",")]
+    profiles = parsePresetList("P240p30fps16x9")
+    data = os.urandom(SEGMENT_BYTES)
+    hashSeconds = gatewayHashSeconds(data)
+    workDir = tempfile.mkdtemp(prefix="bench-overhead-")
+    pool = reactor.getThreadPool()
+    nodes = LocalNodes(workDir)
+    rows = []
+    try:
+        orchestrator = await deferToThreadPool(reactor, pool, nodes.startOrchestrator)
+        factory = fakeTranscoderFactory(reactor, orchestrator, readSecret(nodes.secretPath), CAPACITY)
+        factory.workSeconds = {}
+        protocol = await connectFakeTranscoder(reactor, orchestrator, factory)
+        print("transcoder: fake-work WebSocket client in this process (transcoder protocol over TLS, "
+              f"capacity {CAPACITY}, no FFmpeg); it echoes one {SEGMENT_BYTES // 1024} KiB rendition per segment")
+        print(f"orchestrator: real twistd process pid {orchestrator.pid}, {orchestrator.publicUrl}")
+        print(f"gateway-side keccak-256 of a 2 MiB segment: {hashSeconds * 1000:.1f} ms (median of 10)")
+        print("segment counts per level: one warm-up per stream (not counted) + "
+              f"max(3, {args.budget} // streams) timed per stream", flush=True)
+        for streams in levels:
+            perStream = max(3, args.budget // streams)
+            figures = await runLevel(reactor, orchestrator, factory, profiles, data, streams, perStream)
+            overheads = [(t - w) * 1000 for t, w in zip(figures["toResult"], figures["work"])]
+            net = [o - hashSeconds * 1000 for o in overheads]
+            p50, p99 = p50p99(overheads)
+            n50, n99 = p50p99(net)
+            w50 = median(figures["work"])
+            d50 = median(figures["downloads"])
+            count = len(overheads)
+            rows.append([
+                str(streams), str(count), str(figures["failed"]),
+                f"{p50:.1f}" if count else "-", f"{p99:.1f}" if count else "-",
+                f"{n50:.1f}" if count else "-", f"{n99:.1f}" if count else "-",
+                f"{w50 * 1000:.2f}" if count else "-", f"{d50 * 1000:.1f}" if count else "-",
+                f"{count / figures['wall']:.1f}",
+                verdict(n50, TARGET_P50_MS) + "/" + verdict(n99, TARGET_P99_MS) if count else "MISSED",
+            ])
+            print(f"  {streams} stream(s): {count} segments in {figures['wall']:.1f} s", flush=True)
+        protocol.sendClose()
+    finally:
+        await deferToThreadPool(reactor, pool, nodes.close)
+        shutil.rmtree(workDir, ignore_errors=True)
+
+    print()
+    printTable(
+        ["streams", "segments", "failed", "p50 ms", "p99 ms", "net p50 ms", "net p99 ms", "work p50 ms",
+         "download p50 ms", "seg/s", "p50/p99 vs target"],
+        rows,
+    )
+    print()
+    print("p50/p99: time until the TranscodeResult arrived minus the transcoder's reported seconds.")
+    print(f"net: the same minus the gateway's own keccak-256 ({hashSeconds * 1000:.1f} ms); "
+          f"targets p50 <= {TARGET_P50_MS:g} ms, p99 <= {TARGET_P99_MS:g} ms (verdict on net figures).")
+    print("Bench process (gateways + fake transcoder) and orchestrator share this machine's CPUs.")
+
+
+def parseArguments(argv):
+    """
+    Command-line arguments.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", default="1,8,32", help="comma-separated concurrency levels [1,8,32]")
+    parser.add_argument("--budget", type=int, default=64,
+                        help="timed segments per level, spread over its streams (at least 3 each) [64]")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    os.chdir(PROJECT_ROOT)
+    arguments = parseArguments(sys.argv[1:])
+    task.react(lambda reactor: Deferred.fromCoroutine(main(reactor, arguments)))

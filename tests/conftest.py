@@ -1,0 +1,47 @@
+"""
+Shared fixtures: a work directory for real nodes, and test clips.
+"""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    """
+    A L{LocalNodes} in a temporary directory; every node is stopped afterwards.
+    """
+    from livepeer_tx.localnodes import LocalNodes
+
+    with LocalNodes(str(tmp_path / "nodes")) as local:
+        yield local
+
+
+@pytest.fixture(scope="session")
+def clip720(tmp_path_factory):
+    """
+    A 4 s 1280x720 30 fps H.264 + AAC MPEG-TS clip.
+    """
+    from media import makeClip
+
+    path = str(tmp_path_factory.mktemp("clips") / "clip720.ts")
+    makeClip(path, 1280, 720, seconds=4, fps=30)
+    return path
+
+
+@pytest.fixture(scope="session")
+def segment2s(tmp_path_factory):
+    """
+    A 2 s 640x360 30 fps segment, as bytes.
+    """
+    from media import makeClip
+
+    path = str(tmp_path_factory.mktemp("clips") / "seg2s.ts")
+    makeClip(path, 640, 360, seconds=2, fps=30)
+    with open(path, "rb") as f:
+        return f.read()

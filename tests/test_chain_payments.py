@@ -1,0 +1,171 @@
+"""
+Payment tickets against the stand-ins: the hash cross-check, payment
+processing, and a winning ticket redeemed on chain after a restart.
+"""
+
+import base64
+import os
+from fractions import Fraction
+
+from twisted.internet import reactor
+
+from livepeer_tx.chain.payments import OffchainPayments, PaymentError, TicketPayments
+from livepeer_tx.chain.redemption import REDEEMED, EXPIRED, Redeemer, TicketStore
+from livepeer_tx.chain.tickets import (
+    MAX_WIN_PROB, Ticket, TicketRecipient, bytesInt, loadRecipientKey, signTicket,
+)
+from livepeer_tx.chain.transactions import TransactionManager
+from livepeer_tx.chain.watcher import ChainWatcher
+from livepeer_tx.proto import lp_rpc_pb2
+
+from tests.test_chain_reward import STAKE, ChainTestCase, deferred, waitFor
+
+EV = 10**16
+PRICE_PER_UNIT, PIXELS_PER_UNIT = 3000, 2
+
+
+def paymentHeader(params, sender, nonces=(1,), badSig=False, other=None):
+    ticketSenderParams = []
+    for nonce in nonces:
+        ticket = Ticket(
+            recipient=bytes(params.recipient),
+            sender=bytes.fromhex(sender.address[2:]),
+            faceValue=bytesInt(params.face_value),
+            winProb=bytesInt(params.win_prob),
+            senderNonce=nonce,
+            recipientRandHash=bytes(params.recipient_rand_hash),
+            creationRound=params.expiration_params.creation_round,
+            creationRoundBlockHash=bytes(params.expiration_params.creation_round_block_hash),
+        )
+        sig = signTicket(other if badSig else sender, ticket)
+        ticketSenderParams.append(lp_rpc_pb2.TicketSenderParams(sender_nonce=nonce, sig=sig))
+    payment = lp_rpc_pb2.Payment(
+        ticket_params=params,
+        sender=bytes.fromhex(sender.address[2:]),
+        expiration_params=params.expiration_params,
+        ticket_sender_params=ticketSenderParams,
+        expected_price=lp_rpc_pb2.PriceInfo(pricePerUnit=PRICE_PER_UNIT, pixelsPerUnit=PIXELS_PER_UNIT),
+    )
+    return base64.b64encode(payment.SerializeToString()).decode("ascii")
+
+
+class PaymentTests(ChainTestCase):
+    roundLength = 50
+
+    async def setUpPayments(self, dataDir):
+        self.sender = self.anvil.account(2)
+        self.chain.registerTranscoder(self.orch.address, STAKE)
+        self.chain.fundSender(self.sender, 10**18, 10**18)
+        await self.contracts.resolve()
+        self.watcher = ChainWatcher(reactor, self.contracts, interval=0.1)
+        self.watcher.startService()
+        self.addCleanup(self.watcher.stopService)
+        await self.watcher.ready
+        self.store = TicketStore(reactor, dataDir)
+        recipient = TicketRecipient(
+            self.orch.address, loadRecipientKey(dataDir), ticketEV=EV, maxFaceValue=EV
+        )
+        return TicketPayments(
+            self.contracts, recipient, self.watcher, self.store, Fraction(PRICE_PER_UNIT, PIXELS_PER_UNIT)
+        )
+
+    async def redeemer(self, store):
+        tx = TransactionManager(reactor, self.rpc, self.orch, await self.rpc.chainId(), pollInterval=0.05)
+        redeemer = Redeemer(reactor, self.contracts, tx, store, self.watcher, interval=0.1)
+        self.addCleanup(redeemer.stopService)
+        return redeemer
+
+    @deferred
+    async def test_ticketHashMatchesContract(self):
+        await self.contracts.resolve()
+        for aux in ((0, b"\0" * 32), (7, b"\x42" * 32)):
+            t = Ticket(b"\x01" * 20, b"\x02" * 20, 10**18, MAX_WIN_PROB, 2**32 - 1, b"\x03" * 32, *aux)
+            onChain = await self.contracts.ticketBroker.call("getTicketHash", t.asAbiTuple())
+            self.assertEqual(onChain, t.hash())
+
+    @deferred
+    async def test_winningTicketRedeemedAfterRestart(self):
+        dataDir = self.mktemp()
+        os.makedirs(dataDir)
+        payments = await self.setUpPayments(dataDir)
+        params = await payments.ticketParams(bytes.fromhex(self.sender.address[2:]))
+        self.assertEqual(bytesInt(params.face_value), EV)
+        self.assertEqual(bytesInt(params.win_prob), MAX_WIN_PROB)
+        with self.assertRaises(PaymentError) as caught:
+            payments.checkBalance("s1")
+        self.assertEqual((caught.exception.status, caught.exception.message), (400, "Insufficient balance"))
+        await payments.processPayment(paymentHeader(params, self.sender), "s1")
+        self.assertEqual(payments.balances["s1"], EV)
+        payments.checkBalance("s1")
+        payments.debit("s1", 1000)
+        self.assertEqual(payments.balances["s1"], EV - 1000 * Fraction(PRICE_PER_UNIT, PIXELS_PER_UNIT))
+        self.assertEqual(len(self.store.pending), 1)
+        # Restart: a new store reads the queue back from disk.
+        store = TicketStore(reactor, dataDir)
+        self.assertEqual(list(store.pending), list(self.store.pending))
+        redeemer = await self.redeemer(store)
+        redeemer.startService()
+        expiration = bytesInt(params.expiration_block)
+        self.anvil.mineTo(expiration + 1)
+        await waitFor(lambda: not store.pending)
+        ticketId = next(iter(self.store.pending))
+        self.assertEqual(store.outcomes[ticketId], REDEEMED)
+        self.assertTrue(self.chain.call("TicketBroker", "usedTickets", bytes.fromhex(ticketId[2:])))
+        self.assertEqual(self.chain.call("BondingManager", "pendingFees", self.orch.address, 0), EV)
+        self.assertEqual(TicketStore(reactor, dataDir).pending, {})
+
+    @deferred
+    async def test_expiredTicketClassified(self):
+        dataDir = self.mktemp()
+        os.makedirs(dataDir)
+        payments = await self.setUpPayments(dataDir)
+        params = await payments.ticketParams(bytes.fromhex(self.sender.address[2:]))
+        await payments.processPayment(paymentHeader(params, self.sender), "s1")
+        self.chain.advanceRounds(2)
+        await waitFor(lambda: self.watcher.currentRound == self.chain.currentRound())
+        redeemer = await self.redeemer(self.store)
+        self.assertEqual(await redeemer.redeemDue(), 1)
+        self.assertEqual(list(self.store.outcomes.values()), [EXPIRED])
+        self.assertEqual(self.chain.call("BondingManager", "pendingFees", self.orch.address, 0), 0)
+
+    @deferred
+    async def test_paymentRefusals(self):
+        dataDir = self.mktemp()
+        os.makedirs(dataDir)
+        payments = await self.setUpPayments(dataDir)
+        params = await payments.ticketParams(bytes.fromhex(self.sender.address[2:]))
+        for header, status, message in [
+            ("!!!", 402, "base64 decode error"),
+            (base64.b64encode(b"\xff\xff\xff").decode(), 402, "protobuf unmarshal error"),
+            (paymentHeader(params, self.sender, badSig=True, other=self.anvil.account(3)), 400,
+             "invalid ticket signature"),
+        ]:
+            with self.assertRaises(PaymentError) as caught:
+                await payments.processPayment(header, "s2")
+            self.assertEqual(caught.exception.status, status)
+            self.assertIn(message, caught.exception.message)
+        await payments.processPayment(paymentHeader(params, self.sender, nonces=(5,)), "s2")
+        with self.assertRaises(PaymentError) as caught:
+            await payments.processPayment(paymentHeader(params, self.sender, nonces=(5,)), "s2")
+        self.assertIn("already seen", caught.exception.message)
+        self.assertEqual(payments.balances["s2"], EV)
+        # A sender without funds gets no ticket parameters.
+        with self.assertRaises(PaymentError) as caught:
+            await payments.ticketParams(bytes.fromhex(self.anvil.accounts[4][2:]))
+        self.assertEqual(caught.exception.message, "insufficient sender reserve")
+        # Unlocking in the round after next: still accepted; one round later, refused.
+        self.chain.transact(self.chain.contract("TicketBroker").functions.unlock(), self.sender)
+        await payments.processPayment(paymentHeader(params, self.sender, nonces=(6,)), "s2")
+        self.chain.advanceToNextRound()
+        await waitFor(lambda: self.watcher.currentRound == self.chain.currentRound())
+        with self.assertRaises(PaymentError) as caught:
+            await payments.processPayment(paymentHeader(params, self.sender, nonces=(7,)), "s2")
+        self.assertIn("is set to unlock soon", caught.exception.message)
+
+    def test_offchain(self):
+        payments = OffchainPayments()
+        self.assertIsNone(self.successResultOf(payments.processPayment("", "s")))
+        failure = self.failureResultOf(payments.processPayment("garbage!", "s"), PaymentError)
+        self.assertEqual(failure.value.status, 402)
+        payments.checkBalance("s")
+        payments.debit("s", 10**9)

@@ -1,0 +1,140 @@
+"""
+Options, keystore loading and the assembled chain service.
+"""
+
+import json
+import os
+
+import pytest
+from eth_account import Account
+from twisted.internet import reactor
+from twisted.python import usage
+
+from livepeer_tx.chain.contracts import ARBITRUM_ONE_CONTROLLER
+from livepeer_tx.chain.keystore import KeystoreError, loadAccount
+from livepeer_tx.chain.options import (
+    CHAIN_OPT_FLAGS, CHAIN_OPT_PARAMETERS, ETH_OPTION_NAMES, validateChainOptions,
+)
+from livepeer_tx.chain.payments import OffchainPayments, TicketPayments
+from livepeer_tx.chain.service import makeChainService
+from livepeer_tx.secret import SecretFileError
+
+from tests.test_chain_reward import STAKE, ChainTestCase, deferred, waitFor
+
+
+class Options(usage.Options):
+    optParameters = CHAIN_OPT_PARAMETERS
+    optFlags = CHAIN_OPT_FLAGS
+
+    def postOptions(self):
+        validateChainOptions(self)
+
+
+def parse(*args):
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def writeKey(directory, account, password="pw"):
+    data = Account.encrypt(account.key, password, kdf="pbkdf2", iterations=2)
+    path = os.path.join(directory, "UTC--key--" + account.address[2:].lower())
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return path
+
+
+def writePassword(directory, password="pw", mode=0o600):
+    path = os.path.join(directory, "password")
+    with open(path, "w") as f:
+        f.write(password + "\n")
+    os.chmod(path, mode)
+    return path
+
+
+def test_offchainDefaults():
+    options = parse()
+    assert options["network"] == "offchain"
+    assert options["maxGasPrice"] == 0 and options["ticketEV"] == 8 * 10**9
+    assert set(ETH_OPTION_NAMES) <= {p[0] for p in CHAIN_OPT_PARAMETERS}
+    service, payments = makeChainService(options, reactor, "/nonexistent")
+    assert service is None and isinstance(payments, OffchainPayments)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--network", "arbitrum-one-mainnet"], "needs --ethUrl"),
+        (["--ethUrl", "http://x"], "--network is offchain"),
+        (["--network", "devnet", "--ethUrl", "http://x"], "give --ethController"),
+        (["--network", "arbitrum-one-mainnet", "--ethUrl", "http://x"], "needs --ethKeystorePath"),
+        (["--network", "arbitrum-one-mainnet", "--ethUrl", "http://x", "--ethKeystorePath", "/k"],
+         "--pricePerUnit must be set"),
+        (["--reward", "maybe"], "on, off or auto"),
+        (["--maxGasPrice", "lots"], "--maxGasPrice must be an integer"),
+        (["--network", "devnet", "--ethUrl", "http://x", "--ethController", "0x12"], "not an address"),
+    ],
+)
+def test_refusals(args, message):
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*args)
+
+
+def test_arbitrumControllerBuiltIn(tmp_path):
+    options = parse("--network", "arbitrum-one-mainnet", "--ethUrl", "http://x",
+                    "--ethKeystorePath", str(tmp_path), "--pricePerUnit", "1200",
+                    "--ethPassword", writePassword(str(tmp_path)))
+    assert options["ethController"] == ARBITRUM_ONE_CONTROLLER
+    assert options["pricePerUnit"] == 1200
+
+
+def test_passwordFileReadableByOthersRefused(tmp_path):
+    path = writePassword(str(tmp_path), mode=0o644)
+    with pytest.raises(usage.UsageError, match="chmod 600"):
+        parse("--network", "arbitrum-one-mainnet", "--ethUrl", "http://x",
+              "--ethKeystorePath", str(tmp_path), "--pricePerUnit", "1", "--ethPassword", path)
+    with pytest.raises(SecretFileError):
+        loadAccount(str(tmp_path), password=path)
+
+
+def test_keystore(tmp_path):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    a, b = Account.from_key(b"\x07" * 32), Account.from_key(b"\x08" * 32)
+    keyfile = writeKey(str(keys), a)
+    password = writePassword(str(tmp_path))
+    assert loadAccount(str(keys), password=password).address == a.address
+    assert loadAccount(keyfile, password=password).address == a.address
+    assert loadAccount(str(keys), password="pw").address == a.address  # literal, with a warning
+    writeKey(str(keys), b)
+    with pytest.raises(KeystoreError, match="choose one with --ethAcctAddr"):
+        loadAccount(str(keys), password=password)
+    assert loadAccount(str(keys), b.address, password).address == b.address
+    with pytest.raises(KeystoreError, match="cannot decrypt"):
+        loadAccount(str(keys), a.address, "wrong")
+    with pytest.raises(KeystoreError, match="no key file"):
+        loadAccount(str(keys), Account.from_key(b"\x09" * 32).address, password)
+
+
+class ServiceTests(ChainTestCase):
+    @deferred
+    async def test_makeChainServiceRewards(self):
+        self.chain.registerTranscoder(self.orch.address, STAKE)
+        directory = self.mktemp()
+        keys = os.path.join(directory, "keys")
+        os.makedirs(keys)
+        writeKey(keys, self.orch)
+        options = parse(
+            "--network", "localdev", "--ethUrl", self.anvil.url, "--ethController", self.chain.controller,
+            "--ethKeystorePath", keys, "--ethPassword", writePassword(directory),
+            "--pricePerUnit", "1", "--rewardInterval", "0.1", "--blockPollingInterval", "0.1",
+        )
+        service, payments = makeChainService(options, reactor, directory)
+        self.assertIsInstance(payments, TicketPayments)
+        service.startService()
+        self.addCleanup(service.stopService)
+        current = self.chain.currentRound()
+        await waitFor(lambda: service.reward is not None and service.reward.lastRewardRound == current)
+        self.assertEqual(self.lastRewardRound(), current)
+        self.assertIsNotNone(service.redeemer)
+        self.assertEqual(service.watcher.currentRound, current)

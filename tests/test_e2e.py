@@ -1,0 +1,311 @@
+"""
+End-to-end tests: real C{twistd} orchestrators and transcoders on loopback,
+real TLS, real WebSockets and real FFmpeg.
+"""
+
+import os
+import re
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from e2e import RawWebSocket, getURL, postSegment, push, transcodeResult
+from livepeer_tx.profiles import PRESETS
+from media import ffprobePath, makeClip, probe
+
+REGISTERED = r"Successful transcoder registration transcoder=127\.0\.0\.1:\d+ capacity={}"
+
+
+def transcoderStartupFailure(node, timeout=30):
+    """
+    Wait for a node to exit and return its exit status.
+    """
+    node.process.wait(timeout)
+    return node.process.returncode
+
+
+def test_registration_transcode_and_renditions(nodes, clip720, tmp_path):
+    """
+    A transcoder registers with its capacity, a clip pushed through the
+    orchestrator comes back as renditions of the right size, frame count and
+    duration, and the reported pixels are the frames really encoded.
+    """
+    orchestrator = nodes.startOrchestrator()
+    nodes.startTranscoder(orchestrator, maxSessions=2)
+    orchestrator.waitForLog(r"Got a RegisterTranscoder request from transcoder=127\.0\.0\.1:\d+ capacity=2")
+    orchestrator.waitForLog(REGISTERED.format(2))
+    out = str(tmp_path / "out")
+    document, status = push(orchestrator, clip720, out=out)
+    assert status == 0, document
+    segments = document["segments"]
+    assert len(segments) == 2 and all(s["ok"] for s in segments)
+    if ffprobePath() is None:
+        pytest.skip("ffprobe is not installed: renditions cannot be probed")
+    for segment in segments:
+        for rendition in segment["renditions"]:
+            path = os.path.join(out, rendition["profile"], f"{segment['seq']}.ts")
+            info = probe(path)
+            expected = PRESETS[rendition["profile"]].outputSize(1280, 720)
+            assert (info["width"], info["height"]) == expected
+            assert abs(info["duration"] - segment["durationMs"] / 1000) < 0.15
+            assert abs(info["frames"] - segment["durationMs"] / 1000 * 30) <= 1
+            assert rendition["pixels"] == info["frames"] * info["width"] * info["height"]
+            assert info["audio"]
+
+
+def test_status_is_public_safe_and_metrics(nodes):
+    """
+    The public /status tells capacity but no secret and no transcoder
+    addresses; the CLI /status lists transcoders; /metrics uses go-livepeer's names.
+    """
+    orchestrator = nodes.startOrchestrator(monitor=True)
+    nodes.startTranscoder(orchestrator, maxSessions=3)
+    orchestrator.waitForTranscoders(1)
+    status, body = getURL(orchestrator, f"{orchestrator.publicUrl}/status")
+    assert status == 200
+    text = body.decode()
+    with open(orchestrator.secretPath) as f:
+        secret = f.read().strip()
+    assert secret not in text and "127.0.0.1:" not in text
+    assert '"TotalCapacity": 3' in text
+    full = orchestrator.cliStatus()
+    assert full["transcoders"][0]["capacity"] == 3 and full["transcoders"][0]["version"]
+    host, port = orchestrator.cliAddr.split(":")
+    metrics = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read().decode()
+    assert re.search(r"^livepeer_transcoders_number 1\.0$", metrics, re.M)
+    assert re.search(r"^livepeer_transcoders_capacity 3\.0$", metrics, re.M)
+    assert secret not in orchestrator.logText()
+
+
+def test_wrong_secret_file_retries_and_picks_up_rotation(nodes):
+    """
+    A transcoder with a wrong secret file is refused with 'invalid secret',
+    keeps retrying, and registers once the file holds the right secret.
+    """
+    orchestrator = nodes.startOrchestrator()
+    wrong = nodes.writeSecret("not-the-secret", path=os.path.join(nodes.workDir, "wrong-secret"))
+    transcoder = nodes.startTranscoder(orchestrator, orchSecret=wrong)
+    orchestrator.waitForLog(r'err=.invalid secret')
+    transcoder.waitForLog(r"refused our secret \(invalid secret\)")
+    assert transcoder.running
+    with open(orchestrator.secretPath) as f:
+        nodes.writeSecret(f.read().strip(), path=wrong)
+    # the slow retry rate is 30 s: registration must follow the rotation within it
+    orchestrator.waitForLog(REGISTERED.format(1), timeout=45)
+    assert "not-the-secret" not in orchestrator.logText()
+
+
+def test_wrong_literal_secret_exits(nodes):
+    """
+    A literal wrong secret cannot change, so the transcoder exits non-zero.
+    """
+    orchestrator = nodes.startOrchestrator()
+    transcoder = nodes.startTranscoder(orchestrator, orchSecret="literal-wrong-secret", wait=False)
+    assert transcoderStartupFailure(transcoder) == 1
+    assert "invalid secret" in transcoder.logText()
+    assert "visible in the process list" in transcoder.logText()
+
+
+def test_unsafe_secret_file_refused(nodes):
+    """
+    A secret file readable by others is refused at start.
+    """
+    path = os.path.join(nodes.workDir, "open-secret")
+    with open(path, "w") as f:
+        f.write("s3cret\n")
+    os.chmod(path, 0o644)
+    orchestrator = nodes.startOrchestrator(orchSecret=path, wait=False)
+    assert transcoderStartupFailure(orchestrator) != 0
+    assert "accessible by group or others" in orchestrator.logText()
+
+
+def test_zero_capacity_refused(nodes):
+    """
+    Capacity 0 is refused before the upgrade with go-livepeer's words, and a
+    transcoder configured with it refuses to start.
+    """
+    orchestrator = nodes.startOrchestrator()
+    with open(orchestrator.secretPath) as f:
+        secret = f.read().strip()
+    client = RawWebSocket(orchestrator, {"Credentials": secret, "Livepeer-Capacity": "0"})
+    assert (client.status, client.reason) == (403, "zero capacity")
+    client.close()
+    orchestrator.waitForLog(r"err=.zero capacity")
+    transcoder = nodes.startTranscoder(orchestrator, maxSessions=0, wait=False)
+    assert transcoderStartupFailure(transcoder) != 0
+    assert "--maxSessions must be an integer greater than zero" in transcoder.logText()
+
+
+def test_failed_attempts_are_rate_limited(nodes):
+    """
+    After five wrong secrets from one address, even the right one gets 429
+    until the window passes; the right secret alone gets a WebSocket.
+    """
+    orchestrator = nodes.startOrchestrator()
+    with open(orchestrator.secretPath) as f:
+        secret = f.read().strip()
+    for _ in range(5):
+        client = RawWebSocket(orchestrator, {"Credentials": "guess", "Livepeer-Capacity": "1"})
+        assert client.status == 403
+        client.close()
+    client = RawWebSocket(orchestrator, {"Credentials": secret, "Livepeer-Capacity": "1"})
+    assert client.status == 429
+    client.close()
+
+
+def test_load_spread_capacity_and_cap(nodes, segment2s):
+    """
+    Three transcoders of capacity 1, 2 and 3 end up with exactly that many
+    sessions for six streams; a seventh stream is refused (OrchestratorCapped).
+    """
+    orchestrator = nodes.startOrchestrator()
+    for capacity in (1, 2, 3):
+        nodes.startTranscoder(orchestrator, maxSessions=capacity)
+    orchestrator.waitForTranscoders(3)
+    for i in range(6):
+        status, body = postSegment(orchestrator, segment2s, manifestId=f"stream-{i}".encode())
+        assert status == 200
+        assert transcodeResult(body).WhichOneof("result") == "data"
+    loads = {t["capacity"]: t["load"] for t in orchestrator.cliStatus()["transcoders"]}
+    assert loads == {1: 1, 2: 2, 3: 3}
+    status, body = postSegment(orchestrator, segment2s, manifestId=b"stream-7")
+    assert status == 403 and b"OrchestratorCapped" in body
+
+
+def test_session_affinity(nodes, segment2s):
+    """
+    Every segment of a stream goes to the same transcoder.
+    """
+    orchestrator = nodes.startOrchestrator()
+    nodes.startTranscoder(orchestrator, maxSessions=2)
+    nodes.startTranscoder(orchestrator, maxSessions=2)
+    orchestrator.waitForTranscoders(2)
+    for seq in range(4):
+        status, body = postSegment(orchestrator, segment2s, seq=seq, manifestId=b"sticky")
+        assert status == 200 and transcodeResult(body).WhichOneof("result") == "data"
+    used = set(re.findall(r"from remote transcoder=(\S+) segments=1 sessionID=sticky", orchestrator.logText()))
+    assert len(used) == 1
+
+
+def test_transcoder_killed_mid_segment(nodes, tmp_path):
+    """
+    A transcoder killed while it holds a segment: the segment is transcoded
+    by the other transcoder and the gateway gets its renditions.
+    """
+    path = str(tmp_path / "heavy.ts")
+    makeClip(path, 1920, 1080, seconds=3, fps=30)
+    with open(path, "rb") as f:
+        heavy = f.read()
+    orchestrator = nodes.startOrchestrator()
+    transcoders = [nodes.startTranscoder(orchestrator, maxSessions=1) for _ in range(2)]
+    orchestrator.waitForTranscoders(2)
+    outcome = {}
+
+    def send():
+        outcome["response"] = postSegment(
+            orchestrator, heavy, manifestId=b"victim", durationMs=3000,
+            profiles=("P720p30fps16x9", "P360p30fps16x9", "P240p30fps16x9"))
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    deadline = time.monotonic() + 30
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        victim = next((t for t in transcoders if "Transcoding taskId=" in t.logText()), None)
+        time.sleep(0.02)
+    assert victim is not None, "no transcoder started the segment"
+    victim.kill()
+    sender.join(60)
+    status, body = outcome["response"]
+    result = transcodeResult(body)
+    assert status == 200 and result.WhichOneof("result") == "data", result
+    assert len(result.data.segments) == 3
+    orchestrator.waitForLog(r"sessionID=victim seqNo=0 attempts=2")
+    survivor = next(t for t in transcoders if t is not victim)
+    assert survivor.running and "Transcoding taskId=" in survivor.logText()
+
+
+def test_orchestrator_restart_transcoders_come_back(nodes, segment2s):
+    """
+    After an orchestrator restart, transcoders reconnect by themselves (the
+    certificate is kept, so the pinned fingerprint still matches).
+    """
+    orchestrator = nodes.startOrchestrator()
+    transcoder = nodes.startTranscoder(orchestrator, maxSessions=2)
+    orchestrator.waitForTranscoders(1)
+    fingerprint = orchestrator.fingerprint
+    orchestrator.stop()
+    transcoder.waitForLog(r"Unregistering transcoder|Could not register transcoder")
+    orchestrator.restart()
+    nodes.waitUntilReady(orchestrator)
+    assert orchestrator.fingerprint == fingerprint
+    orchestrator.waitForTranscoders(1, timeout=30)
+    status, body = postSegment(orchestrator, segment2s, manifestId=b"after-restart")
+    assert status == 200 and transcodeResult(body).WhichOneof("result") == "data"
+    assert transcoder.running
+
+
+def test_bad_gateway_input(nodes, segment2s):
+    """
+    Malformed headers, a wrong hash, an oversized body and a bad payment get
+    go-livepeer's status codes; no transcoder means a clear error; the
+    orchestrator keeps serving.
+    """
+    orchestrator = nodes.startOrchestrator(maxSegmentSize=len(segment2s) + 10)
+    status, body = postSegment(orchestrator, segment2s, headers={"Livepeer-Segment": ""})
+    assert status == 403 and b"ErrorSegEncoding" in body
+    status, body = postSegment(orchestrator, segment2s, headers={"Livepeer-Segment": "%%%not base64"})
+    assert (status, body.strip()) == (403, b"ErrorSegEncoding")
+    status, body = postSegment(orchestrator, segment2s, headers={"Livepeer-Segment": "AAAA////"})
+    assert status == 403
+    status, body = postSegment(orchestrator, segment2s, hash=b"\x00" * 32)
+    assert (status, body.strip()) == (403, b"Forbidden")
+    status, body = postSegment(orchestrator, segment2s, headers={"Livepeer-Payment": "!!notbase64"})
+    assert status == 402
+    status, body = postSegment(orchestrator, segment2s + b"x" * 100)
+    assert status == 413
+    status, body = postSegment(orchestrator, segment2s)
+    assert status == 200 and transcodeResult(body).error == "no transcoders available"
+    assert orchestrator.running
+
+
+def test_malformed_websocket_input(nodes, segment2s):
+    """
+    Garbage messages, a message before registration and an unmasked frame
+    each close only the offending connection; a real transcoder keeps working.
+    """
+    orchestrator = nodes.startOrchestrator()
+    nodes.startTranscoder(orchestrator, maxSessions=1)
+    orchestrator.waitForTranscoders(1)
+    with open(orchestrator.secretPath) as f:
+        secret = f.read().strip()
+    headers = {"Credentials": secret, "Livepeer-Capacity": "1"}
+
+    client = RawWebSocket(orchestrator, headers)
+    assert client.status == 101
+    client.sendText("this is not json")
+    frames = client.recvUntilClose()
+    assert frames[-1][0] == 0x8 and frames[-1][1][:2] == (4002).to_bytes(2, "big")
+    client.close()
+
+    client = RawWebSocket(orchestrator, headers)
+    client.sendFrame(0x2, b"\x00\x00\x00\x05{}")
+    frames = client.recvUntilClose()
+    assert frames[-1][0] in (0x8, None)
+    client.close()
+
+    client = RawWebSocket(orchestrator, headers)
+    client.sendFrame(0x1, b'{"type":"register","capacity":1}', mask=False)
+    frames = client.recvUntilClose()
+    assert all(opcode != 0x1 or b"registered" not in payload for opcode, payload in frames)
+    client.close()
+
+    client = RawWebSocket(orchestrator, headers, subprotocol=None)
+    assert client.status == 400
+    client.close()
+
+    status, body = postSegment(orchestrator, segment2s, manifestId=b"still-serving")
+    assert status == 200 and transcodeResult(body).WhichOneof("result") == "data"
+    assert orchestrator.cliStatus()["RegisteredTranscodersNumber"] == 1
