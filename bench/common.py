@@ -112,6 +112,15 @@ def rssKB(pid):
     raise ValueError(f"no VmRSS for pid {pid}")
 
 
+def cpuSeconds(pid):
+    """
+    User plus system CPU seconds process C{pid} has used, from C{/proc/<pid>/stat}.
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def raiseFileLimit(wanted):
     """
     Raise this process's soft C{RLIMIT_NOFILE} to at least C{wanted} (capped

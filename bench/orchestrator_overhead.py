@@ -20,7 +20,7 @@ and, since the gateway hashes each 2 MB segment inside that window too, the
 same figure net of the gateway's keccak-256 time (measured apart). Rendition
 downloads come after the TranscodeResult and are shown separately.
 
-    .venv/bin/python bench/orchestrator_overhead.py [--streams 1,8,32] [--budget 64]
+    .venv/bin/python bench/orchestrator_overhead.py [--streams 1,8,32] [--modes live,back-to-back]
 """
 
 import argparse
@@ -33,7 +33,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import (  # noqa: E402
-    PROJECT_ROOT, connectFakeTranscoder, fakeTranscoderFactory, median, p50p99, printHeader, printTable,
+    PROJECT_ROOT, connectFakeTranscoder, cpuSeconds, fakeTranscoderFactory, median, p50p99, printHeader, printTable,
     raiseFileLimit, readSecret, verdict,
 )
 from eth_utils import keccak  # noqa: E402
@@ -63,10 +63,12 @@ def gatewayHashSeconds(data, rounds=10):
     return median(times)
 
 
-async def runLevel(reactor, orchestrator, factory, profiles, data, streams, perStream):
+async def runLevel(reactor, orchestrator, factory, profiles, data, streams, perStream, period):
     """
     Push C{perStream} timed segments (plus one warm-up) on each of C{streams}
-    concurrent streams.
+    concurrent streams: one segment every C{period} seconds per stream, the
+    streams' starts spread evenly over one period (a live gateway), or back to
+    back when C{period} is 0 (saturation).
 
     @return: a dict of lists (seconds): C{toResult}, C{work}, C{downloads},
         and C{wall}, C{failed}.
@@ -77,8 +79,12 @@ async def runLevel(reactor, orchestrator, factory, profiles, data, streams, perS
         manifestId = f"bench-c{streams}-s{index}"
         pusher = SegmentPusher(reactor, orchestrator.serviceAddr, orchestrator.clientTLSOptions(), profiles,
                                manifestId, timeout=60)
+        start = reactor.seconds() + period * index / streams
         try:
             for seq in range(perStream + 1):
+                wait = start + seq * period - reactor.seconds()
+                if wait > 0:
+                    await task.deferLater(reactor, wait, lambda: None)
                 result = await pusher.pushSegment(seq, data, 2000)
                 if not result.ok:
                     figures["failed"] += 1
@@ -93,25 +99,58 @@ async def runLevel(reactor, orchestrator, factory, profiles, data, streams, perS
             await pusher.close()
 
     started = time.perf_counter()
+    orchestratorCPU, benchCPU = cpuSeconds(orchestrator.pid), cpuSeconds(os.getpid())
     await gatherResults([Deferred.fromCoroutine(stream(i)) for i in range(streams)], consumeErrors=True)
     figures["wall"] = time.perf_counter() - started
+    pushed = streams * (perStream + 1)
+    figures["orchestratorCPU"] = (cpuSeconds(orchestrator.pid) - orchestratorCPU) / pushed
+    figures["benchCPU"] = (cpuSeconds(os.getpid()) - benchCPU) / pushed
     return figures
+
+
+MODES = {
+    # name: (seconds between a stream's segments, timed segments per stream)
+    "live": (2.0, lambda streams: min(20, max(4, 64 // streams))),
+    "back-to-back": (0.0, lambda streams: max(3, 64 // streams)),
+}
+
+
+def levelRow(streams, figures, hashSeconds):
+    """
+    One table row for a concurrency level's figures.
+    """
+    overheads = [(t - w) * 1000 for t, w in zip(figures["toResult"], figures["work"])]
+    count = len(overheads)
+    if not count:
+        return [str(streams), "0", str(figures["failed"])] + ["-"] * 9 + ["MISSED (no figure)"]
+    net = [o - hashSeconds * 1000 for o in overheads]
+    p50, p99 = p50p99(overheads)
+    n50, n99 = p50p99(net)
+    return [
+        str(streams), str(count), str(figures["failed"]),
+        f"{p50:.1f}", f"{p99:.1f}", f"{n50:.1f}", f"{n99:.1f}",
+        f"{median(figures['work']) * 1000:.2f}", f"{median(figures['downloads']) * 1000:.1f}",
+        f"{count / figures['wall']:.1f}",
+        f"{figures['orchestratorCPU'] * 1000:.1f}", f"{figures['benchCPU'] * 1000:.1f}",
+        verdict(n50, TARGET_P50_MS) + "/" + verdict(n99, TARGET_P99_MS),
+    ]
 
 
 async def main(reactor, args):
     """
-    Run the benchmark and print its table.
+    Run the benchmark and print its tables.
     """
     printHeader("orchestrator_overhead: per-segment overhead, 2 MB segments, loopback TLS")
     raiseFileLimit(4096)
     levels = [int(n) for n in args.streams.split(",")]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     profiles = parsePresetList("P240p30fps16x9")
     data = os.urandom(SEGMENT_BYTES)
     hashSeconds = gatewayHashSeconds(data)
     workDir = tempfile.mkdtemp(prefix="bench-overhead-")
     pool = reactor.getThreadPool()
     nodes = LocalNodes(workDir)
-    rows = []
+    tables = {}
     try:
         orchestrator = await deferToThreadPool(reactor, pool, nodes.startOrchestrator)
         factory = fakeTranscoderFactory(reactor, orchestrator, readSecret(nodes.secretPath), CAPACITY)
@@ -121,43 +160,38 @@ async def main(reactor, args):
               f"capacity {CAPACITY}, no FFmpeg); it echoes one {SEGMENT_BYTES // 1024} KiB rendition per segment")
         print(f"orchestrator: real twistd process pid {orchestrator.pid}, {orchestrator.publicUrl}")
         print(f"gateway-side keccak-256 of a 2 MiB segment: {hashSeconds * 1000:.1f} ms (median of 10)")
-        print("segment counts per level: one warm-up per stream (not counted) + "
-              f"max(3, {args.budget} // streams) timed per stream", flush=True)
-        for streams in levels:
-            perStream = max(3, args.budget // streams)
-            figures = await runLevel(reactor, orchestrator, factory, profiles, data, streams, perStream)
-            overheads = [(t - w) * 1000 for t, w in zip(figures["toResult"], figures["work"])]
-            net = [o - hashSeconds * 1000 for o in overheads]
-            p50, p99 = p50p99(overheads)
-            n50, n99 = p50p99(net)
-            w50 = median(figures["work"])
-            d50 = median(figures["downloads"])
-            count = len(overheads)
-            rows.append([
-                str(streams), str(count), str(figures["failed"]),
-                f"{p50:.1f}" if count else "-", f"{p99:.1f}" if count else "-",
-                f"{n50:.1f}" if count else "-", f"{n99:.1f}" if count else "-",
-                f"{w50 * 1000:.2f}" if count else "-", f"{d50 * 1000:.1f}" if count else "-",
-                f"{count / figures['wall']:.1f}",
-                verdict(n50, TARGET_P50_MS) + "/" + verdict(n99, TARGET_P99_MS) if count else "MISSED",
-            ])
-            print(f"  {streams} stream(s): {count} segments in {figures['wall']:.1f} s", flush=True)
+        print("live: each stream sends one 2 s segment every 2 s, starts spread over 2 s; "
+              "back-to-back: each stream sends its next segment as soon as the previous one is done. "
+              "One warm-up segment per stream is not counted.", flush=True)
+        for mode in modes:
+            period, perStreamFor = MODES[mode]
+            rows = tables[mode] = []
+            for streams in levels:
+                perStream = perStreamFor(streams)
+                figures = await runLevel(
+                    reactor, orchestrator, factory, profiles, data, streams, perStream, period)
+                rows.append(levelRow(streams, figures, hashSeconds))
+                print(f"  {mode}, {streams} stream(s): {len(figures['toResult'])} timed segments "
+                      f"in {figures['wall']:.1f} s", flush=True)
         protocol.sendClose()
     finally:
         await deferToThreadPool(reactor, pool, nodes.close)
         shutil.rmtree(workDir, ignore_errors=True)
 
-    print()
-    printTable(
-        ["streams", "segments", "failed", "p50 ms", "p99 ms", "net p50 ms", "net p99 ms", "work p50 ms",
-         "download p50 ms", "seg/s", "p50/p99 vs target"],
-        rows,
-    )
+    for mode, rows in tables.items():
+        print()
+        print(f"[{mode}]")
+        printTable(
+            ["streams", "segments", "failed", "p50 ms", "p99 ms", "net p50 ms", "net p99 ms", "work p50 ms",
+             "download p50 ms", "seg/s", "orch CPU ms/seg", "bench CPU ms/seg", "p50/p99 vs target"],
+            rows,
+        )
     print()
     print("p50/p99: time until the TranscodeResult arrived minus the transcoder's reported seconds.")
     print(f"net: the same minus the gateway's own keccak-256 ({hashSeconds * 1000:.1f} ms); "
           f"targets p50 <= {TARGET_P50_MS:g} ms, p99 <= {TARGET_P99_MS:g} ms (verdict on net figures).")
-    print("Bench process (gateways + fake transcoder) and orchestrator share this machine's CPUs.")
+    print("CPU ms/seg: CPU time used per pushed segment (warm-ups and downloads included) by the orchestrator "
+          "process and by this bench process (gateways + fake transcoder); both share this machine's CPUs.")
 
 
 def parseArguments(argv):
@@ -166,8 +200,9 @@ def parseArguments(argv):
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", default="1,8,32", help="comma-separated concurrency levels [1,8,32]")
-    parser.add_argument("--budget", type=int, default=64,
-                        help="timed segments per level, spread over its streams (at least 3 each) [64]")
+    parser.add_argument("--modes", default="live,back-to-back",
+                        help="comma-separated: live (paced, one segment per 2 s per stream) and/or "
+                             "back-to-back (saturation) [live,back-to-back]")
     return parser.parse_args(argv)
 
 

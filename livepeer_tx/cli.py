@@ -262,12 +262,15 @@ async def runPush(reactor, args):
                 f"(manifestId={manifestId}, profiles={','.join(p.name for p in args.profiles)})"
             )
 
+        hinted = []
+
         async def report(result):
             if args.out and result.ok:
                 await writeRenditions(reactor, result, args.out)
             if not args.json:
                 print(formatResult(result), flush=True)
-                if _looksLikeTrustProblem(result) and tlsOptions is None:
+                if _looksLikeTrustProblem(result) and tlsOptions is None and not hinted:
+                    hinted.append(True)
                     print(
                         "  hint: the orchestrator's certificate is probably self-signed; pass "
                         "--orchCert <its dataDir>/cert.pem or --orchCertFingerprint",

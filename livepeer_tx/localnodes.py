@@ -260,11 +260,16 @@ class OrchestratorNode(Node):
 
     @ivar serviceAddr: its public TLS address C{127.0.0.1:port}.
     @ivar secretPath: the file holding the transcoders' shared secret.
+    @ivar certPath: its certificate: C{--tlsCert} if given, else the
+        self-signed C{cert.pem} it writes into its data directory.
     """
 
-    def __init__(self, name, argv, logPath, dataDir, env, cliAddr, serviceAddr, secretPath):
+    def __init__(
+        self, name, argv, logPath, dataDir, env, cliAddr, serviceAddr, secretPath, certPath=None
+    ):
         self.serviceAddr = serviceAddr
         self.secretPath = secretPath
+        self.certPath = certPath or os.path.join(dataDir, CERT_FILENAME)
         super().__init__(name, argv, logPath, dataDir, env, cliAddr)
 
     @property
@@ -287,13 +292,6 @@ class OrchestratorNode(Node):
         The public base URL, C{https://127.0.0.1:port}.
         """
         return f"https://{self.serviceAddr}"
-
-    @property
-    def certPath(self):
-        """
-        The self-signed certificate the orchestrator writes into its data directory.
-        """
-        return os.path.join(self.dataDir, CERT_FILENAME)
 
     @property
     def fingerprintBytes(self):
@@ -453,6 +451,7 @@ class LocalNodes:
             nodeClass=OrchestratorNode,
             serviceAddr=options["serviceAddr"],
             secretPath=options["orchSecret"],
+            certPath=options.get("tlsCert"),
         )
         if wait:
             self.waitUntilReady(node, timeout)

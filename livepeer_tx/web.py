@@ -6,6 +6,7 @@ C{/metrics} resource.
 
 import json
 
+from prometheus_client import REGISTRY
 from prometheus_client.twisted import MetricsResource
 from twisted.logger import Logger
 from twisted.web import resource, server
@@ -94,6 +95,23 @@ class JSONResource(resource.Resource):
         return json.dumps(self._produce(), indent=2, sort_keys=True).encode("utf-8") + b"\n"
 
 
+class CombinedRegistry:
+    """
+    Collects from this node's own registry and from prometheus_client's
+    default one (process metrics and the chain code's module-level metrics).
+    """
+
+    def __init__(self, *registries):
+        self._registries = registries
+
+    def collect(self):
+        """
+        Every metric family of every registry.
+        """
+        for registry in self._registries:
+            yield from registry.collect()
+
+
 def makeCLIRoot(status, registry=None):
     """
     The CLI (admin) port's root: C{/status} and, with a registry, C{/metrics}.
@@ -101,5 +119,6 @@ def makeCLIRoot(status, registry=None):
     root = resource.Resource()
     root.putChild(b"status", JSONResource(status))
     if registry is not None:
-        root.putChild(b"metrics", MetricsResource(registry=registry))
+        combined = CombinedRegistry(registry, REGISTRY)
+        root.putChild(b"metrics", MetricsResource(registry=combined))
     return root

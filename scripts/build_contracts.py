@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """
 Compile the Livepeer contract stand-ins (contracts/*.sol) with solcjs and write
-their ABI and creation bytecode to livepeer_tx/chain/contracts/standins.json.
+their ABI and creation bytecode to contracts/build/standins.json.
 
 The JSON is committed so that tests need no Solidity compiler; run this script
 after changing a contract (C{npm install} provides solcjs), or with C{--check}
@@ -17,7 +17,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = os.path.join(ROOT, "contracts")
-OUTPUT = os.path.join(ROOT, "livepeer_tx", "chain", "contracts", "standins.json")
+OUTPUT = os.path.join(ROOT, "contracts", "build", "standins.json")
 SOLCJS = os.path.join(ROOT, "node_modules", ".bin", "solcjs")
 
 # The contracts deployed by tests/chainharness.py; the rest are bases and interfaces.
@@ -76,6 +76,8 @@ def compileStandIns(solcjs=SOLCJS, sourceDir=SOURCES):
     errors = [e for e in result.get("errors", []) if e.get("severity") == "error"]
     if errors:
         raise RuntimeError("\n".join(e.get("formattedMessage", e.get("message", "")) for e in errors))
+    for warning in result.get("errors", []):
+        print(warning.get("formattedMessage", warning.get("message", "")), file=sys.stderr)
     artifacts = {}
     for fileContracts in result["contracts"].values():
         for name, output in fileContracts.items():

@@ -3,7 +3,7 @@ A local Ethereum chain for tests: an anvil node and the Livepeer contract
 stand-ins deployed on it.
 
 The stand-ins (contracts/*.sol, compiled into
-livepeer_tx/chain/contracts/standins.json) expose the deployed Livepeer
+contracts/build/standins.json) expose the deployed Livepeer
 signatures, events and revert strings, so chain code runs against them
 unchanged; only the Controller address differs. Their test controls are the
 functions whose names start with C{test}.
@@ -45,7 +45,7 @@ from web3 import Web3
 
 ROOT = Path(__file__).resolve().parent.parent
 ANVIL_PATH = ROOT / "node_modules" / ".bin" / "anvil"
-ARTIFACTS_PATH = ROOT / "livepeer_tx" / "chain" / "contracts" / "standins.json"
+ARTIFACTS_PATH = ROOT / "contracts" / "build" / "standins.json"
 ANVIL_MISSING = "anvil not found: run `npm install` in the repository root (package.json pins @foundry-rs/anvil)"
 
 # anvil's default dev accounts come from this mnemonic.

@@ -45,3 +45,12 @@ def segment2s(tmp_path_factory):
     makeClip(path, 640, 360, seconds=2, fps=30)
     with open(path, "rb") as f:
         return f.read()
+
+
+@pytest.fixture(autouse=True)
+def _workInTemporaryDirectory(tmp_path, monkeypatch):
+    """
+    Run every test in its own directory, so files a test makes relative to the
+    working directory (trial's C{mktemp}) never land in the source tree.
+    """
+    monkeypatch.chdir(tmp_path)

@@ -45,6 +45,12 @@ from livepeer_tx.profiles import PRESETS, Profile, parsePresetList, profilesFrom
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 from livepeer_tx.tls import certificateFingerprint, clientTLSOptions, createSelfSigned
 
+# Twisted 26's client Response transport lacks abortConnection, so every readBody warns.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Using readBody with a transport:DeprecationWarning",
+    "ignore:Passing pyOpenSSL:DeprecationWarning",
+)
+
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWO_PROFILES = parsePresetList("P240p30fps16x9,P360p30fps16x9")
 
@@ -484,7 +490,9 @@ class PusherTests(TestCase):
         ]
         out, err, code = await getProcessOutputAndValue(
             sys.executable,
-            base + ["--orchCertFingerprint", self.fingerprint.hex(), "--out", os.path.join(self.dir, "r"), clip],
+            base
+            + ["--orchCertFingerprint", self.fingerprint.hex(), "--out", os.path.join(self.dir, "r")]
+            + [clip],
             env=env, reactor=globalReactor,
         )
         self.assertEqual(code, 0, err)
@@ -522,7 +530,8 @@ def test_cliHelp():
     for option in ("--orchAddr", "--orchCertFingerprint", "--profiles", "--segmentDuration", "--json"):
         assert option in run.stdout
     run = subprocess.run(
-        [sys.executable, "-m", "livepeer_tx.cli", "push", "--orchAddr", "x:1", "--profiles", "P9000p", "in.ts"],
+        [sys.executable, "-m", "livepeer_tx.cli", "push", "--orchAddr", "x:1"]
+        + ["--profiles", "P9000p", "in.ts"],
         capture_output=True, text=True, env=env, timeout=60,
     )
     assert run.returncode == 2
@@ -541,7 +550,18 @@ def test_optionArguments():
     ]
 
 
-def _pidAlive(pid):
+def _pidAlive(pid, settle=5.0):
+    """
+    Whether C{pid} is a live (non-zombie) process, giving a killed one up to
+    C{settle} seconds to die.
+    """
+    deadline = time.monotonic() + settle
+    while _pidRunning(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _pidRunning(pid)
+
+
+def _pidRunning(pid):
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -573,7 +593,7 @@ def test_localNodesProcesses(tmp_path):
         node = nodes.startProcess("sleeper", [sys.executable, "-c", script, "stay"])
         match = node.waitForLog(r"ready child=(\d+)", timeout=30)
         child = int(match.group(1))
-        assert node.running and _pidAlive(child)
+        assert node.running and _pidRunning(child)
         offset = node.logOffset()
         with pytest.raises(NodeError, match="did not log"):
             node.waitForLog("ready", timeout=0.3, since=offset)
@@ -616,7 +636,8 @@ def test_demo(tmp_path):
     out = tmp_path / "demo-output"
     started = time.monotonic()
     run = subprocess.run(
-        [sys.executable, "-m", "livepeer_tx.cli", "demo", "--out", str(out), "--workDir", str(tmp_path / "work")],
+        [sys.executable, "-m", "livepeer_tx.cli", "demo", "--out", str(out)]
+        + ["--workDir", str(tmp_path / "work")],
         capture_output=True, text=True, timeout=240,
         env=dict(os.environ, PYTHONPATH=PROJECT_ROOT),
     )

@@ -661,9 +661,10 @@ def test_signatureRejections(chain, accounts):
     assertReverts("INVALID_SIGNATURE_LENGTH", lambda: redeem(compact))
     assertReverts("INVALID_SIGNATURE_LENGTH", lambda: redeem(sig + b"\x00"))
     highS = r + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - v])
-    assert Account._recover_hash(
-        keccak(b"\x19Ethereum Signed Message:\n32" + ticketHash(ticket)), signature=highS
-    ) == accounts.broadcaster.address
+    # eth-account accepts it (same signer); the chain must not.
+    assert Account.recover_message(encode_defunct(primitive=ticketHash(ticket)), signature=highS) == (
+        accounts.broadcaster.address
+    )
     assertReverts("ECDSA: invalid signature 's' value", lambda: redeem(highS))
     assertReverts("ECDSA: invalid signature 'v' value", lambda: redeem(r + sig[32:64] + bytes([v - 27])))
     assertReverts("ECDSA: invalid signature 'v' value", lambda: redeem(r + sig[32:64] + bytes([29])))
@@ -809,6 +810,9 @@ def test_fundingRules(chain, accounts):
     assert len(broker.events.DepositFunded().process_receipt(receipt, errors=DISCARD)) == 1
     assert broker.functions.getSenderInfo(sender.address).call() == [(7, 0), (5, 0)]
     assert chain.w3.eth.get_balance(chain.addresses["Minter"]) == 12
+    stranger = Account.create().address
+    chain.fundSender(stranger, 3, 4)
+    assert broker.functions.getSenderInfo(stranger).call() == [(3, 0), (4, 0)]
     minter = chain.contract("Minter").functions
     assertReverts(
         "msg.sender not Minter or JobsManager", lambda: chain.transact(minter.depositETH(), sender, value=1)

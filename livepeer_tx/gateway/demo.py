@@ -10,6 +10,7 @@ both nodes.
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -146,13 +147,25 @@ async def runDemo(reactor, args, stream=None):
         say.step("stopping the transcoder and the orchestrator")
         statuses = await deferToThreadPool(reactor, pool, nodes.close)
         say.step(
-            "stopped: " + ", ".join(f"{name} exit {status}" for name, status in statuses.items())
+            "stopped: "
+            + ", ".join(f"{name} ({_describeExit(status)})" for name, status in statuses.items())
         )
     if ok and not args.workDir:
         shutil.rmtree(workDir, ignore_errors=True)
     elif not ok:
         say(f"node logs kept in {workDir}")
     return 0 if ok else 1
+
+
+def _describeExit(status):
+    if status is None:
+        return "not started"
+    if status < 0:
+        try:
+            return f"ended by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"ended by signal {-status}"
+    return f"exit status {status}"
 
 
 def _ms(seconds):
@@ -164,9 +177,9 @@ async def _report(reactor, say, result, outDir):
         say(f"  segment {result.seq}: FAILED status={result.status} error={result.error}")
         return
     say(
-        f"  segment {result.seq}: {result.durationMs} ms of video, latency {result.latency * 1000:.0f} ms "
-        f"(upload {result.uploadSeconds * 1000:.0f} ms, transcode {result.transcodeSeconds * 1000:.0f} ms, "
-        f"download {result.downloadSeconds * 1000:.0f} ms)"
+        f"  segment {result.seq}: {result.durationMs} ms of video, "
+        f"latency {_ms(result.latency)} (upload {_ms(result.uploadSeconds)}, "
+        f"transcode {_ms(result.transcodeSeconds)}, download {_ms(result.downloadSeconds)})"
     )
     paths = await writeRenditions(reactor, result, outDir)
     for rendition, path in zip(result.renditions, paths):

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from eth_utils import keccak
 from twisted.internet.defer import (
     Deferred,
+    DeferredList,
     DeferredSemaphore,
     FirstError,
     TimeoutError,
@@ -342,18 +343,27 @@ class SegmentPusher:
         started = self._reactor.seconds()
         deadline = self._timeout if self._timeout is not None else segmentTimeout(durationMs)
         d = Deferred.fromCoroutine(self._exchange(result, data, started))
-        d.addTimeout(deadline, self._reactor)
+        timedOut = []
+
+        def timeOut():
+            timedOut.append(True)
+            d.cancel()
+
+        timer = self._reactor.callLater(deadline, timeOut)
 
         def failed(failure):
-            reason = describeFailure(failure)
-            if failure.check(TimeoutError):
+            # Agent wraps the cancellation (ResponseNeverReceived etc.), so
+            # the timer, not the failure type, says whether the deadline hit.
+            if timedOut:
                 reason = f"timed out after {deadline:g} s"
+            else:
+                reason = describeFailure(failure)
             result.error = reason
-            self._log.warn(
-                "Segment seq={seq} failed: {reason}", seq=seq, reason=reason
-            )
+            self._log.warn("Segment seq={seq} failed: {reason}", seq=seq, reason=reason)
 
         def finished(_):
+            if timer.active():
+                timer.cancel()
             result.latency = self._reactor.seconds() - started
             return result
 
@@ -394,9 +404,15 @@ class SegmentPusher:
             )
             return
         downloadStarted = self._reactor.seconds()
-        datas = await gatherResults(
-            [Deferred.fromCoroutine(self._fetch(segment.url)) for segment in segments], consumeErrors=True
+        # Wait for every download, failed or not, so no connection is left mid-flight.
+        outcomes = await DeferredList(
+            [Deferred.fromCoroutine(self._fetch(segment.url)) for segment in segments],
+            consumeErrors=True,
         )
+        for succeeded, value in outcomes:
+            if not succeeded:
+                value.raiseException()
+        datas = [value for _, value in outcomes]
         result.downloadSeconds = self._reactor.seconds() - downloadStarted
         result.renditions = [
             Rendition(profile.name, segment.url, segment.pixels, content)

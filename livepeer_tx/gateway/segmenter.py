@@ -44,12 +44,17 @@ class Segment(NamedTuple):
 def findFFmpegExecutable():
     """
     The FFmpeg executable, found as the transcoder finds it.
+
+    @raise SegmenterError: there is none.
     """
     try:
-        from livepeer_tx.transcoder.ffmpeg import findFFmpeg
+        from livepeer_tx.transcoder.ffmpeg import FFmpegNotFound, findFFmpeg
     except ImportError:
         return _fallbackFindFFmpeg()
-    return findFFmpeg()
+    try:
+        return findFFmpeg()
+    except FFmpegNotFound as e:
+        raise SegmenterError(str(e)) from None
 
 
 def _fallbackFindFFmpeg():

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# livepeer-tx quick start: `./run.sh demo` or `./run.sh test`.
+# Installs what is missing (FFmpeg from Debian, a virtualenv with the project and
+# its test extras, anvil and solc from npm for the chain tests), then runs.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need_apt=()
+command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || need_apt+=(ffmpeg)
+command -v npm >/dev/null || need_apt+=(nodejs npm)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+# compat mode puts the project root on sys.path, so twistd finds twisted/plugins/.
+.venv/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
+.venv/bin/python -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
+
+case "${1:-}" in
+    demo)
+        shift
+        exec .venv/bin/livepeer-tx demo "$@"
+        ;;
+    test)
+        shift
+        if [ ! -x node_modules/.bin/anvil ] || [ ! -e node_modules/solc ]; then
+            npm install --no-audit --no-fund --loglevel=error
+        fi
+        exec .venv/bin/python -m pytest -q "$@"
+        ;;
+    *)
+        echo "usage: ./run.sh demo [--out DIR] | ./run.sh test [pytest options]" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,235 @@
+"""
+Small units: secrets, TLS trust, addresses, framing, the rendition store,
+the transcoder's worker and backoff, and both plugins' options.
+"""
+
+import os
+import ssl as stdlibssl
+
+import pytest
+from twisted.internet import defer
+from twisted.python import usage
+
+from livepeer_tx import wsproto
+from livepeer_tx.addresses import parseHostPort
+from livepeer_tx.orchestrator import tap as orchestratorTap
+from livepeer_tx.orchestrator.store import RenditionStore
+from livepeer_tx.secret import Secret, SecretFileError
+from livepeer_tx.tls import ServerCertificate, formatFingerprint, parseFingerprint
+from livepeer_tx.transcoder import tap as transcoderTap
+from livepeer_tx.transcoder.client import Backoff, capabilityBitstring
+from livepeer_tx.transcoder.worker import TranscodeWorker
+
+
+def writeFile(path, text, mode):
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+    return str(path)
+
+
+def test_secret_file_trimmed_reread_and_hidden(tmp_path):
+    """
+    A 0600 file is read trimmed, re-read on every use, and never shown in repr.
+    """
+    path = writeFile(tmp_path / "s", "  abc \n", 0o600)
+    secret = Secret.fromOption(path)
+    assert secret.read() == "abc" and secret.matches("abc") and not secret.matches("abd")
+    writeFile(tmp_path / "s", "rotated\n", 0o600)
+    assert secret.matches(b"rotated")
+    assert "rotated" not in repr(secret) and "abc" not in repr(Secret.fromOption("abc"))
+
+
+def test_secret_file_permissions_and_empty(tmp_path):
+    """
+    Group/other-readable and empty secret files are refused.
+    """
+    with pytest.raises(SecretFileError, match="group or others"):
+        Secret.fromOption(writeFile(tmp_path / "s", "abc", 0o640))
+    with pytest.raises(SecretFileError, match="empty"):
+        Secret.fromOption(writeFile(tmp_path / "e", "\n", 0o600))
+    assert Secret.fromOption("literal").isLiteral
+
+
+def test_certificate_reused_and_key_private(tmp_path):
+    """
+    The self-signed certificate is created once, reused, with a 0600 key; it
+    names the service host and verifies with Python's own TLS stack.
+    """
+    first = ServerCertificate.loadOrCreate(str(tmp_path), "127.0.0.1")
+    second = ServerCertificate.loadOrCreate(str(tmp_path), "127.0.0.1")
+    assert first.generated and not second.generated
+    assert first.fingerprint == second.fingerprint
+    assert os.stat(first.keyPath).st_mode & 0o777 == 0o600
+    context = stdlibssl.create_default_context(cafile=first.certPath)
+    assert context.get_ca_certs()
+    os.chmod(first.keyPath, 0o644)
+    with pytest.raises(Exception, match="group or others"):
+        ServerCertificate.loadOrCreate(str(tmp_path), "127.0.0.1")
+
+
+def test_fingerprint_forms():
+    """
+    Fingerprints parse with or without colons and round-trip.
+    """
+    digest = bytes(range(32))
+    assert parseFingerprint(formatFingerprint(digest)) == digest
+    assert parseFingerprint(digest.hex().upper()) == digest
+    with pytest.raises(ValueError):
+        parseFingerprint("abcd")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("", ("h", 8935)), (":9000", ("h", 9000)), ("1.2.3.4", ("1.2.3.4", 8935)),
+    ("example.com:443", ("example.com", 443)), ("[::1]:8935", ("::1", 8935)),
+    ("https://o.example:8936", ("o.example", 8936)),
+])
+def test_parse_host_port(text, expected):
+    """
+    go-livepeer's address forms.
+    """
+    assert parseHostPort(text, "h", 8935) == expected
+
+
+@pytest.mark.parametrize("text", ["host:notaport", "host:70000", "http://x:1", "https://x:1/path"])
+def test_parse_host_port_errors(text):
+    """
+    Bad addresses are refused.
+    """
+    with pytest.raises(ValueError):
+        parseHostPort(text, "h", 8935)
+
+
+def test_media_framing_round_trip_and_errors():
+    """
+    Binary frames split back into their parts; inconsistent frames are refused.
+    """
+    frame = wsproto.encodeMedia({"type": "result", "taskId": 3}, [b"abc", b"", b"defg"])
+    header, parts = wsproto.decodeMedia(frame)
+    assert header["taskId"] == 3 and parts == [b"abc", b"", b"defg"]
+    for bad in (b"", b"\x00\x00\x00\x50{}", frame[:-1], b"\x00\x00\x00\x02[]", b"\x00\x00\x00\x02{}"):
+        with pytest.raises(wsproto.ProtocolError):
+            wsproto.decodeMedia(bad)
+    with pytest.raises(wsproto.ProtocolError):
+        wsproto.decodeControl(b'{"no":"type"}')
+
+
+def test_store_bounds():
+    """
+    The store keeps a bounded number per session and bounded bytes overall.
+    """
+    store = RenditionStore(maxBytes=250, perSession=2)
+    for i in range(3):
+        store.put("a", f"p/{i}.ts", b"x" * 100, "video/mp2t")
+    assert store.get("a", "p/0.ts") is None and store.get("a", "p/2.ts")
+    store.put("b", "p/0.ts", b"y" * 100, "video/mp2t")
+    assert store.totalBytes <= 250 and store.get("b", "p/0.ts")
+
+
+class SlowTranscoder:
+    """
+    A stand-in FFmpeg engine whose transcodes finish when the test says.
+    """
+
+    def __init__(self):
+        self.calls = []
+
+    def transcode(self, segment, profiles, device=None, timeout=None):
+        d = defer.Deferred(lambda d: self.calls.remove((segment, device, d)) if (segment, device, d) in self.calls else None)
+        self.calls.append((segment, device, d))
+        return d
+
+
+def test_worker_limits_concurrency_and_spreads_devices():
+    """
+    No more than maxSessions run at once; sessions spread over devices and
+    keep theirs; a queued task can be cancelled without running.
+    """
+    engine = SlowTranscoder()
+    worker = TranscodeWorker(engine, maxSessions=2, devices=["0", "1"])
+    results = [worker.run(i, f"s{i % 3}", f"seg{i}".encode(), []) for i in range(4)]
+    assert len(engine.calls) == 2 and worker.running == 2 and worker.queued == 2
+    assert {engine.calls[0][1], engine.calls[1][1]} == {"0", "1"}
+    worker.cancel(3)
+    failures = []
+    results[3].addErrback(failures.append)
+    assert failures and failures[0].check(defer.CancelledError)
+    engine.calls[0][2].callback("done")
+    assert len(engine.calls) == 3 and engine.calls[2][0] == b"seg2"
+    assert worker.deviceFor("s0") == engine.calls[0][1]
+
+
+def test_backoff_grows_caps_and_resets():
+    """
+    Delays grow from about 0.5 s to a cap near 30 s, and reset.
+    """
+    backoff = Backoff(random=lambda: 0.5)
+    delays = [backoff.next() for _ in range(20)]
+    assert delays[0] == 0.5 and delays[1] > delays[0] and max(delays) == 30.0
+    backoff.reset()
+    assert backoff.next() == 0.5
+    jittered = Backoff(random=lambda: 0.0)
+    assert jittered.next() == 0.25
+
+
+def test_capability_bitstring():
+    """
+    go-livepeer's default capabilities as one 64-bit word.
+    """
+    (word,) = capabilityBitstring()
+    assert word & 1 and word & (1 << 26) and not word & (1 << 13)
+
+
+def test_transcoder_refuses_eth_options(tmp_path):
+    """
+    Keys belong on the orchestrator: every Ethereum option is refused.
+    """
+    secret = writeFile(tmp_path / "s", "x", 0o600)
+    for option in ("--ethUrl", "--ethKeystorePath", "--ethPassword", "--ethAcctAddr", "--ethController"):
+        with pytest.raises(usage.UsageError, match="belong on the orchestrator"):
+            transcoderTap.Options().parseOptions(["--orchAddr", "h", "--orchSecret", secret, option, "v"])
+
+
+def test_transcoder_options(tmp_path):
+    """
+    Defaults and validation of the transcoder's options.
+    """
+    secret = writeFile(tmp_path / "s", "x", 0o600)
+    options = transcoderTap.Options()
+    options.parseOptions(["--orchAddr", "o.example", "--orchSecret", secret, "--nvidia", "0,1"])
+    assert (options["orchHost"], options["orchPort"], options["capacity"]) == ("o.example", 8935, 10)
+    assert options["devices"] == ["0", "1"]
+    for bad in (["--maxSessions", "0"], ["--nvidia", "x"], ["--orchCertFingerprint", "zz"],
+                ["--orchInsecure", "--orchCertFingerprint", "00" * 32]):
+        with pytest.raises(usage.UsageError):
+            transcoderTap.Options().parseOptions(["--orchAddr", "h", "--orchSecret", secret] + bad)
+    with pytest.raises(usage.UsageError, match="Missing --orchSecret"):
+        transcoderTap.Options().parseOptions(["--orchAddr", "h"])
+
+
+def test_orchestrator_options(tmp_path):
+    """
+    Defaults and validation of the orchestrator's options.
+    """
+    secret = writeFile(tmp_path / "s", "x", 0o600)
+    options = orchestratorTap.Options()
+    options.parseOptions(["--orchSecret", secret, "--serviceAddr", "o.example", "--dataDir", str(tmp_path)])
+    assert (options["servicePort"], options["listenHost"], options["listenPort"]) == (8935, "", 8935)
+    assert (options["cliHost"], options["cliPort"], options["maxSessionsLimit"]) == ("127.0.0.1", 7935, None)
+    for bad in (["--maxSessions", "0"], ["--maxSessions", "many"], ["--tlsCert", "x"], ["--httpAddr", "h:bad"]):
+        with pytest.raises(usage.UsageError):
+            orchestratorTap.Options().parseOptions(["--orchSecret", secret] + bad)
+    with pytest.raises(usage.UsageError, match="requires an --orchSecret"):
+        orchestratorTap.Options().parseOptions([])
+
+
+def test_transcoder_refuses_every_chain_option_name(tmp_path):
+    """
+    Every Ethereum option the orchestrator knows is refused by the transcoder.
+    """
+    from livepeer_tx.chain.options import ETH_OPTION_NAMES
+
+    secret = writeFile(tmp_path / "s", "x", 0o600)
+    for name in ETH_OPTION_NAMES:
+        with pytest.raises(usage.UsageError, match="belong on the orchestrator"):
+            transcoderTap.Options().parseOptions(["--orchAddr", "h", "--orchSecret", secret, f"--{name}", "v"])
