@@ -60,17 +60,6 @@ def verdict(value, target):
     return "ok" if value <= target else "MISSED"
 
 
-def formatNumber(value, digits=1):
-    """
-    A number for a table cell; C{-} for C{None}.
-    """
-    if value is None:
-        return "-"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.{digits}f}"
-
-
 def printTable(headers, rows, stream=None):
     """
     Print rows of strings as an aligned plain-text table.

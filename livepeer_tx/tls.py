@@ -121,10 +121,11 @@ class ServerCertificate:
     @ivar generated: whether this start created a new self-signed certificate.
     """
 
-    def __init__(self, certPath, keyPath, generated=False):
+    def __init__(self, certPath, keyPath, generated=False, chainPath=None):
         self.certPath = certPath
         self.keyPath = keyPath
         self.generated = generated
+        self.chainPath = chainPath
         with open(certPath, "rb") as f:
             self.certPEM = f.read()
         self.fingerprint = certificateFingerprint(self.certPEM)
@@ -144,7 +145,7 @@ class ServerCertificate:
                 if not os.path.isfile(path):
                     raise CertificateError(f"TLS file not found: {path}")
             _checkKeyPermissions(keyPath)
-            return cls(certPath, keyPath)
+            return cls(certPath, keyPath, chainPath=_writeChain(certPath, dataDir))
         certPath = os.path.join(dataDir, CERT_FILENAME)
         keyPath = os.path.join(dataDir, KEY_FILENAME)
         if os.path.isfile(certPath) and os.path.isfile(keyPath):
@@ -167,9 +168,35 @@ class ServerCertificate:
             return value.replace("\\", "\\\\").replace(":", "\\:")
 
         parts = [f"ssl:{port}", f"privateKey={quote(self.keyPath)}", f"certKey={quote(self.certPath)}"]
+        if self.chainPath:
+            parts.append(f"extraCertChain={quote(self.chainPath)}")
         if interface:
             parts.append(f"interface={quote(interface)}")
         return ":".join(parts)
+
+
+CHAIN_FILENAME = "served-chain.pem"
+
+
+def _writeChain(certPath, dataDir):
+    """
+    Twisted's C{ssl:} endpoint serves only the first certificate of C{certKey};
+    copy the intermediates after it to C{dataDir} so they are served too.
+
+    @return: the chain file's path, or L{None} when the file holds one certificate.
+    """
+    with open(certPath, "rb") as f:
+        certificates = x509.load_pem_x509_certificates(f.read())
+    chainPath = os.path.join(dataDir, CHAIN_FILENAME)
+    if len(certificates) < 2:
+        if os.path.exists(chainPath):
+            os.remove(chainPath)
+        return None
+    os.makedirs(dataDir, mode=0o700, exist_ok=True)
+    with open(chainPath, "wb") as f:
+        for certificate in certificates[1:]:
+            f.write(certificate.public_bytes(serialization.Encoding.PEM))
+    return chainPath
 
 
 def _checkKeyPermissions(keyPath):

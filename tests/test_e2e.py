@@ -309,3 +309,105 @@ def test_malformed_websocket_input(nodes, segment2s):
     status, body = postSegment(orchestrator, segment2s, manifestId=b"still-serving")
     assert status == 200 and transcodeResult(body).WhichOneof("result") == "data"
     assert orchestrator.cliStatus()["RegisteredTranscodersNumber"] == 1
+
+
+def makeCertificateChain(directory):
+    """
+    A root CA, an intermediate CA and a leaf for 127.0.0.1/localhost, as an
+    operator would have: returns C{(fullchainPath, keyPath, rootPath)}.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def make(name, issuerName, issuerKey, ca, san=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuerName or name)]))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return key, builder.sign(issuerKey or key, hashes.SHA256())
+
+    rootKey, root = make("Test Root", None, None, True)
+    midKey, mid = make("Test Intermediate", "Test Root", rootKey, True)
+    leafKey, leaf = make("127.0.0.1", "Test Intermediate", midKey, False,
+                         [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    pem = serialization.Encoding.PEM
+    paths = [os.path.join(directory, n) for n in ("fullchain.pem", "leaf.key", "root.pem")]
+    with open(paths[0], "wb") as f:
+        f.write(leaf.public_bytes(pem) + mid.public_bytes(pem))
+    with open(paths[1], "wb") as f:
+        f.write(leafKey.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    os.chmod(paths[1], 0o600)
+    with open(paths[2], "wb") as f:
+        f.write(root.public_bytes(pem))
+    return paths
+
+
+def test_operator_certificate_chain_verified_by_ca(nodes, tmp_path):
+    """
+    With an operator's chain (leaf + intermediate), a transcoder that trusts
+    only the root CA verifies the orchestrator, host name included.
+    """
+    fullchain, key, root = makeCertificateChain(str(tmp_path))
+    orchestrator = nodes.startOrchestrator(tlsCert=fullchain, tlsKey=key, wait=False)
+    orchestrator.waitForPort(orchestrator.port)
+    transcoder = nodes.startTranscoder(orchestrator, orchCertFingerprint=None, orchCert=root, wait=False)
+    orchestrator.waitForLog(REGISTERED.format(1))
+    assert transcoder.running
+
+
+def test_untrusted_certificate_is_refused(nodes):
+    """
+    By default a transcoder verifies the orchestrator: a self-signed
+    certificate it was not told to trust is refused, and it never registers.
+    """
+    orchestrator = nodes.startOrchestrator()
+    transcoder = nodes.startTranscoder(orchestrator, orchCertFingerprint="00" * 32)
+    transcoder.waitForLog(r"Could not register transcoder to orchestrator")
+    assert "Got a RegisterTranscoder request" not in orchestrator.logText()
+
+
+def test_transcoder_shutdown_leaves_no_ffmpeg_or_files(nodes, tmp_path):
+    """
+    SIGTERM while a segment is transcoding: FFmpeg is killed and reaped, the
+    work directory is left empty, and the transcoder exits cleanly.
+    """
+    import subprocess
+
+    path = str(tmp_path / "heavy.ts")
+    makeClip(path, 1920, 1080, seconds=3, fps=30)
+    with open(path, "rb") as f:
+        heavy = f.read()
+    orchestrator = nodes.startOrchestrator()
+    transcoder = nodes.startTranscoder(orchestrator, maxSessions=1)
+    orchestrator.waitForTranscoders(1)
+    sender = threading.Thread(target=lambda: postSegment(
+        orchestrator, heavy, durationMs=3000, profiles=("P720p30fps16x9", "P360p30fps16x9")))
+    sender.start()
+    transcoder.waitForLog(r"Transcoding taskId=")
+    time.sleep(0.3)
+    children = subprocess.run(["pgrep", "-P", str(transcoder.pid)], capture_output=True, text=True).stdout.split()
+    assert children, "FFmpeg was not running"
+    assert transcoder.stop() in (0, -15)  # twistd re-raises SIGTERM after a clean stop
+    for pid in children:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+        assert not os.path.exists(f"/proc/{pid}")
+    leftovers = [os.path.join(d, f) for d, _, files in os.walk(transcoder.dataDir) for f in files]
+    assert leftovers == []
+    sender.join(30)

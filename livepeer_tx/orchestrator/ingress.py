@@ -120,8 +120,9 @@ class SegmentResource(resource.Resource):
             status, body, contentType = outcome
             if finished:
                 return
-            request.setResponseCode(status)
-            request.setHeader(b"content-type", contentType)
+            if not request.startedWriting:
+                request.setResponseCode(status)
+                request.setHeader(b"content-type", contentType)
             request.write(body)
             request.finish()
 
@@ -156,6 +157,11 @@ class SegmentResource(resource.Resource):
             return e.status, e.message.encode("utf-8") + b"\n", b"text/plain; charset=utf-8"
 
         metrics.segmentsReceived.inc()
+        # Like go-livepeer: answer 200 as soon as the upload is accepted, so the
+        # gateway knows its upload is done; later errors travel in the body.
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/x-protobuf")
+        request.write(b"")
         job = SegmentJob(sessionId, segData.seq, body, profiles, segData.duration or 2000)
         result = pb.TranscodeResult(seq=segData.seq)
         started = self._app.clock.seconds()

@@ -252,6 +252,7 @@ class OrchestratorLink(service.Service):
         self.worker.cancelAll()
         if self.protocol is not None:
             self.protocol.sendClose(wsproto.CLOSE_SHUTDOWN, "transcoder shutting down")
+        return self.worker.whenIdle(self._reactor)
 
     def _attempt(self):
         self._retryCall = None
@@ -347,8 +348,12 @@ class OrchestratorLink(service.Service):
             self._log.critical("Terminating transcoder because of {error}", error=ZERO_CAPACITY)
             stopWithStatus(self._reactor, 1)
             return
-        self._log.info("Unregistering transcoder: {reason} (code {code})", reason=reason or "connection lost",
-                       code=code)
+        if wasRegistered:
+            self._log.info("Unregistering transcoder: {reason} (code {code})", reason=reason or "connection lost",
+                           code=code)
+        else:
+            self._log.warn("Could not register transcoder to orchestrator {orchestrator}: {reason}",
+                           orchestrator=self.address, reason=reason or "connection lost")
         self._schedule(self.backoff.next())
 
     def runTask(self, protocol, taskId, sessionId, seq, segment, profiles):

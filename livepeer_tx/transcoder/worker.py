@@ -102,6 +102,23 @@ class TranscodeWorker:
         if entry is not None:
             entry.cancel()
 
+    def whenIdle(self, clock, timeout=5.0, interval=0.05):
+        """
+        A Deferred that fires once no FFmpeg process of ours is left unreaped
+        (or after C{timeout} seconds), for a clean shutdown.
+        """
+        d = defer.Deferred()
+        deadline = clock.seconds() + timeout
+
+        def check():
+            if getattr(self._transcoder, "running", 0) == 0 or clock.seconds() >= deadline:
+                d.callback(None)
+            else:
+                clock.callLater(interval, check)
+
+        check()
+        return d
+
     def cancelAll(self):
         """
         Stop every task (the orchestrator connection was lost).
