@@ -209,7 +209,7 @@ def fakeTranscoderFactory(reactor, orchestrator, secret, capacity, echo=True):
     factory = WebSocketClientFactory(
         url, protocols=[wsproto.SUBPROTOCOL], reactor=reactor,
         headers={
-            wsproto.AUTH_HEADER: "Livepeer-Transcoder-1.0",
+            wsproto.AUTH_HEADER: wsproto.AUTH_VALUE,
             "Credentials": secret,
             "Livepeer-Capacity": str(capacity),
         },

@@ -16,7 +16,9 @@ import struct
 SUBPROTOCOL = "livepeer-tx.v1"
 RESOURCE_PATH = b"transcoder"  # mounted as /transcoder on the public port
 AUTH_HEADER = "Authorization"
-AUTH_SCHEME = "Livepeer-Transcoder"
+AUTH_VALUE = "Livepeer-Transcoder-1.0"  # go-livepeer's constant for transcoder requests
+CREDENTIALS_HEADER = "Credentials"  # carries the shared secret, as in go-livepeer
+CAPACITY_HEADER = "Livepeer-Capacity"
 
 # Close codes (private range 4000-4999).
 CLOSE_REFUSED = 4001

@@ -118,7 +118,8 @@ class RawWebSocket:
         ]
         if subprotocol:
             lines.append(f"Sec-WebSocket-Protocol: {subprotocol}")
-        lines += [f"{k}: {v}" for k, v in headers.items()]
+        headers = dict({"Authorization": "Livepeer-Transcoder-1.0"}, **headers)
+        lines += [f"{k}: {v}" for k, v in headers.items() if v is not None]
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         response = b""
         while b"\r\n\r\n" not in response:

@@ -411,3 +411,17 @@ def test_transcoder_shutdown_leaves_no_ffmpeg_or_files(nodes, tmp_path):
     leftovers = [os.path.join(d, f) for d, _, files in os.walk(transcoder.dataDir) for f in files]
     assert leftovers == []
     sender.join(30)
+
+
+def test_missing_auth_type_refused(nodes):
+    """
+    An upgrade without go-livepeer's transcoder Authorization value is
+    refused with 401 before the secret is looked at.
+    """
+    orchestrator = nodes.startOrchestrator()
+    with open(orchestrator.secretPath) as f:
+        secret = f.read().strip()
+    client = RawWebSocket(orchestrator, {"Authorization": None, "Credentials": secret, "Livepeer-Capacity": "1"})
+    assert (client.status, client.reason) == (401, "Unauthorized")
+    client.close()
+    orchestrator.waitForLog(r"Invalid auth type")

@@ -183,6 +183,8 @@ class SegmentResource(resource.Resource):
             result.data.segments.add(url=f"{base}/stream/{sessionId}/{name}", pixels=rendition.pixels)
             encodedPixels += rendition.pixels
         metrics.pixelsProcessed.inc(encodedPixels)
+        if taskResult.attempts > 1:
+            metrics.segmentsRetried.inc()
         self._payments.debit(sessionId, encodedPixels)
         self._log.info(
             "Successfully received results from remote transcoder={transcoder} segments={segments} "

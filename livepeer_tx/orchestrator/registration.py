@@ -15,14 +15,14 @@ from twisted.logger import Logger
 from twisted.web import resource
 
 from livepeer_tx import __version__, wsproto
+from livepeer_tx.addresses import formatHostPort
 from livepeer_tx.orchestrator.dispatch import Rendition
 from livepeer_tx.orchestrator.routing import RemoteTranscoder
 
 INVALID_SECRET = "invalid secret"
 ZERO_CAPACITY = "zero capacity"
 TOO_MANY_ATTEMPTS = "too many failed attempts"
-CAPACITY_HEADER = b"livepeer-capacity"
-CREDENTIALS_HEADER = b"credentials"
+UNAUTHORIZED = "Unauthorized"
 REGISTER_TIMEOUT = 10.0
 
 
@@ -77,11 +77,18 @@ class TranscoderGate(resource.Resource):
     isLeaf = True
     _log = Logger()
 
-    def __init__(self, secret, limiter, webSocketResource):
+    def __init__(self, secret, limiter, webSocketResource, metrics):
         super().__init__()
         self._secret = secret
         self._limiter = limiter
         self._webSocket = webSocketResource
+        self._metrics = metrics
+
+    def _refuse(self, request, code, message):
+        self._metrics.registrationsRefused.labels(reason=message).inc()
+        request.setResponseCode(code, message.encode("ascii"))
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return message.encode("ascii") + b"\n"
 
     def render(self, request):
         """
@@ -90,7 +97,7 @@ class TranscoderGate(resource.Resource):
         peer = request.getClientAddress()
         host = getattr(peer, "host", "unknown")
         address = _formatPeer(peer)
-        capacityText = (request.getHeader(CAPACITY_HEADER) or b"").decode("latin-1").strip()
+        capacityText = (request.getHeader(wsproto.CAPACITY_HEADER) or "").strip()
         self._log.info(
             "Got a RegisterTranscoder request from transcoder={transcoder} capacity={capacity}",
             transcoder=address, capacity=capacityText or "unknown",
@@ -100,13 +107,18 @@ class TranscoderGate(resource.Resource):
                 "Refusing transcoder={transcoder}: too many failed attempts from {host}",
                 transcoder=address, host=host,
             )
-            return _refuse(request, 429, TOO_MANY_ATTEMPTS)
-        credentials = request.getHeader(CREDENTIALS_HEADER) or b""
+            return self._refuse(request, 429, TOO_MANY_ATTEMPTS)
+        authorization = request.getHeader(wsproto.AUTH_HEADER) or ""
+        if authorization != wsproto.AUTH_VALUE:
+            self._log.error("Invalid auth type {value!r} from transcoder={transcoder}",
+                            value=authorization[:64], transcoder=address)
+            return self._refuse(request, 401, UNAUTHORIZED)
+        credentials = request.getHeader(wsproto.CREDENTIALS_HEADER) or ""
         if not self._secret.matches(credentials):
             self._limiter.recordFailure(host)
             self._log.error("Cannot register transcoder={transcoder} err={err!r}",
                             transcoder=address, err=INVALID_SECRET)
-            return _refuse(request, 403, INVALID_SECRET)
+            return self._refuse(request, 403, INVALID_SECRET)
         try:
             capacity = int(capacityText)
         except ValueError:
@@ -114,22 +126,13 @@ class TranscoderGate(resource.Resource):
         if capacity <= 0:
             self._log.error("Cannot register transcoder={transcoder} err={err!r}",
                             transcoder=address, err=ZERO_CAPACITY)
-            return _refuse(request, 403, ZERO_CAPACITY)
+            return self._refuse(request, 403, ZERO_CAPACITY)
         return self._webSocket.render(request)
-
-
-def _refuse(request, code, message):
-    request.setResponseCode(code, message.encode("ascii"))
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-    return message.encode("ascii") + b"\n"
 
 
 def _formatPeer(peer):
     host = getattr(peer, "host", None)
-    port = getattr(peer, "port", None)
-    if host is None:
-        return "unknown"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return "unknown" if host is None else formatHostPort(host, peer.port)
 
 
 class TranscoderServerProtocol(WebSocketServerProtocol):
@@ -159,7 +162,6 @@ class TranscoderServerProtocol(WebSocketServerProtocol):
         if wsproto.SUBPROTOCOL not in request.protocols:
             raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, f"subprotocol {wsproto.SUBPROTOCOL} required")
         self._peerAddress = _formatPeer(self.transport.getPeer())
-        self._requestedCapacity = int(request.headers.get(CAPACITY_HEADER.decode(), "0") or 0)
         return wsproto.SUBPROTOCOL
 
     def onOpen(self):
@@ -354,4 +356,4 @@ def makeTranscoderResource(app, reactor, secret, limiter, maxMessageBytes):
     The C{/transcoder} resource: authentication gate in front of the WebSocket.
     """
     factory = TranscoderServerFactory(app, reactor, maxMessageBytes)
-    return TranscoderGate(secret, limiter, WebSocketResource(factory)), factory
+    return TranscoderGate(secret, limiter, WebSocketResource(factory), app.metrics), factory

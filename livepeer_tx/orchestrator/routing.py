@@ -190,12 +190,6 @@ class TranscoderPool:
             self.sessionCount >= self.sessionLimit
         )
 
-    def isNewSession(self, sessionId):
-        """
-        Whether C{sessionId} has no transcoder assigned now.
-        """
-        return sessionId not in self._sessionOwner
-
     def release(self, sessionId):
         """
         Unassign a session from its transcoder.

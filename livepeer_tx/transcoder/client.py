@@ -138,10 +138,10 @@ class TranscoderClientProtocol(WebSocketClientProtocol):
         try:
             profiles = [Profile.fromDict(item) for item in header.get("profiles") or []]
         except ValueError as e:
-            self._sendError(taskId, f"invalid profiles: {e}")
+            self.sendError(taskId, f"invalid profiles: {e}")
             return
         if not profiles:
-            self._sendError(taskId, "no profiles requested")
+            self.sendError(taskId, "no profiles requested")
             return
         self.factory.link.runTask(self, taskId, str(header.get("sessionId", "")), int(header.get("seq", 0)),
                                   parts[0], profiles)
@@ -176,10 +176,11 @@ class TranscoderClientProtocol(WebSocketClientProtocol):
         }
         self.sendMessage(wsproto.encodeMedia(header, [r.data for r in output.renditions]), isBinary=True)
 
-    def _sendError(self, taskId, error):
+    def sendError(self, taskId, error):
+        """
+        Tell the orchestrator a task failed, with the reason.
+        """
         self.sendMessage(wsproto.encodeControl("error", taskId=taskId, error=error))
-
-    sendError = _sendError
 
     def onClose(self, wasClean, code, reason):
         """
@@ -269,9 +270,9 @@ class OrchestratorLink(service.Service):
         factory = WebSocketClientFactory(
             url, protocols=[wsproto.SUBPROTOCOL], reactor=self._reactor,
             headers={
-                wsproto.AUTH_HEADER: "Livepeer-Transcoder-1.0",
-                "Credentials": secretValue,
-                "Livepeer-Capacity": str(self.capacity),
+                wsproto.AUTH_HEADER: wsproto.AUTH_VALUE,
+                wsproto.CREDENTIALS_HEADER: secretValue,
+                wsproto.CAPACITY_HEADER: str(self.capacity),
             },
             useragent=f"livepeer-tx-transcoder/{__version__}",
         )
