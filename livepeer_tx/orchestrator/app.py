@@ -48,6 +48,18 @@ class Orchestrator(service.MultiService):
         housekeeping.clock = clock
         housekeeping.setServiceParent(self)
 
+    def stopService(self):
+        """
+        Tell every transcoder we are going away, so they reconnect to our
+        next start instead of waiting for a ping timeout.
+        """
+        for transcoder in list(self.pool.transcoders):
+            try:
+                transcoder.link.sendClose(wsproto.CLOSE_SHUTDOWN, "orchestrator shutting down")
+            except Exception:
+                self._log.failure("Could not close transcoder={transcoder}", transcoder=transcoder.address)
+        return super().stopService()
+
     def transcoderRegistered(self, transcoder):
         """
         A transcoder completed registration: it may take work now.
