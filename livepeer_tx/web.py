@@ -5,6 +5,9 @@ C{/metrics} resource.
 """
 
 import json
+from io import BytesIO
+
+from Crypto.Hash import keccak
 
 from prometheus_client import REGISTRY
 from prometheus_client.twisted import MetricsResource
@@ -12,13 +15,24 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 
+MEMORY_BODY_BYTES = 64 * 1024 * 1024
+
+
 class BoundedRequest(server.Request):
     """
     A request that refuses a body larger than its site's C{maxBodyBytes} with
     413 as soon as the length is known, instead of buffering it.
+
+    Bodies up to L{MEMORY_BODY_BYTES} are kept in memory (Twisted spools any
+    body over 100 kB to a temporary file, which costs a segment a write and a
+    read). On a site with C{hashBodies}, the body's keccak-256 is computed as
+    it arrives, so checking a segment's hash costs nothing once it is in.
+
+    @ivar bodyKeccak: the running keccak-256 of the body, or L{None}.
     """
 
     _log = Logger()
+    bodyKeccak = None
 
     def gotLength(self, length):
         """
@@ -29,11 +43,16 @@ class BoundedRequest(server.Request):
             self._refuseTooLarge(length, limit)
             return
         self._received = 0
-        super().gotLength(length)
+        if getattr(self.channel.site, "hashBodies", False):
+            self.bodyKeccak = keccak.new(digest_bits=256)
+        if length is not None and length <= MEMORY_BODY_BYTES:
+            self.content = BytesIO()
+        else:
+            super().gotLength(length)
 
     def handleContentChunk(self, data):
         """
-        Count chunked bodies against the limit as they arrive.
+        Count chunked bodies against the limit as they arrive, and hash them.
         """
         if getattr(self, "_refused", False):
             return
@@ -42,6 +61,8 @@ class BoundedRequest(server.Request):
         if limit is not None and self._received > limit:
             self._refuseTooLarge(self._received, limit)
             return
+        if self.bodyKeccak is not None:
+            self.bodyKeccak.update(data)
         super().handleContentChunk(data)
 
     def _refuseTooLarge(self, length, limit):
@@ -61,13 +82,16 @@ class BoundedSite(server.Site):
     """
     A Site whose requests cannot carry bodies over C{maxBodyBytes}, with no
     access log lines (segment URLs would flood the log).
+
+    @ivar hashBodies: compute each request body's keccak-256 as it arrives.
     """
 
     requestFactory = BoundedRequest
 
-    def __init__(self, root, maxBodyBytes, **kwargs):
+    def __init__(self, root, maxBodyBytes, hashBodies=False, **kwargs):
         super().__init__(root, **kwargs)
         self.maxBodyBytes = maxBodyBytes
+        self.hashBodies = hashBodies
 
     def log(self, request):
         """

@@ -148,7 +148,8 @@ class SegmentResource(resource.Resource):
             body = request.content.read(self.maxSegmentBytes + 1)
             if len(body) > self.maxSegmentBytes:
                 raise SegmentRejected(413, f"segment larger than {self.maxSegmentBytes} bytes")
-            if keccak(body) != segData.hash:
+            digest = request.bodyKeccak.digest() if getattr(request, "bodyKeccak", None) else keccak(body)
+            if digest != segData.hash:
                 raise SegmentRejected(403, "Forbidden")
         except SegmentRejected as e:
             metrics.segmentsRejected.labels(reason=str(e.status)).inc()

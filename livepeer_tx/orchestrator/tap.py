@@ -138,7 +138,7 @@ def makeService(config, reactor=None):
 
     maxSegmentBytes = config["maxSegmentBytes"]
     publicRoot = app.makePublicRoot(reactor, secret, payments, maxSegmentBytes)
-    publicSite = BoundedSite(publicRoot, maxBodyBytes=maxSegmentBytes, timeout=600)
+    publicSite = BoundedSite(publicRoot, maxBodyBytes=maxSegmentBytes, hashBodies=True, timeout=600)
     publicEndpoint = certificate.endpointDescription(config["listenPort"], config["listenHost"])
     strports.service(publicEndpoint, publicSite, reactor=reactor).setServiceParent(parent)
 
