@@ -32,7 +32,7 @@ with --orchCert (the cert.pem in its data directory) or pin it with
 
 PUSH_EPILOG = """\
 examples:
-  livepeer-tx push --orchAddr 127.0.0.1:8935 --orchCert ~/.lpData/cert.pem clip.mp4
+  livepeer-tx push --orchAddr 127.0.0.1:8935 --orchCert ~/.lpData/offchain/cert.pem clip.mp4
   livepeer-tx push --orchAddr o.example.com:8935 \\
       --orchCertFingerprint 3A:1F:...:9C --profiles P720p30fps16x9 --out renditions clip.mp4
   livepeer-tx push --orchAddr 127.0.0.1:8935 --insecure --json clip.ts > result.json

@@ -237,7 +237,7 @@ def test_orchestrator_restart_transcoders_come_back(nodes, segment2s):
     orchestrator.waitForTranscoders(1)
     fingerprint = orchestrator.fingerprint
     orchestrator.stop()
-    transcoder.waitForLog(r"Unregistering transcoder|Could not register transcoder")
+    transcoder.waitForLog(r"Unregistering transcoder: orchestrator shutting down \(code 4003\)")
     orchestrator.restart()
     nodes.waitUntilReady(orchestrator)
     assert orchestrator.fingerprint == fingerprint

@@ -7,6 +7,7 @@ the builders of its two web roots.
 import time
 
 from twisted.application import service
+from twisted.internet import defer
 from twisted.application.internet import TimerService
 from twisted.logger import Logger
 from twisted.web import resource
@@ -20,6 +21,9 @@ from livepeer_tx.orchestrator.routing import TranscoderPool
 from livepeer_tx.orchestrator.store import RenditionStore, StreamResource
 from livepeer_tx.web import JSONResource, makeCLIRoot
 from livepeer_tx import wsproto
+
+
+SHUTDOWN_CLOSE_SECONDS = 2.0
 
 
 class Orchestrator(service.MultiService):
@@ -53,12 +57,19 @@ class Orchestrator(service.MultiService):
         Tell every transcoder we are going away, so they reconnect to our
         next start instead of waiting for a ping timeout.
         """
+        closing = []
         for transcoder in list(self.pool.transcoders):
             try:
-                transcoder.link.sendClose(wsproto.CLOSE_SHUTDOWN, "orchestrator shutting down")
+                closing.append(transcoder.link.closeForShutdown())
             except Exception:
                 self._log.failure("Could not close transcoder={transcoder}", transcoder=transcoder.address)
-        return super().stopService()
+        super().stopService()
+        if not closing:
+            return None
+        done = defer.DeferredList(closing, consumeErrors=True)
+        timeout = self.clock.callLater(SHUTDOWN_CLOSE_SECONDS, done.cancel)
+        done.addBoth(lambda _: timeout.active() and timeout.cancel())
+        return done
 
     def transcoderRegistered(self, transcoder):
         """

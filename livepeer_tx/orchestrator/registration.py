@@ -11,6 +11,7 @@ a WebSocket. See docs/protocol.md for the message catalogue.
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource
 
@@ -311,10 +312,21 @@ class TranscoderServerProtocol(WebSocketServerProtocol):
         """
         self.sendMessage(wsproto.encodeControl("endSession", sessionId=sessionId))
 
+    def closeForShutdown(self):
+        """
+        Start the closing handshake; the Deferred fires once the connection is gone.
+        """
+        self._closed = getattr(self, "_closed", None) or defer.Deferred()
+        self.sendClose(wsproto.CLOSE_SHUTDOWN, "orchestrator shutting down")
+        return self._closed
+
     def onClose(self, wasClean, code, reason):
         """
         Take the transcoder out of the pool and move its tasks elsewhere.
         """
+        closed, self._closed = getattr(self, "_closed", None), None
+        if closed is not None:
+            self._app.clock.callLater(0, closed.callback, None)
         if self._registerTimer is not None and self._registerTimer.active():
             self._registerTimer.cancel()
         if self.transcoder is not None:
