@@ -88,10 +88,19 @@ class BoundedSite(server.Site):
 
     requestFactory = BoundedRequest
 
-    def __init__(self, root, maxBodyBytes, hashBodies=False, **kwargs):
+    def __init__(self, root, maxBodyBytes, hashBodies=False, alpnProtocols=(b"http/1.1",), **kwargs):
         super().__init__(root, **kwargs)
         self.maxBodyBytes = maxBodyBytes
         self.hashBodies = hashBodies
+        self.alpnProtocols = list(alpnProtocols)
+
+    def acceptableProtocols(self):
+        """
+        The protocols offered in TLS ALPN. HTTP/1.1 only for now: WebSocket
+        upgrades and the early 413 need it. Offering C{h2} here (and routing
+        C{application/grpc} requests) is how gRPC joins this port.
+        """
+        return self.alpnProtocols
 
     def log(self, request):
         """

@@ -79,6 +79,22 @@ def test_status_is_public_safe_and_metrics(nodes):
     assert secret not in orchestrator.logText()
 
 
+def test_public_port_negotiates_http11(nodes):
+    """
+    The public port offers HTTP/1.1 in ALPN even to clients that prefer h2
+    (WebSocket upgrades need it), whether or not the h2 package is installed.
+    """
+    import socket
+    import ssl
+
+    orchestrator = nodes.startOrchestrator()
+    context = ssl.create_default_context(cafile=orchestrator.certPath)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection((orchestrator.host, orchestrator.port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=orchestrator.host) as tls:
+            assert tls.selected_alpn_protocol() == "http/1.1"
+
+
 def test_wrong_secret_file_retries_and_picks_up_rotation(nodes):
     """
     A transcoder with a wrong secret file is refused with 'invalid secret',
