@@ -9,7 +9,6 @@ certificate or CA, pin a SHA-256 fingerprint, or opt out loudly.
 """
 
 import datetime
-import hashlib
 import ipaddress
 import os
 

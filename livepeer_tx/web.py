@@ -8,12 +8,13 @@ import json
 from io import BytesIO
 
 from Crypto.Hash import keccak
-
 from prometheus_client import REGISTRY
 from prometheus_client.twisted import MetricsResource
+from twisted.internet.defer import succeed
 from twisted.logger import Logger
 from twisted.web import resource, server
-
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 MEMORY_BODY_BYTES = 64 * 1024 * 1024
 
@@ -105,6 +106,40 @@ class BoundedSite(server.Site):
     def log(self, request):
         """
         Write no access log.
+        """
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """
+    A client request body already in memory, handed to the transport in one
+    write (no cooperator, no copy).
+    """
+
+    def __init__(self, data):
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer):
+        """
+        Write the whole body.
+        """
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self):
+        """
+        Nothing to pause: the body was written at once.
+        """
+
+    def resumeProducing(self):
+        """
+        Nothing to resume.
+        """
+
+    def stopProducing(self):
+        """
+        Nothing to stop.
         """
 
 

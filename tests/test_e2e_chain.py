@@ -3,11 +3,9 @@ The on-chain orchestrator as operators run it: a real C{twistd} process with
 a keystore, against anvil and the contract stand-ins.
 """
 
-import os
 import re
 
 import pytest
-from eth_account import Account
 
 from e2e import postSegment
 from tests.chainharness import ANVIL_MISSING, Anvil, deployStandIns, ensureAnvil

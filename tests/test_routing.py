@@ -3,7 +3,6 @@ Routing and dispatch logic, in memory, with a fake clock and fake links.
 """
 
 import pytest
-from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from livepeer_tx.orchestrator.dispatch import (

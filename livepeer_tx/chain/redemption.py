@@ -11,13 +11,12 @@ import os
 import time
 
 from prometheus_client import Counter
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredLock, succeed
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import DeferredLock, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from .contracts import WINNING_TICKET_REDEEMED_EVENT, WINNING_TICKET_TRANSFER_EVENT
+from .periodic import PeriodicService
 from .rpc import RpcError, RpcTransportError
 from .tickets import Ticket
 from .transactions import GasPriceTooHigh, TransactionFailed, TransactionTimeout
@@ -162,7 +161,7 @@ class TicketStore:
         return self._write({"op": "done", "id": ticketId, "outcome": outcome, "detail": detail})
 
 
-class Redeemer(Service):
+class Redeemer(PeriodicService):
     """
     Redeem queued winning tickets once their parameters have expired.
 
@@ -174,50 +173,25 @@ class Redeemer(Service):
 
     def __init__(self, reactor, contracts, transactions, store, watcher, interval=5.0,
                  redeemGas=1_200_000):
-        self._reactor = reactor
+        super().__init__(reactor, interval)
         self._contracts = contracts
         self._tx = transactions
         self.store = store
         self._watcher = watcher
-        self.interval = interval
         self.redeemGas = redeemGas
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = reactor
-        self._running = None
         self._said = set()
 
-    def startService(self):
+    def shouldRun(self):
         """
-        Start the redemption loop.
+        Only when tickets are queued.
         """
-        Service.startService(self)
-        self._loop.start(self.interval, now=True)
+        return bool(self.store.pending)
 
-    def stopService(self):
+    def runOnce(self):
         """
-        Stop the loop; wait for a redemption in flight.
+        One redemption pass (see L{redeemDue}).
         """
-        Service.stopService(self)
-        if self._loop.running:
-            self._loop.stop()
-        if self._running is not None:
-            d = Deferred()
-            self._running.addBoth(lambda _: d.callback(None))
-            return d
-        return succeed(None)
-
-    def _tick(self):
-        if self._running is not None or not self.store.pending:
-            return
-        d = Deferred.fromCoroutine(self.redeemDue())
-        d.addErrback(lambda f: self._log.failure("Ticket redemption pass failed; will retry", f))
-
-        def finished(_):
-            self._running = None
-
-        d.addBoth(finished)
-        if not d.called:
-            self._running = d
+        return self.redeemDue()
 
     async def redeemDue(self):
         """

@@ -10,12 +10,10 @@ before any gas is spent.
 import time
 
 from prometheus_client import Counter, Gauge
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from .contracts import REWARD_EVENT
+from .periodic import PeriodicService
 from .rpc import RpcError, RpcTransportError, fromHex
 from .transactions import GasPriceTooHigh, TransactionFailed, feePaid
 
@@ -32,7 +30,7 @@ PAUSED = "system is paused"
 ROUND_ALREADY_INITIALIZED = "round already initialized"
 
 
-class RewardService(Service):
+class RewardService(PeriodicService):
     """
     Call reward once per round, checking the chain every C{interval} seconds.
 
@@ -54,65 +52,40 @@ class RewardService(Service):
         initializeGrace=60.0,
         pausedBackoff=(15.0, 600.0),
     ):
-        self._reactor = reactor
+        super().__init__(reactor, interval)
         self._contracts = contracts
         self._tx = transactions
         self.address = transactions.address
-        self.interval = interval
         self.initializeRound = initializeRound
         self.initializeGrace = initializeGrace
         self._pausedBackoff = pausedBackoff
         self._pausedUntil = 0.0
         self._pausedDelay = 0.0
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = reactor
-        self._running = None
         self._said = set()
         self._uninitializedSince = {}
         self.lastRewardRound = None
         self.state = None
         self.ticks = 0
 
-    def startService(self):
+    def runOnce(self):
         """
-        Start ticking.
+        One reward check (see L{checkOnce}).
         """
-        Service.startService(self)
-        self._loop.start(self.interval, now=True)
+        return self.checkOnce()
 
-    def stopService(self):
+    def passFailed(self, failure):
         """
-        Stop ticking; wait for a reward transaction in flight.
+        Count and log a failed check; the next tick tries again.
         """
-        Service.stopService(self)
-        if self._loop.running:
-            self._loop.stop()
-        if self._running is not None:
-            d = Deferred()
-            self._running.addBoth(lambda _: d.callback(None))
-            return d
-        return succeed(None)
+        REWARD_CALL_ERRORS.inc()
+        self.state = "error"
+        self._log.failure("Reward check failed; will retry", failure)
 
-    def _tick(self):
-        # The loop must never die: every error is caught here, and a tick
-        # still running (a transaction waiting for its receipt) is not doubled.
-        if self._running is not None:
-            return
-        d = Deferred.fromCoroutine(self.checkOnce())
-
-        def failed(f):
-            REWARD_CALL_ERRORS.inc()
-            self.state = "error"
-            self._log.failure("Reward check failed; will retry", f)
-
-        def finished(_):
-            self._running = None
-            self.ticks += 1
-
-        d.addErrback(failed)
-        d.addBoth(finished)
-        if not d.called:
-            self._running = d
+    def passFinished(self):
+        """
+        Count ticks (tests wait on them).
+        """
+        self.ticks += 1
 
     def _sayOnce(self, key, level, fmt, **kw):
         if key not in self._said:

@@ -10,13 +10,13 @@ import itertools
 import json
 
 from eth_abi import decode as abiDecode
-from twisted.logger import Logger
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
 from twisted.web.http_headers import Headers
+
+from livepeer_tx.web import BytesProducer
 
 # Error(string) and Panic(uint256) selectors used by Solidity reverts.
 ERROR_SELECTOR = bytes.fromhex("08c379a0")
@@ -104,30 +104,6 @@ def fromHex(value):
     return int(value, 16)
 
 
-@implementer(IBodyProducer)
-class _BytesProducer:
-    """
-    A request body held in memory (written at once, no cooperator needed).
-    """
-
-    def __init__(self, body):
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer):
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self):
-        pass
-
-    def resumeProducing(self):
-        pass
-
-    def stopProducing(self):
-        pass
-
-
 class _BodyReader(Protocol):
     """
     Collect a response body; C{finished} fires with it, or fails on data loss.
@@ -190,7 +166,7 @@ class JsonRpcClient:
                 b"POST",
                 self.url.encode("ascii"),
                 Headers({b"Content-Type": [b"application/json"]}),
-                _BytesProducer(body),
+                BytesProducer(body),
             )
             d.addTimeout(self._timeout, self._reactor)
             response = await d

@@ -2,15 +2,14 @@
 A periodically refreshed view of the chain used by tickets and redemption.
 """
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from .periodic import PeriodicService
 from .rpc import RpcError, RpcTransportError, fromHex
 
 
-class ChainWatcher(Service):
+class ChainWatcher(PeriodicService):
     """
     Poll the rounds, the L1 block number and gas price every C{interval} seconds.
 
@@ -30,13 +29,9 @@ class ChainWatcher(Service):
     _log = Logger()
 
     def __init__(self, reactor, contracts, interval=5.0, resolveEvery=3600.0):
-        self._reactor = reactor
+        super().__init__(reactor, interval)
         self._contracts = contracts
-        self.interval = interval
         self._resolveEvery = max(1, int(resolveEvery / interval))
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = reactor
-        self._busy = False
         self._ticks = 0
         self.lastL1Block = None
         self.currentRound = None
@@ -48,37 +43,20 @@ class ChainWatcher(Service):
         self.ticketValidityPeriod = None
         self.ready = Deferred()
 
-    def startService(self):
+    def runOnce(self):
         """
-        Start polling.
+        One poll (see L{refresh}).
         """
-        Service.startService(self)
-        self._loop.start(self.interval, now=True)
+        return self.refresh()
 
-    def stopService(self):
+    def passFailed(self, failure):
         """
-        Stop polling.
+        RPC trouble is expected now and then: one line; anything else: a traceback.
         """
-        Service.stopService(self)
-        if self._loop.running:
-            self._loop.stop()
-
-    def _tick(self):
-        if self._busy:
-            return
-        self._busy = True
-        d = Deferred.fromCoroutine(self.refresh())
-
-        def failed(f):
-            f.trap(RpcError, RpcTransportError)
-            self._log.warn("Chain poll failed, will retry: {error}", error=f.getErrorMessage())
-
-        def done(_):
-            self._busy = False
-
-        d.addErrback(failed)
-        d.addErrback(lambda f: self._log.failure("Chain poll failed", f))
-        d.addBoth(done)
+        if failure.check(RpcError, RpcTransportError):
+            self._log.warn("Chain poll failed, will retry: {error}", error=failure.getErrorMessage())
+        else:
+            self._log.failure("Chain poll failed", failure)
 
     async def refresh(self):
         """

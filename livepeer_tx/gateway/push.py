@@ -23,7 +23,6 @@ from twisted.internet.defer import (
     TimeoutError,
     gatherResults,
     maybeDeferred,
-    succeed,
 )
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -35,10 +34,11 @@ from twisted.web.client import (
     readBody,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IPolicyForHTTPS
+from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from livepeer_tx.proto import lp_rpc_pb2 as pb
+from livepeer_tx.web import BytesProducer
 
 DEFAULT_ORCHESTRATOR_PORT = 8935
 SEGMENT_CONTENT_TYPE = "video/MP2T"
@@ -216,30 +216,6 @@ def buildSegmentHeaders(seq, data, profiles, manifestId, durationMs, authToken=N
     }
 
 
-@implementer(IBodyProducer)
-class _BytesProducer:
-    """
-    A request body already in memory, handed to the transport in one write.
-    """
-
-    def __init__(self, data):
-        self._data = data
-        self.length = len(data) if data is not None else UNKNOWN_LENGTH
-
-    def startProducing(self, consumer):
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self):
-        pass
-
-    def resumeProducing(self):
-        pass
-
-    def stopProducing(self):
-        pass
-
-
 @implementer(IPolicyForHTTPS)
 class FixedTrustPolicy:
     """
@@ -379,7 +355,7 @@ class SegmentPusher:
             b"POST",
             self._segmentURL,
             Headers({name: [value] for name, value in headers.items()}),
-            _BytesProducer(data),
+            BytesProducer(data),
         )
         headersAt = self._reactor.seconds()
         result.uploadSeconds = headersAt - started

@@ -11,6 +11,7 @@ from twisted.python import usage
 
 from livepeer_tx import __version__
 from livepeer_tx.addresses import formatHostPort, parseHostPort
+from livepeer_tx.chain.options import ETH_OPTION_NAMES
 from livepeer_tx.lifecycle import stopWithStatus
 from livepeer_tx.secret import Secret, SecretFileError
 from livepeer_tx.tls import clientTLSOptions, parseFingerprint
@@ -57,47 +58,6 @@ class Options(usage.Options):
         ["orchInsecure", None,
          "Do NOT verify the orchestrator's certificate (anyone on the path can impersonate it). Tests only."],
     ]
-
-    def __init__(self):
-        super().__init__()
-        self["ethOptionsGiven"] = []
-
-    def _refuseEth(self, name):
-        def refuse(value):
-            raise usage.UsageError(
-                f"--{name} is not a transcoder option: Ethereum keys and RPC belong on the orchestrator; "
-                "a transcoder holds no keys")
-        return refuse
-
-    def opt_ethUrl(self, value):
-        """
-        Refused: Ethereum options belong on the orchestrator.
-        """
-        self._refuseEth("ethUrl")(value)
-
-    def opt_ethKeystorePath(self, value):
-        """
-        Refused: Ethereum options belong on the orchestrator.
-        """
-        self._refuseEth("ethKeystorePath")(value)
-
-    def opt_ethPassword(self, value):
-        """
-        Refused: Ethereum options belong on the orchestrator.
-        """
-        self._refuseEth("ethPassword")(value)
-
-    def opt_ethAcctAddr(self, value):
-        """
-        Refused: Ethereum options belong on the orchestrator.
-        """
-        self._refuseEth("ethAcctAddr")(value)
-
-    def opt_ethController(self, value):
-        """
-        Refused: Ethereum options belong on the orchestrator.
-        """
-        self._refuseEth("ethController")(value)
 
     def postOptions(self):
         """
@@ -147,6 +107,20 @@ class Options(usage.Options):
             self["devices"] = "all" if nvidia == "all" else None
         if not self["dataDir"]:
             self["dataDir"] = os.path.expanduser(os.path.join("~", ".lpData", "transcoder"))
+
+
+def _refuseEthereumOption(name):
+    def refuse(self, value):
+        raise usage.UsageError(
+            f"--{name} is not a transcoder option: Ethereum keys and RPC belong on the orchestrator; "
+            "a transcoder holds no keys")
+
+    refuse.__doc__ = "Refused: Ethereum keys and RPC belong on the orchestrator."
+    return refuse
+
+
+for _name in ETH_OPTION_NAMES:
+    setattr(Options, "opt_" + _name, _refuseEthereumOption(_name))
 
 
 class TranscoderNode(service.MultiService):
