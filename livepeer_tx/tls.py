@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import ssl
+from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -163,14 +164,15 @@ class ServerCertificate:
         """
         A C{strports} server description that serves this chain on C{port}.
         """
-        def quote(value):
-            return value.replace("\\", "\\\\").replace(":", "\\:")
-
-        parts = [f"ssl:{port}", f"privateKey={quote(self.keyPath)}", f"certKey={quote(self.certPath)}"]
+        parts = [
+            f"ssl:{port}",
+            f"privateKey={quoteStringArgument(self.keyPath)}",
+            f"certKey={quoteStringArgument(self.certPath)}",
+        ]
         if self.chainPath:
-            parts.append(f"extraCertChain={quote(self.chainPath)}")
+            parts.append(f"extraCertChain={quoteStringArgument(self.chainPath)}")
         if interface:
-            parts.append(f"interface={quote(interface)}")
+            parts.append(f"interface={quoteStringArgument(interface)}")
         return ":".join(parts)
 
 

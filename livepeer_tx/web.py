@@ -7,7 +7,7 @@ C{/metrics} resource.
 import json
 from io import BytesIO
 
-from Crypto.Hash import keccak
+from eth_hash.auto import keccak
 from prometheus_client import REGISTRY
 from prometheus_client.twisted import MetricsResource
 from twisted.internet.defer import succeed
@@ -45,7 +45,7 @@ class BoundedRequest(server.Request):
             return
         self._received = 0
         if getattr(self.channel.site, "hashBodies", False):
-            self.bodyKeccak = keccak.new(digest_bits=256)
+            self.bodyKeccak = keccak.new(b"")
         if length is not None and length <= MEMORY_BODY_BYTES:
             self.content = BytesIO()
         else:

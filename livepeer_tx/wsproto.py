@@ -20,6 +20,10 @@ AUTH_VALUE = "Livepeer-Transcoder-1.0"  # go-livepeer's constant for transcoder 
 CREDENTIALS_HEADER = "Credentials"  # carries the shared secret, as in go-livepeer
 CAPACITY_HEADER = "Livepeer-Capacity"
 
+# go-livepeer's refusal words: a Go transcoder stops retrying on exactly these.
+INVALID_SECRET = "invalid secret"
+ZERO_CAPACITY = "zero capacity"
+
 # Close codes (private range 4000-4999).
 CLOSE_REFUSED = 4001
 CLOSE_PROTOCOL_ERROR = 4002

@@ -322,6 +322,13 @@ def test_malformed_websocket_input(nodes, segment2s):
     assert client.status == 400
     client.close()
 
+    client = RawWebSocket(orchestrator, headers)
+    client.sendText('{"type":"register","capacity":50,"devices":[],"version":"x"}')
+    frames = client.recvUntilClose()
+    assert frames[-1][0] == 0x8 and frames[-1][1][:2] == (4002).to_bytes(2, "big")
+    assert b"differs from" in b"".join(payload for _, payload in frames)
+    client.close()
+
     status, body = postSegment(orchestrator, segment2s, manifestId=b"still-serving")
     assert status == 200 and transcodeResult(body).WhichOneof("result") == "data"
     assert orchestrator.cliStatus()["RegisteredTranscodersNumber"] == 1

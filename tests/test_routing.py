@@ -214,3 +214,17 @@ def test_transcoder_error_is_not_retried():
     dispatcher.taskFailed(holder.link.sent[0][0], "Invalid data found when processing input")
     assert str(self_result(d).value) == "Invalid data found when processing input"
     assert not (b if holder is a else a).link.sent
+
+
+def test_no_bookkeeping_left_for_refused_or_orphaned_sessions():
+    """
+    Sessions refused, orphaned by a lost transcoder or released leave no
+    entries behind (a long-running orchestrator must not grow).
+    """
+    clock, pool, (t,) = makePool(1)
+    pool.select("kept")
+    for i in range(50):
+        with pytest.raises(RoutingError):
+            pool.select(f"refused-{i}")
+    pool.remove(t)
+    assert pool._sessionLastUsed == {} and pool._sessionOwner == {}

@@ -233,3 +233,48 @@ def test_transcoder_refuses_every_chain_option_name(tmp_path):
     for name in ETH_OPTION_NAMES:
         with pytest.raises(usage.UsageError, match="belong on the orchestrator"):
             transcoderTap.Options().parseOptions(["--orchAddr", "h", "--orchSecret", secret, f"--{name}", "v"])
+
+
+def test_worker_survives_a_transcoder_that_raises():
+    """
+    A transcoder raising synchronously fails that task only: the slot is
+    given back and the next task runs.
+    """
+    class Raising:
+        def __init__(self):
+            self.calls = 0
+
+        def transcode(self, segment, profiles, device=None, timeout=None):
+            self.calls += 1
+            raise OSError("spawn failed")
+
+    engine = Raising()
+    worker = TranscodeWorker(engine, maxSessions=1)
+    failures = []
+    for i in range(3):
+        worker.run(i, "s", b"x", []).addErrback(failures.append)
+    assert engine.calls == 3 and len(failures) == 3
+    assert worker.running == 0 and worker.queued == 0
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("3", 3), (" 12 ", 12), ("0", 0), ("-1", 0), ("1e3", 0), ("", 0), (None, 0), ("7\nforged line", 0),
+    ("١٢", 0), ("9" * 12, 0),
+])
+def test_capacity_header_parsing(value, expected):
+    """
+    Only a plain decimal capacity is taken (and logged); anything else is 0.
+    """
+    from livepeer_tx.orchestrator.registration import parseCapacity
+
+    assert parseCapacity(value) == expected
+
+
+def test_segment_timeout_must_be_positive(tmp_path):
+    """
+    A zero, negative or non-numeric --segmentTimeout is refused.
+    """
+    secret = writeFile(tmp_path / "s", "x", 0o600)
+    for bad in ("0", "-1", "nan", "soon"):
+        with pytest.raises(usage.UsageError, match="segmentTimeout"):
+            transcoderTap.Options().parseOptions(["--orchAddr", "h", "--orchSecret", secret, "--segmentTimeout", bad])

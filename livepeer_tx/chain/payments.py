@@ -10,16 +10,23 @@ from fractions import Fraction
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
 
 from livepeer_tx.proto import lp_rpc_pb2
 
+from eth_utils import to_checksum_address
+
 from .redemption import PendingTicket
+from .rpc import RpcError, RpcTransportError
 from .tickets import Ticket, TicketError, SenderInfo, bytesInt, expectedValue
+from .watcher import ChainNotReady
 
 TICKETS_RECEIVED = Counter("livepeer_tickets_recv", "Payment tickets received")
 WINNING_TICKETS_RECEIVED = Counter("livepeer_winning_tickets_recv", "Winning tickets received")
 PAYMENT_ERRORS = Counter("livepeer_payment_recv_errors", "Refused payments")
+
+CHAIN_UNAVAILABLE = "chain node unavailable"
 
 
 class PaymentError(Exception):
@@ -100,13 +107,20 @@ class TicketPayments:
     On-chain mode: validate tickets, credit their expected value per session,
     debit price × encoded pixels, queue winning tickets durably.
 
+    When the chain node cannot be read (not yet, or not any more) a payment
+    is refused with 503 C{chain node unavailable} within about C{chainTimeout}
+    seconds. A session's balance is dropped after C{balanceTTL} seconds
+    without payment or debit; expired nonces and idle balances are swept
+    after every chain poll of the watcher.
+
     @ivar price: wei per pixel (a L{Fraction}).
     @ivar balances: session id → credit in wei (a L{Fraction}).
     """
 
     _log = Logger()
 
-    def __init__(self, contracts, recipient, watcher, store, price, redeemGas=1_200_000):
+    def __init__(self, contracts, recipient, watcher, store, price, redeemGas=1_200_000,
+                 reactor=None, chainTimeout=5.0, balanceTTL=600.0):
         self._contracts = contracts
         self.recipient = recipient
         self._watcher = watcher
@@ -114,6 +128,47 @@ class TicketPayments:
         self.price = Fraction(price)
         self.redeemGas = redeemGas
         self.balances = {}
+        self._lastActivity = {}
+        self._reactor = reactor if reactor is not None else watcher._reactor
+        self.chainTimeout = chainTimeout
+        self.balanceTTL = balanceTTL
+        watcher.addListener(self._chainPolled)
+
+    def _chainPolled(self, watcher):
+        self.expireIdleBalances()
+        if watcher.lastL1Block is not None:
+            d = self.recipient.forgetExpired(watcher.lastL1Block)
+            d.addErrback(lambda f: self._log.failure("Cannot compact the ticket nonce file", f))
+
+    def expireIdleBalances(self):
+        """
+        Forget the balances of sessions idle for more than C{balanceTTL} seconds.
+
+        @return: the number of balances dropped.
+        """
+        oldest = self._reactor.seconds() - self.balanceTTL
+        idle = [s for s, at in self._lastActivity.items() if at < oldest]
+        for sessionId in idle:
+            del self._lastActivity[sessionId]
+            self.balances.pop(sessionId, None)
+        return len(idle)
+
+    def _touch(self, sessionId):
+        self._lastActivity[sessionId] = self._reactor.seconds()
+
+    async def _chain(self, what, coroutine):
+        d = Deferred.fromCoroutine(coroutine)
+        d.addTimeout(self.chainTimeout, self._reactor)
+        try:
+            return await d
+        except (RpcError, RpcTransportError, ChainNotReady, DeferredTimeout) as e:
+            PAYMENT_ERRORS.inc()
+            self._log.warn(
+                "Cannot take payment: " + CHAIN_UNAVAILABLE + " ({what}: {error})",
+                what=what,
+                error=str(e) or type(e).__name__,
+            )
+            raise PaymentError(503, CHAIN_UNAVAILABLE) from None
 
     async def _senderInfo(self, sender):
         (deposit, withdrawRound), (reserve, claimed) = await self._contracts.ticketBroker.call(
@@ -125,8 +180,8 @@ class TicketPayments:
         """
         Validate and credit a payment's tickets.
 
-        @return: a L{Deferred} that fires once every winning ticket is on disk,
-            or fails with L{PaymentError}.
+        @return: a L{Deferred} that fires once every winning ticket and every
+            accepted nonce is on disk, or fails with L{PaymentError}.
         """
         return Deferred.fromCoroutine(self._processPayment(paymentHeader, sessionId))
 
@@ -136,8 +191,20 @@ class TicketPayments:
         payment = decodePayment(paymentHeader)
         if not payment.HasField("ticket_params") or not payment.ticket_sender_params:
             return
-        await self._watcher.ready
-        w = self._watcher
+        w = await self._chain("waiting for the first chain poll",
+                              self._watcher.whenReady(self.chainTimeout))
+        sender = bytes(payment.sender)
+        if len(sender) != 20:
+            PAYMENT_ERRORS.inc()
+            raise PaymentError(400, "invalid ticket sender")
+        if not await self._chain("isActiveTranscoder", w.isActive(self.recipient.address)):
+            PAYMENT_ERRORS.inc()
+            raise PaymentError(
+                400,
+                f"orchestrator {to_checksum_address(self.recipient.address)} is inactive in round "
+                f"{w.currentRound}, cannot process payments",
+            )
+        senderInfo = await self._chain("getSenderInfo", self._senderInfo(sender))
         params = payment.ticket_params
         expiration = (
             payment.expiration_params
@@ -147,15 +214,10 @@ class TicketPayments:
         price = Fraction(0)
         if payment.HasField("expected_price") and payment.expected_price.pixelsPerUnit > 0:
             price = Fraction(payment.expected_price.pricePerUnit, payment.expected_price.pixelsPerUnit)
-        sender = bytes(payment.sender)
         error = None
         credit = Fraction(0)
         winners = []
-        if len(sender) != 20:
-            error = TicketError("invalid ticket sender")
-        else:
-            senderInfo = await self._senderInfo(sender)
-        for senderParams in [] if error else payment.ticket_sender_params:
+        for senderParams in payment.ticket_sender_params:
             TICKETS_RECEIVED.inc()
             ticket = Ticket(
                 recipient=bytes(params.recipient),
@@ -179,7 +241,6 @@ class TicketPayments:
                     w.lastL1Block,
                 )
             except TicketError as e:
-                error = e
                 self._log.warn(
                     "Error receiving ticket sessionID={session} recipientRandHash={hash} "
                     "senderNonce={nonce}: {error}",
@@ -188,8 +249,15 @@ class TicketPayments:
                     nonce=ticket.senderNonce,
                     error=e.message,
                 )
-                break
-            credit += expectedValue(ticket.faceValue, ticket.winProb)
+                if e.fatal:
+                    error = e
+                    break
+                # Like go-livepeer: after a non-fatal error the later tickets
+                # are still received (winners queued) but not credited.
+                error = error or e
+                continue
+            if error is None:
+                credit += expectedValue(ticket.faceValue, ticket.winProb)
             if won:
                 WINNING_TICKETS_RECEIVED.inc()
                 self._log.info(
@@ -202,8 +270,10 @@ class TicketPayments:
                 )
         for pending in winners:
             await self.store.add(pending)
+        await self.recipient.nonces.save()
         if credit:
             self.balances[sessionId] = self.balances.get(sessionId, Fraction(0)) + credit
+            self._touch(sessionId)
         if error is not None:
             PAYMENT_ERRORS.inc()
             raise PaymentError(400, error.message)
@@ -224,6 +294,7 @@ class TicketPayments:
             self.balances[sessionId] = self.balances.get(sessionId, Fraction(0)) - (
                 self.price * encodedPixels
             )
+            self._touch(sessionId)
 
     def ticketParams(self, senderAddress):
         """
@@ -235,14 +306,14 @@ class TicketPayments:
         return Deferred.fromCoroutine(self._ticketParams(bytes(senderAddress)))
 
     async def _ticketParams(self, sender):
-        await self._watcher.ready
-        w = self._watcher
+        w = await self._chain("waiting for the first chain poll",
+                              self._watcher.whenReady(self.chainTimeout))
         faceValue = winProb = 0
         if self.price > 0:
-            info = await self._senderInfo(sender)
-            claimed = await self._contracts.ticketBroker.call(
+            info = await self._chain("getSenderInfo", self._senderInfo(sender))
+            claimed = await self._chain("claimedReserve", self._contracts.ticketBroker.call(
                 "claimedReserve", sender, self.recipient.address
-            )
+            ))
             maxFloat = max(0, info.reserve // max(1, w.poolSize) - claimed)
             try:
                 faceValue = self.recipient.faceValue(self.redeemGas * w.gasPrice, maxFloat)

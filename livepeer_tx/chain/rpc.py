@@ -8,6 +8,7 @@ from the Ethereum libraries.
 
 import itertools
 import json
+from urllib.parse import urlsplit
 
 from eth_abi import decode as abiDecode
 from twisted.internet.defer import Deferred
@@ -42,18 +43,29 @@ class RpcError(Exception):
         self.data = data
         self.revertReason = decodeRevertReason(data, message)
 
-    @property
-    def isRevert(self):
-        """
-        Whether this error reports an EVM revert.
-        """
-        return self.revertReason is not None or "revert" in (self.message or "").lower()
-
 
 class RpcTransportError(Exception):
     """
     The node could not be reached or answered something that is not JSON-RPC.
     """
+
+
+def redactUrl(url):
+    """
+    The C{scheme://host:port} part of a URL, safe to log.
+
+    Hosted JSON-RPC URLs carry API keys in their path, query or user
+    information; none of these is kept.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return "<unparseable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
 
 
 def decodeRevertReason(data, message=""):
@@ -104,6 +116,21 @@ def fromHex(value):
     return int(value, 16)
 
 
+def _secretParts(url):
+    """
+    The parts of C{url} that L{redactUrl} leaves out, longest first, to be
+    scrubbed from any text that may quote them.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url]
+    secrets = [url, parts.path, parts.query, parts.fragment]
+    if "@" in parts.netloc:
+        secrets.append(parts.netloc.rsplit("@", 1)[0])
+    return sorted((s for s in secrets if len(s) > 1), key=len, reverse=True)
+
+
 class _BodyReader(Protocol):
     """
     Collect a response body; C{finished} fires with it, or fails on data loss.
@@ -135,14 +162,17 @@ class JsonRpcClient:
     """
     Send Ethereum JSON-RPC requests over HTTP(S) without blocking the reactor.
 
-    @ivar url: the node's URL.
+    @ivar url: the node's URL redacted by L{redactUrl}: the only form that
+        appears in messages and logs.
     """
 
     _log = Logger()
 
     def __init__(self, reactor, url, timeout=15.0):
         self._reactor = reactor
-        self.url = url
+        self._url = url
+        self.url = redactUrl(url)
+        self._secrets = _secretParts(url)
         self._timeout = timeout
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = 4
@@ -164,7 +194,7 @@ class JsonRpcClient:
         try:
             d = self._agent.request(
                 b"POST",
-                self.url.encode("ascii"),
+                self._url.encode("ascii"),
                 Headers({b"Content-Type": [b"application/json"]}),
                 BytesProducer(body),
             )
@@ -176,21 +206,33 @@ class JsonRpcClient:
             d.addTimeout(self._timeout, self._reactor)
             raw = await d
         except Exception as e:
-            raise RpcTransportError(f"{method} to {self.url} failed: {e!r}") from None
+            raise RpcTransportError(self._scrub(f"{method} to {self.url} failed: {e!r}")) from None
         try:
             answer = json.loads(raw)
         except ValueError:
             raise RpcTransportError(
-                f"{method} to {self.url}: HTTP {response.code}, not JSON: {raw[:200]!r}"
+                self._scrub(f"{method} to {self.url}: HTTP {response.code}, not JSON: {raw[:200]!r}")
             ) from None
         if not isinstance(answer, dict):
-            raise RpcTransportError(f"{method} to {self.url}: unexpected answer {raw[:200]!r}")
-        if answer.get("error") is not None:
-            error = answer["error"]
-            raise RpcError(error.get("code"), error.get("message", ""), error.get("data"))
+            raise RpcTransportError(
+                self._scrub(f"{method} to {self.url}: unexpected answer {raw[:200]!r}")
+            )
+        error = answer.get("error")
+        if error is not None:
+            if not isinstance(error, dict):
+                raise RpcTransportError(
+                    self._scrub(f"{method} to {self.url}: malformed error member {raw[:200]!r}")
+                )
+            code, message = error.get("code"), error.get("message")
+            raise RpcError(code, self._scrub("" if message is None else str(message)), error.get("data"))
         if "result" not in answer:
-            raise RpcTransportError(f"{method} to {self.url}: no result in {raw[:200]!r}")
+            raise RpcTransportError(self._scrub(f"{method} to {self.url}: no result in {raw[:200]!r}"))
         return answer["result"]
+
+    def _scrub(self, text):
+        for secret in self._secrets:
+            text = text.replace(secret, "<redacted>")
+        return text
 
     def close(self):
         """
@@ -239,12 +281,6 @@ class JsonRpcClient:
         except RpcError:
             return 0
 
-    async def gasPrice(self):
-        """
-        The node's suggested legacy gas price.
-        """
-        return fromHex(await self.request("eth_gasPrice"))
-
     async def call(self, to, data, sender=None, block="latest"):
         """
         Run C{eth_call}; return the raw output bytes.
@@ -255,7 +291,10 @@ class JsonRpcClient:
         if sender is not None:
             tx["from"] = sender
         result = await self.request("eth_call", [tx, block])
-        return bytes.fromhex(result[2:])
+        try:
+            return bytes.fromhex(result[2:])
+        except (TypeError, ValueError):
+            raise RpcTransportError(f"eth_call to {self.url}: result is not hex data") from None
 
     async def estimateGas(self, tx):
         """

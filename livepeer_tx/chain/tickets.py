@@ -8,6 +8,7 @@ package; error strings are go-livepeer's so that gateways see familiar text.
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import stat
@@ -18,6 +19,8 @@ from eth_abi.packed import encode_packed
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_utils import keccak, to_checksum_address
+from twisted.internet.defer import DeferredLock, succeed
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from livepeer_tx.proto import lp_rpc_pb2
@@ -27,6 +30,7 @@ SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 PARAMS_EXPIRY_BLOCKS = 40
 MAX_SENDER_NONCES = 600
 KEY_FILE = "ticket-recipient.key"
+NONCES_FILE = "ticket-nonces.jsonl"
 
 
 def intBytes(value):
@@ -181,8 +185,9 @@ class TicketError(Exception):
     """
     A ticket was refused.
 
-    @ivar fatal: whether the rest of the payment should be refused as well
-        (only a bad signature is not fatal in go-livepeer).
+    @ivar fatal: whether the payment's later tickets are left unread. Only a
+        bad signature is not fatal (as in go-livepeer): the later tickets are
+        still validated and their winners queued, but none is credited.
     """
 
     def __init__(self, message, fatal=True):
@@ -223,6 +228,139 @@ def loadRecipientKey(dataDir):
     return key
 
 
+class SeenNonces:
+    """
+    The sender nonces seen per ticket parameters (keyed by recipientRandHash)
+    until those parameters expire, optionally kept in a JSON-lines file so
+    that a restart does not accept a ticket a second time.
+
+    Each record is C{{"h": recipientRandHash, "e": expirationBlock, "n": nonce}}.
+    Expired records are dropped from memory by L{forgetExpired}, which also
+    rewrites the file once most of its records are expired.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor=None, path=None):
+        self._reactor = reactor
+        self.path = path
+        self._seen = {}
+        self._unsaved = []
+        self._fileRecords = 0
+        self._lock = DeferredLock()
+        if path is not None:
+            self._load()
+
+    def _load(self):
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                self._fileRecords += 1
+                try:
+                    record = json.loads(line)
+                    randHash, expiration, nonce = bytes.fromhex(record["h"]), record["e"], record["n"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line from a crash mid-write
+                self._seen.setdefault(randHash, (expiration, set()))[1].add(nonce)
+
+    def __len__(self):
+        return sum(len(nonces) for _, nonces in self._seen.values())
+
+    def nonces(self, recipientRandHash):
+        """
+        The nonces seen for a recipientRandHash (an empty set if none).
+        """
+        entry = self._seen.get(recipientRandHash)
+        return frozenset() if entry is None else frozenset(entry[1])
+
+    def add(self, recipientRandHash, expirationBlock, nonce):
+        """
+        Remember a nonce now; L{save} makes it durable.
+        """
+        self._seen.setdefault(recipientRandHash, (expirationBlock, set()))[1].add(nonce)
+        if self.path is not None:
+            self._unsaved.append({"h": recipientRandHash.hex(), "e": expirationBlock, "n": nonce})
+
+    def save(self):
+        """
+        Append the nonces added since the last save to the file (fsynced, in
+        a thread).
+
+        @return: a L{Deferred} that fires once every nonce added before this
+            call is on disk.
+        """
+        if self.path is None:
+            return succeed(None)
+        return self._lock.run(self._saveLocked)
+
+    def _saveLocked(self):
+        records, self._unsaved = self._unsaved, []
+        if not records:
+            return succeed(None)
+        self._fileRecords += len(records)
+        data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8")
+        return self._inThread(_appendDurably, self.path, data)
+
+    def _inThread(self, f, *args):
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *args)
+
+    def forgetExpired(self, lastL1Block):
+        """
+        Drop the nonces of parameters that have expired at C{lastL1Block}.
+
+        @return: a L{Deferred} that fires when the file, if it was rewritten,
+            is on disk.
+        """
+        for randHash, (expirationBlock, _) in list(self._seen.items()):
+            if expirationBlock <= lastL1Block:
+                del self._seen[randHash]
+        if self.path is None or self._fileRecords <= 2 * len(self) + 64:
+            return succeed(None)
+        return self._lock.run(self._compactLocked)
+
+    def _compactLocked(self):
+        records = [
+            {"h": randHash.hex(), "e": expiration, "n": nonce}
+            for randHash, (expiration, nonces) in self._seen.items()
+            for nonce in sorted(nonces)
+        ]
+        # Unsaved nonces are in the snapshot, so they are written here.
+        self._unsaved = []
+        self._fileRecords = len(records)
+        data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8")
+        return self._inThread(replaceDurably, self.path, data)
+
+
+def _appendDurably(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replaceDurably(path, data):
+    """
+    Replace a file's content atomically: write a temporary file, fsync it,
+    rename it over C{path}, and fsync the directory.
+    """
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 @dataclass
 class SenderInfo:
     """
@@ -240,17 +378,19 @@ class TicketRecipient:
     The recipient side of the ticket protocol: parameters and validation.
 
     @ivar address: our 20-byte address (the tickets' recipient).
+    @ivar nonces: the L{SeenNonces} of unexpired parameters (in memory only
+        unless one with a file is given).
     """
 
     _log = Logger()
 
-    def __init__(self, address, key, ticketEV, maxFaceValue=0, txCostMultiplier=100):
+    def __init__(self, address, key, ticketEV, maxFaceValue=0, txCostMultiplier=100, nonces=None):
         self.address = bytes.fromhex(address[2:]) if isinstance(address, str) else bytes(address)
         self._key = key
         self.ticketEV = ticketEV
         self.maxFaceValue = maxFaceValue
         self.txCostMultiplier = txCostMultiplier
-        self._nonces = {}
+        self.nonces = SeenNonces() if nonces is None else nonces
 
     def recipientRand(self, seed, sender, faceValue, winProb, expirationBlock, price, auxData):
         """
@@ -319,6 +459,9 @@ class TicketRecipient:
         """
         Check one ticket in go-livepeer's order; return C{(won, recipientRand)}.
 
+        An accepted ticket's nonce is remembered in L{nonces} (in memory; the
+        caller saves them).
+
         @raise TicketError: the ticket is refused.
         """
         if senderInfo.withdrawRound != 0 and senderInfo.withdrawRound <= currentRound + 1:
@@ -341,7 +484,7 @@ class TicketRecipient:
         if not verifySignature(ticket.hash(), sig, ticket.sender):
             raise TicketError("invalid ticket signature", fatal=False)
         won = isWinning(sig, rand, ticket.winProb)
-        seen = self._nonces.setdefault(rand, (expirationBlock, set()))[1]
+        seen = self.nonces.nonces(ticket.recipientRandHash)
         sender = to_checksum_address(ticket.sender)
         if ticket.senderNonce in seen:
             raise TicketError(
@@ -354,13 +497,12 @@ class TicketRecipient:
             )
         if expirationBlock <= lastL1Block:
             raise TicketError("TicketParams expired")
-        seen.add(ticket.senderNonce)
+        self.nonces.add(ticket.recipientRandHash, expirationBlock, ticket.senderNonce)
         return won, rand
 
     def forgetExpired(self, lastL1Block):
         """
-        Drop the nonce sets of parameters that have expired.
+        Drop the nonces of parameters that have expired (see
+        L{SeenNonces.forgetExpired}).
         """
-        for rand, (expirationBlock, _) in list(self._nonces.items()):
-            if expirationBlock <= lastL1Block:
-                del self._nonces[rand]
+        return self.nonces.forgetExpired(lastL1Block)

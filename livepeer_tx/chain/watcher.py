@@ -2,11 +2,18 @@
 A periodically refreshed view of the chain used by tickets and redemption.
 """
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
 
 from .periodic import PeriodicService
 from .rpc import RpcError, RpcTransportError, fromHex
+
+
+class ChainNotReady(Exception):
+    """
+    The chain has not been read once yet, within the time allowed.
+    """
 
 
 class ChainWatcher(PeriodicService):
@@ -24,6 +31,8 @@ class ChainWatcher(PeriodicService):
     @ivar gasPrice: base fee plus priority fee, in wei.
     @ivar poolSize: the transcoder pool size.
     @ivar ticketValidityPeriod: rounds a ticket can be redeemed in.
+    @ivar ready: a L{Deferred} that fires with the watcher after the first
+        complete poll (see L{whenReady} for a bounded wait).
     """
 
     _log = Logger()
@@ -42,6 +51,59 @@ class ChainWatcher(PeriodicService):
         self.poolSize = None
         self.ticketValidityPeriod = None
         self.ready = Deferred()
+        self._listeners = []
+        self._active = None
+
+    def addListener(self, listener):
+        """
+        Call C{listener(watcher)} after every complete poll. An exception it
+        raises is logged and does not stop the watcher.
+        """
+        self._listeners.append(listener)
+
+    def whenReady(self, timeout):
+        """
+        Wait at most C{timeout} seconds for the first complete poll.
+
+        @return: a L{Deferred} firing with the watcher, or failing with
+            L{ChainNotReady}; cancelling it does not touch L{ready}.
+        """
+        d = Deferred()
+        if self.ready.called:
+            d.callback(self)
+            return d
+
+        def fired(result):
+            if not d.called:
+                d.callback(result)
+            return result
+
+        self.ready.addCallback(fired)
+        d.addTimeout(timeout, self._reactor)
+
+        def timedOut(failure):
+            failure.trap(CancelledError, DeferredTimeout)
+            raise ChainNotReady(f"no answer from the chain node within {timeout:g}s")
+
+        return d.addErrback(timedOut)
+
+    async def isActive(self, address):
+        """
+        Whether C{address} is an active transcoder in the current round.
+
+        The answer is read once per round (the active set only changes at
+        round boundaries).
+
+        @raise livepeer_tx.chain.rpc.RpcError: the node refused the call.
+        @raise livepeer_tx.chain.rpc.RpcTransportError: the node is unreachable.
+        """
+        key = (self.currentRound, bytes(address))
+        if self._active is None or self._active[0] != key:
+            active = await self._contracts.bondingManager.call(
+                "isActiveTranscoder", "0x" + bytes(address).hex()
+            )
+            self._active = (key, bool(active))
+        return self._active[1]
 
     def runOnce(self):
         """
@@ -84,4 +146,9 @@ class ChainWatcher(PeriodicService):
         self.gasPrice = fromHex(block.get("baseFeePerGas") or "0x0") + tip
         if not self.ready.called:
             self.ready.callback(self)
+        for listener in self._listeners:
+            try:
+                listener(self)
+            except Exception:
+                self._log.failure("Chain watcher listener {listener!r} failed", listener=listener)
         return self

@@ -37,6 +37,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from livepeer_tx.addresses import formatHostPort, parseHostPort
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 from livepeer_tx.web import BytesProducer
 
@@ -149,19 +150,11 @@ def parseOrchAddr(text):
     @raise ValueError: the address cannot be parsed.
     """
     text = text.strip()
-    if "://" not in text:
-        text = "https://" + text
-    parts = urlsplit(text)
-    if parts.scheme not in ("https", "http"):
-        raise ValueError(f"unsupported scheme in orchestrator address: {parts.scheme!r}")
-    if parts.path not in ("", "/"):
-        raise ValueError(f"an orchestrator address has no path: {text!r}")
-    try:
-        port = parts.port or DEFAULT_ORCHESTRATOR_PORT
-    except ValueError as e:
-        raise ValueError(f"bad port in orchestrator address {text!r}: {e}") from None
-    host = parts.hostname or "127.0.0.1"
-    return parts.scheme, host, port
+    scheme = "https"
+    if text.startswith("http://"):
+        scheme, text = "http", text[len("http://"):]
+    host, port = parseHostPort(text, "127.0.0.1", DEFAULT_ORCHESTRATOR_PORT)
+    return scheme, host, port
 
 
 def segmentTimeout(durationMs):
@@ -286,7 +279,7 @@ class SegmentPusher:
         """
         scheme, host, port = parseOrchAddr(orchAddr)
         self._reactor = reactor
-        self._segmentURL = f"{scheme}://{_netloc(host, port)}/segment".encode("ascii")
+        self._segmentURL = f"{scheme}://{formatHostPort(host, port)}/segment".encode("ascii")
         self.profiles = list(profiles)
         self.manifestId = manifestId
         self._timeout = timeout
@@ -467,12 +460,6 @@ def _writeRenditions(result, outDir):
 def _readFile(path):
     with open(path, "rb") as f:
         return f.read()
-
-
-def _netloc(host, port):
-    if ":" in host:
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
 
 
 def percentile(values, fraction):

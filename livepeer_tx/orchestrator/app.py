@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_orchestrator_app -*-
+# -*- test-case-name: tests.test_ingress -*-
 """
 The orchestrator application object: pool, dispatcher, store and metrics, and
 the builders of its two web roots.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dispatch -*-
+# -*- test-case-name: tests.test_routing -*-
 """
 Sending segments to transcoders and getting their renditions back.
 
@@ -10,7 +10,7 @@ L{RemoteTranscoder}), so it is tested without sockets.
 """
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -81,7 +81,6 @@ class TaskResult:
     transcoder: str = ""
     attempts: int = 1
     ffmpegSeconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 class _Task:

@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from livepeer_tx.chain.payments import PaymentError
+from livepeer_tx.chain.payments import PaymentError, decodePayment
 from livepeer_tx.orchestrator.dispatch import SegmentJob, TranscodeFailed
 from livepeer_tx.profiles import ProfileError, profilesFromSegData
 from livepeer_tx.proto import lp_rpc_pb2 as pb
@@ -112,7 +112,8 @@ class SegmentResource(resource.Resource):
         """
         Handle one segment; the answer is written when the renditions are back.
         """
-        d = defer.ensureDeferred(self._handle(request))
+        accepted = []
+        d = defer.ensureDeferred(self._handle(request, accepted))
         finished = []
         request.notifyFinish().addBoth(finished.append)
 
@@ -120,7 +121,7 @@ class SegmentResource(resource.Resource):
             status, body, contentType = outcome
             if finished:
                 return
-            if not request.startedWriting:
+            if not accepted:
                 request.setResponseCode(status)
                 request.setHeader(b"content-type", contentType)
             request.write(body)
@@ -133,10 +134,16 @@ class SegmentResource(resource.Resource):
         d.addErrback(crashed).addCallback(respond)
         return server.NOT_DONE_YET
 
-    async def _handle(self, request):
+    async def _handle(self, request, accepted):
         metrics = self._app.metrics
         payment = (request.getHeader(PAYMENT_HEADER) or b"").decode("latin-1")
         try:
+            if payment:
+                # go-livepeer decodes the payment before it looks at the segment.
+                try:
+                    decodePayment(payment)
+                except PaymentError as e:
+                    raise SegmentRejected(e.status, e.message) from None
             segData, profiles, sessionId = parseSegmentHeader(request.getHeader(SEGMENT_HEADER))
             if self._app.pool.wouldExceedLimit(sessionId):
                 raise SegmentRejected(403, "OrchestratorCapped")
@@ -163,6 +170,7 @@ class SegmentResource(resource.Resource):
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/x-protobuf")
         request.write(b"")
+        accepted.append(True)
         job = SegmentJob(sessionId, segData.seq, body, profiles, segData.duration or 2000)
         result = pb.TranscodeResult(seq=segData.seq)
         started = self._app.clock.seconds()
@@ -174,7 +182,10 @@ class SegmentResource(resource.Resource):
                            sessionId=sessionId, seq=job.seq, err=str(e))
             result.error = str(e)
             return 200, result.SerializeToString(), b"application/x-protobuf"
-        metrics.transcodeSeconds.observe(self._app.clock.seconds() - started)
+        elapsed = self._app.clock.seconds() - started
+        metrics.transcodeSeconds.observe(elapsed)
+        if taskResult.ffmpegSeconds:
+            metrics.overheadSeconds.observe(max(0.0, elapsed - taskResult.ffmpegSeconds))
         metrics.segmentsTranscoded.inc()
         encodedPixels = 0
         base = self._app.serviceURL

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_registration -*-
+# -*- test-case-name: tests.test_e2e -*-
 """
 The transcoder-facing WebSocket edge of the orchestrator.
 
@@ -20,8 +20,8 @@ from livepeer_tx.addresses import formatHostPort
 from livepeer_tx.orchestrator.dispatch import Rendition
 from livepeer_tx.orchestrator.routing import RemoteTranscoder
 
-INVALID_SECRET = "invalid secret"
-ZERO_CAPACITY = "zero capacity"
+INVALID_SECRET = wsproto.INVALID_SECRET
+ZERO_CAPACITY = wsproto.ZERO_CAPACITY
 TOO_MANY_ATTEMPTS = "too many failed attempts"
 UNAUTHORIZED = "Unauthorized"
 REGISTER_TIMEOUT = 10.0
@@ -98,10 +98,10 @@ class TranscoderGate(resource.Resource):
         peer = request.getClientAddress()
         host = getattr(peer, "host", "unknown")
         address = _formatPeer(peer)
-        capacityText = (request.getHeader(wsproto.CAPACITY_HEADER) or "").strip()
+        capacity = parseCapacity(request.getHeader(wsproto.CAPACITY_HEADER))
         self._log.info(
             "Got a RegisterTranscoder request from transcoder={transcoder} capacity={capacity}",
-            transcoder=address, capacity=capacityText or "unknown",
+            transcoder=address, capacity=capacity,
         )
         if self._limiter.isBlocked(host):
             self._log.warn(
@@ -120,15 +120,22 @@ class TranscoderGate(resource.Resource):
             self._log.error("Cannot register transcoder={transcoder} err={err!r}",
                             transcoder=address, err=INVALID_SECRET)
             return self._refuse(request, 403, INVALID_SECRET)
-        try:
-            capacity = int(capacityText)
-        except ValueError:
-            capacity = 0
         if capacity <= 0:
             self._log.error("Cannot register transcoder={transcoder} err={err!r}",
                             transcoder=address, err=ZERO_CAPACITY)
             return self._refuse(request, 403, ZERO_CAPACITY)
         return self._webSocket.render(request)
+
+
+def parseCapacity(value):
+    """
+    The capacity a C{Livepeer-Capacity} header announces; 0 when it is absent
+    or not a plain decimal number (so it is refused, and safe to log).
+    """
+    value = (value or "").strip()
+    if not value.isascii() or not value.isdigit() or len(value) > 9:
+        return 0
+    return int(value)
 
 
 def _formatPeer(peer):
@@ -163,6 +170,7 @@ class TranscoderServerProtocol(WebSocketServerProtocol):
         if wsproto.SUBPROTOCOL not in request.protocols:
             raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, f"subprotocol {wsproto.SUBPROTOCOL} required")
         self._peerAddress = _formatPeer(self.transport.getPeer())
+        self._announcedCapacity = parseCapacity(request.headers.get(wsproto.CAPACITY_HEADER.lower()))
         return wsproto.SUBPROTOCOL
 
     def onOpen(self):
@@ -220,7 +228,11 @@ class TranscoderServerProtocol(WebSocketServerProtocol):
         if self.transcoder is not None:
             raise wsproto.ProtocolError("already registered")
         capacity = message.get("capacity")
-        if not isinstance(capacity, int) or capacity <= 0:
+        if isinstance(capacity, int) and not isinstance(capacity, bool) and capacity != self._announcedCapacity:
+            raise wsproto.ProtocolError(
+                f"register: capacity {capacity} differs from the {self._announcedCapacity} "
+                f"announced in {wsproto.CAPACITY_HEADER}")
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity <= 0:
             self._log.error("Cannot register transcoder={transcoder} err={err!r}",
                             transcoder=self._peerAddress, err=ZERO_CAPACITY)
             self.sendMessage(wsproto.encodeControl("refused", error=ZERO_CAPACITY))

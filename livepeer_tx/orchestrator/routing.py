@@ -138,14 +138,9 @@ class TranscoderPool:
         orphaned = set(transcoder.sessions)
         for sessionId in orphaned:
             self._sessionOwner.pop(sessionId, None)
+            self._sessionLastUsed.pop(sessionId, None)
         transcoder.sessions.clear()
         return orphaned
-
-    def ownerOf(self, sessionId):
-        """
-        The transcoder a session is assigned to, or L{None}.
-        """
-        return self._sessionOwner.get(sessionId)
 
     def select(self, sessionId, exclude=()):
         """
@@ -155,10 +150,10 @@ class TranscoderPool:
         @param exclude: transcoders not to use (they just failed this segment).
         @raise RoutingError: no transcoder can take it.
         """
-        self._sessionLastUsed[sessionId] = self._clock.seconds()
         owner = self._sessionOwner.get(sessionId)
         if owner is not None:
             if owner.live and owner not in exclude:
+                self._sessionLastUsed[sessionId] = self._clock.seconds()
                 return owner
             self.release(sessionId)
         if not self.transcoders:

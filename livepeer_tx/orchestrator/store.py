@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.test_units -*-
 """
 The bounded in-memory store that serves renditions to gateways under
 C{/stream/<session>/<profile>/<seq><ext>}.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_orchestrator_tap -*-
+# -*- test-case-name: tests.test_units -*-
 """
 C{twistd livepeer-orchestrator}: options and service assembly.
 """
@@ -7,6 +7,7 @@ import os
 import socket
 
 from twisted.application import service, strports
+from twisted.internet.endpoints import quoteStringArgument
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -143,7 +144,7 @@ def makeService(config, reactor=None):
     strports.service(publicEndpoint, publicSite, reactor=reactor).setServiceParent(parent)
 
     cliSite = BoundedSite(app.makeCLIRoot(config["monitor"]), maxBodyBytes=64 * 1024)
-    cliEndpoint = f"tcp:{config['cliPort']}:interface={_escape(config['cliHost'])}"
+    cliEndpoint = f"tcp:{config['cliPort']}:interface={quoteStringArgument(config['cliHost'])}"
     strports.service(cliEndpoint, cliSite, reactor=reactor).setServiceParent(parent)
 
     _log.info("***Livepeer Running in Orchestrator Mode*** version={version}", version=__version__)
@@ -151,7 +152,3 @@ def makeService(config, reactor=None):
               addr=formatHostPort(config["listenHost"] or "0.0.0.0", config["listenPort"]), uri=serviceURL)
     _log.info("CLI server listening on {addr}", addr=formatHostPort(config["cliHost"], config["cliPort"]))
     return parent
-
-
-def _escape(value):
-    return value.replace(":", "\\:")

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transcoder_client -*-
+# -*- test-case-name: tests.test_units -*-
 """
 The transcoder's connection to its orchestrator: registration over a
 WebSocket, work in binary frames, and reconnection with backoff.
@@ -18,8 +18,8 @@ from livepeer_tx.lifecycle import stopWithStatus
 from livepeer_tx.profiles import Profile
 from livepeer_tx.secret import SecretFileError
 
-INVALID_SECRET = "invalid secret"
-ZERO_CAPACITY = "zero capacity"
+INVALID_SECRET = wsproto.INVALID_SECRET
+ZERO_CAPACITY = wsproto.ZERO_CAPACITY
 
 # go-livepeer's default capability set (core/capabilities.go): H.264, MPEG-TS,
 # MP4, fractional frame rates, storage, H.264 profiles, GOP, auth token, MPEG-7
@@ -106,9 +106,12 @@ class TranscoderClientProtocol(WebSocketClientProtocol):
             if handler is None:
                 raise wsproto.ProtocolError(f"unknown message type {header['type']!r}")
             handler(header, parts)
-        except wsproto.ProtocolError as e:
+        except (wsproto.ProtocolError, KeyError, TypeError, ValueError) as e:
             self._log.error("Protocol error from orchestrator: {reason}", reason=str(e))
             self.sendClose(wsproto.CLOSE_PROTOCOL_ERROR, str(e)[:120])
+        except Exception:
+            self._log.failure("Error handling a message from the orchestrator")
+            self.sendClose(wsproto.CLOSE_PROTOCOL_ERROR, "internal error")
 
     def handle_registered(self, message, parts):
         """

@@ -37,12 +37,11 @@ import shutil
 import signal
 import stat
 import tempfile
-import time
 from collections import deque
 from dataclasses import dataclass, field
 
 import ffmpeg as ffmpegpy
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer, error, protocol, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.procutils import which
@@ -394,22 +393,53 @@ class _Job:
         self.result = defer.Deferred(self._cancel)
 
     def start(self):
+        """
+        Write the input (off the reactor thread), then spawn FFmpeg.
+        """
+        d = self._inThread(self._prepareFiles)
+        d.addCallbacks(self._spawn, self._prepareFailed)
+        return self.result
+
+    def _inThread(self, function, *args):
+        return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), function, *args)
+
+    def _prepareFiles(self):
         ffmpegPath = self._transcoder._ffmpegPath
         if shutil.which(ffmpegPath) is None:
-            self.result.errback(TranscodeError(f"FFmpeg executable {ffmpegPath!r} not found or not executable"))
-            return self.result
+            raise TranscodeError(f"FFmpeg executable {ffmpegPath!r} not found or not executable")
+        workDir = tempfile.mkdtemp(prefix="transcode-", dir=self._transcoder._workDir)
         try:
-            self._workDir = tempfile.mkdtemp(prefix="transcode-", dir=self._transcoder._workDir)
-            inputPath = os.path.join(self._workDir, "input.tempfile")
+            inputPath = os.path.join(workDir, "input.tempfile")
             fd = os.open(inputPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
             with os.fdopen(fd, "wb") as f:
                 f.write(self._segment)
+        except BaseException:
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
+        return workDir, inputPath
+
+    def _prepareFailed(self, failure):
+        if self._cancelled:
+            self.result.unpause()
+            return
+        if failure.check(TranscodeError):
+            self.result.errback(failure)
+        else:
+            self.result.errback(TranscodeError(f"cannot prepare the work files: {failure.getErrorMessage()}"))
+
+    def _spawn(self, prepared):
+        self._workDir, inputPath = prepared
+        if self._cancelled:
+            self._finishWith(None)
+            return
+        ffmpegPath = self._transcoder._ffmpegPath
+        try:
             self._outputs = [
                 os.path.join(self._workDir, f"out{index}{profile.extension}")
                 for index, profile in enumerate(self._profiles)
             ]
             args = buildCommand(ffmpegPath, inputPath, self._outputs, self._profiles, self._device)
-            self._started = time.monotonic()
+            self._started = self._reactor.seconds()
             self._process = self._reactor.spawnProcess(
                 _FFmpegProtocol(self._parser, self._ended),
                 args[0],
@@ -418,11 +448,9 @@ class _Job:
                 path=self._workDir,
             )
         except Exception as e:
-            self._removeWorkDir()
-            self.result.errback(TranscodeError(f"cannot start FFmpeg: {e}"))
-            return self.result
+            self._finishWith(Failure(TranscodeError(f"cannot start FFmpeg: {e}")))
+            return
         self._timer = self._reactor.callLater(self._timeout, self._timedOut)
-        return self.result
 
     def _timedOut(self):
         self._timer = None
@@ -431,7 +459,8 @@ class _Job:
 
     def _cancel(self, result):
         self._cancelled = True
-        self._stop("cancel")
+        if self._process is not None:
+            self._stop("cancel")
         # Deliver the CancelledError only after FFmpeg is reaped and the work
         # files are gone (see _ended).
         result.pause()
@@ -456,19 +485,32 @@ class _Job:
             if timer is not None and timer.active():
                 timer.cancel()
         self._timer = self._killTimer = None
-        seconds = time.monotonic() - self._started
+        seconds = self._reactor.seconds() - self._started
         try:
             outcome = self._outcome(reason, seconds)
         except Exception as e:
             outcome = Failure(e)
-        finally:
-            self._removeWorkDir()
-        if self._cancelled:
-            self.result.unpause()
-        elif isinstance(outcome, Failure):
-            self.result.errback(outcome)
+        if outcome is self._COLLECT:
+            d = self._inThread(self._collect, seconds)
+            d.addBoth(self._finishWith)
         else:
-            self.result.callback(outcome)
+            self._finishWith(outcome)
+
+    _COLLECT = object()
+
+    def _finishWith(self, outcome):
+        d = self._inThread(self._removeWorkDir)
+        d.addErrback(lambda f: self._log.failure("Could not remove a work directory", f))
+
+        def deliver(_):
+            if self._cancelled:
+                self.result.unpause()
+            elif isinstance(outcome, Failure):
+                self.result.errback(outcome)
+            else:
+                self.result.callback(outcome)
+
+        d.addCallback(deliver)
 
     def _outcome(self, reason, seconds):
         if self._cancelled:
@@ -485,9 +527,10 @@ class _Job:
             else:
                 what = f"FFmpeg exited with status {exitCode}"
             return Failure(TranscodeError(f"{what}: {self._parser.cause()}", self._parser.tailText(), exitCode))
-        return self._collect(seconds)
+        return self._COLLECT
 
     def _collect(self, seconds):
+        # Runs in a thread: reads the renditions back.
         parser = self._parser
 
         def missing(what):

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transcoder_tap -*-
+# -*- test-case-name: tests.test_units -*-
 """
 C{twistd livepeer-transcoder}: options and service assembly.
 """
@@ -6,6 +6,7 @@ C{twistd livepeer-transcoder}: options and service assembly.
 import os
 
 from twisted.application import service, strports
+from twisted.internet.endpoints import quoteStringArgument
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -85,7 +86,9 @@ class Options(usage.Options):
         try:
             self["timeoutSeconds"] = float(self["segmentTimeout"])
         except ValueError:
-            raise usage.UsageError("--segmentTimeout must be a number of seconds")
+            self["timeoutSeconds"] = 0.0
+        if not 0 < self["timeoutSeconds"] < 3600:
+            raise usage.UsageError("--segmentTimeout must be a number of seconds between 0 and 3600")
         trustChoices = [bool(self["orchCert"]), bool(self["orchCertFingerprint"]), bool(self["orchInsecure"])]
         if sum(trustChoices) > 1:
             raise usage.UsageError("choose one of --orchCert, --orchCertFingerprint and --orchInsecure")
@@ -228,7 +231,7 @@ def makeService(config, reactor=None):
     holder["registry"] = CollectorRegistry()
     cliSite = BoundedSite(makeCLIRoot(node.status, holder["registry"] if config["monitor"] else None),
                           maxBodyBytes=64 * 1024)
-    cliEndpoint = f"tcp:{config['cliPort']}:interface={config['cliHost'].replace(':', chr(92) + ':')}"
+    cliEndpoint = f"tcp:{config['cliPort']}:interface={quoteStringArgument(config['cliHost'])}"
     strports.service(cliEndpoint, cliSite, reactor=reactor).setServiceParent(node)
     _log.info("Livepeer Node version: {version}; FFmpeg {ffmpeg}; work dir {workDir}",
               version=__version__, ffmpeg=ffmpegPath, workDir=workDir)

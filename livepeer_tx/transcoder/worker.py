@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_worker -*-
+# -*- test-case-name: tests.test_units -*-
 """
 The transcoder's local scheduling: at most C{maxSessions} FFmpeg processes at
 once, and sessions spread over the GPUs by load, each session staying on its
@@ -69,8 +69,9 @@ class TranscodeWorker:
         state = {"inner": None}
 
         def start(_):
+            state["inner"] = defer.maybeDeferred(
+                self._transcoder.transcode, segment, profiles, device=device, timeout=timeout)
             self.running += 1
-            state["inner"] = self._transcoder.transcode(segment, profiles, device=device, timeout=timeout)
             return state["inner"]
 
         def release(result):
