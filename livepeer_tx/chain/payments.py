@@ -129,7 +129,7 @@ class TicketPayments:
         self.redeemGas = redeemGas
         self.balances = {}
         self._lastActivity = {}
-        self._reactor = reactor if reactor is not None else watcher._reactor
+        self._reactor = reactor if reactor is not None else watcher.reactor
         self.chainTimeout = chainTimeout
         self.balanceTTL = balanceTTL
         watcher.addListener(self._chainPolled)
@@ -156,8 +156,8 @@ class TicketPayments:
     def _touch(self, sessionId):
         self._lastActivity[sessionId] = self._reactor.seconds()
 
-    async def _chain(self, what, coroutine):
-        d = Deferred.fromCoroutine(coroutine)
+    async def _chain(self, what, awaitable):
+        d = awaitable if isinstance(awaitable, Deferred) else Deferred.fromCoroutine(awaitable)
         d.addTimeout(self.chainTimeout, self._reactor)
         try:
             return await d

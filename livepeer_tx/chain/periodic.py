@@ -19,12 +19,14 @@ class PeriodicService(Service):
 
     Subclasses implement C{runOnce}, and may override L{shouldRun},
     L{passFailed} and L{passFinished}.
+
+    @ivar reactor: the reactor (or L{twisted.internet.task.Clock}) the loop runs on.
     """
 
     _log = Logger()
 
     def __init__(self, reactor, interval):
-        self._reactor = reactor
+        self._reactor = self.reactor = reactor
         self.interval = interval
         self._loop = LoopingCall(self._tick)
         self._loop.clock = reactor
