@@ -12,7 +12,8 @@ from twisted.internet import reactor
 from livepeer_tx.chain.payments import OffchainPayments, PaymentError, TicketPayments
 from livepeer_tx.chain.redemption import REDEEMED, EXPIRED, Redeemer, TicketStore
 from livepeer_tx.chain.tickets import (
-    MAX_WIN_PROB, Ticket, TicketRecipient, bytesInt, loadRecipientKey, signTicket,
+    MAX_WIN_PROB, NONCES_FILE, SeenNonces, Ticket, TicketRecipient, bytesInt, expectedValue,
+    loadRecipientKey, signTicket,
 )
 from livepeer_tx.chain.transactions import TransactionManager
 from livepeer_tx.chain.watcher import ChainWatcher
@@ -24,7 +25,7 @@ EV = 10**16
 PRICE_PER_UNIT, PIXELS_PER_UNIT = 3000, 2
 
 
-def paymentHeader(params, sender, nonces=(1,), badSig=False, other=None):
+def paymentHeader(params, sender, nonces=(1,), badSig=False, other=None, badNonces=()):
     ticketSenderParams = []
     for nonce in nonces:
         ticket = Ticket(
@@ -37,7 +38,7 @@ def paymentHeader(params, sender, nonces=(1,), badSig=False, other=None):
             creationRound=params.expiration_params.creation_round,
             creationRoundBlockHash=bytes(params.expiration_params.creation_round_block_hash),
         )
-        sig = signTicket(other if badSig else sender, ticket)
+        sig = signTicket(other if badSig or nonce in badNonces else sender, ticket)
         ticketSenderParams.append(lp_rpc_pb2.TicketSenderParams(sender_nonce=nonce, sig=sig))
     payment = lp_rpc_pb2.Payment(
         ticket_params=params,
@@ -52,9 +53,9 @@ def paymentHeader(params, sender, nonces=(1,), badSig=False, other=None):
 class PaymentTests(ChainTestCase):
     roundLength = 50
 
-    async def setUpPayments(self, dataDir):
+    async def setUpPayments(self, dataDir, active=True, **kw):
         self.sender = self.anvil.account(2)
-        self.chain.registerTranscoder(self.orch.address, STAKE)
+        self.chain.registerTranscoder(self.orch.address, STAKE, active=active)
         self.chain.fundSender(self.sender, 10**18, 10**18)
         await self.contracts.resolve()
         self.watcher = ChainWatcher(reactor, self.contracts, interval=0.1)
@@ -62,11 +63,16 @@ class PaymentTests(ChainTestCase):
         self.addCleanup(self.watcher.stopService)
         await self.watcher.ready
         self.store = TicketStore(reactor, dataDir)
+        return self.makePayments(dataDir, **kw)
+
+    def makePayments(self, dataDir, **kw):
         recipient = TicketRecipient(
-            self.orch.address, loadRecipientKey(dataDir), ticketEV=EV, maxFaceValue=EV
+            self.orch.address, loadRecipientKey(dataDir), ticketEV=EV, maxFaceValue=EV,
+            nonces=SeenNonces(reactor, os.path.join(dataDir, NONCES_FILE)),
         )
         return TicketPayments(
-            self.contracts, recipient, self.watcher, self.store, Fraction(PRICE_PER_UNIT, PIXELS_PER_UNIT)
+            self.contracts, recipient, self.watcher, self.store,
+            Fraction(PRICE_PER_UNIT, PIXELS_PER_UNIT), reactor=reactor, **kw
         )
 
     async def redeemer(self, store):
@@ -169,3 +175,113 @@ class PaymentTests(ChainTestCase):
         self.assertEqual(failure.value.status, 402)
         payments.checkBalance("s")
         payments.debit("s", 10**9)
+
+    async def issue(self, payments, winProb=None):
+        params = await payments.ticketParams(bytes.fromhex(self.sender.address[2:]))
+        if winProb is not None:
+            # Reissue with another win probability (same recipientRand rules).
+            w = self.watcher
+            params = payments.recipient.makeParams(
+                bytes.fromhex(self.sender.address[2:]), bytesInt(params.face_value), winProb,
+                Fraction(PRICE_PER_UNIT, PIXELS_PER_UNIT), w.lastL1Block, w.creationRound,
+                w.creationRoundBlockHash,
+            )
+        return params
+
+    @deferred
+    async def test_nodeDownGives503Quickly(self):
+        dataDir = self.mktemp()
+        os.makedirs(dataDir)
+        payments = await self.setUpPayments(dataDir, chainTimeout=1.0)
+        params = await self.issue(payments)
+        self.anvil.stop()
+        started = reactor.seconds()
+        with self.assertRaises(PaymentError) as caught:
+            await payments.processPayment(paymentHeader(params, self.sender), "s1")
+        self.assertEqual((caught.exception.status, caught.exception.message),
+                         (503, "chain node unavailable"))
+        self.assertLess(reactor.seconds() - started, 10)
+        with self.assertRaises(PaymentError) as caught:
+            await payments.ticketParams(bytes.fromhex(self.sender.address[2:]))
+        self.assertEqual(caught.exception.status, 503)
+
+    @deferred
+    async def test_watcherNeverReadyGives503(self):
+        dataDir = self.mktemp()
+        os.makedirs(dataDir)
+        self.watcher = ChainWatcher(reactor, self.contracts, interval=0.1)  # never started
+        self.store = TicketStore(reactor, dataDir)
+        payments = self.makePayments(dataDir, chainTimeout=0.2)
+        sender = self.anvil.account(2)
+        params = lp_rpc_pb2.TicketParams(recipient=bytes.fromhex(self.orch.address[2:]))
+        with self.assertRaises(PaymentError) as caught:
+            await payments.processPayment(paymentHeader(params, sender), "s1")
+        self.assertEqual((caught.exception.status, caught.exception.message),
+                         (503, "chain node unavailable"))
+        self.assertFalse(self.watcher.ready.called)
+
+    @deferred
+    async def test_inactiveOrchestratorRefused(self):
+        dataDir = self.mktemp()
+        os.makedirs(dataDir)
+        payments = await self.setUpPayments(dataDir, active=False)
+        params = await self.issue(payments)
+        for nonce in (1, 2):
+            with self.assertRaises(PaymentError) as caught:
+                await payments.processPayment(paymentHeader(params, self.sender, nonces=(nonce,)), "s1")
+            self.assertEqual(caught.exception.status, 400)
+            self.assertEqual(
+                caught.exception.message,
+                f"orchestrator {self.orch.address} is inactive in round "
+                f"{self.chain.currentRound()}, cannot process payments",
+            )
+        self.assertEqual(payments.balances, {})
+        self.assertEqual(len(payments.recipient.nonces), 0)
+
+    @deferred
+    async def test_invalidSignatureIsNotFatal(self):
+        dataDir = self.mktemp()
+        os.makedirs(dataDir)
+        payments = await self.setUpPayments(dataDir)
+        params = await self.issue(payments, winProb=MAX_WIN_PROB)
+        ev = expectedValue(bytesInt(params.face_value), MAX_WIN_PROB)
+        with self.assertRaises(PaymentError) as caught:
+            await payments.processPayment(
+                paymentHeader(params, self.sender, nonces=(1, 2, 3), badNonces=(2,),
+                              other=self.anvil.account(3)), "s1")
+        self.assertEqual(caught.exception.message, "invalid ticket signature")
+        # Ticket 1 credited; 2 refused; 3 received (nonce seen, winner queued) but not credited.
+        self.assertEqual(payments.balances["s1"], ev)
+        self.assertEqual(payments.recipient.nonces.nonces(bytes(params.recipient_rand_hash)), {1, 3})
+        self.assertEqual(sorted(p.ticket.senderNonce for p in self.store.pending.values()), [1, 3])
+        # A fatal error (a replayed nonce) stops at once: nonce 5 is never read.
+        with self.assertRaises(PaymentError) as caught:
+            await payments.processPayment(
+                paymentHeader(params, self.sender, nonces=(4, 3, 5)), "s1")
+        self.assertIn("already seen", caught.exception.message)
+        self.assertEqual(payments.balances["s1"], 2 * ev)
+        self.assertEqual(payments.recipient.nonces.nonces(bytes(params.recipient_rand_hash)), {1, 3, 4})
+
+    @deferred
+    async def test_noncesSurviveRestartAndExpire(self):
+        dataDir = self.mktemp()
+        os.makedirs(dataDir)
+        payments = await self.setUpPayments(dataDir)
+        params = await self.issue(payments)
+        await payments.processPayment(paymentHeader(params, self.sender, nonces=(1, 2)), "s1")
+        # Restart: the same non-winning tickets are not credited again.
+        restarted = self.makePayments(dataDir)
+        with self.assertRaises(PaymentError) as caught:
+            await restarted.processPayment(paymentHeader(params, self.sender, nonces=(2,)), "s1")
+        self.assertIn("already seen", caught.exception.message)
+        self.assertNotIn("s1", restarted.balances)
+        await restarted.processPayment(paymentHeader(params, self.sender, nonces=(3,)), "s1")
+        # Once the parameters expire, the watcher's polls make both forget them.
+        self.anvil.mineTo(bytesInt(params.expiration_block) + 1)
+        await waitFor(lambda: len(restarted.recipient.nonces) == 0 and len(payments.recipient.nonces) == 0)
+        self.assertEqual(len(SeenNonces(reactor, os.path.join(dataDir, NONCES_FILE))), 3)
+        # The file is rewritten once most of its records are expired.
+        nonces = restarted.recipient.nonces
+        nonces.compactSlack = 0
+        await nonces.forgetExpired(self.watcher.lastL1Block)
+        self.assertEqual(len(SeenNonces(reactor, os.path.join(dataDir, NONCES_FILE))), 0)

@@ -4,16 +4,18 @@ a real anvil node with the Livepeer stand-ins.
 """
 
 import time
+from unittest.mock import Mock
 
+from eth_account import Account
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
 from livepeer_tx.chain.contracts import REWARD_EVENT, LivepeerContracts
 from livepeer_tx.chain.reward import RewardService
 from livepeer_tx.chain.rpc import JsonRpcClient, RpcError
-from livepeer_tx.chain.transactions import GasPriceTooHigh, TransactionManager
+from livepeer_tx.chain.transactions import GasPriceTooHigh, TransactionManager, TransactionTimeout
 
 from tests.chainharness import ANVIL_MISSING, Anvil, deployStandIns, ensureAnvil
 
@@ -220,3 +222,67 @@ class TransactionManagerTests(ChainTestCase):
         receipt = await tx.send(self.anvil.accounts[2], b"", value=1)
         self.assertEqual(receipt["status"], "0x1")
         self.assertEqual(REWARD_EVENT.find(receipt), [])
+
+
+class _FakeRpc:
+    """
+    A node that takes transactions and never mines them.
+    """
+
+    def __init__(self):
+        self.sent = []
+
+    async def getBlock(self, block="latest"):
+        return {"baseFeePerGas": hex(10**9)}
+
+    async def maxPriorityFeePerGas(self):
+        return 10**8
+
+    async def estimateGas(self, tx):
+        return 21000
+
+    async def getTransactionCount(self, address, block="pending"):
+        return 0
+
+    async def sendRawTransaction(self, raw):
+        self.sent.append(raw)
+
+    async def getTransactionReceipt(self, txHash):
+        return None
+
+
+class _Unreachable:
+    def __getattr__(self, name):
+        raise AssertionError(f"the chain was read ({name}) while backing off")
+
+
+class ReactorClockTests(TestCase):
+    """
+    The reward service and the transaction manager keep time with the
+    reactor they are given, so a task.Clock drives them.
+    """
+
+    def test_transactionReplacedAndTimedOutByClock(self):
+        clock = Clock()
+        rpc = _FakeRpc()
+        account = Account.from_key(b"\x07" * 32)
+        tx = TransactionManager(clock, rpc, account, 31337, replaceAfter=60, maxReplacements=1,
+                                pollInterval=1.0, confirmTimeout=300)
+        d = tx.send(account.address, b"")
+        self.assertEqual(len(rpc.sent), 1)
+        clock.pump([1.0] * 61)
+        self.assertEqual((len(rpc.sent), tx.replacements), (2, 1))
+        self.assertNoResult(d)
+        clock.pump([1.0] * 250)
+        self.failureResultOf(d, TransactionTimeout)
+
+    def test_pausedBackoffByClock(self):
+        clock = Clock()
+        transactions = Mock(address="0x" + "11" * 20)
+        service = RewardService(clock, _Unreachable(), transactions, pausedBackoff=(15.0, 600.0))
+        service._paused()
+        clock.advance(14)
+        self.assertEqual(self.successResultOf(Deferred.fromCoroutine(service._check())), "paused")
+        clock.advance(2)
+        failure = self.failureResultOf(Deferred.fromCoroutine(service._check()), AssertionError)
+        self.assertIn("while backing off", str(failure.value))

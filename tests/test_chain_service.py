@@ -2,21 +2,29 @@
 Options, keystore loading and the assembled chain service.
 """
 
+import base64
 import json
 import os
+import socket
+from urllib.parse import urlsplit
 
 import pytest
 from eth_account import Account
 from twisted.internet import reactor
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python import usage
+from twisted.trial.unittest import TestCase
+from twisted.web import resource, server
 
 from livepeer_tx.chain.contracts import ARBITRUM_ONE_CONTROLLER
 from livepeer_tx.chain.keystore import KeystoreError, loadAccount
 from livepeer_tx.chain.options import (
     CHAIN_OPT_FLAGS, CHAIN_OPT_PARAMETERS, ETH_OPTION_NAMES, validateChainOptions,
 )
-from livepeer_tx.chain.payments import OffchainPayments, TicketPayments
+from livepeer_tx.chain.payments import OffchainPayments, PaymentError, TicketPayments
+from livepeer_tx.chain.rpc import JsonRpcClient, RpcError, RpcTransportError, redactUrl
 from livepeer_tx.chain.service import makeChainService
+from livepeer_tx.proto import lp_rpc_pb2
 from livepeer_tx.secret import SecretFileError
 
 from tests.test_chain_reward import STAKE, ChainTestCase, deferred, waitFor
@@ -138,3 +146,115 @@ class ServiceTests(ChainTestCase):
         self.assertEqual(self.lastRewardRound(), current)
         self.assertIsNotNone(service.redeemer)
         self.assertEqual(service.watcher.currentRound, current)
+
+
+SECRET_PATH = "/v2/sEcReTkEy0123456789"
+SECRET_QUERY = "apikey=qUeRySeCrEt987"
+
+
+class _Canned(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, body):
+        resource.Resource.__init__(self)
+        self.body = body
+
+    def render_POST(self, request):
+        return self.body
+
+
+def closedPort():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class RpcClientTests(TestCase):
+    """
+    The JSON-RPC client against a canned local HTTP server (no chain).
+    """
+
+    def serve(self, body):
+        port = reactor.listenTCP(0, server.Site(_Canned(body)), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"http://user:pAsSwOrD@127.0.0.1:{port.getHost().port}{SECRET_PATH}?{SECRET_QUERY}"
+        rpc = JsonRpcClient(reactor, url, timeout=5)
+        self.addCleanup(rpc.close)
+        return rpc
+
+    def assertNoSecret(self, text):
+        for secret in (SECRET_PATH, "sEcReTkEy", "qUeRySeCrEt", "pAsSwOrD"):
+            self.assertNotIn(secret, text)
+
+    def test_redactUrl(self):
+        self.assertEqual(redactUrl(f"https://rpc.example.com{SECRET_PATH}?{SECRET_QUERY}"),
+                         "https://rpc.example.com:443")
+        self.assertEqual(redactUrl("http://u:p@[::1]:8545/x"), "http://[::1]:8545")
+        self.assertEqual(redactUrl("http://127.0.0.1:8545"), "http://127.0.0.1:8545")
+
+    @deferred
+    async def test_errorMemberNotADict(self):
+        rpc = self.serve(b'{"jsonrpc": "2.0", "id": 1, "error": "boom"}')
+        with self.assertRaises(RpcTransportError) as caught:
+            await rpc.blockNumber()
+        self.assertIn("malformed error member", str(caught.exception))
+        self.assertNoSecret(str(caught.exception))
+
+    @deferred
+    async def test_errorMessageNotAString(self):
+        rpc = self.serve(b'{"jsonrpc": "2.0", "id": 1, "error": {"code": 3, "message": 42}}')
+        with self.assertRaises(RpcError) as caught:
+            await rpc.blockNumber()
+        self.assertEqual((caught.exception.code, caught.exception.message), (3, "42"))
+        self.assertIsNone(caught.exception.revertReason)
+
+    @deferred
+    async def test_secretsNotInErrors(self):
+        rpc = self.serve(b"<html>Service Unavailable</html>")
+        self.assertEqual(rpc.url, f"http://127.0.0.1:{urlsplit(rpc._url).port}")
+        with self.assertRaises(RpcTransportError) as caught:
+            await rpc.blockNumber()
+        self.assertIn("not JSON", str(caught.exception))
+        self.assertNoSecret(str(caught.exception))
+        dead = JsonRpcClient(
+            reactor, f"http://127.0.0.1:{closedPort()}{SECRET_PATH}?{SECRET_QUERY}", timeout=5
+        )
+        self.addCleanup(dead.close)
+        with self.assertRaises(RpcTransportError) as caught:
+            await dead.chainId()
+        self.assertNoSecret(str(caught.exception))
+
+    @deferred
+    async def test_secretsNotLoggedByChainService(self):
+        directory = self.mktemp()
+        keys = os.path.join(directory, "keys")
+        os.makedirs(keys)
+        writeKey(keys, Account.from_key(b"\x07" * 32))
+        url = f"http://127.0.0.1:{closedPort()}{SECRET_PATH}?{SECRET_QUERY}"
+        options = parse(
+            "--network", "localdev", "--ethUrl", url,
+            "--ethController", "0x" + "11" * 20, "--ethKeystorePath", keys,
+            "--ethPassword", writePassword(directory), "--pricePerUnit", "1",
+            "--blockPollingInterval", "0.1",
+        )
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service, payments = makeChainService(options, reactor, directory)
+        payments.chainTimeout = 0.3
+        service.startService()
+        self.addCleanup(service.stopService)
+        await waitFor(lambda: any("Cannot reach the chain" in (formatEvent(e) or "") for e in events)
+                      and any("Chain poll failed" in (formatEvent(e) or "") for e in events))
+        with self.assertRaises(PaymentError):
+            await payments.processPayment(base64.b64encode(lp_rpc_pb2.Payment(
+                ticket_params=lp_rpc_pb2.TicketParams(recipient=b"\1" * 20),
+                sender=b"\2" * 20,
+                ticket_sender_params=[lp_rpc_pb2.TicketSenderParams(sender_nonce=1)],
+            ).SerializeToString()).decode(), "s")
+        self.assertTrue(any("chain node unavailable" in (formatEvent(e) or "") for e in events))
+        for event in events:
+            self.assertNoSecret(formatEvent(event) or "")
+            self.assertNoSecret(repr(event))

@@ -3,6 +3,7 @@ Ticket hashing, signatures, the win check, parameters and validation, without a 
 (The hash is compared with the contract's getTicketHash in test_chain_payments.)
 """
 
+import json
 import os
 import stat
 from fractions import Fraction
@@ -10,6 +11,11 @@ from fractions import Fraction
 import pytest
 from eth_account import Account
 from eth_utils import keccak
+from twisted.internet.task import Clock
+
+from livepeer_tx.chain.payments import TicketPayments
+from livepeer_tx.chain.redemption import EXPIRED, REDEEMED, STORE_FILE, PendingTicket, TicketStore
+from livepeer_tx.chain.watcher import ChainWatcher
 
 from livepeer_tx.chain.tickets import (
     MAX_WIN_PROB,
@@ -200,3 +206,46 @@ def test_rejections(recipient, case, message):
         validate(recipient, params, ticket, sig, senderInfo, block, price)
     assert message in caught.value.message
     assert caught.value.fatal == (case not in ("badSig", "v01", "shortSig"))
+
+
+def test_idleBalancesExpire(tmp_path):
+    clock = Clock()
+    watcher = ChainWatcher(clock, contracts=None)
+    recipient = TicketRecipient(ORCH.address, loadRecipientKey(str(tmp_path)), ticketEV=1000)
+    payments = TicketPayments(None, recipient, watcher, None, PRICE, reactor=clock, balanceTTL=600)
+    payments.debit("old", 3)
+    clock.advance(400)
+    payments.debit("busy", 3)
+    clock.advance(300)
+    assert payments.expireIdleBalances() == 1
+    assert set(payments.balances) == {"busy"}
+    payments.debit("busy", 3)
+    clock.advance(599)
+    watcher.lastL1Block = 10
+    for listener in watcher._listeners:  # what a watcher poll does
+        listener(watcher)
+    assert set(payments.balances) == {"busy"}
+    clock.advance(2)
+    assert payments.expireIdleBalances() == 1
+    assert payments.balances == {}
+
+
+def test_storeCompactedOnStart(tmp_path):
+    clock = Clock()
+    clock.advance(10 * 86400)
+    params = issue(TicketRecipient(ORCH.address, b"\x05" * 32, ticketEV=1000))
+    tickets = [PendingTicket(makeTicket(None, params, nonce=n), b"\x01" * 65, 7, 140) for n in (1, 2, 3)]
+    path = tmp_path / STORE_FILE
+    records = [t.toRecord() for t in tickets] + [
+        {"op": "done", "id": tickets[0].id, "outcome": REDEEMED, "at": 1.0},  # old
+        {"op": "done", "id": tickets[1].id, "outcome": EXPIRED, "at": clock.seconds() - 60},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"op": "ad')
+    store = TicketStore(clock, str(tmp_path), outcomeRetention=86400)
+    assert list(store.pending) == [tickets[2].id]
+    assert store.outcomes == {tickets[1].id: EXPIRED}
+    kept = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["op"], r["id"]) for r in kept] == [("add", tickets[2].id), ("done", tickets[1].id)]
+    again = TicketStore(clock, str(tmp_path), outcomeRetention=86400)
+    assert (list(again.pending), again.outcomes) == (list(store.pending), store.outcomes)
+    assert path.read_text().splitlines() == [json.dumps(r, sort_keys=True) for r in kept]

@@ -301,7 +301,8 @@ class TicketPayments:
         Fresh ticket parameters for a sender, for C{OrchestratorInfo}.
 
         @return: a L{Deferred} firing with L{lp_rpc_pb2.TicketParams}, or failing
-            with L{PaymentError} (400 C{insufficient sender reserve}).
+            with L{PaymentError} (400 C{insufficient sender reserve}, 503
+            C{chain node unavailable}).
         """
         return Deferred.fromCoroutine(self._ticketParams(bytes(senderAddress)))
 

@@ -3,7 +3,8 @@ Winning tickets: a durable queue in C{--dataDir} and their redemption.
 
 A winning ticket is appended to an fsynced JSON-lines file before the segment
 it paid for is answered; outcomes are appended to the same file. A restart
-replays the file, so no winning ticket is lost.
+replays the file, so no winning ticket is lost, and compacts it: pending
+tickets and the outcomes of the last C{outcomeRetention} seconds are kept.
 """
 
 import json
@@ -18,7 +19,7 @@ from twisted.logger import Logger
 from .contracts import WINNING_TICKET_REDEEMED_EVENT, WINNING_TICKET_TRANSFER_EVENT
 from .periodic import PeriodicService
 from .rpc import RpcError, RpcTransportError
-from .tickets import Ticket
+from .tickets import Ticket, replaceDurably
 from .transactions import GasPriceTooHigh, TransactionFailed, TransactionTimeout
 
 VALUE_REDEEMED = Counter("livepeer_value_redeemed", "Wei received from redeemed winning tickets")
@@ -91,24 +92,30 @@ class TicketStore:
     The durable queue of winning tickets.
 
     @ivar pending: ticket id → L{PendingTicket} not yet finished.
-    @ivar outcomes: ticket id → outcome of finished tickets (this run and the file's).
+    @ivar outcomes: ticket id → outcome of the tickets finished in the last
+        C{outcomeRetention} seconds (this run and the file's).
     """
 
     _log = Logger()
 
-    def __init__(self, reactor, dataDir):
+    def __init__(self, reactor, dataDir, outcomeRetention=7 * 86400.0):
         self._reactor = reactor
         self.path = os.path.join(dataDir, STORE_FILE)
         self._lock = DeferredLock()
+        self.outcomeRetention = outcomeRetention
         self.pending = {}
         self.outcomes = {}
+        self._finishedAt = {}
         self._load()
 
     def _load(self):
         if not os.path.exists(self.path):
             return
+        now = self._reactor.seconds()
+        lines = 0
         with open(self.path, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
+                lines += 1
                 try:
                     record = json.loads(line)
                 except ValueError:
@@ -121,13 +128,37 @@ class TicketStore:
                         self.pending[pending.id] = pending
                 elif record.get("op") == "done":
                     self.outcomes[record["id"]] = record["outcome"]
+                    self._finishedAt[record["id"]] = record.get("at", now)
                     self.pending.pop(record["id"], None)
+        self._forgetOldOutcomes()
+        self._compact(lines)
         if self.pending:
             self._log.info(
                 "{n} winning ticket(s) waiting for redemption in {path}",
                 n=len(self.pending),
                 path=self.path,
             )
+
+    def _forgetOldOutcomes(self):
+        oldest = self._reactor.seconds() - self.outcomeRetention
+        for ticketId, at in list(self._finishedAt.items()):
+            if at < oldest:
+                del self._finishedAt[ticketId]
+                del self.outcomes[ticketId]
+
+    def _compact(self, lines):
+        records = [p.toRecord() for p in self.pending.values()] + [
+            {"op": "done", "id": i, "outcome": o, "at": self._finishedAt[i]}
+            for i, o in self.outcomes.items()
+        ]
+        if len(records) == lines:
+            return
+        data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        replaceDurably(self.path, data.encode("utf-8"))
+        self._log.info(
+            "Compacted {path}: {before} records, {after} kept", path=self.path, before=lines,
+            after=len(records),
+        )
 
     def _append(self, record):
         line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
@@ -157,8 +188,13 @@ class TicketStore:
         Record a ticket's final outcome.
         """
         self.pending.pop(ticketId, None)
+        self._forgetOldOutcomes()
+        now = self._reactor.seconds()
         self.outcomes[ticketId] = outcome
-        return self._write({"op": "done", "id": ticketId, "outcome": outcome, "detail": detail})
+        self._finishedAt[ticketId] = now
+        return self._write(
+            {"op": "done", "id": ticketId, "outcome": outcome, "detail": detail, "at": now}
+        )
 
 
 class Redeemer(PeriodicService):

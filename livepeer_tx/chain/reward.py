@@ -7,8 +7,6 @@ round was rewarded. A pre-flight C{eth_call} classifies the revert reasons
 before any gas is spent.
 """
 
-import time
-
 from prometheus_client import Counter, Gauge
 from twisted.logger import Logger
 
@@ -114,7 +112,7 @@ class RewardService(PeriodicService):
             pass
 
     async def _check(self):
-        if time.monotonic() < self._pausedUntil:
+        if self._reactor.seconds() < self._pausedUntil:
             return "paused"
         bm = self._contracts.bondingManager
         rm = self._contracts.roundsManager
@@ -157,7 +155,7 @@ class RewardService(PeriodicService):
     def _paused(self):
         low, high = self._pausedBackoff
         self._pausedDelay = min(high, max(low, self._pausedDelay * 2))
-        self._pausedUntil = time.monotonic() + self._pausedDelay
+        self._pausedUntil = self._reactor.seconds() + self._pausedDelay
         self._log.warn(
             "The protocol is paused; checking reward again in {delay:.0f}s", delay=self._pausedDelay
         )
@@ -168,7 +166,7 @@ class RewardService(PeriodicService):
         LAST_REWARD_ROUND.set(lastRewardRound)
 
     async def _notInitialized(self, currentRound):
-        since = self._uninitializedSince.setdefault(currentRound, time.monotonic())
+        since = self._uninitializedSince.setdefault(currentRound, self._reactor.seconds())
         if not self.initializeRound:
             self._sayOnce(
                 ("notInitialized", currentRound),
@@ -177,7 +175,7 @@ class RewardService(PeriodicService):
                 round=currentRound,
             )
             return "notInitialized"
-        if time.monotonic() - since < self.initializeGrace:
+        if self._reactor.seconds() - since < self.initializeGrace:
             return "notInitialized"
         rm = self._contracts.roundsManager
         try:

@@ -6,9 +6,10 @@ are made here and only the encoding (eth-abi) and signing (eth-account) come
 from the Ethereum libraries.
 """
 
+import base64
 import itertools
 import json
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from eth_abi import decode as abiDecode
 from twisted.internet.defer import Deferred
@@ -116,6 +117,26 @@ def fromHex(value):
     return int(value, 16)
 
 
+def _requestTarget(url):
+    """
+    The URL to request and the headers to send: user information in the URL
+    becomes an HTTP Basic C{Authorization} header (the HTTP client does not
+    accept it in the URL).
+    """
+    headers = {b"Content-Type": [b"application/json"]}
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url, headers
+    if "@" not in parts.netloc:
+        return url, headers
+    userinfo, hostport = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode("utf-8"))
+    headers[b"Authorization"] = [b"Basic " + token]
+    return urlunsplit(parts._replace(netloc=hostport)), headers
+
+
 def _secretParts(url):
     """
     The parts of C{url} that L{redactUrl} leaves out, longest first, to be
@@ -170,7 +191,7 @@ class JsonRpcClient:
 
     def __init__(self, reactor, url, timeout=15.0):
         self._reactor = reactor
-        self._url = url
+        self._url, self._headers = _requestTarget(url)
         self.url = redactUrl(url)
         self._secrets = _secretParts(url)
         self._timeout = timeout
@@ -195,7 +216,7 @@ class JsonRpcClient:
             d = self._agent.request(
                 b"POST",
                 self._url.encode("ascii"),
-                Headers({b"Content-Type": [b"application/json"]}),
+                Headers(dict(self._headers)),
                 BytesProducer(body),
             )
             d.addTimeout(self._timeout, self._reactor)

@@ -2,10 +2,11 @@
 Assembling the on-chain services for the orchestrator.
 """
 
+import os
 from fractions import Fraction
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -16,7 +17,7 @@ from .payments import OffchainPayments, TicketPayments
 from .redemption import Redeemer, TicketStore
 from .reward import RewardService
 from .rpc import JsonRpcClient, RpcError, RpcTransportError
-from .tickets import TicketRecipient, loadRecipientKey
+from .tickets import NONCES_FILE, SeenNonces, TicketRecipient, loadRecipientKey
 from .transactions import TransactionManager
 from .watcher import ChainWatcher
 
@@ -57,7 +58,10 @@ class ChainService(MultiService):
         """
         MultiService.startService(self)
         self._setup = Deferred.fromCoroutine(self._setUp())
-        self._setup.addErrback(lambda f: self._log.failure("Chain service set-up failed", f))
+        self._setup.addErrback(
+            lambda f: None if f.check(CancelledError)
+            else self._log.failure("Chain service set-up failed", f)
+        )
 
     async def _setUp(self):
         while self.running:
@@ -102,8 +106,11 @@ class ChainService(MultiService):
 
     def stopService(self):
         """
-        Stop every child, then close the RPC connections.
+        Stop every child (and a set-up still waiting for the node), then close
+        the RPC connections.
         """
+        if self._setup is not None and not self._setup.called:
+            self._setup.cancel()
         d = MultiService.stopService(self)
         if d is None:
             return self.rpc.close()
@@ -127,9 +134,12 @@ def makeChainService(config, reactor, dataDir):
     watcher = ChainWatcher(reactor, contracts, interval=config["blockPollingInterval"])
     store = TicketStore(reactor, dataDir)
     recipient = TicketRecipient(
-        account.address, loadRecipientKey(dataDir), config["ticketEV"], config["maxFaceValue"]
+        account.address, loadRecipientKey(dataDir), config["ticketEV"], config["maxFaceValue"],
+        nonces=SeenNonces(reactor, os.path.join(dataDir, NONCES_FILE)),
     )
     price = Fraction(config["pricePerUnit"], config["pixelsPerUnit"])
-    payments = TicketPayments(contracts, recipient, watcher, store, price, redeemGas=config["redeemGas"])
+    payments = TicketPayments(
+        contracts, recipient, watcher, store, price, redeemGas=config["redeemGas"], reactor=reactor
+    )
     service = ChainService(reactor, config, account, rpc, contracts, watcher, store)
     return service, payments

@@ -236,13 +236,15 @@ class SeenNonces:
 
     Each record is C{{"h": recipientRandHash, "e": expirationBlock, "n": nonce}}.
     Expired records are dropped from memory by L{forgetExpired}, which also
-    rewrites the file once most of its records are expired.
+    rewrites the file once it holds more than twice the live records plus
+    C{compactSlack}.
     """
 
     _log = Logger()
 
-    def __init__(self, reactor=None, path=None):
+    def __init__(self, reactor=None, path=None, compactSlack=64):
         self._reactor = reactor
+        self.compactSlack = compactSlack
         self.path = path
         self._seen = {}
         self._unsaved = []
@@ -315,7 +317,7 @@ class SeenNonces:
         for randHash, (expirationBlock, _) in list(self._seen.items()):
             if expirationBlock <= lastL1Block:
                 del self._seen[randHash]
-        if self.path is None or self._fileRecords <= 2 * len(self) + 64:
+        if self.path is None or self._fileRecords <= 2 * len(self) + self.compactSlack:
             return succeed(None)
         return self._lock.run(self._compactLocked)
 

@@ -3,8 +3,6 @@ Sending transactions from one account: nonces, capped EIP-1559 fees, stuck
 transaction replacement and receipt checks.
 """
 
-import time
-
 from eth_utils import to_checksum_address
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.task import deferLater
@@ -162,7 +160,7 @@ class TransactionManager:
         }
         hashes = []
         raw = await self._broadcast(tx, hashes, description)
-        started = lastBroadcast = time.monotonic()
+        started = lastBroadcast = self._reactor.seconds()
         replacements = 0
         while True:
             receipt = await self._findReceipt(hashes)
@@ -171,7 +169,7 @@ class TransactionManager:
                 if fromHex(receipt["status"]) != 1:
                     raise TransactionFailed(receipt)
                 return receipt
-            now = time.monotonic()
+            now = self._reactor.seconds()
             if now - started > self.confirmTimeout:
                 raise TransactionTimeout(
                     f"{description}: no receipt for nonce {nonce} after {self.confirmTimeout:.0f}s "
