@@ -116,7 +116,7 @@ async def main(reactor, args):
              f"{max(pushed):.3f}"],
             ["  of which: FFmpeg in the transcoder (its log)", f"{median(inside):.3f}" if inside else "-",
              f"{min(inside):.3f}" if inside else "-", f"{max(inside):.3f}" if inside else "-"],
-            ["  of which: upload + transcode (to response headers)", f"{median(uploads):.3f}", f"{min(uploads):.3f}",
+            ["  of which: upload (until the 200 headers)", f"{median(uploads):.3f}", f"{min(uploads):.3f}",
              f"{max(uploads):.3f}"],
             ["  of which: rendition downloads", f"{median(downloads):.3f}", f"{min(downloads):.3f}",
              f"{max(downloads):.3f}"],
