@@ -448,3 +448,41 @@ def test_missing_auth_type_refused(nodes):
     assert (client.status, client.reason) == (401, "Unauthorized")
     client.close()
     orchestrator.waitForLog(r"Invalid auth type")
+
+
+def test_frozen_transcoder_detected_by_pings_and_its_segment_moved(nodes, tmp_path):
+    """
+    A transcoder that stops answering (SIGSTOP: the connection stays open) is
+    found dead by WebSocket pings; the segment it held is transcoded by
+    another transcoder within the gateway's deadline.
+    """
+    import signal
+
+    path = str(tmp_path / "heavy.ts")
+    makeClip(path, 1920, 1080, seconds=3, fps=30)
+    with open(path, "rb") as f:
+        heavy = f.read()
+    orchestrator = nodes.startOrchestrator(transcoderPingInterval=1)
+    transcoders = [nodes.startTranscoder(orchestrator, maxSessions=1) for _ in range(2)]
+    orchestrator.waitForTranscoders(2)
+    outcome = {}
+    sender = threading.Thread(target=lambda: outcome.setdefault("response", postSegment(
+        orchestrator, heavy, manifestId=b"frozen", durationMs=3000,
+        profiles=("P720p30fps16x9", "P360p30fps16x9"))))
+    sender.start()
+    deadline = time.monotonic() + 30
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        victim = next((t for t in transcoders if "Transcoding taskId=" in t.logText()), None)
+        time.sleep(0.02)
+    assert victim is not None
+    os.killpg(victim.pid, signal.SIGSTOP)
+    try:
+        orchestrator.waitForLog(r"eof, removing from live transcoders map", timeout=10)
+        sender.join(30)
+        status, body = outcome["response"]
+        result = transcodeResult(body)
+        assert status == 200 and result.WhichOneof("result") == "data" and len(result.data.segments) == 2
+        orchestrator.waitForLog(r"sessionID=frozen seqNo=0 attempts=2")
+    finally:
+        os.killpg(victim.pid, signal.SIGCONT)

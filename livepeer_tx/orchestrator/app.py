@@ -128,7 +128,7 @@ class Orchestrator(service.MultiService):
         })
         return status
 
-    def makePublicRoot(self, reactor, secret, payments, maxSegmentBytes):
+    def makePublicRoot(self, reactor, secret, payments, maxSegmentBytes, pingInterval=10.0):
         """
         The public port's resource tree: C{/segment}, C{/stream/}, C{/status},
         C{/transcoder} (WebSocket) and C{/healthz}.
@@ -141,7 +141,8 @@ class Orchestrator(service.MultiService):
         limiter = FailedAttemptLimiter(self.clock)
         # Results carry every rendition of a segment: allow a generous multiple.
         gate, self.transcoderFactory = makeTranscoderResource(
-            self, reactor, secret, limiter, maxMessageBytes=maxSegmentBytes * 8 + 1024 * 1024)
+            self, reactor, secret, limiter, maxMessageBytes=maxSegmentBytes * 8 + 1024 * 1024,
+            pingInterval=pingInterval)
         root.putChild(wsproto.RESOURCE_PATH, gate)
         return root
 

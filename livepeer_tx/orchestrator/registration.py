@@ -375,9 +375,12 @@ class TranscoderServerFactory(WebSocketServerFactory):
         )
 
 
-def makeTranscoderResource(app, reactor, secret, limiter, maxMessageBytes):
+def makeTranscoderResource(app, reactor, secret, limiter, maxMessageBytes, pingInterval=10.0):
     """
     The C{/transcoder} resource: authentication gate in front of the WebSocket.
+
+    @param pingInterval: seconds between WebSocket pings, and how long a pong
+        may take before the transcoder counts as dead.
     """
-    factory = TranscoderServerFactory(app, reactor, maxMessageBytes)
+    factory = TranscoderServerFactory(app, reactor, maxMessageBytes, pingInterval, pingInterval)
     return TranscoderGate(secret, limiter, WebSocketResource(factory), app.metrics), factory

@@ -57,6 +57,9 @@ class Options(usage.Options):
         ["tlsCert", None, None, "PEM certificate chain to serve instead of the self-signed certificate."],
         ["tlsKey", None, None, "PEM private key of --tlsCert (mode 600)."],
         ["maxSegmentSize", None, str(MAX_SEGMENT_BYTES), "Largest segment body accepted, in bytes (413 above)."],
+        ["transcoderPingInterval", None, "10",
+         "Seconds between WebSocket pings to each transcoder; one that does not answer within as long is "
+         "dropped and its segments move to other transcoders."],
     ] + CHAIN_OPT_PARAMETERS
     optFlags = [
         ["monitor", None, "Serve Prometheus metrics at /metrics on the CLI port."],
@@ -95,6 +98,12 @@ class Options(usage.Options):
                 raise ValueError
         except ValueError:
             raise usage.UsageError("--maxSegmentSize must be a positive number of bytes")
+        try:
+            self["pingSeconds"] = float(self["transcoderPingInterval"])
+        except ValueError:
+            self["pingSeconds"] = 0.0
+        if not 0.5 <= self["pingSeconds"] <= 300:
+            raise usage.UsageError("--transcoderPingInterval must be between 0.5 and 300 seconds")
         if bool(self["tlsCert"]) != bool(self["tlsKey"]):
             raise usage.UsageError("--tlsCert and --tlsKey must be given together")
         validateChainOptions(self)
@@ -138,7 +147,7 @@ def makeService(config, reactor=None):
         chainService.setServiceParent(parent)
 
     maxSegmentBytes = config["maxSegmentBytes"]
-    publicRoot = app.makePublicRoot(reactor, secret, payments, maxSegmentBytes)
+    publicRoot = app.makePublicRoot(reactor, secret, payments, maxSegmentBytes, config["pingSeconds"])
     publicSite = BoundedSite(publicRoot, maxBodyBytes=maxSegmentBytes, hashBodies=True, timeout=600)
     publicEndpoint = certificate.endpointDescription(config["listenPort"], config["listenHost"])
     strports.service(publicEndpoint, publicSite, reactor=reactor).setServiceParent(parent)
