@@ -19,6 +19,18 @@ class SecretFileError(Exception):
     """
 
 
+def _looksLikeMissingFile(value):
+    """
+    Whether C{value} reads as a path to a file that is missing: it starts
+    like a path and the directory it names exists. (A random literal secret
+    that starts with a slash almost never names an existing directory.)
+    """
+    if not value.startswith(("/", "./", "../", "~/")):
+        return False
+    directory = os.path.dirname(os.path.expanduser(value))
+    return directory not in ("", "/") and os.path.isdir(directory)
+
+
 class Secret:
     """
     A secret given on the command line, either as a literal or as a file path.
@@ -48,6 +60,10 @@ class Secret:
             secret = cls(path=value)
             secret.read()  # fail early on permissions or emptiness
             return secret
+        if _looksLikeMissingFile(value):
+            raise SecretFileError(
+                f"{optionName} names {value}, which does not exist: create it (mode 600) or fix the path; "
+                "a path is never used as the secret itself")
         return cls(literal=value)
 
     @property

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from livepeer_tx.transcoder import gpucheck
@@ -234,3 +234,28 @@ class ListDevicesTests(unittest.TestCase):
         self.fakeSmi("No devices found.")
         failure = yield self.assertFailure(listNvidiaDevices(self.reactor), GPUCheckError)
         self.assertIn("no GPU", str(failure))
+
+
+class RunWithTimeoutTests(unittest.TestCase):
+    """
+    Helper programs of the start-up test cannot hang it.
+    """
+
+    def test_hung_program_is_killed(self):
+        """
+        A program that does not finish in time is killed and reported.
+        """
+        from livepeer_tx.transcoder.gpucheck import GPUCheckError, runWithTimeout
+
+        d = runWithTimeout(reactor, "/bin/sleep", ["30"], 0.3, "sleep")
+        return self.assertFailure(d, GPUCheckError).addCallback(
+            lambda e: self.assertIn("did not finish within 0.3 s", str(e)))
+
+    def test_output_and_status(self):
+        """
+        Output and exit status come back when the program ends in time.
+        """
+        from livepeer_tx.transcoder.gpucheck import runWithTimeout
+
+        d = runWithTimeout(reactor, "/bin/sh", ["-c", "echo out; echo err >&2; exit 3"], 10, "sh")
+        return d.addCallback(self.assertEqual, (b"out\n", b"err\n", 3))

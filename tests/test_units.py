@@ -278,3 +278,47 @@ def test_segment_timeout_must_be_positive(tmp_path):
     for bad in ("0", "-1", "nan", "soon"):
         with pytest.raises(usage.UsageError, match="segmentTimeout"):
             transcoderTap.Options().parseOptions(["--orchAddr", "h", "--orchSecret", secret, "--segmentTimeout", bad])
+
+
+def test_missing_secret_file_is_not_taken_as_a_literal(tmp_path):
+    """
+    A path to a missing file in an existing directory is refused rather than
+    used as the secret itself; a literal that merely starts with a slash works.
+    """
+    with pytest.raises(SecretFileError, match="does not exist"):
+        Secret.fromOption(str(tmp_path / "orchSecret"))
+    assert Secret.fromOption("/Zq9+random/base64").isLiteral
+
+
+def test_worker_task_ids_reused_after_reconnect():
+    """
+    A new task reusing the id of a task still being killed stays cancellable,
+    and a lost connection forgets every session's device.
+    """
+    engine = SlowTranscoder()
+    worker = TranscodeWorker(engine, maxSessions=2, devices=["0", "1"])
+    old = worker.run(1, "a", b"old", [])
+    old.addErrback(lambda f: None)
+    worker.cancel(1)  # the old FFmpeg is still being reaped
+    new = worker.run(1, "b", b"new", [])
+    failures = []
+    new.addErrback(failures.append)
+    engine.calls[0][2].errback(defer.CancelledError())  # the old one finally ends
+    worker.cancel(1)
+    assert failures and failures[0].check(defer.CancelledError)
+    worker.endAllSessions()
+    assert worker._deviceOfSession == {}
+
+
+def test_stale_work_directories_removed(tmp_path):
+    """
+    Work directories left by a killed transcoder are removed at start.
+    """
+    from livepeer_tx.transcoder.ffmpeg import WORK_DIR_PREFIX, FFmpegTranscoder
+
+    (tmp_path / (WORK_DIR_PREFIX + "abc")).mkdir()
+    (tmp_path / (WORK_DIR_PREFIX + "abc") / "input.tempfile").write_bytes(b"x")
+    (tmp_path / "cert.pem").write_bytes(b"keep")
+    transcoder = FFmpegTranscoder(None, "ffmpeg", str(tmp_path))
+    assert transcoder.removeStaleWorkFiles() == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cert.pem"]

@@ -77,6 +77,8 @@ async def runDemo(reactor, args, stream=None):
     profiles = parsePresetList(DEMO_PROFILES)
     pool = reactor.getThreadPool()
     nodes = LocalNodes(workDir)
+    # On Ctrl-C, stop the nodes first: waits on their logs then end at once.
+    stopTrigger = reactor.addSystemEventTrigger("before", "shutdown", nodes.stopAll, 3.0)
     ok = False
     try:
         say.step(f"work directory {workDir}")
@@ -146,6 +148,7 @@ async def runDemo(reactor, args, stream=None):
                 say(f"--- last lines of {node.logPath} ---\n{node.logTail(20)}")
         say.step("stopping the transcoder and the orchestrator")
         statuses = await deferToThreadPool(reactor, pool, nodes.close)
+        reactor.removeSystemEventTrigger(stopTrigger)
         say.step(
             "stopped: "
             + ", ".join(f"{name} ({_describeExit(status)})" for name, status in statuses.items())

@@ -61,9 +61,10 @@ class Backoff:
 
     def slow(self):
         """
-        The delay used while the orchestrator refuses our secret.
+        The delay used while the orchestrator refuses our secret: C{cap}
+        +/- 20 %, so that many transcoders do not retry at once.
         """
-        return self.cap
+        return self.cap * (0.8 + 0.4 * self._random())
 
     def reset(self):
         """
@@ -333,6 +334,7 @@ class OrchestratorLink(service.Service):
             self.protocol = None
         wasRegistered, self.isRegistered = self.isRegistered, False
         self.worker.cancelAll()
+        self.worker.endAllSessions()
         reason = self.refusal or reason or ""
         if self._stopping:
             return
@@ -343,10 +345,11 @@ class OrchestratorLink(service.Service):
                     error=INVALID_SECRET)
                 stopWithStatus(self._reactor, 1)
                 return
+            delay = self.backoff.slow()
             self._log.error(
-                "The orchestrator refused our secret ({error}); will re-read {path} and retry every {delay:.0f} s",
-                error=INVALID_SECRET, path=self._secret.path, delay=self.backoff.slow())
-            self._schedule(self.backoff.slow())
+                "The orchestrator refused our secret ({error}); will re-read {path} and retry in {delay:.0f} s",
+                error=INVALID_SECRET, path=self._secret.path, delay=delay)
+            self._schedule(delay)
             return
         if ZERO_CAPACITY in reason:
             self._log.critical("Terminating transcoder because of {error}", error=ZERO_CAPACITY)

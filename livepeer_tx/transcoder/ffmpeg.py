@@ -31,6 +31,7 @@ Encoder choices, following LPMS (C{ffmpeg/ffmpeg.go}, C{encoder.c}):
     start near zero (no edit list) and are written C{faststart}.
 """
 
+import glob
 import os
 import re
 import shutil
@@ -368,6 +369,9 @@ class _FFmpegProtocol(protocol.ProcessProtocol):
         self._onEnded(reason)
 
 
+WORK_DIR_PREFIX = "transcode-"
+
+
 class _Job:
     """
     One segment being transcoded: work directory, process, timers, result.
@@ -388,6 +392,7 @@ class _Job:
         self._timer = None
         self._killTimer = None
         self._process = None
+        self._reaped = False
         self._started = None
         self._workDir = None
         self.result = defer.Deferred(self._cancel)
@@ -407,7 +412,7 @@ class _Job:
         ffmpegPath = self._transcoder._ffmpegPath
         if shutil.which(ffmpegPath) is None:
             raise TranscodeError(f"FFmpeg executable {ffmpegPath!r} not found or not executable")
-        workDir = tempfile.mkdtemp(prefix="transcode-", dir=self._transcoder._workDir)
+        workDir = tempfile.mkdtemp(prefix=WORK_DIR_PREFIX, dir=self._transcoder._workDir)
         try:
             inputPath = os.path.join(workDir, "input.tempfile")
             fd = os.open(inputPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
@@ -459,7 +464,7 @@ class _Job:
 
     def _cancel(self, result):
         self._cancelled = True
-        if self._process is not None:
+        if self._process is not None and not self._reaped:
             self._stop("cancel")
         # Deliver the CancelledError only after FFmpeg is reaped and the work
         # files are gone (see _ended).
@@ -481,6 +486,7 @@ class _Job:
             pass
 
     def _ended(self, reason):
+        self._reaped = True
         for timer in (self._timer, self._killTimer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -582,6 +588,19 @@ class FFmpegTranscoder:
         self._workDir = os.path.abspath(workDir)
         self._timeout = timeout
         self.running = 0
+
+    def removeStaleWorkFiles(self):
+        """
+        Remove the per-segment work directories a previous run left behind
+        (a crash, or a kill after the stop timeout). Call before any transcode.
+
+        @return: how many were removed.
+        """
+        removed = 0
+        for path in glob.glob(os.path.join(self._workDir, WORK_DIR_PREFIX + "*")):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        return removed
 
     def transcode(self, segment, profiles, device=None, timeout=None):
         """

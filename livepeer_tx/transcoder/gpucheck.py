@@ -9,7 +9,7 @@ if that fails.
 import re
 
 import ffmpeg as ffmpegpy
-from twisted.internet import defer, utils
+from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 from twisted.python.procutils import which
 
@@ -109,6 +109,57 @@ def classifyFFmpegError(stderrText):
     return f"FFmpeg failed: {last}"
 
 
+TOOL_TIMEOUT = 30.0
+
+
+class _OutputCollector(protocol.ProcessProtocol):
+    def __init__(self, finished):
+        self._finished = finished
+        self._out = []
+        self._err = []
+
+    def outReceived(self, data):
+        self._out.append(data)
+
+    def errReceived(self, data):
+        self._err.append(data)
+
+    def processEnded(self, reason):
+        code = getattr(reason.value, "exitCode", None)
+        self._finished.callback((b"".join(self._out), b"".join(self._err), code))
+
+
+def runWithTimeout(reactor, executable, args, timeout, what):
+    """
+    Run a helper program to completion, killing it after C{timeout} seconds
+    (a hung driver must not hang the transcoder's start-up forever).
+
+    @return: a L{Deferred} firing with C{(stdout, stderr, exitCode)}, or
+        failing with L{GPUCheckError} naming C{what} on timeout.
+    """
+    finished = defer.Deferred()
+    process = reactor.spawnProcess(_OutputCollector(finished), executable, [executable, *args], env=None)
+    state = {"timedOut": False}
+
+    def kill():
+        state["timedOut"] = True
+        try:
+            process.signalProcess("KILL")
+        except error.ProcessExitedAlready:
+            pass
+
+    timer = reactor.callLater(timeout, kill)
+
+    def done(result):
+        if timer.active():
+            timer.cancel()
+        if state["timedOut"]:
+            raise GPUCheckError(f"{what} did not finish within {timeout:g} s (a hung driver or GPU?)")
+        return result
+
+    return finished.addCallback(done)
+
+
 def makeTestClip(reactor, ffmpegPath):
     """
     Generate the test clip: 0.5 s of 320x240 C{testsrc} at 25 fps, H.264
@@ -123,7 +174,7 @@ def makeTestClip(reactor, ffmpegPath):
         video, audio, "pipe:1", vcodec="libx264", pix_fmt="yuv420p", preset="veryfast", acodec="aac", f="mpegts"
     )
     args = ["-hide_banner", "-nostdin", "-loglevel", "error", *output.get_args()]
-    d = utils.getProcessOutputAndValue(ffmpegPath, args, env=None, reactor=reactor)
+    d = runWithTimeout(reactor, ffmpegPath, args, TOOL_TIMEOUT, "FFmpeg making the test clip")
 
     def done(result):
         out, err, code = result
@@ -219,7 +270,7 @@ def listNvidiaDevices(reactor):
     found = which("nvidia-smi")
     if not found:
         return defer.fail(GPUCheckError("nvidia-smi not found: no NVIDIA driver installed, so no GPU to use"))
-    d = utils.getProcessOutputAndValue(found[0], ["-L"], env=None, reactor=reactor)
+    d = runWithTimeout(reactor, found[0], ["-L"], TOOL_TIMEOUT, "nvidia-smi -L")
 
     def parse(result):
         out, err, code = result

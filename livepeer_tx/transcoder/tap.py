@@ -110,6 +110,12 @@ class Options(usage.Options):
             self["devices"] = "all" if nvidia == "all" else None
         if not self["dataDir"]:
             self["dataDir"] = os.path.expanduser(os.path.join("~", ".lpData", "transcoder"))
+        from livepeer_tx.transcoder.ffmpeg import FFmpegNotFound, findFFmpeg
+
+        try:
+            self["ffmpegPath"] = findFFmpeg(self["ffmpeg"])
+        except FFmpegNotFound as e:
+            raise usage.UsageError(str(e))
 
 
 def _refuseEthereumOption(name):
@@ -195,9 +201,11 @@ def makeService(config, reactor=None):
     """
     if reactor is None:
         from twisted.internet import reactor
+    from prometheus_client import CollectorRegistry
+
     from livepeer_tx.metrics import TranscoderMetrics
     from livepeer_tx.transcoder.client import OrchestratorLink
-    from livepeer_tx.transcoder.ffmpeg import FFmpegNotFound, FFmpegTranscoder, findFFmpeg
+    from livepeer_tx.transcoder.ffmpeg import FFmpegTranscoder
     from livepeer_tx.transcoder.worker import TranscodeWorker
     from livepeer_tx.web import BoundedSite, makeCLIRoot
 
@@ -207,30 +215,28 @@ def makeService(config, reactor=None):
     if config["orchInsecure"]:
         _log.warn("!!! --orchInsecure: the orchestrator's TLS certificate is NOT verified; anyone on the network "
                   "path can impersonate it and receive the secret !!!")
-    try:
-        ffmpegPath = findFFmpeg(config["ffmpeg"])
-    except FFmpegNotFound as e:
-        raise usage.UsageError(str(e))
+    ffmpegPath = config["ffmpegPath"]
     workDir = config["dataDir"]
     os.makedirs(workDir, mode=0o700, exist_ok=True)
     transcoder = FFmpegTranscoder(reactor, ffmpegPath, workDir, timeout=config["timeoutSeconds"])
+    stale = transcoder.removeStaleWorkFiles()
+    if stale:
+        _log.info("Removed {count} work directories left by an earlier run in {workDir}", count=stale,
+                  workDir=workDir)
     tlsOptions = clientTLSOptions(
         config["orchHost"], caFile=config["orchCert"], fingerprint=config["fingerprintBytes"],
         insecure=config["orchInsecure"])
-    holder = {}
+    worker = TranscodeWorker(transcoder, config["capacity"])
+    registry = CollectorRegistry()
+    metrics = TranscoderMetrics(worker, registry=registry)
 
     def makeLink(devices):
-        worker = TranscodeWorker(transcoder, config["capacity"], devices)
-        metrics = TranscoderMetrics(worker, registry=holder["registry"])
+        worker.devices = list(devices) if devices else None
         return OrchestratorLink(reactor, config["orchHost"], config["orchPort"], secret, tlsOptions, worker,
                                 config["capacity"], devices, metrics=metrics)
 
     node = TranscoderNode(reactor, config, transcoder, makeLink, ffmpegPath)
-    from prometheus_client import CollectorRegistry
-
-    holder["registry"] = CollectorRegistry()
-    cliSite = BoundedSite(makeCLIRoot(node.status, holder["registry"] if config["monitor"] else None),
-                          maxBodyBytes=64 * 1024)
+    cliSite = BoundedSite(makeCLIRoot(node.status, registry if config["monitor"] else None), maxBodyBytes=64 * 1024)
     cliEndpoint = f"tcp:{config['cliPort']}:interface={quoteStringArgument(config['cliHost'])}"
     strports.service(cliEndpoint, cliSite, reactor=reactor).setServiceParent(node)
     _log.info("Livepeer Node version: {version}; FFmpeg {ffmpeg}; work dir {workDir}",

@@ -58,6 +58,13 @@ class TranscodeWorker:
         """
         self._deviceOfSession.pop(sessionId, None)
 
+    def endAllSessions(self):
+        """
+        Forget every session (the orchestrator connection ended: its sessions
+        will be assigned afresh).
+        """
+        self._deviceOfSession.clear()
+
     def run(self, taskId, sessionId, segment, profiles, timeout=None):
         """
         Transcode one segment when a slot is free.
@@ -78,7 +85,8 @@ class TranscodeWorker:
             if state["inner"] is not None:
                 self.running -= 1
                 self._slots.release()
-            self._tasks.pop(taskId, None)
+            if self._tasks.get(taskId) is outer:
+                del self._tasks[taskId]
             return result
 
         def canceller(outer):
