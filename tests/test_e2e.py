@@ -26,6 +26,29 @@ def transcoderStartupFailure(node, timeout=30):
     return node.process.returncode
 
 
+def heavySegment(tmp_path):
+    """
+    A 3 s 1080p segment: long enough to act on a transcoder mid-transcode.
+    """
+    path = str(tmp_path / "heavy.ts")
+    makeClip(path, 1920, 1080, seconds=3, fps=30)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def transcoderThatStarted(transcoders, timeout=30):
+    """
+    The transcoder whose log shows it started a segment.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        started = next((t for t in transcoders if "Transcoding taskId=" in t.logText()), None)
+        if started is not None:
+            return started
+        time.sleep(0.02)
+    raise AssertionError("no transcoder started the segment")
+
+
 def test_registration_transcode_and_renditions(nodes, clip720, tmp_path):
     """
     A transcoder registers with its capacity, a clip pushed through the
@@ -210,10 +233,7 @@ def test_transcoder_killed_mid_segment(nodes, tmp_path):
     A transcoder killed while it holds a segment: the segment is transcoded
     by the other transcoder and the gateway gets its renditions.
     """
-    path = str(tmp_path / "heavy.ts")
-    makeClip(path, 1920, 1080, seconds=3, fps=30)
-    with open(path, "rb") as f:
-        heavy = f.read()
+    heavy = heavySegment(tmp_path)
     orchestrator = nodes.startOrchestrator()
     transcoders = [nodes.startTranscoder(orchestrator, maxSessions=1) for _ in range(2)]
     orchestrator.waitForTranscoders(2)
@@ -226,12 +246,7 @@ def test_transcoder_killed_mid_segment(nodes, tmp_path):
 
     sender = threading.Thread(target=send)
     sender.start()
-    deadline = time.monotonic() + 30
-    victim = None
-    while victim is None and time.monotonic() < deadline:
-        victim = next((t for t in transcoders if "Transcoding taskId=" in t.logText()), None)
-        time.sleep(0.02)
-    assert victim is not None, "no transcoder started the segment"
+    victim = transcoderThatStarted(transcoders)
     victim.kill()
     sender.join(60)
     status, body = outcome["response"]
@@ -413,10 +428,7 @@ def test_transcoder_shutdown_leaves_no_ffmpeg_or_files(nodes, tmp_path):
     """
     import subprocess
 
-    path = str(tmp_path / "heavy.ts")
-    makeClip(path, 1920, 1080, seconds=3, fps=30)
-    with open(path, "rb") as f:
-        heavy = f.read()
+    heavy = heavySegment(tmp_path)
     orchestrator = nodes.startOrchestrator()
     transcoder = nodes.startTranscoder(orchestrator, maxSessions=1)
     orchestrator.waitForTranscoders(1)
@@ -458,10 +470,7 @@ def test_frozen_transcoder_detected_by_pings_and_its_segment_moved(nodes, tmp_pa
     """
     import signal
 
-    path = str(tmp_path / "heavy.ts")
-    makeClip(path, 1920, 1080, seconds=3, fps=30)
-    with open(path, "rb") as f:
-        heavy = f.read()
+    heavy = heavySegment(tmp_path)
     orchestrator = nodes.startOrchestrator(transcoderPingInterval=1)
     transcoders = [nodes.startTranscoder(orchestrator, maxSessions=1) for _ in range(2)]
     orchestrator.waitForTranscoders(2)
@@ -470,12 +479,7 @@ def test_frozen_transcoder_detected_by_pings_and_its_segment_moved(nodes, tmp_pa
         orchestrator, heavy, manifestId=b"frozen", durationMs=3000,
         profiles=("P720p30fps16x9", "P360p30fps16x9"))))
     sender.start()
-    deadline = time.monotonic() + 30
-    victim = None
-    while victim is None and time.monotonic() < deadline:
-        victim = next((t for t in transcoders if "Transcoding taskId=" in t.logText()), None)
-        time.sleep(0.02)
-    assert victim is not None
+    victim = transcoderThatStarted(transcoders)
     os.killpg(victim.pid, signal.SIGSTOP)
     try:
         orchestrator.waitForLog(r"eof, removing from live transcoders map", timeout=10)

@@ -5,7 +5,6 @@ process handling of L{livepeer_tx.localnodes}.
 """
 
 import base64
-import importlib.util
 import json
 import os
 import signal
@@ -617,17 +616,9 @@ def test_localNodesProcesses(tmp_path):
     assert nodes.stopAll() == {"sleeper": -signal.SIGTERM, "quitter": 3, "crasher": -signal.SIGTERM}
 
 
-# --- the demo, when the orchestrator and transcoder exist -------------------------------
+# --- the demo ---------------------------------------------------------------------------
 
 
-_NODES_MISSING = [
-    module
-    for module in ("livepeer_tx.orchestrator.tap", "livepeer_tx.transcoder.tap")
-    if importlib.util.find_spec(module) is None
-]
-
-
-@pytest.mark.skipif(bool(_NODES_MISSING), reason=f"node modules not written yet: {_NODES_MISSING}")
 def test_demo(tmp_path):
     """
     C{livepeer-tx demo} starts both nodes, transcodes three segments into

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from .contracts import WINNING_TICKET_REDEEMED_EVENT, WINNING_TICKET_TRANSFER_EVENT
 from .periodic import PeriodicService
 from .rpc import RpcError, RpcTransportError
-from .tickets import Ticket, replaceDurably
+from .tickets import Ticket, appendDurably, replaceDurably
 from .transactions import GasPriceTooHigh, TransactionFailed, TransactionTimeout
 
 VALUE_REDEEMED = Counter("livepeer_value_redeemed", "Wei received from redeemed winning tickets")
@@ -161,13 +161,7 @@ class TicketStore:
         )
 
     def _append(self, record):
-        line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        appendDurably(self.path, (json.dumps(record, sort_keys=True) + "\n").encode("utf-8"))
 
     def _write(self, record):
         return self._lock.run(

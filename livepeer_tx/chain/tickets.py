@@ -302,7 +302,7 @@ class SeenNonces:
             return succeed(None)
         self._fileRecords += len(records)
         data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8")
-        return self._inThread(_appendDurably, self.path, data)
+        return self._inThread(appendDurably, self.path, data)
 
     def _inThread(self, f, *args):
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *args)
@@ -334,7 +334,10 @@ class SeenNonces:
         return self._inThread(replaceDurably, self.path, data)
 
 
-def _appendDurably(path, data):
+def appendDurably(path, data):
+    """
+    Append C{data} to a file (created 0600) and fsync it before returning.
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         os.write(fd, data)
