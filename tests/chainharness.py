@@ -28,6 +28,7 @@ set-up and assertions, not for code under test.
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -91,7 +92,8 @@ def ensureAnvil():
     C{anvil} on C{$PATH}. A binary that does not answer C{--version} is
     ignored.
     """
-    candidates = [os.environ.get("ANVIL"), str(ANVIL_PATH), shutil.which("anvil")]
+    candidates = [os.environ.get("ANVIL"), *map(str, sorted(ROOT.glob("node_modules/@foundry-rs/anvil-*/bin/anvil"))),
+                  str(ANVIL_PATH), shutil.which("anvil")]
     for path in candidates:
         if not path or not os.access(path, os.X_OK):
             continue
@@ -203,7 +205,9 @@ class Anvil:
             args += ["--block-time", str(self.blockTime)]
         args += list(self.extraArgs)
         with open(self.logPath, "ab") as log:
-            self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            # Its own process group: npm's anvil is a node wrapper around the real binary.
+            self._process = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while True:
             if self._process.poll() is not None:
@@ -222,14 +226,27 @@ class Anvil:
         Stop anvil; it saves the chain state for the next L{start}.
         """
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        # Signal the whole group (wrapper and binary), and wait until every
+        # member is gone, so the saved state is complete and nothing writes after.
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                process.poll()
+                try:
+                    os.killpg(process.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+            else:
+                continue
+            break
+        process.wait()
 
     def close(self):
         """
