@@ -14,12 +14,8 @@ Typical use in a pytest module::
     def chain():
         if ensureAnvil() is None:
             pytest.skip(ANVIL_MISSING)
-        anvil = Anvil()
-        anvil.start()
-        try:
-            yield deployStandIns(anvil)
-        finally:
-            anvil.stop()
+        with standInsOnAnvil() as (anvil, deployment):
+            yield deployment
 
 This module is synchronous (urllib and web3's HTTPProvider); it is for test
 set-up and assertions, not for code under test.
@@ -34,6 +30,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -566,6 +563,20 @@ def signTicket(sender, hashBytes):
     C{sender}'s 65-byte EIP-191 signature (v 27/28, low s) over a ticket hash.
     """
     return bytes(sender.sign_message(encode_defunct(primitive=hashBytes)).signature)
+
+
+@contextmanager
+def standInsOnAnvil(**deployArguments):
+    """
+    A fresh anvil with the stand-ins deployed (L{deployStandIns} arguments
+    pass through); yields C{(anvil, deployment)} and closes anvil after.
+    """
+    anvil = Anvil()
+    anvil.start()
+    try:
+        yield anvil, deployStandIns(anvil, **deployArguments)
+    finally:
+        anvil.close()
 
 
 def deployStandIns(

@@ -28,16 +28,7 @@ PRICE_PER_UNIT, PIXELS_PER_UNIT = 3000, 2
 def paymentHeader(params, sender, nonces=(1,), badSig=False, other=None, badNonces=()):
     ticketSenderParams = []
     for nonce in nonces:
-        ticket = Ticket(
-            recipient=bytes(params.recipient),
-            sender=bytes.fromhex(sender.address[2:]),
-            faceValue=bytesInt(params.face_value),
-            winProb=bytesInt(params.win_prob),
-            senderNonce=nonce,
-            recipientRandHash=bytes(params.recipient_rand_hash),
-            creationRound=params.expiration_params.creation_round,
-            creationRoundBlockHash=bytes(params.expiration_params.creation_round_block_hash),
-        )
+        ticket = Ticket.fromParams(params, bytes.fromhex(sender.address[2:]), nonce)
         sig = signTicket(other if badSig or nonce in badNonces else sender, ticket)
         ticketSenderParams.append(lp_rpc_pb2.TicketSenderParams(sender_nonce=nonce, sig=sig))
     payment = lp_rpc_pb2.Payment(

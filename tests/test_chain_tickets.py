@@ -44,16 +44,7 @@ def addr(account):
 
 
 def makeTicket(recipient, params, nonce=1, sender=SENDER):
-    return Ticket(
-        recipient=bytes(params.recipient),
-        sender=addr(sender),
-        faceValue=bytesInt(params.face_value),
-        winProb=bytesInt(params.win_prob),
-        senderNonce=nonce,
-        recipientRandHash=bytes(params.recipient_rand_hash),
-        creationRound=params.expiration_params.creation_round,
-        creationRoundBlockHash=bytes(params.expiration_params.creation_round_block_hash),
-    )
+    return Ticket.fromParams(params, addr(sender), nonce)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from e2e import postSegment
-from tests.chainharness import ANVIL_MISSING, Anvil, deployStandIns, ensureAnvil
+from tests.chainharness import ANVIL_MISSING, ensureAnvil, standInsOnAnvil
 from tests.test_chain_service import writeKey, writePassword
 
 pytestmark = pytest.mark.skipif(ensureAnvil() is None, reason=ANVIL_MISSING)
@@ -16,12 +16,8 @@ pytestmark = pytest.mark.skipif(ensureAnvil() is None, reason=ANVIL_MISSING)
 
 @pytest.fixture
 def chain():
-    anvil = Anvil()
-    anvil.start()
-    try:
-        yield anvil, deployStandIns(anvil, roundLength=20)
-    finally:
-        anvil.close()
+    with standInsOnAnvil(roundLength=20) as pair:
+        yield pair
 
 
 def test_onchain_orchestrator_rewards_and_requires_payment(nodes, chain, segment2s, tmp_path):

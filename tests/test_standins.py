@@ -26,6 +26,7 @@ from tests.chainharness import (
     deployStandIns,
     ensureAnvil,
     loadArtifacts,
+    standInsOnAnvil,
     ticketHash,
 )
 
@@ -328,12 +329,8 @@ def deployed():
     """
     if ensureAnvil() is None:
         pytest.skip(ANVIL_MISSING)
-    anvil = Anvil()
-    anvil.start()
-    try:
-        yield deployStandIns(anvil)
-    finally:
-        anvil.close()
+    with standInsOnAnvil() as (anvil, deployment):
+        yield deployment
 
 
 @pytest.fixture

@@ -219,16 +219,7 @@ class TicketPayments:
         winners = []
         for senderParams in payment.ticket_sender_params:
             TICKETS_RECEIVED.inc()
-            ticket = Ticket(
-                recipient=bytes(params.recipient),
-                sender=sender,
-                faceValue=bytesInt(params.face_value),
-                winProb=bytesInt(params.win_prob),
-                senderNonce=senderParams.sender_nonce,
-                recipientRandHash=bytes(params.recipient_rand_hash),
-                creationRound=expiration.creation_round,
-                creationRoundBlockHash=bytes(expiration.creation_round_block_hash).rjust(32, b"\0"),
-            )
+            ticket = Ticket.fromParams(params, sender, senderParams.sender_nonce, expiration)
             try:
                 won, rand = self.recipient.validate(
                     ticket,

@@ -69,6 +69,27 @@ class Ticket:
     creationRound: int = 0
     creationRoundBlockHash: bytes = b"\x00" * 32
 
+    @classmethod
+    def fromParams(cls, params, sender, senderNonce, expiration=None):
+        """
+        The ticket a sender made from our C{TicketParams} (a protobuf).
+
+        @param sender: the sender's 20-byte address.
+        @param expiration: the C{TicketExpirationParams} to use instead of
+            the ones inside C{params} (a C{Payment} may carry its own).
+        """
+        expiration = params.expiration_params if expiration is None else expiration
+        return cls(
+            recipient=bytes(params.recipient),
+            sender=sender,
+            faceValue=bytesInt(params.face_value),
+            winProb=bytesInt(params.win_prob),
+            senderNonce=senderNonce,
+            recipientRandHash=bytes(params.recipient_rand_hash),
+            creationRound=expiration.creation_round,
+            creationRoundBlockHash=bytes(expiration.creation_round_block_hash).rjust(32, b"\0"),
+        )
+
     @property
     def auxData(self):
         """
@@ -334,16 +355,22 @@ class SeenNonces:
         return self._inThread(replaceDurably, self.path, data)
 
 
+def _writeSynced(path, flags, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def appendDurably(path, data):
     """
     Append C{data} to a file (created 0600) and fsync it before returning.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _writeSynced(path, os.O_APPEND, data)
 
 
 def replaceDurably(path, data):
@@ -352,12 +379,7 @@ def replaceDurably(path, data):
     rename it over C{path}, and fsync the directory.
     """
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _writeSynced(tmp, os.O_TRUNC, data)
     os.replace(tmp, path)
     directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
