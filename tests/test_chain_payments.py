@@ -9,7 +9,7 @@ from fractions import Fraction
 
 from twisted.internet import reactor
 
-from livepeer_tx.chain.payments import OffchainPayments, PaymentError, TicketPayments
+from livepeer_tx.chain.payments import OffchainPayments, PaymentError, TicketPayments, decodePayment
 from livepeer_tx.chain.redemption import REDEEMED, EXPIRED, Redeemer, TicketStore
 from livepeer_tx.chain.tickets import (
     MAX_WIN_PROB, NONCES_FILE, SeenNonces, Ticket, TicketRecipient, bytesInt, expectedValue,
@@ -39,6 +39,13 @@ def paymentHeader(params, sender, nonces=(1,), badSig=False, other=None, badNonc
         expected_price=lp_rpc_pb2.PriceInfo(pricePerUnit=PRICE_PER_UNIT, pixelsPerUnit=PIXELS_PER_UNIT),
     )
     return base64.b64encode(payment.SerializeToString()).decode("ascii")
+
+
+def signedPayment(*args, **kwargs):
+    """
+    The C{Payment} message a gateway's header carries (through base64 and back).
+    """
+    return decodePayment(paymentHeader(*args, **kwargs))
 
 
 class PaymentTests(ChainTestCase):
@@ -91,7 +98,7 @@ class PaymentTests(ChainTestCase):
         with self.assertRaises(PaymentError) as caught:
             payments.checkBalance("s1")
         self.assertEqual((caught.exception.status, caught.exception.message), (400, "Insufficient balance"))
-        await payments.processPayment(paymentHeader(params, self.sender), "s1")
+        await payments.processPayment(signedPayment(params, self.sender), "s1")
         self.assertEqual(payments.balances["s1"], EV)
         payments.checkBalance("s1")
         payments.debit("s1", 1000)
@@ -117,7 +124,7 @@ class PaymentTests(ChainTestCase):
         os.makedirs(dataDir)
         payments = await self.setUpPayments(dataDir)
         params = await payments.ticketParams(bytes.fromhex(self.sender.address[2:]))
-        await payments.processPayment(paymentHeader(params, self.sender), "s1")
+        await payments.processPayment(signedPayment(params, self.sender), "s1")
         self.chain.advanceRounds(2)
         await waitFor(lambda: self.watcher.currentRound == self.chain.currentRound())
         redeemer = await self.redeemer(self.store)
@@ -138,12 +145,12 @@ class PaymentTests(ChainTestCase):
              "invalid ticket signature"),
         ]:
             with self.assertRaises(PaymentError) as caught:
-                await payments.processPayment(header, "s2")
+                await payments.processPayment(decodePayment(header), "s2")
             self.assertEqual(caught.exception.status, status)
             self.assertIn(message, caught.exception.message)
-        await payments.processPayment(paymentHeader(params, self.sender, nonces=(5,)), "s2")
+        await payments.processPayment(signedPayment(params, self.sender, nonces=(5,)), "s2")
         with self.assertRaises(PaymentError) as caught:
-            await payments.processPayment(paymentHeader(params, self.sender, nonces=(5,)), "s2")
+            await payments.processPayment(signedPayment(params, self.sender, nonces=(5,)), "s2")
         self.assertIn("already seen", caught.exception.message)
         self.assertEqual(payments.balances["s2"], EV)
         # A sender without funds gets no ticket parameters.
@@ -152,18 +159,19 @@ class PaymentTests(ChainTestCase):
         self.assertEqual(caught.exception.message, "insufficient sender reserve")
         # Unlocking in the round after next: still accepted; one round later, refused.
         self.chain.transact(self.chain.contract("TicketBroker").functions.unlock(), self.sender)
-        await payments.processPayment(paymentHeader(params, self.sender, nonces=(6,)), "s2")
+        await payments.processPayment(signedPayment(params, self.sender, nonces=(6,)), "s2")
         self.chain.advanceToNextRound()
         await waitFor(lambda: self.watcher.currentRound == self.chain.currentRound())
         with self.assertRaises(PaymentError) as caught:
-            await payments.processPayment(paymentHeader(params, self.sender, nonces=(7,)), "s2")
+            await payments.processPayment(signedPayment(params, self.sender, nonces=(7,)), "s2")
         self.assertIn("is set to unlock soon", caught.exception.message)
 
     def test_offchain(self):
         payments = OffchainPayments()
-        self.assertIsNone(self.successResultOf(payments.processPayment("", "s")))
-        failure = self.failureResultOf(payments.processPayment("garbage!", "s"), PaymentError)
-        self.assertEqual(failure.value.status, 402)
+        self.assertIsNone(self.successResultOf(payments.processPayment(None, "s")))
+        with self.assertRaises(PaymentError) as caught:
+            decodePayment("garbage!")
+        self.assertEqual(caught.exception.status, 402)
         payments.checkBalance("s")
         payments.debit("s", 10**9)
 
@@ -188,7 +196,7 @@ class PaymentTests(ChainTestCase):
         self.anvil.stop()
         started = reactor.seconds()
         with self.assertRaises(PaymentError) as caught:
-            await payments.processPayment(paymentHeader(params, self.sender), "s1")
+            await payments.processPayment(signedPayment(params, self.sender), "s1")
         self.assertEqual((caught.exception.status, caught.exception.message),
                          (503, "chain node unavailable"))
         self.assertLess(reactor.seconds() - started, 10)
@@ -206,7 +214,7 @@ class PaymentTests(ChainTestCase):
         sender = self.anvil.account(2)
         params = lp_rpc_pb2.TicketParams(recipient=bytes.fromhex(self.orch.address[2:]))
         with self.assertRaises(PaymentError) as caught:
-            await payments.processPayment(paymentHeader(params, sender), "s1")
+            await payments.processPayment(signedPayment(params, sender), "s1")
         self.assertEqual((caught.exception.status, caught.exception.message),
                          (503, "chain node unavailable"))
         self.assertFalse(self.watcher.ready.called)
@@ -219,7 +227,7 @@ class PaymentTests(ChainTestCase):
         params = await self.issue(payments)
         for nonce in (1, 2):
             with self.assertRaises(PaymentError) as caught:
-                await payments.processPayment(paymentHeader(params, self.sender, nonces=(nonce,)), "s1")
+                await payments.processPayment(signedPayment(params, self.sender, nonces=(nonce,)), "s1")
             self.assertEqual(caught.exception.status, 400)
             self.assertEqual(
                 caught.exception.message,
@@ -238,7 +246,7 @@ class PaymentTests(ChainTestCase):
         ev = expectedValue(bytesInt(params.face_value), MAX_WIN_PROB)
         with self.assertRaises(PaymentError) as caught:
             await payments.processPayment(
-                paymentHeader(params, self.sender, nonces=(1, 2, 3), badNonces=(2,),
+                signedPayment(params, self.sender, nonces=(1, 2, 3), badNonces=(2,),
                               other=self.anvil.account(3)), "s1")
         self.assertEqual(caught.exception.message, "invalid ticket signature")
         # Ticket 1 credited; 2 refused; 3 received (nonce seen, winner queued) but not credited.
@@ -248,7 +256,7 @@ class PaymentTests(ChainTestCase):
         # A fatal error (a replayed nonce) stops at once: nonce 5 is never read.
         with self.assertRaises(PaymentError) as caught:
             await payments.processPayment(
-                paymentHeader(params, self.sender, nonces=(4, 3, 5)), "s1")
+                signedPayment(params, self.sender, nonces=(4, 3, 5)), "s1")
         self.assertIn("already seen", caught.exception.message)
         self.assertEqual(payments.balances["s1"], 2 * ev)
         self.assertEqual(payments.recipient.nonces.nonces(bytes(params.recipient_rand_hash)), {1, 3, 4})
@@ -259,14 +267,14 @@ class PaymentTests(ChainTestCase):
         os.makedirs(dataDir)
         payments = await self.setUpPayments(dataDir)
         params = await self.issue(payments)
-        await payments.processPayment(paymentHeader(params, self.sender, nonces=(1, 2)), "s1")
+        await payments.processPayment(signedPayment(params, self.sender, nonces=(1, 2)), "s1")
         # Restart: the same non-winning tickets are not credited again.
         restarted = self.makePayments(dataDir)
         with self.assertRaises(PaymentError) as caught:
-            await restarted.processPayment(paymentHeader(params, self.sender, nonces=(2,)), "s1")
+            await restarted.processPayment(signedPayment(params, self.sender, nonces=(2,)), "s1")
         self.assertIn("already seen", caught.exception.message)
         self.assertNotIn("s1", restarted.balances)
-        await restarted.processPayment(paymentHeader(params, self.sender, nonces=(3,)), "s1")
+        await restarted.processPayment(signedPayment(params, self.sender, nonces=(3,)), "s1")
         # Once the parameters expire, the watcher's polls make both forget them.
         self.anvil.mineTo(bytesInt(params.expiration_block) + 1)
         await waitFor(lambda: len(restarted.recipient.nonces) == 0 and len(payments.recipient.nonces) == 0)

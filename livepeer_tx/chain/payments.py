@@ -63,20 +63,16 @@ def decodePayment(header):
 
 class OffchainPayments:
     """
-    Off-chain mode: every segment is free; a payment header is only decoded.
+    Off-chain mode: every segment is free; a payment is only decoded (by the
+    caller, with L{decodePayment}).
     """
 
     price = Fraction(0)
 
-    def processPayment(self, paymentHeader, sessionId):
+    def processPayment(self, payment, sessionId):
         """
-        Decode a non-empty header and accept it.
+        Accept any payment.
         """
-        try:
-            if paymentHeader:
-                decodePayment(paymentHeader)
-        except PaymentError as e:
-            return _fail(e)
         return succeed(None)
 
     def checkBalance(self, sessionId):
@@ -94,12 +90,6 @@ class OffchainPayments:
         No ticket parameters off-chain: fires with L{None}.
         """
         return succeed(None)
-
-
-def _fail(error):
-    d = Deferred()
-    d.errback(error)
-    return d
 
 
 class TicketPayments:
@@ -176,20 +166,20 @@ class TicketPayments:
         )
         return SenderInfo(deposit, withdrawRound, reserve, claimed)
 
-    def processPayment(self, paymentHeader, sessionId):
+    def processPayment(self, payment, sessionId):
         """
         Validate and credit a payment's tickets.
+
+        @param payment: the C{Payment} message (see L{decodePayment}), or
+            L{None} when the segment carried none.
 
         @return: a L{Deferred} that fires once every winning ticket and every
             accepted nonce is on disk, or fails with L{PaymentError}.
         """
-        return Deferred.fromCoroutine(self._processPayment(paymentHeader, sessionId))
+        return Deferred.fromCoroutine(self._processPayment(payment, sessionId))
 
-    async def _processPayment(self, paymentHeader, sessionId):
-        if not paymentHeader:
-            return
-        payment = decodePayment(paymentHeader)
-        if not payment.HasField("ticket_params") or not payment.ticket_sender_params:
+    async def _processPayment(self, payment, sessionId):
+        if payment is None or not payment.HasField("ticket_params") or not payment.ticket_sender_params:
             return
         w = await self._chain("waiting for the first chain poll",
                               self._watcher.whenReady(self.chainTimeout))

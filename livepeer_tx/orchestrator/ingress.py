@@ -18,7 +18,10 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from livepeer_tx.chain.payments import PaymentError, decodePayment
-from livepeer_tx.orchestrator.dispatch import SegmentJob, TranscodeFailed
+from livepeer_tx.orchestrator.dispatch import (
+    MISMATCHED, ORCHESTRATOR_BUSY, TOO_LONG, ZERO_SEGMENTS, SegmentJob, TranscodeFailed,
+)
+from livepeer_tx.orchestrator.routing import NO_TRANSCODERS, ORCHESTRATOR_CAPPED
 from livepeer_tx.profiles import ProfileError, profilesFromSegData
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 
@@ -136,17 +139,16 @@ class SegmentResource(resource.Resource):
 
     async def _handle(self, request, accepted):
         metrics = self._app.metrics
-        payment = (request.getHeader(PAYMENT_HEADER) or b"").decode("latin-1")
+        paymentHeader = (request.getHeader(PAYMENT_HEADER) or b"").decode("latin-1")
         try:
-            if payment:
-                # go-livepeer decodes the payment before it looks at the segment.
-                try:
-                    decodePayment(payment)
-                except PaymentError as e:
-                    raise SegmentRejected(e.status, e.message) from None
+            # go-livepeer decodes the payment before it looks at the segment.
+            try:
+                payment = decodePayment(paymentHeader) if paymentHeader else None
+            except PaymentError as e:
+                raise SegmentRejected(e.status, e.message) from None
             segData, profiles, sessionId = parseSegmentHeader(request.getHeader(SEGMENT_HEADER))
             if self._app.pool.wouldExceedLimit(sessionId):
-                raise SegmentRejected(403, "OrchestratorCapped")
+                raise SegmentRejected(403, ORCHESTRATOR_CAPPED)
             try:
                 await self._payments.processPayment(payment, sessionId)
                 self._payments.checkBalance(sessionId)
@@ -207,10 +209,12 @@ class SegmentResource(resource.Resource):
         return 200, result.SerializeToString(), b"application/x-protobuf"
 
 
+_KNOWN_ERRORS = frozenset(
+    (NO_TRANSCODERS, ORCHESTRATOR_BUSY, ORCHESTRATOR_CAPPED, TOO_LONG, MISMATCHED, ZERO_SEGMENTS))
+
+
 def _reasonLabel(error):
-    known = ("no transcoders available", "OrchestratorBusy", "OrchestratorCapped",
-             "Remote transcoder took too long", "MismatchedSegments", "ZeroSegments")
-    return error if error in known else "transcoder error"
+    return error if error in _KNOWN_ERRORS else "transcoder error"
 
 
 def _peer(request):
