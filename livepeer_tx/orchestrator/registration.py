@@ -228,16 +228,16 @@ class TranscoderServerProtocol(WebSocketServerProtocol):
         if self.transcoder is not None:
             raise wsproto.ProtocolError("already registered")
         capacity = message.get("capacity")
-        if isinstance(capacity, int) and not isinstance(capacity, bool) and capacity != self._announcedCapacity:
-            raise wsproto.ProtocolError(
-                f"register: capacity {capacity} differs from the {self._announcedCapacity} "
-                f"announced in {wsproto.CAPACITY_HEADER}")
-        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity <= 0:
+        if type(capacity) is not int or capacity <= 0:
             self._log.error("Cannot register transcoder={transcoder} err={err!r}",
                             transcoder=self._peerAddress, err=ZERO_CAPACITY)
             self.sendMessage(wsproto.encodeControl("refused", error=ZERO_CAPACITY))
             self.sendClose(wsproto.CLOSE_REFUSED, ZERO_CAPACITY)
             return
+        if capacity != self._announcedCapacity:
+            raise wsproto.ProtocolError(
+                f"register: capacity {capacity} differs from the {self._announcedCapacity} "
+                f"announced in {wsproto.CAPACITY_HEADER}")
         devices = message.get("devices") or []
         version = message.get("version") or ""
         capabilities = message.get("capabilities") or {}
