@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -40,6 +39,8 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
+
+from livepeer_tx.localnodes import freePort
 
 ROOT = Path(__file__).resolve().parent.parent
 ANVIL_PATH = ROOT / "node_modules" / ".bin" / "anvil"
@@ -118,15 +119,6 @@ def devAccounts(count=10):
     """
     Account.enable_unaudited_hdwallet_features()
     return tuple(Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}") for i in range(count))
-
-
-def freePort():
-    """
-    A TCP port on 127.0.0.1 that nothing listens on right now.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def contractId(name):
