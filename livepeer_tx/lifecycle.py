@@ -22,3 +22,28 @@ def stopWithStatus(reactor, status):
         reactor.stop()
     else:
         reactor.callWhenRunning(reactor.stop)
+
+
+PR_SET_DUMPABLE = 4
+
+
+def preventCoreDumps():
+    """
+    Keep the secret, keys and tickets this process holds out of core dumps and
+    away from other processes of the same user (C{ptrace}, C{/proc/<pid>/mem}):
+    set the core size limit to 0 and clear the dumpable flag.
+
+    @return: whether the dumpable flag could be cleared (Linux only).
+    """
+    import ctypes
+    import resource
+
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ValueError, OSError):
+        pass
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False

@@ -374,6 +374,13 @@ class LocalNodes:
         self._env.update(env or {})
         atexit.register(self.stopAll)
 
+    @property
+    def env(self):
+        """
+        The environment every node runs with (a copy).
+        """
+        return dict(self._env)
+
     def writeSecret(self, secret, path=None):
         """
         Write a secret file readable only by its owner.

@@ -130,11 +130,13 @@ class ServerCertificate:
             self.certPEM = f.read()
         self.fingerprint = certificateFingerprint(self.certPEM)
 
-    @classmethod
-    def loadOrCreate(cls, dataDir, hostname, certPath=None, keyPath=None):
+    @staticmethod
+    def checkFiles(dataDir, certPath=None, keyPath=None):
         """
-        Use the operator's C{certPath}/C{keyPath}, or the self-signed pair in
-        C{dataDir}, creating that pair if it does not exist yet.
+        Check, without creating anything, that the operator's pair (or the
+        self-signed pair already in C{dataDir}) can be used: both files exist
+        and the key is private. Option parsing calls this so a bad file is a
+        usage message, not a traceback.
 
         @raise CertificateError: a file is missing, or the key is readable by others.
         """
@@ -145,11 +147,25 @@ class ServerCertificate:
                 if not os.path.isfile(path):
                     raise CertificateError(f"TLS file not found: {path}")
             _checkKeyPermissions(keyPath)
+            return
+        keyPath = os.path.join(dataDir, KEY_FILENAME)
+        if os.path.isfile(keyPath):
+            _checkKeyPermissions(keyPath)
+
+    @classmethod
+    def loadOrCreate(cls, dataDir, hostname, certPath=None, keyPath=None):
+        """
+        Use the operator's C{certPath}/C{keyPath}, or the self-signed pair in
+        C{dataDir}, creating that pair if it does not exist yet.
+
+        @raise CertificateError: a file is missing, or the key is readable by others.
+        """
+        cls.checkFiles(dataDir, certPath, keyPath)
+        if certPath:
             return cls(certPath, keyPath, chainPath=_writeChain(certPath, dataDir))
         certPath = os.path.join(dataDir, CERT_FILENAME)
         keyPath = os.path.join(dataDir, KEY_FILENAME)
         if os.path.isfile(certPath) and os.path.isfile(keyPath):
-            _checkKeyPermissions(keyPath)
             return cls(certPath, keyPath)
         certPEM, keyPEM = createSelfSigned(hostname)
         os.makedirs(dataDir, mode=0o700, exist_ok=True)

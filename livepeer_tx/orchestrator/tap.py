@@ -14,6 +14,7 @@ from twisted.python import usage
 from livepeer_tx import __version__
 from livepeer_tx.addresses import formatHostPort, parseHostPort
 from livepeer_tx.chain.options import CHAIN_OPT_FLAGS, CHAIN_OPT_PARAMETERS, validateChainOptions
+from livepeer_tx.lifecycle import preventCoreDumps
 from livepeer_tx.secret import Secret, SecretFileError
 from livepeer_tx.tls import CertificateError, ServerCertificate
 from livepeer_tx.web import BoundedSite
@@ -109,6 +110,10 @@ class Options(usage.Options):
         validateChainOptions(self)
         if not self["dataDir"]:
             self["dataDir"] = os.path.expanduser(os.path.join("~", ".lpData", self.get("network") or "offchain"))
+        try:
+            ServerCertificate.checkFiles(self["dataDir"], self["tlsCert"], self["tlsKey"])
+        except CertificateError as e:
+            raise usage.UsageError(str(e))
 
 
 def makeService(config, reactor=None):
@@ -120,6 +125,8 @@ def makeService(config, reactor=None):
     from livepeer_tx.chain.service import makeChainService
     from livepeer_tx.orchestrator.app import Orchestrator
 
+    if not preventCoreDumps():
+        _log.warn("Could not make this process non-dumpable; set LimitCORE=0 so a crash cannot dump the secret")
     secret = config["secret"]
     if secret.isLiteral:
         _log.warn("--orchSecret was given as a literal: it is visible in the process list; use a file (mode 600)")
