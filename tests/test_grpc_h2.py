@@ -28,6 +28,7 @@ from livepeer_tx.rpc import (
     ServiceRegistry,
     StatusCode,
     channelFactory,
+    isHTTP2,
     refuseRequest,
 )
 from livepeer_tx.rpc.h2grpc import TWISTED_INTERNALS, GRPCStream
@@ -83,6 +84,10 @@ class LimitedRequest(server.Request):
         if length is not None and length > self.limit:
             self.refused = True
             refuseRequest(self, 413, f"request body of {length} bytes is larger than {self.limit} bytes\n")
+            return
+        if self.requestHeaders.getRawHeaders(b"x-busy"):
+            self.refused = True
+            refuseRequest(self, 503, "busy\n", retryAfter=7)
             return
         super().gotLength(length)
 
@@ -441,11 +446,20 @@ def test_alpn_h2_gets_the_grpc_connection_and_http11_the_given_channel():
 def test_switch_to_h2_hands_the_transport_producer_over():
     """
     The HTTP/1.1 channel's producer registration and idle timer are replaced
-    by the HTTP/2 connection's.
+    by the HTTP/2 connection's, and the HTTP/1.1 channel is told it is done.
     """
-    client = Client(Lab().registry())
+    ended = []
+
+    class RecordingChannel(http.HTTPChannel):
+        def connectionLost(self, reason):
+            ended.append(reason.value)
+            super().connectionLost(reason)
+
+    client = Client(Lab().registry(), http11Channel=RecordingChannel)
     assert client.transport.producer is client.server
     assert len(client.clock.getDelayedCalls()) == 2  # HTTP/2 idle timeout and keepalive
+    assert len(ended) == 1 and "HTTP/2" in str(ended[0])
+    assert client.response(client.get(b"/hello")).data == b"hello over HTTP/2"
 
 
 def test_plain_http2_request_reaches_the_site():
@@ -1014,6 +1028,23 @@ def test_refusal_over_http2_from_gotLength_keeps_the_connection():
     assert not client.transport.disconnecting
 
 
+def test_refusal_over_http2_with_retry_after():
+    """
+    A 503 refusal carries Retry-After; the request is known as HTTP/2.
+    """
+    seen = []
+
+    class Busy(LimitedRequest):
+        def gotLength(self, length):
+            seen.append(isHTTP2(self))
+            super().gotLength(length)
+
+    client = Client(Lab().registry(), requestFactory=Busy)
+    answer = client.response(client.get(b"/hello", method=b"POST", body=b"z", headers=[(b"x-busy", b"1")]))
+    assert answer.headers[b":status"] == b"503" and answer.headers[b"retry-after"] == b"7"
+    assert answer.data == b"busy\n" and seen == [True]
+
+
 def test_refusal_over_http2_of_a_chunked_body():
     """
     A body without a length, refused as its chunks pass the limit.
@@ -1040,6 +1071,30 @@ def test_refusal_over_http11_writes_the_answer_and_closes():
     assert answer.startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n")
     assert answer.endswith(b"\r\n\r\nrequest body of 5000 bytes is larger than 100 bytes\n")
     assert transport.disconnecting
+    assert transport.producer is None  # the channel let go, so TLS can close
+
+
+def test_refusal_over_http11_with_retry_after():
+    """
+    The HTTP/1.1 answer carries Retry-After too; the request is not HTTP/2.
+    """
+    seen = []
+
+    class Busy(LimitedRequest):
+        def gotLength(self, length):
+            seen.append(isHTTP2(self))
+            super().gotLength(length)
+
+    site = QuietSite(Hello(), reactor=Clock())
+    site.requestFactory = Busy
+    site.protocol = channelFactory(ServiceRegistry())
+    protocol = site.buildProtocol(PEER)
+    transport = StringTransport(peerAddress=PEER)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"POST /hello HTTP/1.1\r\nHost: o\r\nX-Busy: 1\r\nContent-Length: 1\r\n\r\nz")
+    head, body = transport.value().split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n") and b"\r\nRetry-After: 7" in head
+    assert body == b"busy\n" and seen == [False]
 
 
 # The registry.

@@ -24,10 +24,12 @@ import h2.errors
 import h2.exceptions
 import priority
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocol, IPushProducer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.components import proxyForInterface
+from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
@@ -697,9 +699,10 @@ class HTTPChannelSelector(proxyForInterface(IProtocol, "_channel")):
     C{h2}, with a L{GRPCH2Connection}: what Twisted's own selector does, with
     the HTTP/1.1 channel and the HTTP/2 connection given.
 
-    The choice is made on the first bytes received, after the TLS handshake.
-    The attributes a Site sets on the protocol it builds go to the channel
-    serving the connection.
+    The choice is made on the first bytes received, after the TLS handshake;
+    on a switch the HTTP/1.1 channel, which has served nothing, gets
+    C{connectionLost} so its timers stop. The attributes a Site sets on the
+    protocol it builds go to the channel serving the connection.
     """
 
     factory = _forwarded("factory")
@@ -734,11 +737,12 @@ class HTTPChannelSelector(proxyForInterface(IProtocol, "_channel")):
         http2 = self._makeHTTP2Connection(getattr(http11.factory, "reactor", None))
         for name in ("factory", "site", "requestFactory", "timeOut", "callLater"):
             setattr(http2, name, getattr(http11, name))
-        http11.setTimeout(None)
         producing = IPushProducer.providedBy(transport)
         if producing:
             # The HTTP/1.1 channel registered itself as the transport's producer.
             transport.unregisterProducer()
+        # It served no request; ending it stops its timers (and a subclass's).
+        http11.connectionLost(Failure(ConnectionDone("the connection switched to HTTP/2")))
         self._channel = http2
         http2.makeConnection(transport)
         if producing:

@@ -7,7 +7,7 @@ from twisted.web.http import RESPONSES
 from twisted.web._http2 import H2Stream
 
 
-def refuseRequest(request, code, text):
+def refuseRequest(request, code, text, retryAfter=None):
     """
     Answer C{request} with status C{code} and C{text} as a plain-text body,
     without waiting for the rest of its body; callable from C{gotLength} or
@@ -26,33 +26,43 @@ def refuseRequest(request, code, text):
         HTTP/1.1 channel or an HTTP/2 stream.
     @param code: the HTTP status code.
     @param text: the body, as text.
+    @param retryAfter: seconds for a C{Retry-After} header, or L{None}.
     """
     body = text.encode("utf-8")
+    headers = [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Content-Length", b"%d" % len(body))]
+    if retryAfter is not None:
+        headers.append((b"Retry-After", b"%d" % retryAfter))
     channel = request.channel
     if isinstance(channel, H2Stream):
-        _refuseHTTP2(request, channel, code, body)
+        _refuseHTTP2(request, channel, code, headers, body)
     else:
-        _refuseHTTP11(channel, code, body)
+        _refuseHTTP11(channel, code, headers, body)
 
 
-def _refuseHTTP11(channel, code, body):
-    reason = RESPONSES.get(code, b"Error")
-    channel.transport.write(
-        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (code, reason, len(body), body)
-    )
+def isHTTP2(request):
+    """
+    Whether C{request} arrived on an HTTP/2 stream (it then has no transport of
+    its own: C{request.channel.transport} is L{None}).
+    """
+    return isinstance(request.channel, H2Stream)
+
+
+def _refuseHTTP11(channel, code, headers, body):
+    head = b"HTTP/1.1 %d %s\r\n" % (code, RESPONSES.get(code, b"Error"))
+    head += b"".join(b"%s: %s\r\n" % header for header in headers)
+    channel.transport.write(head + b"Connection: close\r\n\r\n" + body)
     # The channel's loseConnection, not the transport's: the channel is the
     # transport's producer, and TLS does not close while one is registered.
     channel.loseConnection()
 
 
-def _refuseHTTP2(request, stream, code, body):
+def _refuseHTTP2(request, stream, code, headers, body):
     def respond():
         if request.finished or request._disconnected:
             return
         request.setResponseCode(code)
-        request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
-        request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        for name, value in headers:
+            request.responseHeaders.setRawHeaders(name, [value])
         request.write(body)
         request.finish()
 
