@@ -5,6 +5,7 @@ Each process builds its own registry so tests can run several in one process.
 """
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 
 _TIME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 6, 8, 12, 20, 30)
 
@@ -28,6 +29,9 @@ class OrchestratorMetrics:
             lambda: pool.sessionLimit)
         Gauge("livepeer_current_sessions_total", "Sessions now", registry=r).set_function(
             lambda: pool.sessionCount)
+        Gauge("livepeer_transcoders_cooling_off", "Transcoders out of rotation after repeated failures",
+              registry=r).set_function(lambda: pool.coolingOffCount)
+        r.register(_TranscoderFailures(pool))
         self.segmentsReceived = Counter(
             "livepeer_segment_source_emerged_unprocessed", "Segments received from gateways", registry=r)
         self.segmentsTranscoded = Counter(
@@ -35,7 +39,7 @@ class OrchestratorMetrics:
         self.segmentsFailed = Counter(
             "livepeer_segment_transcode_failed", "Segments that could not be transcoded", ["reason"], registry=r)
         self.segmentsRejected = Counter(
-            "livepeer_segment_rejected", "Segments refused before transcoding, by HTTP status", ["reason"],
+            "livepeer_segment_rejected", "Segments refused before transcoding, by reason", ["reason"],
             registry=r)
         self.segmentsRetried = Counter(
             "livepeer_transcode_retried", "Segments moved to another transcoder after a failure", registry=r)
@@ -50,6 +54,33 @@ class OrchestratorMetrics:
             "livepeer_pixels_processed", "Encoded pixels returned to gateways", registry=r)
         self.registrationsRefused = Counter(
             "livepeer_transcoder_registrations_refused", "Refused transcoder registrations", ["reason"], registry=r)
+
+
+class _TranscoderFailures:
+    """
+    C{livepeer_transcoder_failures_total{kind}}: failed task attempts, read
+    from the pool's totals when scraped.
+    """
+
+    def __init__(self, pool):
+        self._pool = pool
+
+    def describe(self):
+        """
+        The metric this collector yields, for the registry.
+        """
+        return [CounterMetricFamily(
+            "livepeer_transcoder_failures", "Failed task attempts on transcoders", labels=["kind"])]
+
+    def collect(self):
+        """
+        The failure totals by kind, now.
+        """
+        family = CounterMetricFamily(
+            "livepeer_transcoder_failures", "Failed task attempts on transcoders", labels=["kind"])
+        for kind, count in self._pool.failureTotals.items():
+            family.add_metric([kind], count)
+        yield family
 
 
 class TranscoderMetrics:

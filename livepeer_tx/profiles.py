@@ -6,6 +6,7 @@ C{VideoProfile} between gateway and orchestrator and as a plain dict in our
 transcoder protocol.
 """
 
+import re
 from dataclasses import asdict, dataclass
 
 from livepeer_tx.proto import lp_rpc_pb2 as pb
@@ -30,6 +31,17 @@ _ENCODER_PROFILES = {
 
 # H.264 encoder limits used by LPMS.
 MIN_WIDTH, MIN_HEIGHT, MAX_SIDE = 146, 50, 4096
+
+# Bounds of our own (go-livepeer has none): every preset and every real ladder
+# fits; a segment that asks for more is refused before any work starts.
+MAX_PROFILES = 12
+MAX_PROFILE_PIXELS = 4096 * 2304
+MAX_SEGMENT_PIXELS = 2 * MAX_PROFILE_PIXELS
+MAX_FRAME_RATE = 240
+MAX_FPS_DENOMINATOR = 65535
+MIN_BITRATE, MAX_BITRATE = 1_000, 100_000_000
+GOP_INTRA_ONLY, MAX_GOP_MS = -1, 60_000
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -103,14 +115,25 @@ class Profile:
             raise ProfileError("unrecognized profile output format")
         if self.encoderProfile not in _ENCODER_PROFILES.values():
             raise ProfileError("unrecognized encoder profile")
-        if self.width <= 0 or self.height <= 0 or max(self.width, self.height) > MAX_SIDE:
-            raise ProfileError(f"invalid profile resolution {self.width}x{self.height}")
-        if self.bitrate <= 0:
-            raise ProfileError(f"invalid profile bitrate {self.bitrate}")
-        if self.fps < 0 or self.fpsDen <= 0:
-            raise ProfileError(f"invalid profile frame rate {self.fps}/{self.fpsDen}")
-        if "/" in self.name or self.name in ("", ".", ".."):
-            raise ProfileError(f"invalid profile name {self.name!r}")
+        if not _PROFILE_NAME.match(self.name):
+            raise ProfileError(
+                f"invalid profile name {self.name[:64]!r}: 1 to 64 letters, digits, '_', '.', '+' or '-'")
+        if (self.width <= 0 or self.height <= 0 or max(self.width, self.height) > MAX_SIDE
+                or self.width * self.height > MAX_PROFILE_PIXELS):
+            raise ProfileError(
+                f"invalid profile resolution {self.width}x{self.height}: at most {MAX_SIDE} a side "
+                f"and {MAX_PROFILE_PIXELS} pixels")
+        if not MIN_BITRATE <= self.bitrate <= MAX_BITRATE:
+            raise ProfileError(
+                f"invalid profile bitrate {self.bitrate}: from {MIN_BITRATE} to {MAX_BITRATE} bits/s")
+        if (self.fps < 0 or not 0 < self.fpsDen <= MAX_FPS_DENOMINATOR
+                or (self.fps and not 1 <= self.fps / self.fpsDen <= MAX_FRAME_RATE)):
+            raise ProfileError(
+                f"invalid profile frame rate {self.fps}/{self.fpsDen}: 0 (keep the input's) "
+                f"or 1 to {MAX_FRAME_RATE} frames/s")
+        if self.gop != GOP_INTRA_ONLY and not 0 <= self.gop <= MAX_GOP_MS:
+            raise ProfileError(
+                f"invalid profile GOP {self.gop}: -1 (intra only), 0 (default) or up to {MAX_GOP_MS} ms")
 
     @classmethod
     def fromProto(cls, message):
@@ -222,5 +245,29 @@ def profilesFromSegData(segData):
     """
     for field in (segData.fullProfiles3, segData.fullProfiles2, segData.fullProfiles):
         if len(field):
-            return [Profile.fromProto(message) for message in field]
+            if len(field) > MAX_PROFILES:
+                raise ProfileError(f"too many profiles: {len(field)} (at most {MAX_PROFILES})")
+            profiles = [Profile.fromProto(message) for message in field]
+            validateLadder(profiles)
+            return profiles
     return []
+
+
+def validateLadder(profiles):
+    """
+    Check the profiles of one segment together: a bounded number, distinct
+    names (each names a rendition URL) and a bounded total size.
+
+    @raise ProfileError: they cannot be honoured together.
+    """
+    if len(profiles) > MAX_PROFILES:
+        raise ProfileError(f"too many profiles: {len(profiles)} (at most {MAX_PROFILES})")
+    names = set()
+    for profile in profiles:
+        if profile.name in names:
+            raise ProfileError(f"duplicate profile name {profile.name!r}")
+        names.add(profile.name)
+    pixels = sum(p.width * p.height for p in profiles)
+    if pixels > MAX_SEGMENT_PIXELS:
+        raise ProfileError(
+            f"profiles too large together: {pixels} pixels a frame (at most {MAX_SEGMENT_PIXELS})")

@@ -198,8 +198,9 @@ def test_load_spread_capacity_and_cap(nodes, segment2s):
     """
     Three transcoders of capacity 1, 2 and 3 end up with exactly that many
     sessions for six streams; a seventh stream is refused (OrchestratorCapped).
+    All come from one address, so the per-address cap is raised to the limit.
     """
-    orchestrator = nodes.startOrchestrator()
+    orchestrator = nodes.startOrchestrator(maxSessionsPerAddress=6)
     for capacity in (1, 2, 3):
         nodes.startTranscoder(orchestrator, maxSessions=capacity)
     orchestrator.waitForTranscoders(3)
@@ -224,7 +225,7 @@ def test_session_affinity(nodes, segment2s):
     for seq in range(4):
         status, body = postSegment(orchestrator, segment2s, seq=seq, manifestId=b"sticky")
         assert status == 200 and transcodeResult(body).WhichOneof("result") == "data"
-    used = set(re.findall(r"from remote transcoder=(\S+) segments=1 sessionID=sticky", orchestrator.logText()))
+    used = set(re.findall(r"from remote transcoder=(\S+) segments=1 manifestID=sticky ", orchestrator.logText()))
     assert len(used) == 1
 
 
@@ -253,7 +254,7 @@ def test_transcoder_killed_mid_segment(nodes, tmp_path):
     result = transcodeResult(body)
     assert status == 200 and result.WhichOneof("result") == "data", result
     assert len(result.data.segments) == 3
-    orchestrator.waitForLog(r"sessionID=victim seqNo=0 attempts=2")
+    orchestrator.waitForLog(r"manifestID=victim sessionID=\w+ seqNo=0 attempts=2")
     survivor = next(t for t in transcoders if t is not victim)
     assert survivor.running and "Transcoding taskId=" in survivor.logText()
 
@@ -487,6 +488,6 @@ def test_frozen_transcoder_detected_by_pings_and_its_segment_moved(nodes, tmp_pa
         status, body = outcome["response"]
         result = transcodeResult(body)
         assert status == 200 and result.WhichOneof("result") == "data" and len(result.data.segments) == 2
-        orchestrator.waitForLog(r"sessionID=frozen seqNo=0 attempts=2")
+        orchestrator.waitForLog(r"manifestID=frozen sessionID=\w+ seqNo=0 attempts=2")
     finally:
         os.killpg(victim.pid, signal.SIGCONT)

@@ -3,8 +3,9 @@ Gateway ingress in memory: go-livepeer's check order and status codes, the
 TranscodeResult, and the rendition URLs, with a stand-in transcoder link.
 """
 
-import base64
+import re
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -12,9 +13,10 @@ from e2e import segmentHeader, transcodeResult
 from livepeer_tx.chain.payments import OffchainPayments
 from livepeer_tx.orchestrator.app import Orchestrator
 from livepeer_tx.orchestrator.dispatch import Rendition
-from livepeer_tx.orchestrator.ingress import SegmentResource
+from livepeer_tx.orchestrator.ingress import SegmentResource, SessionNamer, sourceOf
 from livepeer_tx.orchestrator.routing import RemoteTranscoder
 from livepeer_tx.orchestrator.store import StreamResource
+from livepeer_tx.proto import lp_rpc_pb2 as pb
 
 BODY = b"\x47" * 1880
 
@@ -37,9 +39,10 @@ class AnsweringLink:
         pass
 
 
-def post(resource, body=BODY, headers=None, **segmentOptions):
+def post(resource, body=BODY, headers=None, client="192.0.2.10", **segmentOptions):
     request = DummyRequest([b"segment"])
     request.method = b"POST"
+    request.client = IPv4Address("TCP", client, 40000)
     request.content = __import__("io").BytesIO(body)
     values = {"Livepeer-Segment": segmentHeader(body, **segmentOptions), "Livepeer-Payment": ""}
     values.update(headers or {})
@@ -53,9 +56,19 @@ def response(request):
     return request.responseCode or 200, b"".join(request.written)
 
 
-def makeOrchestrator(maxSessions=None, maxSegmentBytes=10_000):
-    app = Orchestrator(Clock(), "https://orch.example:8935", maxSessions=maxSessions)
-    return app, SegmentResource(app, OffchainPayments(), maxSegmentBytes)
+NAMER = SessionNamer(b"k" * 32)
+
+
+def makeOrchestrator(maxSessions=None, maxSegmentBytes=10_000, payments=None, **options):
+    app = Orchestrator(Clock(), "https://orch.example:8935", maxSessions=maxSessions, **options)
+    return app, SegmentResource(app, payments or OffchainPayments(), maxSegmentBytes, sessionNamer=NAMER)
+
+
+def sessionOf(manifestId, client="192.0.2.10"):
+    """
+    The session id the test orchestrators give a manifest id from a client.
+    """
+    return NAMER.sessionIdFor(pb.SegData(manifestId=manifestId), client)
 
 
 def test_payment_is_decoded_before_the_segment_header():
@@ -109,11 +122,13 @@ def test_renditions_stored_and_served():
     status, body = response(request)
     result = transcodeResult(body)
     assert status == 200 and result.seq == 7
+    session = sessionOf(b"show")
+    assert job.sessionId == session
     assert [(s.url, s.pixels) for s in result.data.segments] == [
-        ("https://orch.example:8935/stream/show/P240p30fps16x9/7.ts", 111),
-        ("https://orch.example:8935/stream/show/P360p30fps16x9/7.ts", 222),
+        (f"https://orch.example:8935/stream/{session}/P240p30fps16x9/7.ts", 111),
+        (f"https://orch.example:8935/stream/{session}/P360p30fps16x9/7.ts", 222),
     ]
-    fetch = DummyRequest([b"show", b"P360p30fps16x9", b"7.ts"])
+    fetch = DummyRequest([session.encode(), b"P360p30fps16x9", b"7.ts"])
     assert StreamResource(app.store).render_GET(fetch) == b"b" * 200
     assert fetch.responseHeaders.getRawHeaders(b"content-type") == [b"video/mp2t"]
 
@@ -132,13 +147,26 @@ def test_capped_at_max_sessions():
     assert len(link.tasks) == 1  # the first stream's second segment waits its turn
 
 
-def test_session_named_by_manifest_id():
+def test_session_named_by_keyed_hash_of_source_and_manifest_id():
     """
-    Printable manifest ids name the session; others are hex-encoded.
+    A session id is 16 hex digits that depend on the source address, the
+    manifest id and the per-process key, and reveal neither.
     """
-    from livepeer_tx.orchestrator.ingress import sessionIdFor
-    from livepeer_tx.proto import lp_rpc_pb2 as pb
+    segData = pb.SegData(manifestId=b"show")
+    session = NAMER.sessionIdFor(segData, "192.0.2.10")
+    assert re.fullmatch(r"[0-9a-f]{16}", session) and session == sessionOf(b"show")
+    assert NAMER.sessionIdFor(segData, "198.51.100.7") != session
+    assert NAMER.sessionIdFor(pb.SegData(manifestId=b"show2"), "192.0.2.10") != session
+    assert SessionNamer().sessionIdFor(segData, "192.0.2.10") != SessionNamer().sessionIdFor(segData, "192.0.2.10")
+    assert re.fullmatch(r"[0-9a-f]{16}", NAMER.sessionIdFor(pb.SegData(manifestId=b"../\xff\n"), "192.0.2.10"))
 
-    assert sessionIdFor(pb.SegData(manifestId=b"abc-1.2_x")) == "abc-1.2_x"
-    assert sessionIdFor(pb.SegData(manifestId=b"../etc")) == base64.b16encode(b"../etc").decode().lower()
-    assert sessionIdFor(pb.SegData(manifestId=b"\xff\x00")) == "ff00"
+
+def test_source_of_an_address():
+    """
+    IPv4 addresses count as themselves, IPv6 ones by /64, mapped IPv4 as IPv4.
+    """
+    assert sourceOf(IPv4Address("TCP", "192.0.2.10", 1)) == "192.0.2.10"
+    assert sourceOf(IPv6Address("TCP", "2001:db8:1:2:aaaa::1", 1)) == "2001:db8:1:2::/64"
+    assert sourceOf(IPv6Address("TCP", "2001:db8:1:2:bbbb::9", 1)) == "2001:db8:1:2::/64"
+    assert sourceOf(IPv6Address("TCP", "::ffff:192.0.2.10", 1)) == "192.0.2.10"
+    assert sourceOf(None) == "unknown"

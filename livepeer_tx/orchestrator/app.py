@@ -33,17 +33,20 @@ class Orchestrator(service.MultiService):
     @param clock: an L{IReactorTime}.
     @param serviceURL: the public base URL advertised to gateways.
     @param maxSessions: a session cap, or L{None} for C{auto}.
+    @param maxSessionsPerAddress: a cap on the sessions of one gateway
+        address when work is free, or L{None} for C{auto} (half the session
+        limit).
     """
 
     _log = Logger()
 
     def __init__(self, clock, serviceURL, maxSessions=None, storeBytes=512 * 1024 * 1024,
-                 sessionIdleTimeout=70.0, wallClock=time.time):
+                 sessionIdleTimeout=70.0, wallClock=time.time, maxSessionsPerAddress=None):
         super().__init__()
         self.clock = clock
         self.wallClock = wallClock
         self.serviceURL = serviceURL.rstrip("/")
-        self.pool = TranscoderPool(clock, sessionIdleTimeout, maxSessions)
+        self.pool = TranscoderPool(clock, sessionIdleTimeout, maxSessions, maxSessionsPerAddress)
         self.dispatcher = Dispatcher(self.pool, clock)
         self.store = RenditionStore(maxBytes=storeBytes)
         self.metrics = OrchestratorMetrics(self.pool)
@@ -113,20 +116,33 @@ class Orchestrator(service.MultiService):
         The CLI port's C{/status}: every transcoder's details.
         """
         status = self.publicStatus()
+        pool = self.pool
         status.update({
             "ServiceURI": self.serviceURL,
-            "MaxSessions": "auto" if self.pool.maxSessions is None else self.pool.maxSessions,
-            "SessionLimit": self.pool.sessionLimit,
-            "Sessions": self.pool.sessionCount,
+            "MaxSessions": "auto" if pool.maxSessions is None else pool.maxSessions,
+            "SessionLimit": pool.sessionLimit,
+            "MaxSessionsPerAddress": "auto" if pool.maxSessionsPerSource is None else pool.maxSessionsPerSource,
+            "SessionLimitPerAddress": pool.sourceSessionLimit,
+            "Sessions": pool.sessionCount,
+            "CoolingOffTranscoders": pool.coolingOffCount,
             "UptimeSeconds": round(self.wallClock() - self.startedAt, 1),
             "StoredRenditions": len(self.store),
             "StoredBytes": self.store.totalBytes,
             "RegisteredTranscoders": [
                 {"Address": t.address, "Capacity": t.capacity} for t in self.pool.transcoders
             ],
-            "transcoders": [t.describe() for t in self.pool.transcoders],
+            "transcoders": [self._describeTranscoder(t) for t in self.pool.transcoders],
         })
         return status
+
+    def _describeTranscoder(self, transcoder):
+        now = self.clock.seconds()
+        description = transcoder.describe(now)
+        until = transcoder.health.coolingOffUntil
+        # On the wall clock, like connectedSince.
+        description["coolingOffUntil"] = (
+            round(self.wallClock() + until - now, 1) if until is not None and until > now else None)
+        return description
 
     def makePublicRoot(self, reactor, secret, payments, maxSegmentBytes, pingInterval=10.0):
         """

@@ -4,9 +4,11 @@ Sending segments to transcoders and getting their renditions back.
 
 The L{Dispatcher} turns a gateway's segment into a task on a transcoder chosen
 by the L{TranscoderPool}, waits for its result within the gateway's deadline,
-and moves the task to another transcoder if the first one disconnects while it
-holds it. It knows transcoders only through their C{link} (see
-L{RemoteTranscoder}), so it is tested without sockets.
+and moves the task to another transcoder when the first one fails it (reports
+an error, answers too late or with a bad result, or disconnects) and time is
+left. It tells the pool how each transcoder did. It knows transcoders only
+through their C{link} (see L{RemoteTranscoder}), so it is tested without
+sockets.
 """
 
 import itertools
@@ -15,13 +17,20 @@ from dataclasses import dataclass
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from livepeer_tx.orchestrator.routing import RoutingError
+from livepeer_tx.orchestrator.routing import (
+    FAILURE_BAD_RESULT, FAILURE_ERROR, FAILURE_LOST, FAILURE_TIMEOUT, RoutingError,
+)
 
 TOO_LONG = "Remote transcoder took too long"
 MISMATCHED = "MismatchedSegments"
 ZERO_SEGMENTS = "ZeroSegments"
 ORCHESTRATOR_BUSY = "OrchestratorBusy"
 MIN_RENDITION_BYTES = 25
+# The longest the orchestrator works on one segment, whatever its duration
+# (go-livepeer's 4 x duration would allow 20 minutes).
+MAX_TASK_SECONDS = 60.0
+# A retry elsewhere is only worth starting with at least this much time left.
+MIN_RETRY_SECONDS = 1.0
 
 
 class TranscodeFailed(Exception):
@@ -30,10 +39,19 @@ class TranscodeFailed(Exception):
     """
 
 
-class TranscoderLost(Exception):
+class AttemptFailed(Exception):
     """
-    The transcoder holding a task went away before answering.
+    One attempt at a task failed on one transcoder.
+
+    @ivar kind: one of L{FAILURE_KINDS<livepeer_tx.orchestrator.routing.FAILURE_KINDS>}.
+    @ivar message: the gateway-facing error text, or L{None} when the
+        transcoder went away without one.
     """
+
+    def __init__(self, kind, message=None):
+        super().__init__(message or kind)
+        self.kind = kind
+        self.message = message
 
 
 @dataclass
@@ -47,13 +65,15 @@ class SegmentJob:
     data: bytes
     profiles: list
     durationMs: int = 2000
+    source: str = None
 
     @property
     def timeout(self):
         """
-        How long the gateway waits: go-livepeer's max(8 s, 4 x duration).
+        How long the orchestrator works on it: go-livepeer's max(8 s, 4 x
+        duration), capped at L{MAX_TASK_SECONDS}.
         """
-        return max(8.0, 4 * (self.durationMs or 2000) / 1000.0)
+        return min(MAX_TASK_SECONDS, max(8.0, 4 * (self.durationMs or 2000) / 1000.0))
 
 
 @dataclass
@@ -95,18 +115,33 @@ class Dispatcher:
     """
     Routes segment jobs to transcoders and collects their results.
 
+    A failed attempt is retried on another transcoder while at least
+    L{MIN_RETRY_SECONDS} of the job's deadline are left: a transcoder that
+    went away, on every other transcoder if need be; an error, a timeout or a
+    bad result, C{maxRetries} times (so bad input costs little). When another
+    transcoder could take over, the first attempt gets only
+    C{1 - retryShare} of the time, so that even a timeout leaves time for a
+    retry. A transcoder is blamed in the pool's health record only when the
+    same segment then succeeds elsewhere: a segment that fails everywhere is
+    taken to be the gateway's problem, so bad input cannot put good
+    transcoders out of rotation.
+
     @param pool: the L{TranscoderPool}.
     @param clock: an L{IReactorTime} for per-task deadlines.
     @param maxQueuedPerSession: segments of one session that may wait or run at
         once before further ones are refused with C{OrchestratorBusy}.
+    @param retryShare: the share of a job's time kept back for a retry.
+    @param maxRetries: retries after errors, timeouts and bad results.
     """
 
     _log = Logger()
 
-    def __init__(self, pool, clock, maxQueuedPerSession=4):
+    def __init__(self, pool, clock, maxQueuedPerSession=4, retryShare=0.25, maxRetries=1):
         self.pool = pool
         self._clock = clock
         self.maxQueuedPerSession = maxQueuedPerSession
+        self.retryShare = retryShare
+        self.maxRetries = maxRetries
         self._taskIds = itertools.count(1)
         self._tasks = {}
         self._sessionQueues = {}
@@ -138,30 +173,46 @@ class Dispatcher:
 
     @defer.inlineCallbacks
     def _transcodeWithRetry(self, job, deadline):
-        failed = []
+        failed, kinds = [], []
         attempts = 0
+        lastError = None
         while True:
             remaining = deadline - self._clock.seconds()
-            if remaining <= 0:
-                raise TranscodeFailed(TOO_LONG)
-            try:
-                transcoder = self.pool.select(job.sessionId, exclude=failed)
-            except RoutingError as e:
-                raise TranscodeFailed(str(e))
-            attempts += 1
-            try:
-                result = yield self._runTask(job, transcoder, remaining)
-            except TranscoderLost:
-                failed.append(transcoder)
-                self._log.warn(
-                    "Transcoder lost while it held a segment transcoder={transcoder} "
-                    "sessionID={sessionId} seqNo={seq}; retrying on another transcoder",
-                    transcoder=transcoder.address, sessionId=job.sessionId, seq=job.seq,
-                )
-                continue
-            except TranscodeFailed:
+            gaveUp = sum(kind != FAILURE_LOST for kind in kinds) > self.maxRetries
+            if gaveUp or remaining <= 0 or (failed and remaining < MIN_RETRY_SECONDS):
                 self.pool.release(job.sessionId)
-                raise
+                raise TranscodeFailed(lastError or TOO_LONG)
+            try:
+                transcoder = self.pool.select(job.sessionId, exclude=failed, source=job.source)
+            except RoutingError as e:
+                self.pool.release(job.sessionId)
+                raise TranscodeFailed(lastError or str(e))
+            attempts += 1
+            timeout = remaining
+            if not failed and self.pool.hasAlternativeTo(transcoder):
+                timeout = remaining * (1 - self.retryShare)
+            try:
+                result = yield self._runTask(job, transcoder, timeout)
+            except AttemptFailed as e:
+                failed.append(transcoder)
+                kinds.append(e.kind)
+                self.pool.countFailure(e.kind)
+                lastError = e.message or lastError
+                if e.kind == FAILURE_LOST:
+                    self._log.warn(
+                        "Transcoder lost while it held a segment transcoder={transcoder} "
+                        "sessionID={sessionId} seqNo={seq}; retrying on another transcoder",
+                        transcoder=transcoder.address, sessionId=job.sessionId, seq=job.seq)
+                else:
+                    self._log.warn(
+                        "Segment attempt failed on transcoder={transcoder} sessionID={sessionId} seqNo={seq} "
+                        "kind={kind} err={err!r}",
+                        transcoder=transcoder.address, sessionId=job.sessionId, seq=job.seq,
+                        kind=e.kind, err=e.message)
+                continue
+            self.pool.recordSuccess(transcoder)
+            for culprit, kind in zip(failed, kinds):
+                self.pool.recordFailure(culprit, kind)
             result.attempts = attempts
             result.transcoder = transcoder.address
             return result
@@ -181,7 +232,7 @@ class Dispatcher:
                     "taskId={taskId} seqNo={seq}",
                     transcoder=transcoder.address, taskId=taskId, seq=job.seq,
                 )
-                self._finish(taskId, failure=TranscodeFailed(TOO_LONG))
+                self._finish(taskId, failure=AttemptFailed(FAILURE_TIMEOUT, TOO_LONG))
                 try:
                     transcoder.link.cancelTask(taskId)
                 except Exception:
@@ -193,7 +244,7 @@ class Dispatcher:
         except Exception:
             self._log.failure("Could not send task {taskId} to transcoder={transcoder}",
                               taskId=taskId, transcoder=transcoder.address)
-            self._finish(taskId, failure=TranscoderLost())
+            self._finish(taskId, failure=AttemptFailed(FAILURE_LOST))
         return d
 
     def _finish(self, taskId, result=None, failure=None):
@@ -220,10 +271,10 @@ class Dispatcher:
             self._log.info("Dropping result for unknown or expired taskId={taskId}", taskId=taskId)
             return
         if len(renditions) != len(task.job.profiles):
-            self._finish(taskId, failure=TranscodeFailed(MISMATCHED))
+            self._finish(taskId, failure=AttemptFailed(FAILURE_BAD_RESULT, MISMATCHED))
             return
         if any(len(r.data) < MIN_RENDITION_BYTES for r in renditions):
-            self._finish(taskId, failure=TranscodeFailed(ZERO_SEGMENTS))
+            self._finish(taskId, failure=AttemptFailed(FAILURE_BAD_RESULT, ZERO_SEGMENTS))
             return
         self._finish(
             taskId,
@@ -234,7 +285,7 @@ class Dispatcher:
         """
         A transcoder reported that it could not transcode C{taskId}.
         """
-        if not self._finish(taskId, failure=TranscodeFailed(error)):
+        if not self._finish(taskId, failure=AttemptFailed(FAILURE_ERROR, error)):
             self._log.info("Dropping error for unknown or expired taskId={taskId}", taskId=taskId)
 
     def transcoderLost(self, transcoder):
@@ -244,7 +295,7 @@ class Dispatcher:
         self.pool.remove(transcoder)
         for taskId, task in list(self._tasks.items()):
             if task.transcoder is transcoder:
-                self._finish(taskId, failure=TranscoderLost())
+                self._finish(taskId, failure=AttemptFailed(FAILURE_LOST))
 
     def isKnownTask(self, taskId, transcoder):
         """

@@ -1,22 +1,64 @@
 # -*- test-case-name: tests.test_routing -*-
 """
-Which transcoder gets a session: capacity, load and session affinity.
+Which transcoder gets a session: capacity, load, health and session affinity.
 
 Nothing here knows about sockets. A L{TranscoderPool} holds L{RemoteTranscoder}
 records; the WebSocket edge adds and removes them, the segment dispatcher asks
-for a transcoder per session.
+for a transcoder per session and reports how each task went.
 """
+
+import math
 
 from twisted.logger import Logger
 
 NO_TRANSCODERS = "no transcoders available"
 ORCHESTRATOR_CAPPED = "OrchestratorCapped"
 
+# How a task can fail on a transcoder (the label of the failures metric).
+FAILURE_ERROR = "error"
+FAILURE_TIMEOUT = "timeout"
+FAILURE_LOST = "lost"
+FAILURE_BAD_RESULT = "bad result"
+FAILURE_KINDS = (FAILURE_ERROR, FAILURE_TIMEOUT, FAILURE_LOST, FAILURE_BAD_RESULT)
+
+# Health states shown in /status.
+HEALTHY = "healthy"
+FAILING = "failing"
+COOLING_OFF = "coolingOff"
+PROBING = "probing"
+
 
 class RoutingError(Exception):
     """
     No transcoder can take this session; the message is go-livepeer's error text.
     """
+
+
+class TranscoderHealth:
+    """
+    The recent track record of one transcoder.
+
+    @ivar consecutiveFailures: failures since its last success.
+    @ivar consecutiveTimeouts: how many of those were timeouts.
+    @ivar coolOffs: cool-off periods since its last success (each one twice
+        as long as the one before).
+    @ivar coolingOffUntil: clock time its cool-off ends, or L{None}. Once that
+        time has passed the transcoder is on probation until its next outcome.
+    """
+
+    def __init__(self):
+        self.consecutiveFailures = 0
+        self.consecutiveTimeouts = 0
+        self.coolOffs = 0
+        self.coolingOffUntil = None
+
+    def state(self, now):
+        """
+        One of L{HEALTHY}, L{FAILING}, L{COOLING_OFF} or L{PROBING}.
+        """
+        if self.coolingOffUntil is not None:
+            return COOLING_OFF if now < self.coolingOffUntil else PROBING
+        return FAILING if self.consecutiveFailures else HEALTHY
 
 
 class RemoteTranscoder:
@@ -28,6 +70,7 @@ class RemoteTranscoder:
     @ivar sessions: the session ids currently assigned to it (its load).
     @ivar link: the edge that carries work to it (an object with C{sendTask},
         C{cancelTask} and C{endSession}); opaque here.
+    @ivar health: its L{TranscoderHealth}.
     """
 
     def __init__(self, address, capacity, link=None, devices=(), version="", capabilities=None, connectedSince=0.0):
@@ -41,6 +84,7 @@ class RemoteTranscoder:
         self.sessions = set()
         self.tasksInFlight = 0
         self.live = True
+        self.health = TranscoderHealth()
 
     @property
     def load(self):
@@ -55,10 +99,13 @@ class RemoteTranscoder:
         """
         return self.load < self.capacity
 
-    def describe(self):
+    def describe(self, now):
         """
         A JSON-compatible description for the operator's status page.
+
+        @param now: the pool's clock time, to tell the health state.
         """
+        until = self.health.coolingOffUntil
         return {
             "address": self.address,
             "capacity": self.capacity,
@@ -67,6 +114,10 @@ class RemoteTranscoder:
             "devices": self.devices,
             "version": self.version,
             "connectedSince": self.connectedSince,
+            "state": self.health.state(now),
+            "consecutiveFailures": self.health.consecutiveFailures,
+            "consecutiveTimeouts": self.health.consecutiveTimeouts,
+            "coolingOffSeconds": round(max(0.0, until - now), 1) if until is not None else 0.0,
         }
 
     def __repr__(self):
@@ -75,28 +126,48 @@ class RemoteTranscoder:
 
 class TranscoderPool:
     """
-    The registered transcoders and the sessions assigned to them.
+    The registered transcoders, the sessions assigned to them and their health.
 
-    A session stays on its transcoder while that transcoder is live (affinity);
-    a new session goes to the transcoder with the lowest load relative to its
-    capacity, the larger capacity winning a tie, and never to one that is full.
+    A session stays on its transcoder while that transcoder is live and not
+    cooling off (affinity). A new session goes to the healthiest transcoder
+    with room: fewest consecutive failures first (a failing transcoder comes
+    after every healthy one, whatever their load), then the lowest load
+    relative to capacity, then the larger capacity.
 
-    @param clock: an L{IReactorTime} used to expire idle sessions.
+    A transcoder with C{failureThreshold} consecutive failures is taken out of
+    rotation for C{coolOffSeconds}, doubling with each further cool-off up to
+    C{maxCoolOffSeconds}. After that it is on probation: it may take one
+    session (the probe) before the others; a success makes it healthy again,
+    a failure starts the next, longer cool-off.
+
+    @param clock: an L{IReactorTime} used to expire idle sessions and time
+        cool-offs.
     @param sessionIdleTimeout: seconds without a segment after which a session
         is released (go-livepeer uses 70 s).
     @param maxSessions: a fixed cap on concurrent sessions, or L{None} for the
         sum of the transcoders' capacities (C{--maxSessions auto}).
+    @param maxSessionsPerSource: a fixed cap on the concurrent sessions of one
+        source (gateway address), or L{None} for half the session limit
+        (rounded up). Enforced for the sessions that name their source.
     """
 
     _log = Logger()
 
-    def __init__(self, clock, sessionIdleTimeout=70.0, maxSessions=None):
+    def __init__(self, clock, sessionIdleTimeout=70.0, maxSessions=None, maxSessionsPerSource=None,
+                 failureThreshold=3, coolOffSeconds=30.0, maxCoolOffSeconds=240.0):
         self._clock = clock
         self.sessionIdleTimeout = sessionIdleTimeout
         self.maxSessions = maxSessions
+        self.maxSessionsPerSource = maxSessionsPerSource
+        self.failureThreshold = failureThreshold
+        self.coolOffSeconds = coolOffSeconds
+        self.maxCoolOffSeconds = maxCoolOffSeconds
         self.transcoders = []
+        self.failureTotals = dict.fromkeys(FAILURE_KINDS, 0)
         self._sessionOwner = {}
         self._sessionLastUsed = {}
+        self._sessionSource = {}
+        self._sourceSessions = {}
 
     @property
     def totalCapacity(self):
@@ -119,6 +190,23 @@ class TranscoderPool:
         """
         return self.totalCapacity if self.maxSessions is None else self.maxSessions
 
+    @property
+    def sourceSessionLimit(self):
+        """
+        The current cap on the concurrent sessions of one source.
+        """
+        if self.maxSessionsPerSource is not None:
+            return self.maxSessionsPerSource
+        return max(1, math.ceil(self.sessionLimit / 2))
+
+    @property
+    def coolingOffCount(self):
+        """
+        The number of transcoders out of rotation now.
+        """
+        now = self._clock.seconds()
+        return sum(1 for t in self.transcoders if t.health.state(now) == COOLING_OFF)
+
     def add(self, transcoder):
         """
         Make a registered transcoder eligible for work.
@@ -137,37 +225,67 @@ class TranscoderPool:
             self.transcoders.remove(transcoder)
         orphaned = set(transcoder.sessions)
         for sessionId in orphaned:
-            self._sessionOwner.pop(sessionId, None)
-            self._sessionLastUsed.pop(sessionId, None)
+            self._forget(sessionId)
         transcoder.sessions.clear()
         return orphaned
 
-    def select(self, sessionId, exclude=()):
+    def select(self, sessionId, exclude=(), source=None):
         """
         The transcoder that should take the next segment of C{sessionId},
         assigning the session if it has none.
 
         @param exclude: transcoders not to use (they just failed this segment).
+        @param source: the session's source (gateway address) when sessions
+            are limited per source, else L{None}.
         @raise RoutingError: no transcoder can take it.
         """
+        now = self._clock.seconds()
         owner = self._sessionOwner.get(sessionId)
         if owner is not None:
-            if owner.live and owner not in exclude:
-                self._sessionLastUsed[sessionId] = self._clock.seconds()
+            if owner.live and owner not in exclude and owner.health.state(now) != COOLING_OFF:
+                self._sessionLastUsed[sessionId] = now
                 return owner
             self.release(sessionId)
         if not self.transcoders:
             raise RoutingError(NO_TRANSCODERS)
-        if self.sessionCount >= self.sessionLimit:
+        if self.wouldExceedLimit(sessionId, source):
             raise RoutingError(ORCHESTRATOR_CAPPED)
-        candidates = [t for t in self.transcoders if t.hasRoom() and t not in exclude]
+        candidates = [t for t in self.transcoders if t not in exclude and self._canTakeNewSession(t, now)]
         if not candidates:
             raise RoutingError(NO_TRANSCODERS)
-        chosen = min(candidates, key=lambda t: (t.load / t.capacity, -t.capacity))
+        chosen = min(candidates, key=lambda t: self._rank(t, now))
+        if chosen.health.state(now) == PROBING:
+            self._log.info("Probing transcoder={transcoder} with sessionID={sessionId} after its cool-off",
+                           transcoder=chosen.address, sessionId=sessionId)
         chosen.sessions.add(sessionId)
         self._sessionOwner[sessionId] = chosen
-        self._sessionLastUsed[sessionId] = self._clock.seconds()
+        self._sessionLastUsed[sessionId] = now
+        if source is not None:
+            self._sessionSource[sessionId] = source
+            self._sourceSessions[source] = self._sourceSessions.get(source, 0) + 1
         return chosen
+
+    def _canTakeNewSession(self, transcoder, now):
+        state = transcoder.health.state(now)
+        if state == COOLING_OFF:
+            return False
+        if state == PROBING:
+            return transcoder.load == 0
+        return transcoder.hasRoom()
+
+    def _rank(self, transcoder, now):
+        # A transcoder on probation goes first once, so its probe happens soon.
+        penalty = 0 if transcoder.health.state(now) == PROBING else transcoder.health.consecutiveFailures
+        return (penalty, transcoder.load / transcoder.capacity, -transcoder.capacity)
+
+    def hasAlternativeTo(self, transcoder, exclude=()):
+        """
+        Whether some other transcoder could take a new session now (so a
+        failed task could be retried there).
+        """
+        now = self._clock.seconds()
+        return any(
+            t is not transcoder and t not in exclude and self._canTakeNewSession(t, now) for t in self.transcoders)
 
     @property
     def sessionCount(self):
@@ -176,14 +294,23 @@ class TranscoderPool:
         """
         return len(self._sessionOwner)
 
-    def wouldExceedLimit(self, sessionId):
+    def sessionsFrom(self, source):
         """
-        Whether admitting C{sessionId} now would go over the session limit
-        (an existing session never does).
+        The number of sessions of C{source} assigned now.
         """
-        return sessionId not in self._sessionOwner and bool(self.transcoders) and (
-            self.sessionCount >= self.sessionLimit
-        )
+        return self._sourceSessions.get(source, 0)
+
+    def wouldExceedLimit(self, sessionId, source=None):
+        """
+        Whether admitting C{sessionId} now would go over the session limit or,
+        when C{source} is given, over that source's limit (an existing session
+        never does).
+        """
+        if sessionId in self._sessionOwner or not self.transcoders:
+            return False
+        if self.sessionCount >= self.sessionLimit:
+            return True
+        return source is not None and self.sessionsFrom(source) >= self.sourceSessionLimit
 
     def release(self, sessionId):
         """
@@ -191,10 +318,21 @@ class TranscoderPool:
 
         @return: the transcoder it was assigned to, or L{None}.
         """
-        owner = self._sessionOwner.pop(sessionId, None)
-        self._sessionLastUsed.pop(sessionId, None)
+        owner = self._forget(sessionId)
         if owner is not None:
             owner.sessions.discard(sessionId)
+        return owner
+
+    def _forget(self, sessionId):
+        owner = self._sessionOwner.pop(sessionId, None)
+        self._sessionLastUsed.pop(sessionId, None)
+        source = self._sessionSource.pop(sessionId, None)
+        if source is not None:
+            remaining = self._sourceSessions.get(source, 0) - 1
+            if remaining > 0:
+                self._sourceSessions[source] = remaining
+            else:
+                self._sourceSessions.pop(source, None)
         return owner
 
     def expireIdleSessions(self):
@@ -215,4 +353,44 @@ class TranscoderPool:
         """
         Keep a session from expiring while one of its segments is in flight.
         """
-        self._sessionLastUsed[sessionId] = self._clock.seconds()
+        if sessionId in self._sessionOwner:
+            self._sessionLastUsed[sessionId] = self._clock.seconds()
+
+    def recordSuccess(self, transcoder):
+        """
+        A transcoder completed a task: its health record starts afresh.
+        """
+        health = transcoder.health
+        if health.consecutiveFailures or health.coolingOffUntil is not None:
+            self._log.info("Transcoder={transcoder} is healthy again after {failures} failures",
+                           transcoder=transcoder.address, failures=health.consecutiveFailures)
+        transcoder.health = TranscoderHealth()
+
+    def countFailure(self, kind):
+        """
+        Count one failed task of the given kind (one of L{FAILURE_KINDS}), for
+        the failures metric, whoever is to blame.
+        """
+        self.failureTotals[kind] += 1
+
+    def recordFailure(self, transcoder, kind):
+        """
+        A transcoder is to blame for a failed task: push it back, and past the
+        threshold (or when its probe failed) take it out of rotation.
+        """
+        now = self._clock.seconds()
+        health = transcoder.health
+        state = health.state(now)
+        health.consecutiveFailures += 1
+        if kind == FAILURE_TIMEOUT:
+            health.consecutiveTimeouts += 1
+        if state == COOLING_OFF:
+            return
+        if state == PROBING or health.consecutiveFailures >= self.failureThreshold:
+            seconds = min(self.maxCoolOffSeconds, self.coolOffSeconds * 2 ** health.coolOffs)
+            health.coolOffs += 1
+            health.coolingOffUntil = now + seconds
+            self._log.warn(
+                "Transcoder={transcoder} failed {failures} tasks in a row (last: {kind}); "
+                "cooling off for {seconds} s",
+                transcoder=transcoder.address, failures=health.consecutiveFailures, kind=kind, seconds=seconds)

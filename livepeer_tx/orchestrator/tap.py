@@ -54,6 +54,9 @@ class Options(usage.Options):
         ["cliAddr", None, DEFAULT_CLI_ADDR, "Address of the local CLI port (/status, /metrics)."],
         ["maxSessions", None, "auto",
          "Cap on concurrent sessions, or 'auto' for the sum of the connected transcoders' capacities."],
+        ["maxSessionsPerAddress", None, "auto",
+         "Off-chain (or at a price of 0): cap on the concurrent sessions of one gateway address (an IPv6 /64 "
+         "counts as one), or 'auto' for half the session limit."],
         ["dataDir", None, None, "Directory for the TLS certificate and other state [default: ~/.lpData/<network>]."],
         ["tlsCert", None, None, "PEM certificate chain to serve instead of the self-signed certificate."],
         ["tlsKey", None, None, "PEM private key of --tlsCert (mode 600)."],
@@ -93,6 +96,15 @@ class Options(usage.Options):
                 self["maxSessionsLimit"] = 0
             if self["maxSessionsLimit"] <= 0:
                 raise usage.UsageError("--maxSessions must be 'auto' or greater than zero")
+        if self["maxSessionsPerAddress"] == "auto":
+            self["maxSessionsPerAddressLimit"] = None
+        else:
+            try:
+                self["maxSessionsPerAddressLimit"] = int(self["maxSessionsPerAddress"])
+            except ValueError:
+                self["maxSessionsPerAddressLimit"] = 0
+            if self["maxSessionsPerAddressLimit"] <= 0:
+                raise usage.UsageError("--maxSessionsPerAddress must be 'auto' or greater than zero")
         try:
             self["maxSegmentBytes"] = int(self["maxSegmentSize"])
             if self["maxSegmentBytes"] <= 0:
@@ -147,7 +159,8 @@ def makeService(config, reactor=None):
 
     serviceURL = "https://" + formatHostPort(config["serviceHost"], config["servicePort"])
     parent = service.MultiService()
-    app = Orchestrator(reactor, serviceURL, maxSessions=config["maxSessionsLimit"])
+    app = Orchestrator(reactor, serviceURL, maxSessions=config["maxSessionsLimit"],
+                       maxSessionsPerAddress=config["maxSessionsPerAddressLimit"])
     app.setServiceParent(parent)
     chainService, payments = makeChainService(config, reactor, dataDir)
     if chainService is not None:
