@@ -13,6 +13,9 @@ import stat
 from twisted.logger import Logger
 
 
+_MAX_SECRET_FILE_BYTES = 64 * 1024
+
+
 class SecretFileError(Exception):
     """
     A secret file exists but cannot be used (unsafe permissions, empty, unreadable).
@@ -77,22 +80,32 @@ class Secret:
         """
         Return the secret as a string, re-reading its file if it has one.
 
-        @raise SecretFileError: the file is readable by group or others, empty
-            or unreadable.
+        @raise SecretFileError: the file is readable by group or others, not
+            a regular file, not UTF-8 text, empty or unreadable.
         """
         if self._literal is not None:
             return self._literal
         try:
-            info = os.stat(self.path)
-            if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise SecretFileError(
-                    f"refusing secret file {self.path}: it is accessible by group or others "
-                    f"(mode {stat.S_IMODE(info.st_mode):04o}); run chmod 600 on it"
-                )
-            with open(self.path, encoding="utf-8") as f:
-                value = f.read().strip()
+            # Non-blocking, so that a FIFO put in its place cannot hang us;
+            # the checks are made on what was opened.
+            with open(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+                info = os.fstat(f.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise SecretFileError(f"refusing secret file {self.path}: it is not a regular file")
+                if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                    raise SecretFileError(
+                        f"refusing secret file {self.path}: it is accessible by group or others "
+                        f"(mode {stat.S_IMODE(info.st_mode):04o}); run chmod 600 on it"
+                    )
+                value = f.read(_MAX_SECRET_FILE_BYTES + 1)
         except OSError as e:
             raise SecretFileError(f"cannot read secret file {self.path}: {e.strerror}") from None
+        if len(value) > _MAX_SECRET_FILE_BYTES:
+            raise SecretFileError(f"secret file {self.path} is over {_MAX_SECRET_FILE_BYTES} bytes")
+        try:
+            value = value.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise SecretFileError(f"secret file {self.path} is not UTF-8 text") from None
         if not value:
             raise SecretFileError(f"secret file {self.path} is empty")
         return value

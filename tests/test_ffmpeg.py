@@ -292,11 +292,14 @@ class _FFmpegTestsMixin:
     @defer.inlineCallbacks
     def test_garbage(self):
         """
-        Input FFmpeg cannot read fails with FFmpeg's cause.
+        Input FFmpeg cannot read fails with FFmpeg's cause, which names no
+        directory of ours.
         """
         d = self.transcoder.transcode(os.urandom(20000), [PRESETS["P240p30fps16x9"]])
         failure = yield self.assertFailure(d, TranscodeError)
         self.assertIn("Invalid data found when processing input", str(failure))
+        self.assertNotIn(self.workDir, str(failure))
+        self.assertNotIn(os.path.basename(self.workDir), str(failure))
         self.assertIn("FFmpeg exited with status", str(failure))
         self.assertNotEqual(failure.exitCode, 0)
         self.assertClean()
@@ -311,7 +314,7 @@ class _FFmpegTestsMixin:
         realSpawn = self.reactor.spawnProcess
 
         def spawn(proto, executable, args, **kwargs):
-            inputPath = args[args.index("-i") + 1]
+            inputPath = os.path.join(kwargs["path"], args[args.index("-i") + 1])
             self.assertEqual(os.path.dirname(os.path.dirname(inputPath)), self.workDir)
             modes.append(stat.S_IMODE(os.stat(inputPath).st_mode))
             return realSpawn(proto, executable, args, **kwargs)

@@ -16,7 +16,9 @@ from livepeer_tx import __version__
 from livepeer_tx.metrics import OrchestratorMetrics
 from livepeer_tx.orchestrator.dispatch import Dispatcher
 from livepeer_tx.orchestrator.ingress import SegmentResource
-from livepeer_tx.orchestrator.registration import FailedAttemptLimiter, makeTranscoderResource
+from livepeer_tx.orchestrator.registration import (
+    DEFAULT_PING_INTERVAL, FailedAttemptLimiter, makeTranscoderResource, maxResultBytes,
+)
 from livepeer_tx.orchestrator.routing import TranscoderPool
 from livepeer_tx.orchestrator.store import RenditionStore, StreamResource
 from livepeer_tx.web import JSONResource, makeCLIRoot
@@ -144,7 +146,7 @@ class Orchestrator(service.MultiService):
             round(self.wallClock() + until - now, 1) if until is not None and until > now else None)
         return description
 
-    def makePublicRoot(self, reactor, secret, payments, maxSegmentBytes, pingInterval=10.0):
+    def makePublicRoot(self, reactor, secret, payments, maxSegmentBytes, pingInterval=DEFAULT_PING_INTERVAL):
         """
         The public port's resource tree: C{/segment}, C{/stream/}, C{/status},
         C{/transcoder} (WebSocket) and C{/healthz}.
@@ -155,9 +157,9 @@ class Orchestrator(service.MultiService):
         root.putChild(b"status", JSONResource(self.publicStatus))
         root.putChild(b"healthz", JSONResource(lambda: {}))
         limiter = FailedAttemptLimiter(self.clock)
-        # Results carry every rendition of a segment: allow a generous multiple.
+        # Results carry every rendition of a segment: see maxResultBytes.
         gate, self.transcoderFactory = makeTranscoderResource(
-            self, reactor, secret, limiter, maxMessageBytes=maxSegmentBytes * 8 + 1024 * 1024,
+            self, reactor, secret, limiter, maxMessageBytes=maxResultBytes(maxSegmentBytes),
             pingInterval=pingInterval)
         root.putChild(wsproto.RESOURCE_PATH, gate)
         return root

@@ -6,7 +6,16 @@ A transcoder opens C{wss://<orchestrator>:8935/transcoder} with the
 C{livepeer-tx.v1} subprotocol. The secret and capacity travel in HTTP headers
 and are checked before the upgrade, so a wrong secret gets an HTTP 403 and never
 a WebSocket. See docs/protocol.md for the message catalogue.
+
+What a transcoder sends is checked before it goes further: every JSON text is
+bounded in size and depth before it is parsed (L{wsproto}), every field of a
+result is checked by L{parseResult}, and error texts are cleaned of paths and
+control characters. A transcoder that breaks the protocol is taken out of
+rotation at once, and the tasks it held move to other transcoders.
 """
+
+import math
+from collections import OrderedDict, deque
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -19,37 +28,71 @@ from livepeer_tx import __version__, wsproto
 from livepeer_tx.addresses import formatHostPort
 from livepeer_tx.orchestrator.dispatch import Rendition
 from livepeer_tx.orchestrator.routing import RemoteTranscoder
+from livepeer_tx.profiles import MAX_SIDE
+from livepeer_tx.secret import SecretFileError
 
 INVALID_SECRET = wsproto.INVALID_SECRET
 ZERO_CAPACITY = wsproto.ZERO_CAPACITY
 TOO_MANY_ATTEMPTS = "too many failed attempts"
 UNAUTHORIZED = "Unauthorized"
+SERVICE_UNAVAILABLE = "service unavailable"
 REGISTER_TIMEOUT = 10.0
+DEFAULT_PING_INTERVAL = 2.0
+
+# Bounds of a result's numbers. Renditions are at most MAX_SIDE on a side (the
+# transcoder's scale filter caps them); a million frames is over an hour at
+# 240 fps; 2**50 pixels is far above any real count and keeps any sum of
+# MAX_RENDITIONS of them far below 2**63, go-livepeer's int64.
+MAX_RENDITIONS = 256
+MAX_RENDITION_NAME = 256
+MAX_FRAMES = 1_000_000
+MAX_PIXELS = 2**50
+MAX_FFMPEG_SECONDS = 3600.0
+MAX_DEVICES = 64
+MAX_REGISTER_TEXT = 128
+
+
+def maxResultBytes(maxSegmentBytes):
+    """
+    The per-message limit for a transcoder's binary messages: a result holds
+    every rendition of one segment, re-encoded at the gateway's bitrates, so
+    twice the largest segment (at most L{wsproto.MAX_MEDIA_BYTES}) plus the
+    header.
+    """
+    return wsproto.mediaMessageLimit(2 * maxSegmentBytes)
 
 
 class FailedAttemptLimiter:
     """
     Counts failed authentication attempts per source address in a sliding
-    window, so a peer guessing secrets is refused before its guess is checked.
+    window. Once an address is over the limit its wrong secrets are answered
+    with 429 and no longer logged one by one; a right secret is admitted from
+    any address, so failures from others behind the same address (a NAT)
+    never lock a legitimate transcoder out.
 
     @param clock: an L{IReactorTime}.
     @param maxFailures: failures allowed per window.
     @param window: window length in seconds.
+    @param maxHosts: addresses remembered at most; the one that failed least
+        recently is forgotten first.
     """
 
-    def __init__(self, clock, maxFailures=5, window=60.0):
+    def __init__(self, clock, maxFailures=5, window=60.0, maxHosts=10_000):
         self._clock = clock
         self.maxFailures = maxFailures
         self.window = window
-        self._failures = {}
+        self.maxHosts = maxHosts
+        self._failures = OrderedDict()
 
     def _recent(self, host):
+        times = self._failures.get(host)
+        if times is None:
+            return ()
         cutoff = self._clock.seconds() - self.window
-        times = [t for t in self._failures.get(host, ()) if t > cutoff]
-        if times:
-            self._failures[host] = times
-        else:
-            self._failures.pop(host, None)
+        while times and times[0] <= cutoff:
+            times.popleft()
+        if not times:
+            del self._failures[host]
         return times
 
     def isBlocked(self, host):
@@ -61,9 +104,16 @@ class FailedAttemptLimiter:
     def recordFailure(self, host):
         """
         Count one failed attempt from C{host}.
+
+        @return: whether C{host} is over the limit now.
         """
         self._recent(host)
-        self._failures.setdefault(host, []).append(self._clock.seconds())
+        times = self._failures.pop(host, None) or deque(maxlen=self.maxFailures)
+        times.append(self._clock.seconds())
+        self._failures[host] = times
+        while len(self._failures) > self.maxHosts:
+            self._failures.popitem(last=False)
+        return len(times) >= self.maxFailures
 
 
 class TranscoderGate(resource.Resource):
@@ -73,6 +123,8 @@ class TranscoderGate(resource.Resource):
 
     Logs go-livepeer's C{Got a RegisterTranscoder request} line for every
     attempt and refuses with its words C{invalid secret} and C{zero capacity}.
+    A secret file that cannot be used at the moment (unreadable, or open to
+    group or others) refuses every registration with 503 and an error line.
     """
 
     isLeaf = True
@@ -103,22 +155,29 @@ class TranscoderGate(resource.Resource):
             "Got a RegisterTranscoder request from transcoder={transcoder} capacity={capacity}",
             transcoder=address, capacity=capacity,
         )
-        if self._limiter.isBlocked(host):
-            self._log.warn(
-                "Refusing transcoder={transcoder}: too many failed attempts from {host}",
-                transcoder=address, host=host,
-            )
-            return self._refuse(request, 429, TOO_MANY_ATTEMPTS)
         authorization = request.getHeader(wsproto.AUTH_HEADER) or ""
         if authorization != wsproto.AUTH_VALUE:
             self._log.error("Invalid auth type {value!r} from transcoder={transcoder}",
                             value=authorization[:64], transcoder=address)
             return self._refuse(request, 401, UNAUTHORIZED)
         credentials = request.getHeader(wsproto.CREDENTIALS_HEADER) or ""
-        if not self._secret.matches(credentials):
-            self._limiter.recordFailure(host)
+        wasBlocked = self._limiter.isBlocked(host)
+        try:
+            matches = self._secret.matches(credentials)
+        except SecretFileError as e:
+            self._log.error("Refusing transcoder={transcoder}: the secret cannot be checked: {error}",
+                            transcoder=address, error=str(e))
+            return self._refuse(request, 503, SERVICE_UNAVAILABLE)
+        if not matches:
+            blocked = self._limiter.recordFailure(host)
+            if wasBlocked:
+                return self._refuse(request, 429, TOO_MANY_ATTEMPTS)
             self._log.error("Cannot register transcoder={transcoder} err={err!r}",
                             transcoder=address, err=INVALID_SECRET)
+            if blocked:
+                self._log.warn(
+                    "Too many failed attempts from {host}: its wrong secrets get 429 for {window:g} s "
+                    "(a right secret is still admitted)", host=host, window=self._limiter.window)
             return self._refuse(request, 403, INVALID_SECRET)
         if capacity <= 0:
             self._log.error("Cannot register transcoder={transcoder} err={err!r}",
@@ -143,7 +202,56 @@ def _formatPeer(peer):
     return "unknown" if host is None else formatHostPort(host, peer.port)
 
 
-class TranscoderServerProtocol(WebSocketServerProtocol):
+def _count(value, what, limit):
+    if type(value) is not int or not 0 <= value <= limit:
+        raise wsproto.ProtocolError(f"result: {what} must be an integer from 0 to {limit}")
+    return value
+
+
+def parseResult(header, parts):
+    """
+    Check every field of a C{result} frame before anything of it is used.
+
+    @return: C{(taskId, renditions, decodedPixels, seconds)}, the renditions
+        as L{Rendition}s.
+    @raise wsproto.ProtocolError: a field is missing, of the wrong type or out
+        of range, or a rendition has no bytes.
+    """
+    taskId = header.get("taskId")
+    if type(taskId) is not int:
+        raise wsproto.ProtocolError("result: taskId must be an integer")
+    renditions = header.get("renditions")
+    if not isinstance(renditions, list) or len(renditions) != len(parts):
+        raise wsproto.ProtocolError("result: needs one rendition entry per part")
+    if not 0 < len(parts) <= MAX_RENDITIONS:
+        raise wsproto.ProtocolError(f"result: needs 1 to {MAX_RENDITIONS} renditions")
+    decoded = []
+    for index, (info, data) in enumerate(zip(renditions, parts)):
+        if not isinstance(info, dict):
+            raise wsproto.ProtocolError(f"result: rendition {index} must be an object")
+        name = info.get("name")
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_RENDITION_NAME:
+            raise wsproto.ProtocolError(
+                f"result: rendition {index} needs a name of 1 to {MAX_RENDITION_NAME} characters")
+        frames = _count(info.get("frames"), f"rendition {index} frames", MAX_FRAMES)
+        width = _count(info.get("width"), f"rendition {index} width", MAX_SIDE)
+        height = _count(info.get("height"), f"rendition {index} height", MAX_SIDE)
+        pixels = _count(info.get("pixels"), f"rendition {index} pixels", MAX_PIXELS)
+        if pixels > frames * width * height:
+            raise wsproto.ProtocolError(f"result: rendition {index} pixels exceed frames x width x height")
+        if not data:
+            raise wsproto.ProtocolError(f"result: rendition {index} has no bytes")
+        decoded.append(Rendition(name=name, data=data, pixels=pixels, frames=frames, width=width, height=height))
+    decodedPixels = _count(header.get("decodedPixels"), "decodedPixels", MAX_PIXELS)
+    if "decodedFrames" in header:
+        _count(header["decodedFrames"], "decodedFrames", MAX_FRAMES)
+    seconds = header.get("seconds")
+    if type(seconds) not in (int, float) or not (math.isfinite(seconds) and 0 <= seconds <= MAX_FFMPEG_SECONDS):
+        raise wsproto.ProtocolError(f"result: seconds must be a number from 0 to {MAX_FFMPEG_SECONDS:g}")
+    return taskId, decoded, decodedPixels, float(seconds)
+
+
+class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
     """
     One transcoder's connection: decodes frames and dispatches them to the
     L{Dispatcher}; encodes tasks for the transcoder.
@@ -189,8 +297,12 @@ class TranscoderServerProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload, isBinary):
         """
-        Decode one message and hand it to its handler.
+        Decode one message and hand it to its handler. Messages that arrive
+        once the connection is closing (after a close frame or a protocol
+        error) are dropped: nothing can be answered on it any more.
         """
+        if self.state != self.STATE_OPEN:
+            return
         try:
             if isBinary:
                 header, parts = wsproto.decodeMedia(payload)
@@ -213,6 +325,12 @@ class TranscoderServerProtocol(WebSocketServerProtocol):
     def _protocolError(self, reason):
         self._log.error("Protocol error from transcoder={transcoder}: {reason}",
                         transcoder=self._peerAddress, reason=reason)
+        if self.transcoder is not None:
+            # No new work during the closing handshake, and its tasks move now.
+            transcoder, self.transcoder = self.transcoder, None
+            self._log.info("Removing transcoder={transcoder} from live transcoders map after a protocol error",
+                           transcoder=transcoder.address)
+            self._app.transcoderLost(transcoder)
         if not self._closingForError:
             self._closingForError = True
             try:
@@ -243,6 +361,11 @@ class TranscoderServerProtocol(WebSocketServerProtocol):
         capabilities = message.get("capabilities") or {}
         if not isinstance(devices, list) or not isinstance(version, str) or not isinstance(capabilities, dict):
             raise wsproto.ProtocolError("register: devices must be a list, version a string, capabilities an object")
+        if len(devices) > MAX_DEVICES or len(version) > MAX_REGISTER_TEXT or not all(
+                isinstance(d, (str, int)) and not isinstance(d, bool) and len(str(d)) <= MAX_REGISTER_TEXT
+                for d in devices):
+            raise wsproto.ProtocolError(
+                f"register: at most {MAX_DEVICES} devices and {MAX_REGISTER_TEXT}-character names")
         if self._registerTimer is not None and self._registerTimer.active():
             self._registerTimer.cancel()
         self._registerTimer = None
@@ -263,26 +386,10 @@ class TranscoderServerProtocol(WebSocketServerProtocol):
         """
         Renditions for a task: one binary part per requested profile.
         """
-        taskId = header.get("taskId")
-        renditions = header.get("renditions")
-        if not isinstance(taskId, int) or not isinstance(renditions, list) or len(renditions) != len(parts):
-            raise wsproto.ProtocolError("result: needs an integer taskId and one rendition entry per part")
+        taskId, decoded, decodedPixels, seconds = parseResult(header, parts)
         if not self._app.dispatcher.isKnownTask(taskId, self.transcoder):
             self._log.info("Dropping result for unknown or expired taskId={taskId}", taskId=taskId)
             return
-        try:
-            decoded = [
-                Rendition(
-                    name=str(info["name"]), data=data, pixels=int(info["pixels"]),
-                    frames=int(info.get("frames", 0)), width=int(info.get("width", 0)),
-                    height=int(info.get("height", 0)),
-                )
-                for info, data in zip(renditions, parts)
-            ]
-            decodedPixels = int(header.get("decodedPixels", 0))
-            seconds = float(header.get("seconds", 0.0))
-        except (KeyError, TypeError, ValueError) as e:
-            raise wsproto.ProtocolError(f"result: bad rendition entry: {e}") from None
         self._app.dispatcher.taskSucceeded(taskId, decoded, decodedPixels, seconds)
 
     def handle_error(self, message, parts):
@@ -290,11 +397,11 @@ class TranscoderServerProtocol(WebSocketServerProtocol):
         The transcoder could not transcode a task (or reports a protocol error).
         """
         taskId = message.get("taskId")
-        error = str(message.get("error", "unknown transcoder error"))[:1000]
+        error = wsproto.cleanErrorText(message.get("error"), default="unknown transcoder error")
         if taskId is None:
             self._log.warn("Transcoder={transcoder} reported: {error}", transcoder=self._peerAddress, error=error)
             return
-        if not isinstance(taskId, int):
+        if type(taskId) is not int:
             raise wsproto.ProtocolError("error: taskId must be an integer")
         if not self._app.dispatcher.isKnownTask(taskId, self.transcoder):
             return
@@ -360,7 +467,7 @@ class TranscoderServerFactory(WebSocketServerFactory):
 
     protocol = TranscoderServerProtocol
 
-    def __init__(self, app, reactor, maxMessageBytes, pingInterval=10.0, pingTimeout=10.0):
+    def __init__(self, app, reactor, maxMessageBytes, pingInterval=DEFAULT_PING_INTERVAL, pingTimeout=None):
         super().__init__(reactor=reactor)
         self.app = app
         self.server = f"livepeer-tx/{__version__}"
@@ -368,19 +475,24 @@ class TranscoderServerFactory(WebSocketServerFactory):
             maxMessagePayloadSize=maxMessageBytes,
             maxFramePayloadSize=maxMessageBytes,
             autoPingInterval=pingInterval,
-            autoPingTimeout=pingTimeout,
+            autoPingTimeout=pingInterval if pingTimeout is None else pingTimeout,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=5,
             autoFragmentSize=1024 * 1024,
         )
 
 
-def makeTranscoderResource(app, reactor, secret, limiter, maxMessageBytes, pingInterval=10.0):
+def makeTranscoderResource(app, reactor, secret, limiter, maxMessageBytes, pingInterval=DEFAULT_PING_INTERVAL):
     """
     The C{/transcoder} resource: authentication gate in front of the WebSocket.
 
+    @param maxMessageBytes: the largest binary message a transcoder may send
+        (see L{maxResultBytes}); text messages are limited to
+        L{wsproto.MAX_CONTROL_BYTES}.
     @param pingInterval: seconds between WebSocket pings, and how long a pong
-        may take before the transcoder counts as dead.
+        may take before the transcoder counts as dead: a frozen transcoder is
+        found within twice this, well inside go-livepeer's 8 s task deadline
+        at the default.
     """
     factory = TranscoderServerFactory(app, reactor, maxMessageBytes, pingInterval, pingInterval)
     return TranscoderGate(secret, limiter, WebSocketResource(factory), app.metrics), factory

@@ -61,9 +61,10 @@ class Options(usage.Options):
         ["tlsCert", None, None, "PEM certificate chain to serve instead of the self-signed certificate."],
         ["tlsKey", None, None, "PEM private key of --tlsCert (mode 600)."],
         ["maxSegmentSize", None, str(MAX_SEGMENT_BYTES), "Largest segment body accepted, in bytes (413 above)."],
-        ["transcoderPingInterval", None, "10",
+        ["transcoderPingInterval", None, "2",
          "Seconds between WebSocket pings to each transcoder; one that does not answer within as long is "
-         "dropped and its segments move to other transcoders."],
+         "dropped and its segments move to other transcoders (so a frozen transcoder is found within twice "
+         "this, inside go-livepeer's 8 s segment deadline at the default)."],
     ] + CHAIN_OPT_PARAMETERS
     optFlags = [
         ["monitor", None, "Serve Prometheus metrics at /metrics on the CLI port."],

@@ -73,7 +73,7 @@ class Backoff:
         self.attempts = 0
 
 
-class TranscoderClientProtocol(WebSocketClientProtocol):
+class TranscoderClientProtocol(wsproto.MessageLimits, WebSocketClientProtocol):
     """
     One connection to the orchestrator. Decodes work, runs it on the worker,
     sends results back.
@@ -96,8 +96,11 @@ class TranscoderClientProtocol(WebSocketClientProtocol):
 
     def onMessage(self, payload, isBinary):
         """
-        Dispatch one message from the orchestrator.
+        Dispatch one message from the orchestrator (none once the
+        connection is closing: nothing could be answered).
         """
+        if self.state != self.STATE_OPEN:
+            return
         try:
             if isBinary:
                 header, parts = wsproto.decodeMedia(payload)
@@ -124,21 +127,23 @@ class TranscoderClientProtocol(WebSocketClientProtocol):
         """
         The orchestrator refused our registration.
         """
-        self.factory.link.refusal = str(message.get("error", ""))
+        self.factory.link.refusal = wsproto.cleanErrorText(message.get("error"), default="")
 
     def handle_error(self, message, parts):
         """
         The orchestrator reports a problem with something we sent.
         """
-        self._log.warn("Orchestrator reported an error: {error}", error=message.get("error"))
+        self._log.warn("Orchestrator reported an error: {error}", error=wsproto.cleanErrorText(message.get("error")))
 
     def handle_transcode(self, header, parts):
         """
         Transcode one segment and send the renditions back.
         """
-        taskId = header.get("taskId")
-        if not isinstance(taskId, int) or len(parts) != 1:
+        taskId, sessionId, seq = header.get("taskId"), header.get("sessionId", ""), header.get("seq", 0)
+        if type(taskId) is not int or len(parts) != 1:
             raise wsproto.ProtocolError("transcode: needs an integer taskId and one segment part")
+        if not isinstance(sessionId, str) or type(seq) is not int:
+            raise wsproto.ProtocolError("transcode: sessionId must be a string and seq an integer")
         try:
             profiles = [Profile.fromDict(item) for item in header.get("profiles") or []]
         except ValueError as e:
@@ -147,8 +152,7 @@ class TranscoderClientProtocol(WebSocketClientProtocol):
         if not profiles:
             self.sendError(taskId, "no profiles requested")
             return
-        self.factory.link.runTask(self, taskId, str(header.get("sessionId", "")), int(header.get("seq", 0)),
-                                  parts[0], profiles)
+        self.factory.link.runTask(self, taskId, sessionId, seq, parts[0], profiles)
 
     def handle_cancel(self, message, parts):
         """
@@ -182,9 +186,10 @@ class TranscoderClientProtocol(WebSocketClientProtocol):
 
     def sendError(self, taskId, error):
         """
-        Tell the orchestrator a task failed, with the reason.
+        Tell the orchestrator a task failed, with the reason (without local
+        paths or control characters, and bounded: it goes on to a gateway).
         """
-        self.sendMessage(wsproto.encodeControl("error", taskId=taskId, error=error))
+        self.sendMessage(wsproto.encodeControl("error", taskId=taskId, error=wsproto.cleanErrorText(error)))
 
     def onClose(self, wasClean, code, reason):
         """
@@ -270,22 +275,7 @@ class OrchestratorLink(service.Service):
             self._schedule(self.backoff.slow())
             return
         self.refusal = None
-        url = f"wss://{self.address}/{wsproto.RESOURCE_PATH.decode()}"
-        factory = WebSocketClientFactory(
-            url, protocols=[wsproto.SUBPROTOCOL], reactor=self._reactor,
-            headers={
-                wsproto.AUTH_HEADER: wsproto.AUTH_VALUE,
-                wsproto.CREDENTIALS_HEADER: secretValue,
-                wsproto.CAPACITY_HEADER: str(self.capacity),
-            },
-            useragent=f"livepeer-tx-transcoder/{__version__}",
-        )
-        factory.setProtocolOptions(
-            autoPingInterval=10, autoPingTimeout=10, openHandshakeTimeout=10, closeHandshakeTimeout=5,
-            maxMessagePayloadSize=0, maxFramePayloadSize=0,
-        )
-        factory.protocol = TranscoderClientProtocol
-        factory.link = self
+        factory = self.webSocketFactory(secretValue)
         endpoint = wrapClientTLS(self._tlsOptions, HostnameEndpoint(self._reactor, self.host, self.port, timeout=10))
         self._log.info("Registering transcoder to {orchestrator}", orchestrator=self.address)
         self._connecting = endpoint.connect(factory)
@@ -302,6 +292,32 @@ class OrchestratorLink(service.Service):
             self._schedule(self.backoff.next())
 
         self._connecting.addCallbacks(connected, failed)
+
+    def webSocketFactory(self, secretValue):
+        """
+        The autobahn factory for one connection attempt with C{secretValue}.
+        """
+        url = f"wss://{self.address}/{wsproto.RESOURCE_PATH.decode()}"
+        factory = WebSocketClientFactory(
+            url, protocols=[wsproto.SUBPROTOCOL], reactor=self._reactor,
+            headers={
+                wsproto.AUTH_HEADER: wsproto.AUTH_VALUE,
+                wsproto.CREDENTIALS_HEADER: secretValue,
+                wsproto.CAPACITY_HEADER: str(self.capacity),
+            },
+            useragent=f"livepeer-tx-transcoder/{__version__}",
+        )
+        maxMessageBytes = wsproto.mediaMessageLimit(wsproto.MAX_MEDIA_BYTES)
+        factory.setProtocolOptions(
+            autoPingInterval=10, autoPingTimeout=10, openHandshakeTimeout=10, closeHandshakeTimeout=5,
+            maxMessagePayloadSize=maxMessageBytes, maxFramePayloadSize=maxMessageBytes,
+            # Frames of 1 MiB: the orchestrator takes every frame that arrives
+            # as a sign of life, so a large result never looks like a missed pong.
+            autoFragmentSize=1024 * 1024,
+        )
+        factory.protocol = TranscoderClientProtocol
+        factory.link = self
+        return factory
 
     def _schedule(self, delay):
         if self._stopping:

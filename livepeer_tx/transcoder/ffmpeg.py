@@ -370,6 +370,17 @@ class _FFmpegProtocol(protocol.ProcessProtocol):
 
 
 WORK_DIR_PREFIX = "transcode-"
+INPUT_NAME = "input.tempfile"
+
+
+def _describeError(error):
+    """
+    An exception as text, without the file name an L{OSError} carries (the
+    work directory's path is nobody's business but ours).
+    """
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error)
 
 
 class _Job:
@@ -414,14 +425,14 @@ class _Job:
             raise TranscodeError(f"FFmpeg executable {ffmpegPath!r} not found or not executable")
         workDir = tempfile.mkdtemp(prefix=WORK_DIR_PREFIX, dir=self._transcoder._workDir)
         try:
-            inputPath = os.path.join(workDir, "input.tempfile")
+            inputPath = os.path.join(workDir, INPUT_NAME)
             fd = os.open(inputPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
             with os.fdopen(fd, "wb") as f:
                 f.write(self._segment)
         except BaseException:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
-        return workDir, inputPath
+        return workDir
 
     def _prepareFailed(self, failure):
         if self._cancelled:
@@ -430,20 +441,19 @@ class _Job:
         if failure.check(TranscodeError):
             self.result.errback(failure)
         else:
-            self.result.errback(TranscodeError(f"cannot prepare the work files: {failure.getErrorMessage()}"))
+            self.result.errback(TranscodeError(f"cannot prepare the work files: {_describeError(failure.value)}"))
 
-    def _spawn(self, prepared):
-        self._workDir, inputPath = prepared
+    def _spawn(self, workDir):
+        self._workDir = workDir
         if self._cancelled:
             self._finishWith(None)
             return
         ffmpegPath = self._transcoder._ffmpegPath
         try:
-            self._outputs = [
-                os.path.join(self._workDir, f"out{index}{profile.extension}")
-                for index, profile in enumerate(self._profiles)
-            ]
-            args = buildCommand(ffmpegPath, inputPath, self._outputs, self._profiles, self._device)
+            # FFmpeg runs in the work directory and sees only names relative
+            # to it, so no path of ours appears in what it logs.
+            self._outputNames = [f"out{index}{profile.extension}" for index, profile in enumerate(self._profiles)]
+            args = buildCommand(ffmpegPath, INPUT_NAME, self._outputNames, self._profiles, self._device)
             self._started = self._reactor.seconds()
             self._process = self._reactor.spawnProcess(
                 _FFmpegProtocol(self._parser, self._ended),
@@ -453,7 +463,7 @@ class _Job:
                 path=self._workDir,
             )
         except Exception as e:
-            self._finishWith(Failure(TranscodeError(f"cannot start FFmpeg: {e}")))
+            self._finishWith(Failure(TranscodeError(f"cannot start FFmpeg: {_describeError(e)}")))
             return
         self._timer = self._reactor.callLater(self._timeout, self._timedOut)
 
@@ -550,13 +560,13 @@ class _Job:
         inW, inH = parser.inputSize
         byPath = {path: index for index, path in parser.outputPaths.items()}
         renditions = []
-        for profile, path in zip(self._profiles, self._outputs):
-            index = byPath.get(path)
+        for profile, name in zip(self._profiles, self._outputNames):
+            index = byPath.get(name)
             if index is None or index not in parser.outputSizes or index not in parser.encodedFrames:
                 raise missing(f"the size and frames of rendition {profile.name!r}")
             width, height = parser.outputSizes[index]
             frames = parser.encodedFrames[index]
-            with open(path, "rb") as f:
+            with open(os.path.join(self._workDir, name), "rb") as f:
                 data = f.read()
             renditions.append(RenditionOutput(profile, data, width, height, frames, frames * width * height))
         return TranscodeOutput(decodedFrames, decodedFrames * inW * inH, renditions, seconds)

@@ -73,35 +73,30 @@ class TranscodeWorker:
             L{cancel}) kills FFmpeg or drops the queued segment.
         """
         device = self.deviceFor(sessionId)
-        state = {"inner": None}
+        started = []
 
         def start(_):
-            state["inner"] = defer.maybeDeferred(
-                self._transcoder.transcode, segment, profiles, device=device, timeout=timeout)
             self.running += 1
-            return state["inner"]
+            started.append(True)
+            return defer.maybeDeferred(self._transcoder.transcode, segment, profiles, device=device, timeout=timeout)
 
         def release(result):
-            if state["inner"] is not None:
+            if started:
                 self.running -= 1
                 self._slots.release()
-            if self._tasks.get(taskId) is outer:
+            if self._tasks.get(taskId) is task:
                 del self._tasks[taskId]
             return result
 
-        def canceller(outer):
-            if state["inner"] is not None:
-                state["inner"].cancel()
-            else:
-                acquired.cancel()
-
-        outer = defer.Deferred(canceller)
-        acquired = self._slots.acquire()
-        acquired.addCallback(start)
-        acquired.addBoth(release)
-        acquired.chainDeferred(outer)
-        self._tasks[taskId] = outer
-        return outer
+        # One Deferred from the slot to the result: cancelling it while it
+        # waits for a slot leaves the queue; while the engine runs, Twisted
+        # cancels the engine's Deferred it is waiting on, and it fires once
+        # the engine has stopped (FFmpeg reaped), exactly once.
+        task = self._slots.acquire()
+        self._tasks[taskId] = task
+        task.addCallback(start)
+        task.addBoth(release)
+        return task
 
     def cancel(self, taskId):
         """
