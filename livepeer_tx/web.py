@@ -1,99 +1,463 @@
 """
-HTTP pieces shared by the orchestrator and the transcoder: a Site that refuses
-oversized request bodies before reading them, JSON resources, and the
-C{/metrics} resource.
+HTTP pieces shared by the orchestrator and the transcoder: a Site whose
+connections always end (deadlines that request processing cannot turn off, an
+abort when a close does not complete), which refuses oversized or unaffordable
+request bodies before reading them; a cap on concurrent connections; JSON
+resources; and the C{/metrics} resource.
+
+The limits themselves are plain classes in L{livepeer_tx.limits}; this module
+applies them to connections.
 """
 
 import json
 from io import BytesIO
 
-from eth_hash.auto import keccak
-from prometheus_client import REGISTRY
+from Crypto.Hash import keccak
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.twisted import MetricsResource
 from twisted.internet.defer import succeed
+from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.protocols import policies
+from twisted.web import http, resource, server
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-MEMORY_BODY_BYTES = 64 * 1024 * 1024
+from livepeer_tx.addresses import formatHostPort
+from livepeer_tx.limits import (
+    CLOSE_TOO_SLOW, HEADERS_TOO_SLOW, REQUEST_TOO_LONG, TOTAL_CAP, UPLOAD_TOO_SLOW, ConnectionDeadlines,
+    HTTPLimits, LogThrottle, UploadRefused,
+)
+
+MALFORMED_REQUEST_LINE = "malformed request line"
+MALFORMED_HEADER = "malformed header line"
+BAD_BODY_LENGTH = "bad Content-Length or Transfer-Encoding"
+HEADERS_TOO_LARGE = "request headers too large"
+LINE_TOO_LONG = "request line or header line too long"
+MALFORMED_BODY = "malformed chunked body"
+BODY_TOO_LARGE = "request body too large"
+UPLOAD_MEMORY_FULL = "upload memory budget exhausted"
+RETRY_AFTER_SECONDS = 5
+
+
+def describeAddress(address):
+    """
+    C{host:port} of a Twisted address, for log lines.
+    """
+    host = getattr(address, "host", None)
+    if host is None:
+        return str(address)
+    return formatHostPort(host, getattr(address, "port", 0))
+
+
+def sourceKey(address):
+    """
+    The key of a source address for per-address limits: its host.
+    """
+    return getattr(address, "host", None) or str(address)
+
+
+class HTTPEdgeMetrics:
+    """
+    Metrics of a public HTTP port: refused connections and requests, open
+    connections and upload bytes held.
+
+    @param registry: the registry to add them to (default: a new one).
+    @param connections: a L{ConnectionLimiter} to report open connections of.
+    @param budget: an L{UploadBudget} to report bytes held of.
+    """
+
+    def __init__(self, registry=None, connections=None, budget=None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.connectionsRefused = Counter(
+            "livepeer_http_connections_refused", "Connections closed at once because a cap was reached, by cap",
+            ["cap"], registry=r)
+        self.requestsRefused = Counter(
+            "livepeer_http_requests_refused", "Requests refused or timed out before dispatch, by reason",
+            ["reason"], registry=r)
+        if connections is not None:
+            Gauge("livepeer_http_connections_open", "Open connections on the public port", registry=r
+                  ).set_function(lambda: connections.open)
+        if budget is not None:
+            Gauge("livepeer_http_upload_bytes_held", "Bytes of request bodies reserved in memory", registry=r
+                  ).set_function(lambda: budget.held)
+
+
+class HardenedHTTPChannel(http.HTTPChannel):
+    """
+    An HTTP/1.1 channel that can always die.
+
+    - A malformed request line, header line, Content-Length or chunked body
+      gets a 400; the channel then reads nothing more (no request is
+      dispatched after a refusal) and logs one line, never a traceback.
+    - The request line and headers must arrive within C{headerTimeout} of the
+      request's first byte, and a body must keep C{minUploadRate}; otherwise
+      408. Twisted's idle timeout (C{idleTimeout}) still covers a connection
+      between requests.
+    - A dispatched request still running after C{maxRequestSeconds} has its
+      connection aborted.
+    - Whenever the connection is being closed, reading resumes (and what is
+      read is dropped) so the peer's close can be seen, and the connection is
+      aborted if the close has not completed within a grace period. A TLS
+      connection closed while reading was paused otherwise waits forever for
+      a close_notify it cannot read.
+    - Data after a C{Connection: close} request is dropped instead of
+      buffered, so reading is never paused for it.
+
+    Its limits are the site's C{limits} (an L{HTTPLimits}); the clock is the
+    site's reactor.
+    """
+
+    _log = Logger()
+    # The close deadline below replaces Twisted's abort after an idle timeout.
+    abortTimeout = None
+    _lowerProtocol = None
+
+    def __init__(self):
+        super().__init__()
+        self.closing = False
+        self._limits = HTTPLimits()
+        self._deadlines = None
+        self._idle = True
+        self._expectingRequestLine = True
+        self._badRequestReason = MALFORMED_REQUEST_LINE
+
+    def _peer(self):
+        return describeAddress(self.transport.getPeer()) if self.transport is not None else "?"
+
+    def _metrics(self):
+        return getattr(self.site, "metrics", None)
+
+    def connectionMade(self):
+        """
+        Start the idle timeout, with this site's limits and clock.
+        """
+        self._limits = getattr(self.site, "limits", None) or HTTPLimits()
+        self._deadlines = ConnectionDeadlines(self.site.reactor, self._limits, self._deadlinePassed)
+        self._lowerProtocol = _protocolOf(self.transport)
+        super().connectionMade()
+
+    def connectionLost(self, reason):
+        """
+        Stop every deadline; the requests learn that the connection is gone.
+        """
+        if self._deadlines is not None:
+            self._deadlines.stop()
+        super().connectionLost(reason)
+
+    def dataReceived(self, data):
+        """
+        Drop input once closing; start the header deadline at a request's first byte.
+        """
+        if self.closing:
+            return
+        if self._idle and not self._handlingRequest and data:
+            self._idle = False
+            self._deadlines.requestStarted()
+        super().dataReceived(data)
+
+    def lineReceived(self, line):
+        """
+        A request line or header line.
+        """
+        if self.closing:
+            return
+        if self._expectingRequestLine:
+            self._badRequestReason = MALFORMED_REQUEST_LINE
+            if line:
+                self._expectingRequestLine = False
+        else:
+            self._badRequestReason = HEADERS_TOO_LARGE
+        return super().lineReceived(line)
+
+    def lineLengthExceeded(self, line):
+        """
+        A request line or header line is longer than C{MAX_LENGTH}.
+        """
+        self.refuse(400, LINE_TOO_LONG)
+
+    def headerReceived(self, line):
+        """
+        Check and store one header.
+        """
+        if self.closing:
+            return False
+        self._badRequestReason = MALFORMED_HEADER
+        return super().headerReceived(line)
+
+    def _maybeChooseTransferDecoder(self, header, data):
+        self._badRequestReason = BAD_BODY_LENGTH
+        ok = super()._maybeChooseTransferDecoder(header, data)
+        self._badRequestReason = HEADERS_TOO_LARGE
+        return ok
+
+    def allHeadersReceived(self):
+        """
+        Stop the header deadline; start the body-rate check if a body follows.
+        """
+        if self.closing:
+            return
+        self._deadlines.headersReceived()
+        super().allHeadersReceived()
+        if not self.closing and self.length != 0:
+            self._deadlines.bodyStarted()
+
+    def rawDataReceived(self, data):
+        """
+        Body bytes (counted for the rate check), or data pipelined behind a
+        request being processed.
+        """
+        if self.closing:
+            return
+        if self._handlingRequest:
+            if not self.persistent:
+                return
+            super().rawDataReceived(data)
+            return
+        self._badRequestReason = MALFORMED_BODY
+        self._deadlines.bodyReceived(len(data))
+        super().rawDataReceived(data)
+
+    def allContentReceived(self):
+        """
+        Dispatch the request, under the run-time backstop.
+        """
+        if self.closing:
+            return
+        self._deadlines.bodyFinished()
+        self._deadlines.dispatched()
+        super().allContentReceived()
+        if self.transport is None:
+            self._handedOver()
+
+    def _handedOver(self):
+        # A WebSocket resource took the transport: the connection is no longer ours.
+        self._deadlines.stop()
+        protocolReplaced = getattr(self._lowerProtocol, "protocolReplaced", None)
+        if protocolReplaced is not None:
+            protocolReplaced()
+        for request in self.requests:
+            releaseUpload = getattr(request, "releaseUpload", None)
+            if releaseUpload is not None:
+                releaseUpload()
+
+    def requestDone(self, request):
+        """
+        The response is complete: keep the connection for the next request,
+        or close it.
+        """
+        self._deadlines.requestFinished()
+        if self.closing:
+            if request in self.requests:
+                self.requests.remove(request)
+            return
+        if self.persistent:
+            self._idle = True
+            self._expectingRequestLine = True
+        super().requestDone(request)
+
+    def _send100Continue(self):
+        if not self.closing:
+            super()._send100Continue()
+
+    def _respondToBadRequestAndDisconnect(self):
+        self.refuse(400, self._badRequestReason)
+
+    def refuse(self, code, reason, message=None, retryAfter=None):
+        """
+        Answer C{code} with a short text, log one line, read nothing more and
+        close the connection (aborting it after C{refusalGrace}).
+
+        Only for a request whose response has not started.
+
+        @param reason: a short fixed text (a metric label and the log line).
+        @param message: the text for the client (default: C{reason}).
+        @param retryAfter: seconds for a C{Retry-After} header, or L{None}.
+        """
+        if self.closing or self.transport is None:
+            return
+        body = ((message or reason) + "\n").encode("utf-8")
+        head = [
+            b"HTTP/1.1 %d %s\r\n" % (code, http.RESPONSES.get(code, b"Error")),
+            b"Content-Type: text/plain; charset=utf-8\r\n",
+            b"Content-Length: %d\r\n" % (len(body),),
+            b"Connection: close\r\n",
+        ]
+        if retryAfter is not None:
+            head.append(b"Retry-After: %d\r\n" % (retryAfter,))
+        self.transport.writeSequence(head + [b"\r\n", body])
+        self._log.info("Refused a request from {peer}: {code} {reason}", peer=self._peer(), code=code, reason=reason)
+        metrics = self._metrics()
+        if metrics is not None:
+            metrics.requestsRefused.labels(reason=reason).inc()
+        self._close(self._limits.refusalGrace)
+
+    def loseConnection(self):
+        """
+        Close after the response, aborting if the close does not complete
+        within C{closeGrace}.
+        """
+        self._close(self._limits.closeGrace)
+
+    def timeoutConnection(self):
+        """
+        The idle timeout passed: close.
+        """
+        self._log.debug("Closing idle connection from {peer}", peer=self._peer())
+        self._close(self._limits.refusalGrace)
+
+    def _close(self, grace):
+        if self.transport is None:
+            return
+        self._deadlines.closing(grace)
+        if self.closing:
+            return
+        self.closing = True
+        self.setTimeout(None)
+        self._dataBuffer = []
+        # Read (and drop) from now on, so the peer's close or close_notify is seen.
+        if not self.transport.disconnecting:
+            self._networkProducer.resumeProducing()
+        super().loseConnection()
+
+    def _deadlinePassed(self, kind):
+        if kind == HEADERS_TOO_SLOW:
+            self.refuse(408, kind, f"request line and headers not received within {self._limits.headerTimeout:g} s")
+        elif kind == UPLOAD_TOO_SLOW:
+            self.refuse(408, kind, f"request body slower than {self._limits.minUploadRate:g} bytes/s")
+        elif kind == REQUEST_TOO_LONG:
+            self._log.info("Aborting the connection from {peer}: a request still running after {seconds:g} s",
+                           peer=self._peer(), seconds=self._limits.maxRequestSeconds)
+            self._abort()
+        elif kind == CLOSE_TOO_SLOW:
+            self._log.debug("Aborting the connection from {peer}: its close did not complete", peer=self._peer())
+            self._abort()
+
+    def _abort(self):
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abortConnection()
 
 
 class BoundedRequest(server.Request):
     """
-    A request that refuses a body larger than its site's C{maxBodyBytes} with
-    413 as soon as the length is known, instead of buffering it.
+    A request whose body is bounded before it is read: larger than the site's
+    C{maxBodyBytes} gets 413, and on a site with an C{uploadBudget} the
+    declared length is reserved first (a chunked body as it arrives); a body
+    that does not fit gets 503 with C{Retry-After}. The reservation is given
+    back when the request finishes or its connection is lost.
 
-    Bodies up to L{MEMORY_BODY_BYTES} are kept in memory (Twisted spools any
-    body over 100 kB to a temporary file, which costs a segment a write and a
-    read). On a site with C{hashBodies}, the body's keccak-256 is computed as
-    it arrives, so checking a segment's hash costs nothing once it is in.
+    Bodies are kept in memory (the budget bounds them); reading the whole body
+    from C{content} returns it without a copy. On a site with C{hashBodies},
+    the body's keccak-256 is computed as it arrives, so checking a segment's
+    hash costs nothing once it is in.
 
     @ivar bodyKeccak: the running keccak-256 of the body, or L{None}.
     """
 
-    _log = Logger()
     bodyKeccak = None
+    _upload = None
+    _received = 0
 
     def gotLength(self, length):
         """
-        Refuse a declared length over the limit before the body arrives.
+        Refuse a declared length over the limit or the budget before the body arrives.
         """
-        limit = getattr(self.channel.site, "maxBodyBytes", None)
+        channel = self.channel
+        site = channel.site
+        limit = getattr(site, "maxBodyBytes", None)
         if limit is not None and length is not None and length > limit:
-            self._refuseTooLarge(length, limit)
+            channel.refuse(413, BODY_TOO_LARGE, f"request body of {length} bytes is larger than {limit} bytes")
             return
-        self._received = 0
-        if getattr(self.channel.site, "hashBodies", False):
-            self.bodyKeccak = keccak.new(b"")
-        if length is not None and length <= MEMORY_BODY_BYTES:
-            self.content = BytesIO()
-        else:
-            super().gotLength(length)
+        budget = getattr(site, "uploadBudget", None)
+        if budget is not None and length != 0:
+            try:
+                self._upload = budget.reserve(sourceKey(channel.transport.getPeer()), length or 0)
+            except UploadRefused as e:
+                channel.refuse(503, UPLOAD_MEMORY_FULL, e.message, retryAfter=RETRY_AFTER_SECONDS)
+                return
+            self.notifyFinish().addBoth(lambda _: self.releaseUpload())
+        if getattr(site, "hashBodies", False):
+            # pycryptodome's own object: eth_hash's wrapper keeps every part
+            # it is given (for copy()), which would hold the body twice.
+            self.bodyKeccak = keccak.new(digest_bits=256)
+        self.content = BytesIO()
 
     def handleContentChunk(self, data):
         """
-        Count chunked bodies against the limit as they arrive, and hash them.
+        Count a body's bytes against the limit (chunked bodies against the
+        budget too) as they arrive, hash them and keep them.
         """
-        if getattr(self, "_refused", False):
+        channel = self.channel
+        if channel is None or channel.closing:
             return
-        limit = getattr(self.channel.site, "maxBodyBytes", None)
-        self._received = getattr(self, "_received", 0) + len(data)
+        self._received += len(data)
+        limit = getattr(channel.site, "maxBodyBytes", None)
         if limit is not None and self._received > limit:
-            self._refuseTooLarge(self._received, limit)
+            channel.refuse(413, BODY_TOO_LARGE, f"request body larger than {limit} bytes")
             return
+        upload = self._upload
+        if upload is not None and self._received > upload.size:
+            try:
+                upload.grow(self._received - upload.size)
+            except UploadRefused as e:
+                channel.refuse(503, UPLOAD_MEMORY_FULL, e.message, retryAfter=RETRY_AFTER_SECONDS)
+                return
         if self.bodyKeccak is not None:
             self.bodyKeccak.update(data)
-        super().handleContentChunk(data)
+        self.content.write(data)
 
-    def _refuseTooLarge(self, length, limit):
-        self._refused = True
-        self.content = None
-        self._log.info("Refusing a request body of {length} bytes (limit {limit})", length=length, limit=limit)
-        body = f"request body of {length} bytes is larger than {limit} bytes\n".encode()
-        transport = self.channel.transport
-        transport.write(
-            b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-        )
-        transport.loseConnection()
+    def requestReceived(self, command, path, version):
+        """
+        Trim the body buffer to its size (no copy: reading it whole then
+        returns the buffer itself), then process the request.
+        """
+        if isinstance(self.content, BytesIO):
+            self.content.getvalue()
+        super().requestReceived(command, path, version)
+
+    def releaseUpload(self):
+        """
+        Give the body's reservation back and drop the body; safe to call twice.
+        """
+        if self._upload is not None:
+            self._upload.release()
+        if self.content is not None:
+            self.content.close()
 
 
 class BoundedSite(server.Site):
     """
-    A Site whose requests cannot carry bodies over C{maxBodyBytes}, with no
-    access log lines (segment URLs would flood the log).
+    A Site of L{HardenedHTTPChannel}s whose requests cannot carry bodies over
+    C{maxBodyBytes}, with no access log lines (segment URLs would flood the log).
 
+    @param limits: the connections' L{HTTPLimits} (its C{idleTimeout} is the
+        site's timeout).
+    @param uploadBudget: an L{UploadBudget} for request bodies, or L{None}.
+    @param metrics: an L{HTTPEdgeMetrics} counting refusals, or L{None}.
     @ivar hashBodies: compute each request body's keccak-256 as it arrives.
     """
 
     requestFactory = BoundedRequest
 
-    def __init__(self, root, maxBodyBytes, hashBodies=False, alpnProtocols=(b"http/1.1",), **kwargs):
-        super().__init__(root, **kwargs)
+    def __init__(self, root, maxBodyBytes, hashBodies=False, alpnProtocols=(b"http/1.1",), limits=None,
+                 uploadBudget=None, metrics=None, **kwargs):
+        self.limits = limits or HTTPLimits()
+        super().__init__(root, timeout=self.limits.idleTimeout, **kwargs)
         self.maxBodyBytes = maxBodyBytes
         self.hashBodies = hashBodies
         self.alpnProtocols = list(alpnProtocols)
+        self.uploadBudget = uploadBudget
+        self.metrics = metrics
+
+    def protocol(self):
+        """
+        A new connection's protocol: a L{HardenedHTTPChannel} behind Twisted's
+        wrapper that switches to HTTP/2 when ALPN negotiates it.
+        """
+        return http._GenericHTTPChannelProtocol(HardenedHTTPChannel())
 
     def acceptableProtocols(self):
         """
@@ -107,6 +471,147 @@ class BoundedSite(server.Site):
         """
         Write no access log.
         """
+
+
+def _protocolOf(transport):
+    """
+    The protocol a transport delivers to: where a resource taking the
+    transport over (autobahn's WebSocket resource) puts its own protocol.
+    """
+    if isinstance(transport, policies.ProtocolWrapper):
+        return transport.wrappedProtocol
+    return getattr(transport, "protocol", None)
+
+
+class _CountedConnection(Protocol):
+    """
+    Stands in front of one connection's protocol, counted by a
+    L{ConnectionCapFactory}, and gives its place back when the connection is
+    lost. It hands the transport below (TLS) straight to the protocol, so
+    the protocol sees its real transport (autobahn needs the TLS one).
+
+    @ivar wrappedProtocol: the protocol receiving the connection's events.
+    @ivar sourceKey: the source address the connection was counted for.
+    """
+
+    def __init__(self, factory, wrappedProtocol, sourceKey):
+        self.factory = factory
+        self.wrappedProtocol = wrappedProtocol
+        self.sourceKey = sourceKey
+        self._counted = True
+
+    def logPrefix(self):
+        """
+        The wrapped protocol's log prefix.
+        """
+        logPrefix = getattr(self.wrappedProtocol, "logPrefix", None)
+        return logPrefix() if logPrefix is not None else self.wrappedProtocol.__class__.__name__
+
+    def connectionMade(self):
+        """
+        Connect the wrapped protocol to the transport itself.
+        """
+        self.wrappedProtocol.makeConnection(self.transport)
+
+    def dataReceived(self, data):
+        """
+        Pass received bytes on.
+        """
+        self.wrappedProtocol.dataReceived(data)
+
+    def connectionLost(self, reason):
+        """
+        Give the place back, then tell the wrapped protocol.
+        """
+        self._release()
+        self.wrappedProtocol.connectionLost(reason)
+
+    def protocolReplaced(self):
+        """
+        A resource took the transport over and put its own protocol where
+        this one was (autobahn's WebSocket resource does): stand in front of
+        that protocol, so the connection stays counted until it closes.
+        """
+        replacement = _protocolOf(self.transport)
+        if replacement is None or replacement is self:
+            self._release()
+            return
+        self.wrappedProtocol = replacement
+        if isinstance(self.transport, policies.ProtocolWrapper):
+            self.transport.wrappedProtocol = self
+        else:
+            self.transport.protocol = self
+
+    def _release(self):
+        if self._counted:
+            self._counted = False
+            self.factory.limiter.release(self.sourceKey)
+
+
+class _RefusedConnection(Protocol):
+    """
+    A connection over a cap: aborted as soon as it is made.
+    """
+
+    def connectionMade(self):
+        self.transport.abortConnection()
+
+
+@implementer(IProtocolNegotiationFactory)
+class ConnectionCapFactory(policies.WrappingFactory):
+    """
+    Caps a factory's concurrent connections in total and per source address:
+    a connection over a cap is aborted at once, counted in C{metrics}, and
+    logged at most once per C{logInterval} seconds.
+
+    Wrap the site, not the TLS factory: the TLS endpoint builds one protocol
+    from this factory for every TCP connection, so every connection is seen,
+    and an over-cap one is aborted before its TLS handshake. A connection
+    that a WebSocket takes over stays counted until it closes.
+
+    @param wrappedFactory: the factory to cap (a site).
+    @param limiter: a L{ConnectionLimiter}.
+    @param clock: an L{IReactorTime} for the log throttle.
+    @param metrics: an L{HTTPEdgeMetrics}, or L{None}.
+    """
+
+    _log = Logger()
+
+    def __init__(self, wrappedFactory, limiter, clock, metrics=None, logInterval=10.0):
+        super().__init__(wrappedFactory)
+        self.limiter = limiter
+        self.metrics = metrics
+        self._throttle = LogThrottle(clock, logInterval)
+
+    def acceptableProtocols(self):
+        """
+        The wrapped factory's ALPN protocols.
+        """
+        negotiation = IProtocolNegotiationFactory(self.wrappedFactory, None)
+        return negotiation.acceptableProtocols() if negotiation is not None else []
+
+    def buildProtocol(self, addr):
+        """
+        Count the connection, or refuse it if a cap is reached.
+        """
+        key = sourceKey(addr)
+        cap = self.limiter.acquire(key)
+        if cap is not None:
+            if self.metrics is not None:
+                self.metrics.connectionsRefused.labels(cap=cap).inc()
+            count = self._throttle.event()
+            if count is not None:
+                self._log.warn(
+                    "Refused {count} connection(s) over --{cap} ({limit}) since the last such line; "
+                    "the latest from {address}",
+                    count=count, cap=cap, address=key,
+                    limit=self.limiter.maxConnections if cap == TOTAL_CAP else self.limiter.maxPerAddress)
+            return _RefusedConnection()
+        try:
+            return _CountedConnection(self, self.wrappedFactory.buildProtocol(addr), key)
+        except BaseException:
+            self.limiter.release(key)
+            raise
 
 
 @implementer(IBodyProducer)

@@ -17,7 +17,8 @@ from livepeer_tx.chain.options import CHAIN_OPT_FLAGS, CHAIN_OPT_PARAMETERS, val
 from livepeer_tx.lifecycle import preventCoreDumps
 from livepeer_tx.secret import Secret, SecretFileError
 from livepeer_tx.tls import CertificateError, ServerCertificate
-from livepeer_tx.web import BoundedSite
+from livepeer_tx.limits import ConnectionLimiter, HTTPLimits, UploadBudget
+from livepeer_tx.web import BoundedSite, ConnectionCapFactory, HTTPEdgeMetrics
 
 _log = Logger()
 
@@ -65,6 +66,21 @@ class Options(usage.Options):
          "Seconds between WebSocket pings to each transcoder; one that does not answer within as long is "
          "dropped and its segments move to other transcoders (so a frozen transcoder is found within twice "
          "this, inside go-livepeer's 8 s segment deadline at the default)."],
+        ["maxConnections", None, "4096",
+         "Cap on concurrent connections to the public port; more are closed at once. Keep it well below the "
+         "process's file descriptor limit (LimitNOFILE)."],
+        ["maxConnectionsPerAddress", None, "256", "Cap on concurrent public-port connections from one IP address."],
+        ["headerTimeout", None, "20",
+         "Seconds a client has to send a request line and all its headers, from the request's first byte "
+         "(408 after)."],
+        ["idleTimeout", None, "60", "Seconds an idle public-port connection (no request in progress) stays open."],
+        ["minUploadRate", None, "16384",
+         "Bytes per second a request body must average, after a 10 s grace (408 and the connection closed below)."],
+        ["uploadMemory", None, str(1024 ** 3),
+         "Bytes of request bodies held in memory at once, in total; a body that does not fit gets 503 "
+         "before it is read."],
+        ["uploadMemoryPerAddress", None, "320000000",
+         "Bytes of request bodies held in memory at once for one IP address (at least --maxSegmentSize)."],
     ] + CHAIN_OPT_PARAMETERS
     optFlags = [
         ["monitor", None, "Serve Prometheus metrics at /metrics on the CLI port."],
@@ -118,6 +134,7 @@ class Options(usage.Options):
             self["pingSeconds"] = 0.0
         if not 0.5 <= self["pingSeconds"] <= 300:
             raise usage.UsageError("--transcoderPingInterval must be between 0.5 and 300 seconds")
+        self._parseHTTPLimits()
         if bool(self["tlsCert"]) != bool(self["tlsKey"]):
             raise usage.UsageError("--tlsCert and --tlsKey must be given together")
         validateChainOptions(self)
@@ -127,6 +144,31 @@ class Options(usage.Options):
             ServerCertificate.checkFiles(self["dataDir"], self["tlsCert"], self["tlsKey"])
         except CertificateError as e:
             raise usage.UsageError(str(e))
+
+    def _parseHTTPLimits(self):
+        """
+        Check the public port's connection, deadline and upload-memory options.
+        """
+        for name, convert, unit in (
+            ("maxConnections", int, "a number of connections"),
+            ("maxConnectionsPerAddress", int, "a number of connections"),
+            ("headerTimeout", float, "seconds"),
+            ("idleTimeout", float, "seconds"),
+            ("minUploadRate", float, "bytes per second"),
+            ("uploadMemory", int, "bytes"),
+            ("uploadMemoryPerAddress", int, "bytes"),
+        ):
+            try:
+                value = convert(self[name])
+                if not value > 0:
+                    raise ValueError
+            except ValueError:
+                raise usage.UsageError(f"--{name} must be a positive {unit}") from None
+            self[name + "Value"] = value
+        if self["uploadMemoryPerAddressValue"] < self["maxSegmentBytes"]:
+            raise usage.UsageError("--uploadMemoryPerAddress must be at least --maxSegmentSize")
+        if self["uploadMemoryValue"] < self["uploadMemoryPerAddressValue"]:
+            raise usage.UsageError("--uploadMemory must be at least --uploadMemoryPerAddress")
 
 
 def makeService(config, reactor=None):
@@ -169,9 +211,16 @@ def makeService(config, reactor=None):
 
     maxSegmentBytes = config["maxSegmentBytes"]
     publicRoot = app.makePublicRoot(reactor, secret, payments, maxSegmentBytes, config["pingSeconds"])
-    publicSite = BoundedSite(publicRoot, maxBodyBytes=maxSegmentBytes, hashBodies=True, timeout=600)
+    connections = ConnectionLimiter(config["maxConnectionsValue"], config["maxConnectionsPerAddressValue"])
+    uploadBudget = UploadBudget(config["uploadMemoryValue"], config["uploadMemoryPerAddressValue"])
+    edgeMetrics = HTTPEdgeMetrics(app.metrics.registry, connections, uploadBudget)
+    limits = HTTPLimits(headerTimeout=config["headerTimeoutValue"], idleTimeout=config["idleTimeoutValue"],
+                        minUploadRate=config["minUploadRateValue"])
+    publicSite = BoundedSite(publicRoot, maxBodyBytes=maxSegmentBytes, hashBodies=True, limits=limits,
+                             uploadBudget=uploadBudget, metrics=edgeMetrics, reactor=reactor)
+    publicFactory = ConnectionCapFactory(publicSite, connections, reactor, edgeMetrics)
     publicEndpoint = certificate.endpointDescription(config["listenPort"], config["listenHost"])
-    strports.service(publicEndpoint, publicSite, reactor=reactor).setServiceParent(parent)
+    strports.service(publicEndpoint, publicFactory, reactor=reactor).setServiceParent(parent)
 
     cliSite = BoundedSite(app.makeCLIRoot(config["monitor"]), maxBodyBytes=64 * 1024)
     cliEndpoint = f"tcp:{config['cliPort']}:interface={quoteStringArgument(config['cliHost'])}"

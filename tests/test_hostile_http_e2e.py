@@ -1,0 +1,220 @@
+"""
+Hostile HTTP/1.1 clients against a real orchestrator process over TLS: the
+descriptor-exhaustion attack of issue 7, slowloris, a stalled upload and a
+connection flood. After each, descriptors and memory are back near their
+baseline and a legitimate gateway and transcoder are still served.
+"""
+
+import os
+import re
+import socket
+import ssl
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+from e2e import getURL, postSegment, tlsContext
+
+ATTACK = [b"GET /healthz HTTP/1.1\r\n", b"Host: orchestrator\r\n", b"a header line without a colon\r\n",
+          b"Connection: close\r\n", b"\r\n", b"x" * 40_000]
+ATTACKS = 2_100
+
+
+def openDescriptors(node):
+    """
+    How many file descriptors the node's process has open.
+    """
+    return len(os.listdir(f"/proc/{node.pid}/fd"))
+
+
+def residentBytes(node):
+    """
+    The node's resident memory.
+    """
+    with open(f"/proc/{node.pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+
+def waitUntil(predicate, timeout, what):
+    """
+    Poll C{predicate} until it returns a true value; fail after C{timeout} s.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.1)
+
+
+def metric(node, name, labels=""):
+    """
+    One sample from the node's C{/metrics}, or L{None}.
+    """
+    with urllib.request.urlopen(f"http://{node.cliAddr}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+def tlsConnect(orchestrator, context, timeout=10):
+    """
+    A TLS socket to the orchestrator's public port, handshake done.
+    """
+    raw = socket.create_connection((orchestrator.host, orchestrator.port), timeout=timeout)
+    try:
+        return context.wrap_socket(raw, server_hostname=orchestrator.host)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def attackOnce(orchestrator, context):
+    sock = tlsConnect(orchestrator, context)
+    try:
+        for part in ATTACK:
+            sock.sendall(part)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def readUntilClosed(sock, timeout):
+    """
+    Everything the server sends until it closes the connection.
+    """
+    sock.settimeout(timeout)
+    received = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ssl.SSLError, ConnectionError):
+            return received
+        if not chunk:
+            return received
+        received += chunk
+
+
+def test_malformed_header_flood_leaks_no_descriptors(nodes):
+    """
+    Issue 7 item 1: a request with a header line without a colon, then
+    Connection: close and 40,000 more bytes over TLS, then close, left one
+    socket in CLOSE-WAIT each time. Sent over 2,000 times, the descriptors
+    come back to the baseline, every request gets one refusal line and no
+    traceback, and a gateway and a transcoder are still served.
+    """
+    orchestrator = nodes.startOrchestrator()
+    context = tlsContext(orchestrator)
+    assert getURL(orchestrator, "/healthz")[0] == 200
+    baseline = openDescriptors(orchestrator)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: attackOnce(orchestrator, context), range(ATTACKS)))
+    # Every attack is answered (some may still wait in the listen backlog), then every socket is closed.
+    waitUntil(lambda: orchestrator.logText().count("400 malformed header line") >= ATTACKS, 30,
+              "every attack refused")
+    settled = waitUntil(lambda: (n := openDescriptors(orchestrator)) <= baseline + 2 and n or None,
+                        30, f"descriptors back to {baseline}")
+    print(f"descriptors: baseline {baseline}, after {ATTACKS} attacks {settled}")
+    log = orchestrator.logText()
+    assert log.count("400 malformed header line") == ATTACKS
+    assert "Traceback" not in log and "Unhandled" not in log
+    assert getURL(orchestrator, "/healthz")[0] == 200
+    nodes.startTranscoder(orchestrator)
+    orchestrator.waitForTranscoders(1)
+
+
+def test_slowloris_is_closed_by_the_header_deadline(nodes):
+    """
+    Item 6: a client sending one header line at a time (each resets the idle
+    timeout) gets 408 and is closed once its headers take longer than
+    --headerTimeout.
+    """
+    orchestrator = nodes.startOrchestrator(headerTimeout=2)
+    sock = tlsConnect(orchestrator, tlsContext(orchestrator))
+    sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+    sock.settimeout(0.5)
+    answer = b""
+    for i in range(40):
+        try:
+            sock.sendall(b"X-Slow-%d: 1\r\n" % i)
+            answer = sock.recv(4096)
+            break
+        except socket.timeout:
+            continue
+        except (ssl.SSLError, ConnectionError):
+            break
+    answer += readUntilClosed(sock, 10)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"not received within 2 s" in answer
+    assert "408 request headers too slow" in orchestrator.logText()
+
+
+def test_stalled_upload_is_closed_and_its_memory_returned(nodes):
+    """
+    Item 5: a stalled upload holds its declared length of the upload budget;
+    another that does not fit gets 503 before its body is read. When the
+    stalled connection goes quiet past --idleTimeout it is closed, the budget
+    and the memory return, and a gateway is served again.
+    """
+    orchestrator = nodes.startOrchestrator(
+        idleTimeout=2, maxSegmentSize=50_000_000, uploadMemoryPerAddress=60_000_000, uploadMemory=60_000_000,
+        monitor=True)
+    context = tlsContext(orchestrator)
+    assert getURL(orchestrator, "/healthz")[0] == 200
+    baselineMemory = residentBytes(orchestrator)
+
+    stalled = tlsConnect(orchestrator, context)
+    stalled.sendall(b"POST /segment HTTP/1.1\r\nHost: o\r\nContent-Length: 50000000\r\n\r\n")
+    stalled.sendall(b"\x47" * 40_000_000)
+    waitUntil(lambda: metric(orchestrator, "livepeer_http_upload_bytes_held") == 50_000_000, 10, "50 MB held")
+    peakMemory = waitUntil(lambda: (m := residentBytes(orchestrator)) > baselineMemory + 35_000_000 and m,
+                           10, "the stalled body in memory")
+
+    refused = tlsConnect(orchestrator, context)
+    refused.sendall(b"POST /segment HTTP/1.1\r\nHost: o\r\nContent-Length: 20000000\r\n\r\n")
+    answer = readUntilClosed(refused, 10)
+    refused.close()
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 5" in answer and b"per address" in answer
+
+    readUntilClosed(stalled, 15)
+    stalled.close()
+    waitUntil(lambda: metric(orchestrator, "livepeer_http_upload_bytes_held") == 0, 10, "budget released")
+    finalMemory = waitUntil(lambda: (m := residentBytes(orchestrator)) < baselineMemory + 10_000_000 and m,
+                            10, "memory returned")
+    print(f"resident memory: baseline {baselineMemory}, stalled {peakMemory}, after {finalMemory}")
+    status, body = postSegment(orchestrator, b"\x47" * 188_000)
+    assert status == 200
+    assert "Traceback" not in orchestrator.logText()
+
+
+def test_connection_caps_close_extra_connections(nodes):
+    """
+    Item 1: over --maxConnectionsPerAddress a connection is closed at once,
+    counted in the metrics and logged once for the burst; a freed place can
+    be used again.
+    """
+    orchestrator = nodes.startOrchestrator(maxConnectionsPerAddress=4, monitor=True)
+    context = tlsContext(orchestrator)
+    waitUntil(lambda: metric(orchestrator, "livepeer_http_connections_open") == 0, 10, "no connection open")
+    held = [tlsConnect(orchestrator, context) for _ in range(4)]
+    refusedCount = 0
+    for _ in range(10):
+        try:
+            extra = tlsConnect(orchestrator, context, timeout=5)
+        except (ssl.SSLError, ConnectionError):
+            refusedCount += 1
+            continue
+        extra.close()
+    assert refusedCount == 10
+    assert metric(orchestrator, "livepeer_http_connections_refused_total",
+                  '{cap="maxConnectionsPerAddress"}') == 10
+    assert orchestrator.logText().count("connection(s) over --maxConnectionsPerAddress") == 1
+    held.pop().close()
+    waitUntil(lambda: metric(orchestrator, "livepeer_http_connections_open") == 3, 10, "a place freed")
+    assert getURL(orchestrator, "/healthz")[0] == 200
+    for sock in held:
+        sock.close()
