@@ -594,3 +594,34 @@ def test_log_throttle():
     assert [throttle.event() for _ in range(4)] == [1, None, None, None]
     clock.advance(10)
     assert throttle.event() == 4
+
+
+def test_orchestrator_limit_options(tmp_path):
+    """
+    The public port's limit options: defaults, and clear usage errors for
+    values that are not positive or budgets that could never hold a largest
+    segment.
+    """
+    import os
+
+    from twisted.python import usage
+
+    from livepeer_tx.orchestrator.tap import Options
+
+    secret = tmp_path / "secret"
+    secret.write_text("x\n")
+    os.chmod(secret, 0o600)
+    base = ["--orchSecret", str(secret), "--serviceAddr", "o.example", "--dataDir", str(tmp_path)]
+    options = Options()
+    options.parseOptions(base)
+    assert [options[name + "Value"] for name in (
+        "maxConnections", "maxConnectionsPerAddress", "headerTimeout", "idleTimeout", "minUploadRate",
+        "uploadMemory", "uploadMemoryPerAddress")] == [4096, 256, 20.0, 60.0, 16384.0, 1024 ** 3, 320_000_000]
+    for bad, message in (
+        (["--maxConnections", "0"], "--maxConnections must be a positive"),
+        (["--headerTimeout", "soon"], "--headerTimeout must be a positive"),
+        (["--uploadMemoryPerAddress", "1000"], "at least --maxSegmentSize"),
+        (["--uploadMemory", "300000000", "--uploadMemoryPerAddress", "310000000"], "at least --uploadMemoryPerAddress"),
+    ):
+        with pytest.raises(usage.UsageError, match=message):
+            Options().parseOptions(base + bad)
