@@ -51,9 +51,9 @@ def describeAddress(address):
     return formatHostPort(host, getattr(address, "port", 0))
 
 
-def sourceKey(address):
+def hostOf(address):
     """
-    The key of a source address for per-address limits: its host.
+    The default source of a connection for per-address limits: its host.
     """
     return getattr(address, "host", None) or str(address)
 
@@ -374,7 +374,7 @@ class BoundedRequest(server.Request):
         budget = getattr(site, "uploadBudget", None)
         if budget is not None and length != 0:
             try:
-                self._upload = budget.reserve(sourceKey(channel.transport.getPeer()), length or 0)
+                self._upload = budget.reserve(site.sourceOf(channel.transport.getPeer()), length or 0)
             except UploadRefused as e:
                 channel.refuse(503, UPLOAD_MEMORY_FULL, e.message, retryAfter=RETRY_AFTER_SECONDS)
                 return
@@ -437,13 +437,15 @@ class BoundedSite(server.Site):
         site's timeout).
     @param uploadBudget: an L{UploadBudget} for request bodies, or L{None}.
     @param metrics: an L{HTTPEdgeMetrics} counting refusals, or L{None}.
+    @param sourceOf: maps a peer address to the source that the upload budget
+        counts per address (default: L{hostOf}).
     @ivar hashBodies: compute each request body's keccak-256 as it arrives.
     """
 
     requestFactory = BoundedRequest
 
     def __init__(self, root, maxBodyBytes, hashBodies=False, alpnProtocols=(b"http/1.1",), limits=None,
-                 uploadBudget=None, metrics=None, **kwargs):
+                 uploadBudget=None, metrics=None, sourceOf=hostOf, **kwargs):
         self.limits = limits or HTTPLimits()
         super().__init__(root, timeout=self.limits.idleTimeout, **kwargs)
         self.maxBodyBytes = maxBodyBytes
@@ -451,6 +453,7 @@ class BoundedSite(server.Site):
         self.alpnProtocols = list(alpnProtocols)
         self.uploadBudget = uploadBudget
         self.metrics = metrics
+        self.sourceOf = sourceOf
 
     def protocol(self):
         """
@@ -573,14 +576,17 @@ class ConnectionCapFactory(policies.WrappingFactory):
     @param limiter: a L{ConnectionLimiter}.
     @param clock: an L{IReactorTime} for the log throttle.
     @param metrics: an L{HTTPEdgeMetrics}, or L{None}.
+    @param sourceOf: maps a peer address to the source counted per address
+        (default: L{hostOf}).
     """
 
     _log = Logger()
 
-    def __init__(self, wrappedFactory, limiter, clock, metrics=None, logInterval=10.0):
+    def __init__(self, wrappedFactory, limiter, clock, metrics=None, logInterval=10.0, sourceOf=hostOf):
         super().__init__(wrappedFactory)
         self.limiter = limiter
         self.metrics = metrics
+        self.sourceOf = sourceOf
         self._throttle = LogThrottle(clock, logInterval)
 
     def acceptableProtocols(self):
@@ -594,7 +600,7 @@ class ConnectionCapFactory(policies.WrappingFactory):
         """
         Count the connection, or refuse it if a cap is reached.
         """
-        key = sourceKey(addr)
+        key = self.sourceOf(addr)
         cap = self.limiter.acquire(key)
         if cap is not None:
             if self.metrics is not None:

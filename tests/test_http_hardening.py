@@ -7,7 +7,7 @@ budget. The limit classes are tested on their own with a clock.
 
 import pytest
 from eth_utils import keccak
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import AccumulatingProtocol, EventLoggingObserver, MemoryReactorClock, StringTransport
@@ -66,7 +66,7 @@ class Connection:
     """
 
     def __init__(self, factory, host="10.0.0.1", port=5000):
-        self.address = IPv4Address("TCP", host, port)
+        self.address = (IPv6Address if ":" in host else IPv4Address)("TCP", host, port)
         self.protocol = factory.buildProtocol(self.address)
         self.transport = RecordingTransport(peerAddress=self.address)
         self.protocol.makeConnection(self.transport)
@@ -468,6 +468,26 @@ def test_connection_caps(logEvents):
     again.send(b"GET /x HTTP/1.1\r\nHost: o\r\n\r\n")
     assert b"200 OK" in again.written
     assert factory.acceptableProtocols() == [b"http/1.1"]
+
+
+def test_per_address_limits_count_sources_as_named():
+    """
+    With the orchestrator's sourceOf, an IPv6 /64 is one source for the
+    connection cap and the upload budget; another /64 is not.
+    """
+    from livepeer_tx.orchestrator.ingress import sourceOf
+
+    limiter = ConnectionLimiter(maxConnections=10, maxPerAddress=1)
+    budget = UploadBudget(total=1000, perAddress=600)
+    site, clock = makeSite(Recorder(hold=True), budget=budget, sourceOf=sourceOf)
+    factory = ConnectionCapFactory(site, limiter, clock, sourceOf=sourceOf)
+    first = Connection(factory, host="2001:db8:0:1::1")
+    sameNetwork = Connection(factory, host="2001:db8:0:1::2")
+    otherNetwork = Connection(factory, host="2001:db8:0:2::1")
+    assert (first.transport.aborted, sameNetwork.transport.aborted, otherNetwork.transport.aborted) == (
+        False, True, False)
+    first.send(b"POST /x HTTP/1.1\r\nContent-Length: 500\r\n\r\n")
+    assert budget.heldBy("2001:db8:0:1::/64") == 500
 
 
 # The limit classes on their own.

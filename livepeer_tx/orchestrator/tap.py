@@ -15,9 +15,9 @@ from livepeer_tx import __version__
 from livepeer_tx.addresses import formatHostPort, parseHostPort
 from livepeer_tx.chain.options import CHAIN_OPT_FLAGS, CHAIN_OPT_PARAMETERS, validateChainOptions
 from livepeer_tx.lifecycle import preventCoreDumps
+from livepeer_tx.limits import ConnectionLimiter, HTTPLimits, UploadBudget
 from livepeer_tx.secret import Secret, SecretFileError
 from livepeer_tx.tls import CertificateError, ServerCertificate
-from livepeer_tx.limits import ConnectionLimiter, HTTPLimits, UploadBudget
 from livepeer_tx.web import BoundedSite, ConnectionCapFactory, HTTPEdgeMetrics
 
 _log = Logger()
@@ -69,7 +69,8 @@ class Options(usage.Options):
         ["maxConnections", None, "4096",
          "Cap on concurrent connections to the public port; more are closed at once. Keep it well below the "
          "process's file descriptor limit (LimitNOFILE)."],
-        ["maxConnectionsPerAddress", None, "256", "Cap on concurrent public-port connections from one IP address."],
+        ["maxConnectionsPerAddress", None, "256",
+         "Cap on concurrent public-port connections from one IP address (an IPv6 /64 counts as one)."],
         ["headerTimeout", None, "20",
          "Seconds a client has to send a request line and all its headers, from the request's first byte "
          "(408 after)."],
@@ -80,7 +81,8 @@ class Options(usage.Options):
          "Bytes of request bodies held in memory at once, in total; a body that does not fit gets 503 "
          "before it is read."],
         ["uploadMemoryPerAddress", None, "320000000",
-         "Bytes of request bodies held in memory at once for one IP address (at least --maxSegmentSize)."],
+         "Bytes of request bodies held in memory at once for one IP address or IPv6 /64 (at least "
+         "--maxSegmentSize)."],
     ] + CHAIN_OPT_PARAMETERS
     optFlags = [
         ["monitor", None, "Serve Prometheus metrics at /metrics on the CLI port."],
@@ -179,6 +181,7 @@ def makeService(config, reactor=None):
         from twisted.internet import reactor
     from livepeer_tx.chain.service import makeChainService
     from livepeer_tx.orchestrator.app import Orchestrator
+    from livepeer_tx.orchestrator.ingress import sourceOf
 
     if not preventCoreDumps():
         _log.warn("Could not make this process non-dumpable; set LimitCORE=0 so a crash cannot dump the secret")
@@ -216,9 +219,10 @@ def makeService(config, reactor=None):
     edgeMetrics = HTTPEdgeMetrics(app.metrics.registry, connections, uploadBudget)
     limits = HTTPLimits(headerTimeout=config["headerTimeoutValue"], idleTimeout=config["idleTimeoutValue"],
                         minUploadRate=config["minUploadRateValue"])
+    # Per-address limits count an IPv6 /64 as one source, like gateway admission.
     publicSite = BoundedSite(publicRoot, maxBodyBytes=maxSegmentBytes, hashBodies=True, limits=limits,
-                             uploadBudget=uploadBudget, metrics=edgeMetrics, reactor=reactor)
-    publicFactory = ConnectionCapFactory(publicSite, connections, reactor, edgeMetrics)
+                             uploadBudget=uploadBudget, metrics=edgeMetrics, reactor=reactor, sourceOf=sourceOf)
+    publicFactory = ConnectionCapFactory(publicSite, connections, reactor, edgeMetrics, sourceOf=sourceOf)
     publicEndpoint = certificate.endpointDescription(config["listenPort"], config["listenHost"])
     strports.service(publicEndpoint, publicFactory, reactor=reactor).setServiceParent(parent)
 
