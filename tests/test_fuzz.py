@@ -230,7 +230,9 @@ def test_fuzzed_http_and_transcoder_input(nodes, segment2s):
     assert tracebacks == 0, f"seed {SEED}: {tracebacks} tracebacks logged:\n{orchestrator.logTail(60)}"
     assert orchestrator.running
 
+    offset = orchestrator.logOffset()
     nodes.startTranscoder(orchestrator, maxSessions=1)
+    orchestrator.waitForLog(r"Successful transcoder registration", since=offset)
     status, body = postSegment(orchestrator, segment2s, manifestId=b"after-fuzz")
     assert status == 200
     result = transcodeResult(body)
