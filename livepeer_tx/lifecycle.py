@@ -1,9 +1,12 @@
 """
-Ending a twistd process with a chosen exit status.
+Process lifecycle of the daemons: ending with a chosen exit status, and
+keeping secrets out of core dumps.
 """
 
 import os
 import sys
+
+from twisted.logger import Logger
 
 
 def stopWithStatus(reactor, status):
@@ -33,7 +36,8 @@ def preventCoreDumps():
     away from other processes of the same user (C{ptrace}, C{/proc/<pid>/mem}):
     set the core size limit to 0 and clear the dumpable flag.
 
-    @return: whether the dumpable flag could be cleared (Linux only).
+    @return: whether the dumpable flag could be cleared (Linux only); when
+        not, a warning is logged.
     """
     import ctypes
     import resource
@@ -43,7 +47,9 @@ def preventCoreDumps():
     except (ValueError, OSError):
         pass
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+        cleared = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
     except (OSError, AttributeError):
-        return False
+        cleared = False
+    if not cleared:
+        Logger().warn("Could not make this process non-dumpable; set LimitCORE=0 so a crash cannot dump the secret")
+    return cleared

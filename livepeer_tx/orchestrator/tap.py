@@ -183,8 +183,7 @@ def makeService(config, reactor=None):
     from livepeer_tx.orchestrator.app import Orchestrator
     from livepeer_tx.orchestrator.ingress import sourceOf
 
-    if not preventCoreDumps():
-        _log.warn("Could not make this process non-dumpable; set LimitCORE=0 so a crash cannot dump the secret")
+    preventCoreDumps()
     secret = config["secret"]
     if secret.isLiteral:
         _log.warn("--orchSecret was given as a literal: it is visible in the process list; use a file (mode 600)")

@@ -13,7 +13,7 @@ from twisted.python import usage
 from livepeer_tx import __version__
 from livepeer_tx.addresses import formatHostPort, parseHostPort
 from livepeer_tx.chain.options import ETH_OPTION_NAMES
-from livepeer_tx.lifecycle import stopWithStatus
+from livepeer_tx.lifecycle import preventCoreDumps, stopWithStatus
 from livepeer_tx.secret import Secret, SecretFileError
 from livepeer_tx.tls import clientTLSOptions, parseFingerprint
 
@@ -209,6 +209,7 @@ def makeService(config, reactor=None):
     from livepeer_tx.transcoder.worker import TranscodeWorker
     from livepeer_tx.web import BoundedSite, makeCLIRoot
 
+    preventCoreDumps()
     secret = config["secret"]
     if secret.isLiteral:
         _log.warn("--orchSecret was given as a literal: it is visible in the process list; use a file (mode 600)")
