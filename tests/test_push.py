@@ -19,11 +19,16 @@ from twisted.internet import reactor as globalReactor
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from livepeer_tx.gateway.push import (
+    GET_ORCHESTRATOR,
+    TOKEN_REFRESH_SECONDS,
     SegmentPusher,
     buildSegmentHeaders,
     parseOrchAddr,
@@ -42,6 +47,7 @@ from livepeer_tx.gateway.segmenter import (
 from livepeer_tx.localnodes import LocalNodes, NodeError, optionArguments
 from livepeer_tx.profiles import PRESETS, Profile, parsePresetList, profilesFromSegData
 from livepeer_tx.proto import lp_rpc_pb2 as pb
+from livepeer_tx.rpc import GRPCError, ServiceRegistry, StatusCode, channelFactory
 from livepeer_tx.tls import certificateFingerprint, clientTLSOptions, createSelfSigned
 
 # Twisted 26's client Response transport lacks abortConnection, so every readBody warns.
@@ -240,6 +246,7 @@ class FakeOrchestrator(Resource):
         self.mode = "ok"
         self.files = {}
         self.received = []
+        self.hosts = []
         self.port = None
 
     def render_POST(self, request):
@@ -253,6 +260,7 @@ class FakeOrchestrator(Resource):
         self.received.append(
             (segData, body, request.getHeader("Content-Type"), request.getHeader("Livepeer-Payment"))
         )
+        self.hosts.append(request.getHeader("Host"))
         if keccak(body) != segData.hash:
             request.setResponseCode(403)
             return b"Forbidden\n"
@@ -283,29 +291,66 @@ class FakeOrchestrator(Resource):
         return b"ErrNotFound"
 
 
-class TrackingSite(Site):
+class HTTP11Site(Site):
     """
-    A Site that can wait for all its connections to close (for a clean reactor).
+    A Site offering only C{http/1.1} in ALPN, as the orchestrator's public
+    port did before it served gRPC.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def acceptableProtocols(self):
+        return [b"http/1.1"]
+
+
+class TrackingTLSFactory(TLSMemoryBIOFactory):
+    """
+    Serves a Site over TLS and can wait for all its connections to close
+    (for a clean reactor), whatever protocol they negotiated.
+    """
+
+    def __init__(self, serverOptions, site):
+        super().__init__(serverOptions, False, site)
         self.closed = []
+        self._lost = {}
 
-    def buildProtocol(self, addr):
-        protocol = super().buildProtocol(addr)
-        lost = Deferred()
-        self.closed.append(lost)
-        original = protocol.connectionLost
+    def registerProtocol(self, protocol):
+        # TLS registers a protocol on both makeConnection and connectionMade.
+        super().registerProtocol(protocol)
+        if protocol not in self._lost:
+            self._lost[protocol] = Deferred()
+            self.closed.append(self._lost[protocol])
 
-        def connectionLost(reason):
-            try:
-                return original(reason)
-            finally:
-                lost.callback(None)
+    def unregisterProtocol(self, protocol):
+        super().unregisterProtocol(protocol)
+        self._lost.pop(protocol).callback(None)
 
-        protocol.connectionLost = connectionLost
-        return protocol
+
+class FakeOrchestratorService:
+    """
+    C{GetOrchestrator} as a stock orchestrator answers it, recording calls;
+    C{mode} C{capped} refuses as go-livepeer does, C{hang} never answers.
+    """
+
+    def __init__(self, orchestrator, wallClock):
+        self.orchestrator = orchestrator
+        self.wallClock = wallClock
+        self.mode = "ok"
+        self.requests = []
+        self.issued = []
+        self.host = "127.0.0.1"
+
+    def getOrchestrator(self, request, call):
+        self.requests.append(request)
+        if self.mode == "capped":
+            raise GRPCError(StatusCode.UNKNOWN, "Invalid orchestrator request: OrchestratorCapped")
+        if self.mode == "hang":
+            return Deferred()
+        token = pb.AuthToken(
+            token=os.urandom(32), session_id=f"{len(self.issued):08x}", expiration=int(self.wallClock()) + 1800
+        )
+        self.issued.append(token)
+        return pb.OrchestratorInfo(
+            transcoder=f"https://{self.host}:{self.orchestrator.port}", auth_token=token, address=bytes(20)
+        )
 
 
 class PusherTests(TestCase):
@@ -323,24 +368,46 @@ class PusherTests(TestCase):
         with open(self.certPath, "wb") as f:
             f.write(certPEM)
         self.fingerprint = certificateFingerprint(certPEM)
-        serverOptions = ssl.PrivateCertificate.loadPEM(keyPEM + certPEM).options()
+        self.serverOptions = ssl.PrivateCertificate.loadPEM(keyPEM + certPEM).options()
         self.orchestrator = FakeOrchestrator()
-        self.site = TrackingSite(self.orchestrator)
-        self.listening = globalReactor.listenSSL(0, self.site, serverOptions, interface="127.0.0.1")
+        self.now = 1_700_000_000.0
+        self.service = FakeOrchestratorService(self.orchestrator, lambda: self.now)
+        self.listen(HTTP11Site(self.orchestrator))
+        self.pushers = []
+
+    def listen(self, site):
+        """
+        Serve C{site} over TLS on 127.0.0.1, as the orchestrator.
+        """
+        self.tls = TrackingTLSFactory(self.serverOptions, site)
+        self.listening = globalReactor.listenTCP(0, self.tls, interface="127.0.0.1")
         self.orchestrator.port = self.listening.getHost().port
         self.orchAddr = f"127.0.0.1:{self.orchestrator.port}"
-        self.pushers = []
+
+    def serveGRPC(self, registered=True):
+        """
+        Serve gRPC (with C{GetOrchestrator} when C{registered}) and the
+        segment resources on one port, as a stock orchestrator.
+        """
+        registry = ServiceRegistry()
+        if registered:
+            registry.addUnary(GET_ORCHESTRATOR, pb.OrchestratorRequest, self.service.getOrchestrator)
+        site = Site(self.orchestrator)
+        site.protocol = channelFactory(registry)
+        self.listening.stopListening()
+        self.listen(site)
 
     async def _tearDown(self):
         for pusher in self.pushers:
             await pusher.close()
         await self.listening.stopListening()
-        await gatherResults(self.site.closed)
+        await gatherResults(self.tls.closed)
 
     def tearDown(self):
         return Deferred.fromCoroutine(self._tearDown())
 
     def pusher(self, tlsOptions, profiles=TWO_PROFILES, **kwargs):
+        kwargs.setdefault("wallClock", lambda: self.now)
         pusher = SegmentPusher(globalReactor, self.orchAddr, tlsOptions, profiles, "manifest-1", **kwargs)
         self.pushers.append(pusher)
         return pusher
@@ -361,6 +428,7 @@ class PusherTests(TestCase):
         self.assertGreater(result.latency, 0)
         self.assertLessEqual(result.uploadSeconds, result.latency)
         segData, body, contentType, payment = self.orchestrator.received[0]
+        self.assertFalse(segData.HasField("auth_token"))
         self.assertEqual(body, data)
         self.assertEqual((segData.seq, segData.duration, segData.manifestId), (3, 2000, b"manifest-1"))
         self.assertEqual(contentType, "video/MP2T")
@@ -507,6 +575,140 @@ class PusherTests(TestCase):
         self.assertEqual(code, 1)
         document = json.loads(out)
         self.assertEqual(document["summary"]["failed"], 2)
+
+    def withoutGRPCLogged(self, events):
+        return [e for e in events if "does not serve gRPC" in e.get("log_format", "")]
+
+    async def _fallbackWithoutH2(self):
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        pusher = self.pusher(self.pinned())
+        for seq in range(2):
+            result = await pusher.pushSegment(seq, b"data", 2000)
+            self.assertTrue(result.ok, result.error)
+        self.assertEqual([s.HasField("auth_token") for s, _, _, _ in self.orchestrator.received], [False, False])
+        logged = self.withoutGRPCLogged(events)
+        self.assertEqual(len(logged), 1)
+        self.assertIn("http/1.1", logged[0]["reason"])
+        self.assertIsNone(pusher.orchestratorInfo)
+
+    def test_fallbackWithoutH2(self):
+        """
+        An orchestrator that does not choose h2 in ALPN (one without gRPC)
+        gets segments without an auth token; that is logged once.
+        """
+        return Deferred.fromCoroutine(self._fallbackWithoutH2())
+
+    async def _fallbackUnimplemented(self):
+        self.serveGRPC(registered=False)
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        pusher = self.pusher(self.pinned())
+        for seq in range(2):
+            result = await pusher.pushSegment(seq, b"data", 2000)
+            self.assertTrue(result.ok, result.error)
+        self.assertFalse(any(s.HasField("auth_token") for s, _, _, _ in self.orchestrator.received))
+        logged = self.withoutGRPCLogged(events)
+        self.assertEqual(len(logged), 1)
+        self.assertIn("not implemented", logged[0]["reason"])
+
+    def test_fallbackUnimplemented(self):
+        """
+        An orchestrator serving gRPC without C{net.Orchestrator} (UNIMPLEMENTED)
+        gets segments without an auth token, logged once.
+        """
+        return Deferred.fromCoroutine(self._fallbackUnimplemented())
+
+    async def _fallbackPlainHTTP2(self):
+        self.listening.stopListening()
+        self.listen(Site(self.orchestrator))
+        result = await self.pusher(self.pinned()).pushSegment(0, b"data", 2000)
+        self.assertTrue(result.ok, result.error)
+        self.assertFalse(self.orchestrator.received[0][0].HasField("auth_token"))
+
+    def test_fallbackPlainHTTP2(self):
+        """
+        A server that speaks HTTP/2 but not gRPC (404 to the gRPC path) is
+        used without an auth token.
+        """
+        return Deferred.fromCoroutine(self._fallbackPlainHTTP2())
+
+    async def _getOrchestratorFirst(self):
+        self.serveGRPC()
+        self.service.host = "localhost"
+        pusher = self.pusher(self.pinned())
+        results = await gatherResults([pusher.pushSegment(seq, b"data %d" % seq, 2000) for seq in range(3)])
+        self.assertTrue(all(r.ok for r in results), [r.error for r in results])
+        self.assertEqual(len(self.service.requests), 1)
+        self.assertEqual(self.service.requests[0], pb.OrchestratorRequest())
+        (token,) = self.service.issued
+        self.assertEqual([s.auth_token for s, _, _, _ in self.orchestrator.received], [token] * 3)
+        # Segments go to the URI GetOrchestrator named, as a stock gateway posts them.
+        self.assertEqual(self.orchestrator.hosts, [f"localhost:{self.orchestrator.port}"] * 3)
+        self.assertEqual(pusher.segmentURL, f"https://localhost:{self.orchestrator.port}/segment")
+        self.assertEqual(pusher.orchestratorInfo.auth_token, token)
+
+    def test_getOrchestratorFirst(self):
+        """
+        Over a real gRPC call the pusher gets one session for concurrent
+        segments, sends its auth token in every SegData and posts to the
+        orchestrator's service URI.
+        """
+        return Deferred.fromCoroutine(self._getOrchestratorFirst())
+
+    async def _tokenRefresh(self):
+        self.serveGRPC()
+        pusher = self.pusher(self.pinned())
+        self.assertTrue((await pusher.pushSegment(0, b"a", 2000)).ok)
+        self.now += 1800 - TOKEN_REFRESH_SECONDS - 1
+        self.assertTrue((await pusher.pushSegment(1, b"b", 2000)).ok)
+        self.assertEqual(len(self.service.issued), 1)
+        self.now += 2
+        self.assertTrue((await pusher.pushSegment(2, b"c", 2000)).ok)
+        self.assertEqual([s.auth_token for s, _, _, _ in self.orchestrator.received],
+                         [self.service.issued[0]] * 2 + [self.service.issued[1]])
+
+    def test_tokenRefresh(self):
+        """
+        A token within a minute of its expiry is replaced by a new
+        GetOrchestrator; until then the session's is reused.
+        """
+        return Deferred.fromCoroutine(self._tokenRefresh())
+
+    async def _getOrchestratorRefused(self):
+        self.serveGRPC()
+        self.service.mode = "capped"
+        pusher = self.pusher(self.pinned())
+        result = await pusher.pushSegment(0, b"data", 2000)
+        self.assertFalse(result.ok)
+        self.assertIsNone(result.status)
+        self.assertIn("GetOrchestrator: Invalid orchestrator request: OrchestratorCapped", result.error)
+        self.assertEqual(self.orchestrator.received, [])
+        self.service.mode = "ok"
+        result = await pusher.pushSegment(1, b"data", 2000)
+        self.assertTrue(result.ok, result.error)
+        self.assertEqual(len(self.service.requests), 2)
+        self.assertEqual(self.orchestrator.received[0][0].auth_token, self.service.issued[0])
+
+    def test_getOrchestratorRefused(self):
+        """
+        A refused GetOrchestrator fails the segment with the orchestrator's
+        text and sends nothing; the next segment asks again.
+        """
+        return Deferred.fromCoroutine(self._getOrchestratorRefused())
+
+    async def _getOrchestratorHangs(self):
+        self.serveGRPC()
+        self.service.mode = "hang"
+        result = await self.pusher(self.pinned(), timeout=0.5).pushSegment(0, b"data", 2000)
+        self.assertFalse(result.ok)
+        self.assertIn("timed out after 0.5 s", result.error)
+        self.assertEqual(self.orchestrator.received, [])
+
+    def test_getOrchestratorHangs(self):
+        """
+        A GetOrchestrator that never answers is abandoned at the segment's
+        deadline (its connection closed: the tear-down waits for that).
+        """
+        return Deferred.fromCoroutine(self._getOrchestratorHangs())
 
     def test_cliPush(self):
         """

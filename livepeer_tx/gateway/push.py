@@ -1,23 +1,32 @@
 """
 Push segments to an orchestrator the way a go-livepeer gateway does.
 
+First the gateway asks the orchestrator C{GetOrchestrator} over gRPC (HTTP/2
+on the same TLS port) for a session: an auth token and the URL to post to.
+An orchestrator that does not serve gRPC there (it does not choose C{h2} in
+ALPN, or answers UNIMPLEMENTED) is used without a token, which older
+livepeer-tx orchestrators accept; that is logged once.
+
 A segment travels as C{POST /segment} on the orchestrator's public TLS port:
 the job description is a base64 protobuf C{SegData} in the C{Livepeer-Segment}
-header, the body is the MPEG-TS segment. The answer is a protobuf
-C{TranscodeResult} naming one URL per rendition, which the gateway then
-downloads with plain C{GET}s.
+header (with the session's auth token), the body is the MPEG-TS segment. The
+answer is a protobuf C{TranscodeResult} naming one URL per rendition, which
+the gateway then downloads with plain C{GET}s.
 """
 
 import base64
 import os
+import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from eth_utils import keccak
 from twisted.internet.defer import (
+    CancelledError,
     Deferred,
     DeferredList,
+    DeferredLock,
     DeferredSemaphore,
     FirstError,
     TimeoutError,
@@ -26,6 +35,7 @@ from twisted.internet.defer import (
 )
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
@@ -38,7 +48,9 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from livepeer_tx.addresses import formatHostPort, parseHostPort
+from livepeer_tx.gateway.grpcclient import GRPCUnavailable, unaryCall
 from livepeer_tx.proto import lp_rpc_pb2 as pb
+from livepeer_tx.rpc.wire import GRPCError, StatusCode
 from livepeer_tx.web import BytesProducer
 
 DEFAULT_ORCHESTRATOR_PORT = 8935
@@ -48,6 +60,11 @@ MIN_SEGMENT_TIMEOUT = 8.0
 # A duration of 0 means "2 s" to go-livepeer receivers.
 DEFAULT_DURATION_MS = 2000
 CONNECT_TIMEOUT = 5
+GET_ORCHESTRATOR = "/net.Orchestrator/GetOrchestrator"
+# go-livepeer's GRPCTimeout, the gateway's limit on a GetOrchestrator call.
+GET_ORCHESTRATOR_TIMEOUT = 8.0
+# A session token this close to its expiry is replaced (a new session).
+TOKEN_REFRESH_SECONDS = 60
 
 
 class Rendition(NamedTuple):
@@ -69,12 +86,15 @@ class SegmentResult:
     @ivar seq: the segment's sequence number.
     @ivar status: HTTP status of C{POST /segment}, or C{None} when no response came.
     @ivar error: why the segment failed (HTTP error body, the orchestrator's
-        C{TranscodeResult.error}, a transport error or a timeout), or C{None}.
+        C{TranscodeResult.error}, a refused C{GetOrchestrator}, a transport
+        error or a timeout), or C{None}.
     @ivar renditions: the downloaded renditions, in profile order.
-    @ivar latency: seconds from the start of the upload to the last rendition
+    @ivar latency: seconds from the start of the exchange (including a
+        C{GetOrchestrator} call it waited for) to the last rendition
         downloaded (or to the failure).
-    @ivar uploadSeconds: seconds until the orchestrator answered with headers
-        (it does so once it has the whole segment).
+    @ivar uploadSeconds: seconds from the start of the upload until the
+        orchestrator answered with headers (it does so once it has the whole
+        segment).
     @ivar transcodeSeconds: seconds from the response headers to the end of the
         C{TranscodeResult} body, i.e. the transcoding itself.
     @ivar downloadSeconds: seconds spent fetching the renditions.
@@ -247,8 +267,14 @@ class SegmentPusher:
     Uploads segments of one stream to one orchestrator and downloads the
     renditions, over a pool of persistent HTTPS connections.
 
+    Before the first segment it asks C{GetOrchestrator} for a session (see
+    the module docstring), and again when the session's token is about to
+    expire; a refusal fails the segments that waited for it, and the next
+    segment asks again.
+
     @ivar manifestId: the stream's manifest id, sent with every segment.
     @ivar profiles: the renditions asked for.
+    @ivar orchestratorInfo: the last C{OrchestratorInfo} received, or L{None}.
     """
 
     _log = Logger()
@@ -263,6 +289,8 @@ class SegmentPusher:
         timeout=None,
         authToken=None,
         maxConnections=8,
+        getOrchestrator=True,
+        wallClock=time.time,
     ):
         """
         @param reactor: the reactor to run on.
@@ -274,21 +302,31 @@ class SegmentPusher:
         @param manifestId: the stream's manifest id.
         @param timeout: seconds allowed per segment (upload, transcode and
             downloads); C{None} uses go-livepeer's max(8 s, 4 x duration).
-        @param authToken: an optional C{AuthToken} message to send with segments.
+        @param authToken: an C{AuthToken} message to send with every segment
+            instead of asking C{GetOrchestrator} for one.
         @param maxConnections: persistent connections kept per host.
+        @param getOrchestrator: whether to ask C{GetOrchestrator} for a
+            session first (as a stock gateway does).
+        @param wallClock: unix time now, to tell when a token expires.
         """
         scheme, host, port = parseOrchAddr(orchAddr)
         self._reactor = reactor
+        self._orchAddr = orchAddr
+        self._scheme, self._host, self._port = scheme, host, port
         self._segmentURL = f"{scheme}://{formatHostPort(host, port)}/segment".encode("ascii")
         self.profiles = list(profiles)
         self.manifestId = manifestId
         self._timeout = timeout
         self._authToken = authToken
+        self._askOrchestrator = getOrchestrator and authToken is None
+        self._wallClock = wallClock
+        self._sessionLock = DeferredLock()
+        self.orchestratorInfo = None
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = maxConnections
-        policy = BrowserLikePolicyForHTTPS() if tlsOptions is None else FixedTrustPolicy(tlsOptions)
+        self._policy = BrowserLikePolicyForHTTPS() if tlsOptions is None else FixedTrustPolicy(tlsOptions)
         self._agent = Agent(
-            reactor, contextFactory=policy, connectTimeout=CONNECT_TIMEOUT, pool=self._pool
+            reactor, contextFactory=self._policy, connectTimeout=CONNECT_TIMEOUT, pool=self._pool
         )
 
     @property
@@ -340,10 +378,81 @@ class SegmentPusher:
         d.addCallback(finished)
         return d
 
-    async def _exchange(self, result, data, started):
-        headers = buildSegmentHeaders(
-            result.seq, data, self.profiles, self.manifestId, result.durationMs, self._authToken
+    def _sessionIsFresh(self):
+        info = self.orchestratorInfo
+        if info is None:
+            return False
+        if not info.HasField("auth_token"):
+            return True
+        return info.auth_token.expiration - TOKEN_REFRESH_SECONDS > self._wallClock()
+
+    async def sessionToken(self):
+        """
+        The auth token to send with the next segment: the one given, the
+        current session's (asking C{GetOrchestrator} for a new session when
+        there is none or it is about to expire), or L{None} when the
+        orchestrator does not serve gRPC.
+
+        @raise SegmentError: C{GetOrchestrator} failed.
+        """
+        if self._askOrchestrator and not self._sessionIsFresh():
+            await self._sessionLock.acquire()
+            try:
+                # Concurrent segments wait for one call.
+                if self._askOrchestrator and not self._sessionIsFresh():
+                    await self._getOrchestrator()
+            finally:
+                self._sessionLock.release()
+        if self._askOrchestrator and self.orchestratorInfo.HasField("auth_token"):
+            return self.orchestratorInfo.auth_token
+        return self._authToken
+
+    async def _getOrchestrator(self):
+        if self._scheme != "https":
+            self._withoutGRPC("gRPC needs TLS")
+            return
+        tlsOptions = self._policy.creatorForNetloc(self._host.encode("idna"), self._port)
+        try:
+            info = await unaryCall(
+                self._reactor, self._host, self._port, tlsOptions, GET_ORCHESTRATOR,
+                pb.OrchestratorRequest(), pb.OrchestratorInfo, GET_ORCHESTRATOR_TIMEOUT,
+                connectTimeout=CONNECT_TIMEOUT,
+            )
+        except GRPCUnavailable as e:
+            self._withoutGRPC(str(e))
+            return
+        except GRPCError as e:
+            if e.code == StatusCode.UNIMPLEMENTED:
+                self._withoutGRPC(f"GetOrchestrator is not implemented: {e.message}")
+                return
+            raise SegmentError(f"GetOrchestrator: {e.message or e.code.name}") from None
+        except CancelledError:
+            raise
+        except Exception:
+            raise SegmentError(f"GetOrchestrator: {describeFailure(Failure())}") from None
+        self.orchestratorInfo = info
+        base = urlsplit(info.transcoder)
+        if base.scheme in ("http", "https") and base.netloc:
+            self._segmentURL = info.transcoder.rstrip("/").encode("ascii") + b"/segment"
+        self._log.info(
+            "GetOrchestrator: sessionID={sessionId} posting to {url}",
+            sessionId=info.auth_token.session_id, url=self.segmentURL,
         )
+
+    def _withoutGRPC(self, reason):
+        self._askOrchestrator = False
+        self._log.info(
+            "The orchestrator at {orchAddr} does not serve gRPC ({reason}): pushing without "
+            "GetOrchestrator or an auth token",
+            orchAddr=self._orchAddr, reason=reason,
+        )
+
+    async def _exchange(self, result, data, started):
+        authToken = await self.sessionToken()
+        headers = buildSegmentHeaders(
+            result.seq, data, self.profiles, self.manifestId, result.durationMs, authToken
+        )
+        postedAt = self._reactor.seconds()
         response = await self._agent.request(
             b"POST",
             self._segmentURL,
@@ -351,7 +460,7 @@ class SegmentPusher:
             BytesProducer(data),
         )
         headersAt = self._reactor.seconds()
-        result.uploadSeconds = headersAt - started
+        result.uploadSeconds = headersAt - postedAt
         result.status = response.code
         body = await readBody(response)
         result.transcodeSeconds = self._reactor.seconds() - headersAt
