@@ -21,9 +21,11 @@ DEFAULT_PROFILES = "P240p30fps16x9,P360p30fps16x9"
 
 PUSH_DESCRIPTION = """\
 Cut INPUT into MPEG-TS segments and push them to an orchestrator's public port
-the way a go-livepeer gateway does (POST /segment with a Livepeer-Segment
-header), then download every rendition. Prints one line per segment and a
-summary; exits 1 if any segment failed.
+the way a go-livepeer gateway does (GetOrchestrator over gRPC for a session,
+then POST /segment with a Livepeer-Segment header carrying its auth token),
+then download every rendition. An orchestrator without gRPC gets segments
+without a token. Prints one line per segment and a summary; exits 1 if any
+segment failed.
 
 The orchestrator's certificate is verified: trust its self-signed certificate
 with --orchCert (the cert.pem in its data directory) or pin it with
