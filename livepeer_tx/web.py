@@ -2,8 +2,9 @@
 HTTP pieces shared by the orchestrator and the transcoder: a Site whose
 connections always end (deadlines that request processing cannot turn off, an
 abort when a close does not complete), which refuses oversized or unaffordable
-request bodies before reading them; a cap on concurrent connections; JSON
-resources; and the C{/metrics} resource.
+request bodies before reading them, over HTTP/1.1 and, with a gRPC registry,
+over HTTP/2 beside gRPC; a cap on concurrent connections; JSON resources; and
+the C{/metrics} resource.
 
 The limits themselves are plain classes in L{livepeer_tx.limits}; this module
 applies them to connections.
@@ -16,10 +17,12 @@ from Crypto.Hash import keccak
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.twisted import MetricsResource
 from twisted.internet.defer import succeed
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols import policies
+from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
@@ -29,6 +32,7 @@ from livepeer_tx.limits import (
     CLOSE_TOO_SLOW, HEADERS_TOO_SLOW, REQUEST_TOO_LONG, TOTAL_CAP, UPLOAD_TOO_SLOW, ConnectionDeadlines,
     HTTPLimits, LogThrottle, UploadRefused,
 )
+from livepeer_tx.rpc import ALPN_PROTOCOLS, GRPCH2Connection, channelFactory, isHTTP2, refuseRequest
 
 MALFORMED_REQUEST_LINE = "malformed request line"
 MALFORMED_HEADER = "malformed header line"
@@ -108,12 +112,16 @@ class HardenedHTTPChannel(http.HTTPChannel):
 
     Its limits are the site's C{limits} (an L{HTTPLimits}); the clock is the
     site's reactor.
+
+    @ivar requestPath: the path of the request line being handled (for the
+        site's per-path body limits), or L{None}.
     """
 
     _log = Logger()
     # The close deadline below replaces Twisted's abort after an idle timeout.
     abortTimeout = None
     _lowerProtocol = None
+    requestPath = None
 
     def __init__(self):
         super().__init__()
@@ -168,6 +176,8 @@ class HardenedHTTPChannel(http.HTTPChannel):
             self._badRequestReason = MALFORMED_REQUEST_LINE
             if line:
                 self._expectingRequestLine = False
+                parts = line.split()
+                self.requestPath = parts[1] if len(parts) == 3 else None
         else:
             self._badRequestReason = HEADERS_TOO_LARGE
         return super().lineReceived(line)
@@ -343,11 +353,21 @@ class HardenedHTTPChannel(http.HTTPChannel):
 
 class BoundedRequest(server.Request):
     """
-    A request whose body is bounded before it is read: larger than the site's
-    C{maxBodyBytes} gets 413, and on a site with an C{uploadBudget} the
-    declared length is reserved first (a chunked body as it arrives); a body
-    that does not fit gets 503 with C{Retry-After}. The reservation is given
-    back when the request finishes or its connection is lost.
+    A request whose body is bounded before it is read, over HTTP/1.1 or
+    HTTP/2: larger than the site's limit for its path (L{BoundedSite.maxBodyBytesFor})
+    gets 413, and on a site with an C{uploadBudget} the declared length is
+    reserved first (a body of unknown length as it arrives); a body that does
+    not fit gets 503 with C{Retry-After}. The reservation is given back when
+    the request finishes or its connection (or stream) is lost.
+
+    A refused request is never processed: over HTTP/1.1 its connection reads
+    nothing more and closes; over HTTP/2 only its stream ends (the client is
+    told to stop sending), and the connection's other streams go on.
+
+    Over HTTP/2, where the connection's deadlines cannot see one stream's
+    body, the request keeps its own: a body slower than the site's
+    C{minUploadRate} gets 408, and a request still running after
+    C{maxRequestSeconds} has its stream reset.
 
     Bodies are kept in memory (the budget bounds them); reading the whole body
     from C{content} returns it without a copy. On a site with C{hashBodies},
@@ -355,30 +375,58 @@ class BoundedRequest(server.Request):
     hash costs nothing once it is in.
 
     @ivar bodyKeccak: the running keccak-256 of the body, or L{None}.
+    @ivar refused: whether the request was refused before its body was read.
     """
 
+    _log = Logger()
     bodyKeccak = None
+    refused = False
     _upload = None
     _received = 0
+    _limit = None
+    _lengthSeen = False
+    _streamDeadlines = None
+
+    def _site(self):
+        return self.channel.site
+
+    def _bodyLimit(self):
+        site = self._site()
+        limitFor = getattr(site, "maxBodyBytesFor", None)
+        if limitFor is not None:
+            path = getattr(self.channel, "path" if isHTTP2(self) else "requestPath", None)
+            return limitFor(path)
+        return getattr(site, "maxBodyBytes", None)
 
     def gotLength(self, length):
         """
-        Refuse a declared length over the limit or the budget before the body arrives.
+        Refuse a declared length over the limit or the budget before the body
+        arrives. Over HTTP/2 this runs while the request's headers are still
+        being added (all the pseudo-headers, the path among them, come first).
         """
-        channel = self.channel
-        site = channel.site
-        limit = getattr(site, "maxBodyBytes", None)
+        if self.refused:
+            return
+        if self._lengthSeen or (length is not None and length < 0):
+            # HTTP/2 calls this once per content-length header.
+            self.refuse(400, BAD_BODY_LENGTH)
+            return
+        self._lengthSeen = True
+        site = self._site()
+        self._limit = limit = self._bodyLimit()
         if limit is not None and length is not None and length > limit:
-            channel.refuse(413, BODY_TOO_LARGE, f"request body of {length} bytes is larger than {limit} bytes")
+            self.refuse(413, BODY_TOO_LARGE, f"request body of {length} bytes is larger than {limit} bytes")
             return
         budget = getattr(site, "uploadBudget", None)
         if budget is not None and length != 0:
+            sourceOf = getattr(site, "sourceOf", hostOf)
             try:
-                self._upload = budget.reserve(site.sourceOf(channel.transport.getPeer()), length or 0)
+                self._upload = budget.reserve(sourceOf(self.getClientAddress()), length or 0)
             except UploadRefused as e:
-                channel.refuse(503, UPLOAD_MEMORY_FULL, e.message, retryAfter=RETRY_AFTER_SECONDS)
+                self.refuse(503, UPLOAD_MEMORY_FULL, e.message, retryAfter=RETRY_AFTER_SECONDS)
                 return
             self.notifyFinish().addBoth(lambda _: self.releaseUpload())
+        if isHTTP2(self):
+            self._startStreamDeadlines(site, length)
         if getattr(site, "hashBodies", False):
             # pycryptodome's own object: eth_hash's wrapper keeps every part
             # it is given (for copy()), which would hold the body twice.
@@ -387,36 +435,90 @@ class BoundedRequest(server.Request):
 
     def handleContentChunk(self, data):
         """
-        Count a body's bytes against the limit (chunked bodies against the
-        budget too) as they arrive, hash them and keep them.
+        Count a body's bytes against the limit (a body of unknown length
+        against the budget too) as they arrive, hash them and keep them.
         """
         channel = self.channel
-        if channel is None or channel.closing:
+        if self.refused or channel is None or getattr(channel, "closing", False):
             return
         self._received += len(data)
-        limit = getattr(channel.site, "maxBodyBytes", None)
+        limit = self._limit
         if limit is not None and self._received > limit:
-            channel.refuse(413, BODY_TOO_LARGE, f"request body larger than {limit} bytes")
+            self.refuse(413, BODY_TOO_LARGE, f"request body larger than {limit} bytes")
             return
         upload = self._upload
         if upload is not None and self._received > upload.size:
             try:
                 upload.grow(self._received - upload.size)
             except UploadRefused as e:
-                channel.refuse(503, UPLOAD_MEMORY_FULL, e.message, retryAfter=RETRY_AFTER_SECONDS)
+                self.refuse(503, UPLOAD_MEMORY_FULL, e.message, retryAfter=RETRY_AFTER_SECONDS)
                 return
+        if self._streamDeadlines is not None:
+            self._streamDeadlines.bodyReceived(len(data))
         if self.bodyKeccak is not None:
             self.bodyKeccak.update(data)
         self.content.write(data)
 
     def requestReceived(self, command, path, version):
         """
-        Trim the body buffer to its size (no copy: reading it whole then
-        returns the buffer itself), then process the request.
+        Unless the request was refused: trim the body buffer to its size (no
+        copy: reading it whole then returns the buffer itself), then process
+        the request.
         """
+        if self.refused:
+            return
+        if self._streamDeadlines is not None:
+            self._streamDeadlines.bodyFinished()
+            self._streamDeadlines.dispatched()
         if isinstance(self.content, BytesIO):
             self.content.getvalue()
         super().requestReceived(command, path, version)
+
+    def refuse(self, code, reason, message=None, retryAfter=None):
+        """
+        Answer C{code} with a short text before the body is read, log one line
+        and count it; the request is never processed. Only for a request whose
+        response has not started.
+
+        @param reason: a short fixed text (a metric label and the log line).
+        @param message: the text for the client (default: C{reason}).
+        @param retryAfter: seconds for a C{Retry-After} header, or L{None}.
+        """
+        if self.refused:
+            return
+        self.refused = True
+        self.releaseUpload()
+        if self._streamDeadlines is not None:
+            self._streamDeadlines.stop()
+        channel = self.channel
+        if isinstance(channel, HardenedHTTPChannel):
+            # It logs, counts, and reads nothing more from the connection.
+            channel.refuse(code, reason, message, retryAfter)
+            return
+        refuseRequest(self, code, (message or reason) + "\n", retryAfter)
+        self._log.info("Refused a request from {peer}: {code} {reason}",
+                       peer=describeAddress(self.getClientAddress()), code=code, reason=reason)
+        metrics = getattr(self._site(), "metrics", None)
+        if metrics is not None:
+            metrics.requestsRefused.labels(reason=reason).inc()
+
+    def _startStreamDeadlines(self, site, length):
+        limits = getattr(site, "limits", None) or HTTPLimits()
+        self._streamDeadlines = ConnectionDeadlines(site.reactor, limits, self._streamDeadlinePassed)
+        if length != 0:
+            self._streamDeadlines.bodyStarted()
+        self.notifyFinish().addBoth(lambda _: self._streamDeadlines.stop())
+
+    def _streamDeadlinePassed(self, kind):
+        limits = getattr(self._site(), "limits", None) or HTTPLimits()
+        if kind == UPLOAD_TOO_SLOW:
+            self.refuse(408, kind, f"request body slower than {limits.minUploadRate:g} bytes/s")
+        elif kind == REQUEST_TOO_LONG:
+            self._log.info("Resetting a stream from {peer}: a request still running after {seconds:g} s",
+                           peer=describeAddress(self.getClientAddress()), seconds=limits.maxRequestSeconds)
+            stream = self.channel
+            stream.abortConnection()
+            stream.connectionLost(Failure(ConnectionLost(f"request running for over {limits.maxRequestSeconds:g} s")))
 
     def releaseUpload(self):
         """
@@ -428,10 +530,57 @@ class BoundedRequest(server.Request):
             self.content.close()
 
 
+class HardenedH2Connection(GRPCH2Connection):
+    """
+    The public port's HTTP/2 connection: gRPC calls and Site requests on one
+    connection (L{GRPCH2Connection}), with limits of its own beside those of
+    each request (L{BoundedRequest}).
+
+    - The idle timeout (the site's C{timeOut}, C{--idleTimeout}) runs only
+      while no stream is open, and no frame restarts it: a connection that
+      keeps no request open, whatever PING, SETTINGS or WINDOW_UPDATE frames
+      it sends, gets GOAWAY and is closed once it has run out. While a stream
+      is open, that stream's own deadlines apply, and keepalive PINGs find a
+      dead peer under a long gRPC call.
+    - At most L{MAX_CONCURRENT_STREAMS} streams at once (h2's setting, pinned
+      by a test); a client opening more breaks its connection.
+    - Request headers are bounded by h2 (a 64 KiB header list, a limit on
+      CONTINUATION frames).
+    """
+
+    MAX_CONCURRENT_STREAMS = 100
+    _idleTimeOut = None
+
+    def resetTimeout(self):
+        """
+        Frames do not restart the idle timeout: only the end of the last open
+        stream does.
+        """
+
+    def _requestReceived(self, event):
+        super()._requestReceived(event)
+        if self.streams and self.timeOut is not None:
+            # Busy: the streams' own deadlines apply until the last one ends.
+            self._idleTimeOut = self.setTimeout(None)
+
+    def _requestDone(self, streamID):
+        super()._requestDone(streamID)
+        if not self.streams and not self._lost and self._idleTimeOut is not None:
+            self.setTimeout(self._idleTimeOut)
+            self._idleTimeOut = None
+
+
 class BoundedSite(server.Site):
     """
     A Site of L{HardenedHTTPChannel}s whose requests cannot carry bodies over
-    C{maxBodyBytes}, with no access log lines (segment URLs would flood the log).
+    the limit for their path (L{maxBodyBytesFor}), with no access log lines
+    (segment URLs would flood the log).
+
+    Given a gRPC registry, it also serves HTTP/2: TLS ALPN offers C{h2} then
+    C{http/1.1}; on an HTTP/2 connection (a L{HardenedH2Connection}) requests
+    whose content type starts with C{application/grpc} go to the registry and
+    every other request reaches the same resources as over HTTP/1.1, bounded
+    the same way (L{BoundedRequest}).
 
     @param limits: the connections' L{HTTPLimits} (its C{idleTimeout} is the
         site's timeout).
@@ -439,34 +588,56 @@ class BoundedSite(server.Site):
     @param metrics: an L{HTTPEdgeMetrics} counting refusals, or L{None}.
     @param sourceOf: maps a peer address to the source that the upload budget
         counts per address (default: L{hostOf}).
+    @param bodyLimits: paths (C{b"/transcodeResults"}) whose bodies may be
+        larger or must be smaller than C{maxBodyBytes}, to their limit.
+    @param grpcRegistry: a L{livepeer_tx.rpc.ServiceRegistry} to serve over
+        HTTP/2, or L{None} for HTTP/1.1 only.
+    @param grpcSettings: the L{livepeer_tx.rpc.GRPCSettings} of its calls.
     @ivar hashBodies: compute each request body's keccak-256 as it arrives.
     """
 
     requestFactory = BoundedRequest
 
-    def __init__(self, root, maxBodyBytes, hashBodies=False, alpnProtocols=(b"http/1.1",), limits=None,
-                 uploadBudget=None, metrics=None, sourceOf=hostOf, **kwargs):
+    def __init__(self, root, maxBodyBytes, hashBodies=False, alpnProtocols=None, limits=None,
+                 uploadBudget=None, metrics=None, sourceOf=hostOf, bodyLimits=None, grpcRegistry=None,
+                 grpcSettings=None, **kwargs):
         self.limits = limits or HTTPLimits()
         super().__init__(root, timeout=self.limits.idleTimeout, **kwargs)
         self.maxBodyBytes = maxBodyBytes
+        self.bodyLimits = dict(bodyLimits or {})
         self.hashBodies = hashBodies
+        if alpnProtocols is None:
+            alpnProtocols = ALPN_PROTOCOLS if grpcRegistry is not None else (b"http/1.1",)
         self.alpnProtocols = list(alpnProtocols)
         self.uploadBudget = uploadBudget
         self.metrics = metrics
         self.sourceOf = sourceOf
+        if grpcRegistry is not None:
+            self.protocol = channelFactory(grpcRegistry, http11Channel=HardenedHTTPChannel, settings=grpcSettings,
+                                           http2Connection=HardenedH2Connection)
+
+    def maxBodyBytesFor(self, path):
+        """
+        The largest body a request for C{path} (bytes, with or without a
+        query; L{None} when unknown) may carry.
+        """
+        if path is not None and self.bodyLimits:
+            return self.bodyLimits.get(path.split(b"?", 1)[0], self.maxBodyBytes)
+        return self.maxBodyBytes
 
     def protocol(self):
         """
-        A new connection's protocol: a L{HardenedHTTPChannel} behind Twisted's
-        wrapper that switches to HTTP/2 when ALPN negotiates it.
+        A new connection's protocol without a gRPC registry: a
+        L{HardenedHTTPChannel} behind Twisted's wrapper (which would switch to
+        HTTP/2 if ALPN negotiated it; it offers only C{http/1.1} then).
         """
         return http._GenericHTTPChannelProtocol(HardenedHTTPChannel())
 
     def acceptableProtocols(self):
         """
-        The protocols offered in TLS ALPN. HTTP/1.1 only for now: WebSocket
-        upgrades and the early 413 need it. Offering C{h2} here (and routing
-        C{application/grpc} requests) is how gRPC joins this port.
+        The protocols offered in TLS ALPN: C{h2} then C{http/1.1} with a gRPC
+        registry (the WebSocket upgrade and curl without C{--http2} take
+        C{http/1.1}), else C{http/1.1} only.
         """
         return self.alpnProtocols
 

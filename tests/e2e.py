@@ -1,7 +1,8 @@
 """
 Blocking clients for end-to-end tests against real C{twistd} nodes: a gateway
-C{POST /segment}, the C{livepeer-tx push} command, and a raw WebSocket client
-that can send what a well-behaved library never would.
+(C{GetOrchestrator} over gRPC with grpcio, then C{POST /segment} with the
+session's auth token), the C{livepeer-tx push} command, and a raw WebSocket
+client that can send what a well-behaved library never would.
 """
 
 import base64
@@ -14,12 +15,20 @@ import struct
 import subprocess
 import sys
 
+import grpc
 from eth_utils import keccak
 
-from livepeer_tx.profiles import PRESETS
+from livepeer_tx.chain.identity import checksumAddress
+from livepeer_tx.orchestrator.authtoken import VALID_SECONDS, AuthTokens, loadOrCreateKey
+from livepeer_tx.orchestrator.ingress import flattenSegment
+from livepeer_tx.orchestrator.orchservice import GET_ORCHESTRATOR
+from livepeer_tx.profiles import PRESETS, profilesFromSegData
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Each stream (orchestrator and manifest id) of the tests' gateway keeps the
+# session GetOrchestrator gave it, as a stock gateway does.
+_SESSIONS = {}
 
 
 def tlsContext(orchestrator):
@@ -29,27 +38,120 @@ def tlsContext(orchestrator):
     return ssl.create_default_context(cafile=orchestrator.certPath)
 
 
-def segmentHeader(body, seq=0, manifestId=b"stream-a", profiles=("P240p30fps16x9",), durationMs=2000, hash=None):
+def grpcChannel(orchestrator):
     """
-    A go-livepeer C{Livepeer-Segment} header value.
+    A grpcio channel to the orchestrator's public port, trusting its
+    certificate (use it as a context manager).
+    """
+    with open(orchestrator.certPath, "rb") as f:
+        credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+    return grpc.secure_channel(orchestrator.serviceAddr, credentials)
+
+
+def unaryMethod(channel, path, requestClass, responseClass):
+    """
+    A grpcio callable for a unary method.
+    """
+    return channel.unary_unary(path, request_serializer=requestClass.SerializeToString,
+                               response_deserializer=responseClass.FromString)
+
+
+def getOrchestrator(orchestrator, signer=None, timeout=30):
+    """
+    C{GetOrchestrator} as a stock gateway asks it: with its address and its
+    signature of that address on chain (C{signer}, a
+    L{livepeer_tx.chain.identity.NodeSigner}), with neither off chain.
+
+    @return: the C{OrchestratorInfo}.
+    @raise grpc.RpcError: it was refused.
+    """
+    request = pb.OrchestratorRequest()
+    if signer is not None:
+        request.address = signer.address
+        request.sig = signer.sign(checksumAddress(signer.address).encode("ascii"))
+    with grpcChannel(orchestrator) as channel:
+        return unaryMethod(channel, GET_ORCHESTRATOR, pb.OrchestratorRequest, pb.OrchestratorInfo)(
+            request, timeout=timeout)
+
+
+def sessionToken(orchestrator, manifestId, signer=None):
+    """
+    The auth token of a stream's session: asked of C{GetOrchestrator} the
+    first time, then kept.
+    """
+    key = (orchestrator.serviceAddr, orchestrator.dataDir, manifestId)
+    if key not in _SESSIONS:
+        _SESSIONS[key] = getOrchestrator(orchestrator, signer).auth_token
+    return _SESSIONS[key]
+
+
+def mintToken(orchestrator, expiration=None, sessionId=None):
+    """
+    A token made with the key the orchestrator keeps in its data directory,
+    without asking it: for a session it would not open now, or, with
+    C{expiration} in the past, an expired one.
+    """
+    options = {}
+    if expiration is not None:
+        options["wallClock"] = lambda: expiration - VALID_SECONDS
+    if sessionId is not None:
+        options["randomBytes"] = lambda count: bytes.fromhex(sessionId)
+    return AuthTokens(loadOrCreateKey(orchestrator.dataDir), **options).issue()
+
+
+def segmentHeader(body, seq=0, manifestId=b"stream-a", profiles=("P240p30fps16x9",), durationMs=2000, hash=None,
+                  authToken=None, signer=None):
+    """
+    A go-livepeer C{Livepeer-Segment} header value, with C{authToken} and,
+    given a C{signer}, the gateway's signature of the segment.
     """
     segData = pb.SegData(
         manifestId=manifestId, seq=seq, hash=keccak(body) if hash is None else hash, profiles=b"invalid",
         duration=durationMs,
     )
     segData.fullProfiles.extend(PRESETS[name].toProto() for name in profiles)
+    if authToken is not None:
+        segData.auth_token.CopyFrom(authToken)
+    if signer is not None:
+        segData.sig = signer.sign(flattenSegment(segData, profilesFromSegData(segData)))
     return base64.b64encode(segData.SerializeToString()).decode("ascii")
 
 
-def postSegment(orchestrator, body, headers=None, timeout=60, **segmentOptions):
+def paymentHeader(signer=None):
     """
-    C{POST /segment} and return C{(status, bodyBytes)}.
+    A C{Livepeer-Payment} value: empty off chain; a payment naming the
+    gateway (and carrying no ticket) for a C{signer}.
     """
+    if signer is None:
+        return ""
+    return base64.b64encode(pb.Payment(sender=signer.address).SerializeToString()).decode("ascii")
+
+
+def segmentHeaders(orchestrator, body, authToken=None, signer=None, **segmentOptions):
+    """
+    The headers of a stock gateway's C{POST /segment}: the session's token
+    (asked of C{GetOrchestrator} once per manifest id unless given).
+    """
+    if authToken is None:
+        authToken = sessionToken(orchestrator, segmentOptions.get("manifestId", b"stream-a"), signer)
+    return {"Livepeer-Segment": segmentHeader(body, authToken=authToken, signer=signer, **segmentOptions),
+            "Livepeer-Payment": paymentHeader(signer), "Content-Type": "video/MP2T"}
+
+
+def postSegment(orchestrator, body, headers=None, timeout=60, authToken=None, signer=None, **segmentOptions):
+    """
+    C{POST /segment} over HTTP/1.1 as a gateway does, after C{GetOrchestrator}
+    for the stream's session (unless C{headers} give the C{Livepeer-Segment}
+    or an C{authToken} is given); return C{(status, bodyBytes)}.
+    """
+    headers = dict(headers or {})
+    if "Livepeer-Segment" in headers:
+        allHeaders = {"Livepeer-Payment": paymentHeader(signer), "Content-Type": "video/MP2T"}
+    else:
+        allHeaders = segmentHeaders(orchestrator, body, authToken, signer, **segmentOptions)
+    allHeaders.update(headers)
     connection = http.client.HTTPSConnection(
         orchestrator.host, orchestrator.port, context=tlsContext(orchestrator), timeout=timeout)
-    allHeaders = {"Livepeer-Segment": segmentHeader(body, **segmentOptions), "Livepeer-Payment": "",
-                  "Content-Type": "video/MP2T"}
-    allHeaders.update(headers or {})
     try:
         connection.request("POST", "/segment", body=body, headers=allHeaders)
         response = connection.getresponse()

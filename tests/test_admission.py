@@ -15,7 +15,7 @@ from livepeer_tx.orchestrator.dispatch import Rendition
 from livepeer_tx.orchestrator.routing import RemoteTranscoder
 from livepeer_tx.profiles import MAX_PROFILES, PRESETS, Profile, ProfileError
 from livepeer_tx.proto import lp_rpc_pb2 as pb
-from test_ingress import BODY, AnsweringLink, makeOrchestrator, post, response, sessionOf
+from test_ingress import BODY, AnsweringLink, makeOrchestrator, post, response, sessionOf, tokenFor
 from e2e import transcodeResult
 
 
@@ -55,6 +55,7 @@ def customHeader(body, profiles, seq=0, manifestId=b"custom", durationMs=2000):
     segData = pb.SegData(manifestId=manifestId, seq=seq, hash=keccak(body), profiles=b"invalid",
                          duration=durationMs)
     segData.fullProfiles3.extend(profiles)
+    segData.auth_token.CopyFrom(tokenFor(manifestId))
     return base64.b64encode(segData.SerializeToString()).decode("ascii")
 
 
@@ -132,8 +133,12 @@ def test_per_address_cap_is_an_option_and_off_for_paid_work():
         def debit(self, sessionId, pixels):
             pass
 
+        def ticketParams(self, sender):
+            from twisted.internet.defer import succeed
+            return succeed(None)
+
     app, resource, link = withTranscoder(capacity=32, maxSessionsPerAddress=2, payments=PaidWork())
-    assert not resource.limitPerSource
+    assert not resource.service.limitPerSource
     for i in range(5):
         post(resource, client="203.0.113.5", manifestId=f"m{i}".encode())
     assert len(link.tasks) == 5

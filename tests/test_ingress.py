@@ -1,24 +1,50 @@
 """
-Gateway ingress in memory: go-livepeer's check order and status codes, the
-TranscodeResult, and the rendition URLs, with a stand-in transcoder link.
+Gateway ingress in memory: go-livepeer's check order and status codes, auth
+tokens, capabilities, segment signatures on chain, the refreshed
+OrchestratorInfo, the TranscodeResult and the rendition URLs, with a
+stand-in transcoder link; the pipeline called directly and through its
+HTTP resource.
 """
 
-import re
+import base64
+import io
+from fractions import Fraction
 
+import pytest
+from eth_account import Account
+from eth_utils import keccak
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
 from e2e import segmentHeader, transcodeResult
-from livepeer_tx.chain.payments import OffchainPayments
+from livepeer_tx.capabilities import (
+    DEFAULT_CAPABILITIES, MPEG7_SIGNATURE, SEGMENT_SLICING, capabilitiesOf, capabilityBitstring,
+)
+from livepeer_tx.chain.identity import NodeSigner
+from livepeer_tx.chain.payments import OffchainPayments, PaymentError
 from livepeer_tx.orchestrator.app import Orchestrator
+from livepeer_tx.orchestrator.authtoken import VALID_SECONDS, AuthTokens
 from livepeer_tx.orchestrator.dispatch import Rendition
-from livepeer_tx.orchestrator.ingress import SegmentResource, SessionNamer, sourceOf
+from livepeer_tx.orchestrator.ingress import (
+    SEGMENT_URI_REFUSED, SegmentResource, SegmentService, SegmentSubmission, flattenSegment, resultSignature,
+    sourceOf,
+)
+from livepeer_tx.orchestrator.orchservice import OrchestratorService
 from livepeer_tx.orchestrator.routing import RemoteTranscoder
 from livepeer_tx.orchestrator.store import StreamResource
+from livepeer_tx.profiles import PRESETS
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 
 BODY = b"\x47" * 1880
+NOW = 1_700_000_000.0
+TOKENS = AuthTokens(b"k" * 32, wallClock=lambda: NOW)
+GATEWAY = NodeSigner(Account.from_key(b"\x11" * 32))
+ORCHESTRATOR = NodeSigner(Account.from_key(b"\x22" * 32))
+# Each (client, manifest id) is one stream of a gateway that asked
+# GetOrchestrator for its session once.
+_SESSIONS = {}
 
 
 class AnsweringLink:
@@ -28,6 +54,7 @@ class AnsweringLink:
 
     def __init__(self):
         self.tasks = []
+        self.ended = []
 
     def sendTask(self, taskId, job):
         self.tasks.append((taskId, job))
@@ -36,15 +63,40 @@ class AnsweringLink:
         pass
 
     def endSession(self, sessionId):
-        pass
+        self.ended.append(sessionId)
 
 
-def post(resource, body=BODY, headers=None, client="192.0.2.10", **segmentOptions):
+def tokenFor(manifestId=b"stream-a", client="192.0.2.10"):
+    """
+    The auth token of a stream's session.
+    """
+    key = (client, manifestId)
+    if key not in _SESSIONS:
+        _SESSIONS[key] = TOKENS.issue()
+    return _SESSIONS[key]
+
+
+def sessionOf(manifestId, client="192.0.2.10"):
+    """
+    The session id of a stream.
+    """
+    return tokenFor(manifestId, client).session_id
+
+
+def post(resource, body=BODY, headers=None, client="192.0.2.10", token=None, signer=None, payment="",
+         **segmentOptions):
+    """
+    POST /segment through the resource, as a gateway at C{client} with the
+    token of its stream's session (or C{token}; C{False} for none).
+    """
     request = DummyRequest([b"segment"])
     request.method = b"POST"
-    request.client = IPv4Address("TCP", client, 40000)
-    request.content = __import__("io").BytesIO(body)
-    values = {"Livepeer-Segment": segmentHeader(body, **segmentOptions), "Livepeer-Payment": ""}
+    request.client = (IPv6Address if ":" in client else IPv4Address)("TCP", client, 40000)
+    request.content = io.BytesIO(body)
+    if token is None:
+        token = tokenFor(segmentOptions.get("manifestId", b"stream-a"), client)
+    values = {"Livepeer-Segment": segmentHeader(body, authToken=token or None, signer=signer, **segmentOptions),
+              "Livepeer-Payment": payment}
     values.update(headers or {})
     for name, value in values.items():
         request.requestHeaders.setRawHeaders(name, [value])
@@ -56,19 +108,64 @@ def response(request):
     return request.responseCode or 200, b"".join(request.written)
 
 
-NAMER = SessionNamer(b"k" * 32)
+class TicketPayments:
+    """
+    An on-chain payment processor: a price, ticket parameters for any sender,
+    and payments that are recorded.
+    """
+
+    price = Fraction(1, 1000)
+
+    def __init__(self):
+        self.processed = []
+        self.debited = []
+        self.paramsError = None
+        self.seeds = 0
+
+    def ticketParams(self, sender):
+        if self.paramsError is not None:
+            return fail(PaymentError(400, self.paramsError))
+        self.seeds += 1
+        return succeed(pb.TicketParams(recipient=ORCHESTRATOR.address, seed=b"%d" % self.seeds))
+
+    def processPayment(self, payment, sessionId):
+        self.processed.append((payment, sessionId))
+        return succeed(None)
+
+    def checkBalance(self, sessionId):
+        pass
+
+    def debit(self, sessionId, pixels):
+        self.debited.append((sessionId, pixels))
 
 
-def makeOrchestrator(maxSessions=None, maxSegmentBytes=10_000, payments=None, **options):
+def makeOrchestrator(maxSessions=None, maxSegmentBytes=10_000, payments=None, signer=None, **options):
+    """
+    An orchestrator and its /segment resource; its L{SegmentService} is the
+    resource's C{service}.
+    """
     app = Orchestrator(Clock(), "https://orch.example:8935", maxSessions=maxSessions, **options)
-    return app, SegmentResource(app, payments or OffchainPayments(), maxSegmentBytes, sessionNamer=NAMER)
+    payments = payments or OffchainPayments()
+    orchestrator = OrchestratorService(app.pool, TOKENS, app.serviceURL, payments, app.endSession, signer=signer)
+    service = SegmentService(app, payments, TOKENS, orchestrator, maxSegmentBytes, signer=signer)
+    return app, SegmentResource(service)
 
 
-def sessionOf(manifestId, client="192.0.2.10"):
+def withTranscoder(capacity=32, capabilities=None, **options):
+    app, resource = makeOrchestrator(**options)
+    link = AnsweringLink()
+    app.transcoderRegistered(RemoteTranscoder("10.0.0.1:1", capacity, link=link, capabilities=capabilities))
+    return app, resource, link
+
+
+def answer(app, link, taskId=None, data=b"r" * 100, pixels=1000):
     """
-    The session id the test orchestrators give a manifest id from a client.
+    Answer a task (the last one sent by default) with one rendition per profile.
     """
-    return NAMER.sessionIdFor(pb.SegData(manifestId=manifestId), client)
+    taskId, job = next((t, j) for t, j in reversed(link.tasks) if taskId in (None, t))
+    app.dispatcher.taskSucceeded(taskId, [
+        Rendition(p.name, data, pixels=pixels) for p in job.profiles], decodedPixels=1)
+    return job
 
 
 def test_payment_is_decoded_before_the_segment_header():
@@ -94,6 +191,53 @@ def test_header_errors_and_hash():
     assert response(post(resource, hash=b"\x01" * 32)) == (403, b"Forbidden\n")
 
 
+def test_auth_tokens_missing_forged_and_expired():
+    """
+    A segment without a token, with a token we did not issue (one byte off,
+    or a real session id with a made-up HMAC), or with an expired one, gets
+    go-livepeer's 403 text before any work; a good token is served.
+    """
+    app, resource, link = withTranscoder()
+    good = tokenFor(b"tokens")
+    forged = pb.AuthToken(token=bytes(32), session_id=good.session_id, expiration=good.expiration)
+    tampered = pb.AuthToken(token=good.token[:-1] + bytes([good.token[-1] ^ 1]), session_id=good.session_id,
+                            expiration=good.expiration)
+    longer = pb.AuthToken(token=good.token, session_id=good.session_id, expiration=good.expiration + 3600)
+    expired = AuthTokens(b"k" * 32, wallClock=lambda: NOW - VALID_SECONDS - 1).issue()
+    outcomes = [response(post(resource, token=token, manifestId=b"tokens"))
+                for token in (False, forged, tampered, longer, expired)]
+    assert outcomes == [(403, b"missing auth token\n")] + [(403, b"invalid auth token\n")] * 3 + [
+        (403, b"expired auth token\n")]
+    assert not link.tasks
+    assert app.metrics.registry.get_sample_value("livepeer_segment_rejected_total", {"reason": "auth token"}) == 5
+    request = post(resource, token=good, manifestId=b"tokens")
+    answer(app, link)
+    assert transcodeResult(response(request)[1]).WhichOneof("result") == "data"
+
+
+def test_sessions_are_named_by_their_tokens():
+    """
+    A session is the token's session id, whoever sends its segments and
+    whatever their manifest id: one token from two addresses is one session
+    (its transcoder keeps it); the same manifest id with another token is
+    another session. A stranger who saw the session id in a rendition URL
+    cannot post into it without the token.
+    """
+    app, resource, link = withTranscoder()
+    token = tokenFor(b"named")
+    post(resource, token=token, manifestId=b"named", client="192.0.2.10")
+    first = answer(app, link)
+    post(resource, token=token, manifestId=b"other", client="198.51.100.7", seq=1)
+    second = answer(app, link)
+    assert first.sessionId == second.sessionId == token.session_id
+    post(resource, manifestId=b"named", client="203.0.113.9")
+    assert answer(app, link).sessionId != token.session_id
+    stolen = pb.AuthToken(session_id=token.session_id, expiration=token.expiration, token=b"guess" * 6 + b"xx")
+    assert response(post(resource, token=stolen, manifestId=b"named", client="203.0.113.9")) == (
+        403, b"invalid auth token\n")
+    assert len(link.tasks) == 3
+
+
 def test_no_transcoders():
     """
     Without transcoders the gateway gets 200 and go-livepeer's error text.
@@ -106,13 +250,13 @@ def test_no_transcoders():
 def test_renditions_stored_and_served():
     """
     A transcoded segment comes back as URLs under /stream/<session>/ with the
-    encoded pixels, and the URLs serve the renditions' bytes.
+    encoded pixels, the URLs serve the renditions' bytes, and the answer
+    carries a refreshed OrchestratorInfo with the same token.
     """
-    app, resource = makeOrchestrator()
-    link = AnsweringLink()
-    app.transcoderRegistered(RemoteTranscoder("10.0.0.1:1", 2, link=link))
+    app, resource, link = withTranscoder(capacity=2)
     request = post(resource, seq=7, manifestId=b"show", profiles=("P240p30fps16x9", "P360p30fps16x9"))
     assert request.finished == 0 and len(link.tasks) == 1
+    assert request.responseCode == 200 and request.written == [b""]  # the 200 went out before the work
     taskId, job = link.tasks[0]
     assert job.data == BODY and [p.name for p in job.profiles] == ["P240p30fps16x9", "P360p30fps16x9"]
     app.dispatcher.taskSucceeded(taskId, [
@@ -128,6 +272,10 @@ def test_renditions_stored_and_served():
         (f"https://orch.example:8935/stream/{session}/P240p30fps16x9/7.ts", 111),
         (f"https://orch.example:8935/stream/{session}/P360p30fps16x9/7.ts", 222),
     ]
+    assert result.data.sig == b""  # off chain
+    assert result.info.transcoder == "https://orch.example:8935"
+    assert result.info.auth_token == tokenFor(b"show")
+    assert not result.info.HasField("ticket_params")
     fetch = DummyRequest([session.encode(), b"P360p30fps16x9", b"7.ts"])
     assert StreamResource(app.store).render_GET(fetch) == b"b" * 200
     assert fetch.responseHeaders.getRawHeaders(b"content-type") == [b"video/mp2t"]
@@ -138,27 +286,176 @@ def test_capped_at_max_sessions():
     With --maxSessions 1, a second stream is refused with 403 OrchestratorCapped
     while the first keeps its transcoder.
     """
-    app, resource = makeOrchestrator(maxSessions=1)
-    link = AnsweringLink()
-    app.transcoderRegistered(RemoteTranscoder("10.0.0.1:1", 5, link=link))
+    app, resource, link = withTranscoder(capacity=5, maxSessions=1)
     post(resource, manifestId=b"first")
     assert response(post(resource, manifestId=b"second")) == (403, b"OrchestratorCapped\n")
     post(resource, manifestId=b"first", seq=1)
     assert len(link.tasks) == 1  # the first stream's second segment waits its turn
 
 
-def test_session_named_by_keyed_hash_of_source_and_manifest_id():
+def jobCapabilities(*ids, minVersion=""):
+    capabilities = pb.Capabilities(bitstring=capabilityBitstring(ids))
+    capabilities.constraints.minVersion = minVersion
+    return capabilities
+
+
+def customSegment(body=BODY, token=None, **fields):
+    segData = pb.SegData(manifestId=b"caps", hash=keccak(body), profiles=b"invalid", duration=2000, **fields)
+    segData.fullProfiles.append(PRESETS["P240p30fps16x9"].toProto())
+    segData.auth_token.CopyFrom(token or tokenFor(b"caps"))
+    return segData
+
+
+def submit(service, segData, body=BODY, **options):
     """
-    A session id is 16 hex digits that depend on the source address, the
-    manifest id and the per-process key, and reveal neither.
+    Run a segment through the service, without HTTP; the answer and whether
+    the upload was accepted.
     """
-    segData = pb.SegData(manifestId=b"show")
-    session = NAMER.sessionIdFor(segData, "192.0.2.10")
-    assert re.fullmatch(r"[0-9a-f]{16}", session) and session == sessionOf(b"show")
-    assert NAMER.sessionIdFor(segData, "198.51.100.7") != session
-    assert NAMER.sessionIdFor(pb.SegData(manifestId=b"show2"), "192.0.2.10") != session
-    assert SessionNamer().sessionIdFor(segData, "192.0.2.10") != SessionNamer().sessionIdFor(segData, "192.0.2.10")
-    assert re.fullmatch(r"[0-9a-f]{16}", NAMER.sessionIdFor(pb.SegData(manifestId=b"../\xff\n"), "192.0.2.10"))
+    accepted = []
+    submission = SegmentSubmission(base64.b64encode(segData.SerializeToString()), options.pop("payment", ""),
+                                   body, source=options.pop("source", "192.0.2.10"), **options)
+    d = Deferred.fromCoroutine(service.process(submission, lambda: accepted.append(True)))
+    outcome = []
+    d.addBoth(outcome.append)
+    return outcome, accepted
+
+
+def test_job_capabilities_checked_against_ours():
+    """
+    A job needing what neither we nor our transcoders offer (HEVC encode,
+    a newer minimum version, a perceptual hash or a clip window, which we
+    do not honour) gets 403 incompatible capabilities; what a transcoder
+    reports joins what we offer.
+    """
+    app, resource, link = withTranscoder()
+    service = resource.service
+    HEVC_ENCODE = 16
+    for segData in (
+        customSegment(capabilities=jobCapabilities(0, 1, HEVC_ENCODE)),
+        customSegment(capabilities=jobCapabilities(0, 1, minVersion="999.0.0")),
+        customSegment(capabilities=jobCapabilities(0, 1, MPEG7_SIGNATURE)),
+        customSegment(calc_perceptual_hash=True),
+        customSegment(segment_parameters=pb.SegParameters(to=1000)),
+    ):
+        outcome, accepted = submit(service, segData)
+        assert (outcome[0].status, outcome[0].body) == (403, b"incompatible capabilities\n")
+        assert not accepted
+    assert not link.tasks
+    assert app.metrics.registry.get_sample_value("livepeer_segment_rejected_total", {"reason": "capabilities"}) == 5
+    app.transcoderRegistered(RemoteTranscoder("10.0.0.2:1", 1, link=AnsweringLink(), capabilities={
+        "bitstring": capabilityBitstring(set(DEFAULT_CAPABILITIES) | {HEVC_ENCODE})}))
+    outcome, accepted = submit(service, customSegment(capabilities=jobCapabilities(0, 1, 12, HEVC_ENCODE)))
+    assert accepted and not outcome  # transcoding
+    offered = capabilitiesOf(resource.service._orchestrator.capabilities().bitstring)
+    assert HEVC_ENCODE in offered and not {MPEG7_SIGNATURE, SEGMENT_SLICING} & offered
+
+
+def test_segment_urls_are_refused_clearly():
+    """
+    A gateway sending a URL to fetch (application/vnd+livepeer.uri) gets 400
+    with a text saying what to send instead; nothing is paid or transcoded.
+    """
+    app, resource, link = withTranscoder(payments=TicketPayments())
+    payments = resource.service._payments
+    request = post(resource, body=b"https://b.example/seg.ts",
+                   headers={"Content-Type": "application/vnd+livepeer.uri"})
+    assert response(request) == (400, SEGMENT_URI_REFUSED.encode() + b"\n")
+    assert not link.tasks and not payments.processed
+
+
+def signedPost(resource, signer=GATEWAY, sender=GATEWAY, **options):
+    payment = pb.Payment(sender=sender.address)
+    return post(resource, signer=signer, payment=base64.b64encode(payment.SerializeToString()).decode(), **options)
+
+
+def test_on_chain_segment_signature_and_signed_results():
+    """
+    On chain the segment must carry its sender's signature of go-livepeer's
+    flattened segment (403 ErrSegSig otherwise, before the token is looked
+    at); the answer carries fresh ticket parameters for every segment with
+    the same token, and the renditions' hashes signed by the orchestrator.
+    """
+    payments = TicketPayments()
+    app, resource, link = withTranscoder(payments=payments, signer=ORCHESTRATOR)
+    stranger = NodeSigner(Account.from_key(b"\x33" * 32))
+    assert response(post(resource, manifestId=b"chain")) == (403, b"ErrSegSig\n")
+    assert response(signedPost(resource, signer=stranger, manifestId=b"chain")) == (403, b"ErrSegSig\n")
+    signed = pb.SegData.FromString(base64.b64decode(segmentHeader(
+        BODY, manifestId=b"chain", authToken=tokenFor(b"chain"), signer=GATEWAY, seq=5)))
+    signed.seq = 6  # what the gateway did not sign
+    tampered = base64.b64encode(signed.SerializeToString()).decode()
+    assert response(signedPost(resource, headers={"Livepeer-Segment": tampered})) == (403, b"ErrSegSig\n")
+    assert response(signedPost(resource, token=False, manifestId=b"chain")) == (403, b"missing auth token\n")
+    assert not link.tasks and not payments.processed
+
+    infos = []
+    for seq in range(2):
+        request = signedPost(resource, manifestId=b"chain", seq=seq)
+        answer(app, link, data=b"%d" % seq * 100)
+        result = transcodeResult(response(request)[1])
+        assert result.WhichOneof("result") == "data"
+        assert result.data.sig == resultSignature(ORCHESTRATOR, [b"%d" % seq * 100])
+        infos.append(result.info)
+    assert [info.auth_token for info in infos] == [tokenFor(b"chain")] * 2
+    assert infos[0].ticket_params.seed != infos[1].ticket_params.seed
+    assert infos[0].address == ORCHESTRATOR.address
+    assert (infos[0].price_info.pricePerUnit, infos[0].price_info.pixelsPerUnit) == (1, 1000)
+    assert [(p.sender, s) for p, s in payments.processed] == [(GATEWAY.address, sessionOf(b"chain"))] * 2
+
+
+def test_flattened_segment_is_what_go_livepeer_signs():
+    """
+    go-livepeer's Flatten: manifest id, seq in 32 bytes, hash, then the
+    profiles' ids (P720p30fps16x9 is 49d54ea9, P240p30fps16x9 c0a6517a).
+    """
+    segData = pb.SegData(manifestId=b"m", seq=258, hash=b"\xaa" * 32)
+    profiles = [PRESETS["P720p30fps16x9"], PRESETS["P240p30fps16x9"]]
+    assert flattenSegment(segData, profiles) == (
+        b"m" + bytes(30) + b"\x01\x02" + b"\xaa" * 32 + b"49d54ea9c0a6517a")
+
+
+def test_orchestrator_info_that_cannot_be_made_is_500():
+    """
+    go-livepeer answers 500 when it cannot make the refreshed info (no
+    ticket parameters for the sender), before any payment.
+    """
+    payments = TicketPayments()
+    payments.paramsError = "insufficient sender reserve"
+    app, resource, link = withTranscoder(payments=payments, signer=ORCHESTRATOR)
+    assert response(signedPost(resource, manifestId=b"poor")) == (500, b"Internal Server Error\n")
+    assert not payments.processed and not link.tasks
+
+
+def test_pipeline_without_http():
+    """
+    The service alone: the upload is accepted once every check passed, and
+    the answer is the TranscodeResult; a refusal is never accepted.
+    """
+    app, resource, link = withTranscoder()
+    service = resource.service
+    outcome, accepted = submit(service, customSegment(), body=b"other bytes")
+    assert (outcome[0].status, outcome[0].body, accepted) == (403, b"Forbidden\n", [])
+    outcome, accepted = submit(service, customSegment(), bodyDigest=keccak(BODY))
+    assert accepted == [True] and not outcome
+    answer(app, link)
+    assert outcome[0].status == 200 and outcome[0].contentType == b"application/x-protobuf"
+    assert transcodeResult(outcome[0].body).WhichOneof("result") == "data"
+
+
+def test_end_transcoding_session_frees_it_and_tells_the_transcoder():
+    """
+    EndTranscodingSession's effect: the session is released (its slot free
+    at once) and its transcoder told to drop it.
+    """
+    app, resource, link = withTranscoder(maxSessions=1)
+    post(resource, manifestId=b"ending")
+    answer(app, link)
+    assert response(post(resource, manifestId=b"next"))[0] == 403
+    app.endSession(sessionOf(b"ending"))
+    assert link.ended == [sessionOf(b"ending")]
+    request = post(resource, manifestId=b"next")
+    answer(app, link)
+    assert transcodeResult(response(request)[1]).WhichOneof("result") == "data"
 
 
 def test_source_of_an_address():
@@ -170,3 +467,12 @@ def test_source_of_an_address():
     assert sourceOf(IPv6Address("TCP", "2001:db8:1:2:bbbb::9", 1)) == "2001:db8:1:2::/64"
     assert sourceOf(IPv6Address("TCP", "::ffff:192.0.2.10", 1)) == "192.0.2.10"
     assert sourceOf(None) == "unknown"
+
+
+@pytest.fixture(autouse=True)
+def _freshSessions():
+    """
+    Every test's streams get sessions of their own.
+    """
+    _SESSIONS.clear()
+    yield

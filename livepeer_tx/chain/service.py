@@ -29,6 +29,7 @@ class ChainService(MultiService):
     The watcher starts at once; the transaction manager, the redeemer and the
     reward service are added once the node answers (retried until it does).
 
+    @ivar account: the node's eth-account C{LocalAccount}.
     @ivar transactions: the account's L{TransactionManager} (once set up).
     @ivar reward: the L{RewardService}, or L{None} when reward is off.
     @ivar redeemer: the L{Redeemer} (once set up).
@@ -40,7 +41,7 @@ class ChainService(MultiService):
         MultiService.__init__(self)
         self._reactor = reactor
         self._config = config
-        self._account = account
+        self.account = account
         self.rpc = rpc
         self.contracts = contracts
         self.watcher = watcher
@@ -69,7 +70,7 @@ class ChainService(MultiService):
                 chainId = await self.rpc.chainId()
                 await self.contracts.resolve()
                 status = await self.contracts.bondingManager.call(
-                    "transcoderStatus", self._account.address
+                    "transcoderStatus", self.account.address
                 )
                 break
             except (RpcError, RpcTransportError) as e:
@@ -81,7 +82,7 @@ class ChainService(MultiService):
             return
         c = self._config
         self.transactions = TransactionManager(
-            self._reactor, self.rpc, self._account, chainId, maxGasPrice=c["maxGasPrice"]
+            self._reactor, self.rpc, self.account, chainId, maxGasPrice=c["maxGasPrice"]
         )
         self.redeemer = Redeemer(
             self._reactor, self.contracts, self.transactions, self.store, self.watcher,
@@ -92,7 +93,7 @@ class ChainService(MultiService):
         if c["reward"] == "auto":
             self._log.info(
                 "--reward auto: {address} is {what}; reward service {state}",
-                address=self._account.address,
+                address=self.account.address,
                 what="a registered transcoder" if status == 1 else "not a registered transcoder",
                 state="on" if rewardOn else "off",
             )

@@ -4,7 +4,9 @@ The orchestrator application object: pool, dispatcher, store and metrics, and
 the builders of its two web roots.
 """
 
+import os
 import time
+from dataclasses import dataclass
 
 from twisted.application import service
 from twisted.internet import defer
@@ -13,14 +15,19 @@ from twisted.logger import Logger
 from twisted.web import resource
 
 from livepeer_tx import __version__
+from livepeer_tx.chain.identity import checksumAddress
 from livepeer_tx.metrics import OrchestratorMetrics
+from livepeer_tx.orchestrator.authtoken import KEY_BYTES, AuthTokens
 from livepeer_tx.orchestrator.dispatch import Dispatcher
-from livepeer_tx.orchestrator.ingress import SegmentResource
+from livepeer_tx.orchestrator.grpctranscoders import OFFCHAIN_ORCH_ID, RESULTS_PATH, GRPCTranscoderService
+from livepeer_tx.orchestrator.ingress import SegmentResource, SegmentService
+from livepeer_tx.orchestrator.orchservice import OrchestratorService
 from livepeer_tx.orchestrator.registration import (
     DEFAULT_PING_INTERVAL, FailedAttemptLimiter, makeTranscoderResource, maxResultBytes,
 )
 from livepeer_tx.orchestrator.routing import TranscoderPool
 from livepeer_tx.orchestrator.store import RenditionStore, StreamResource
+from livepeer_tx.rpc import ServiceRegistry
 from livepeer_tx.web import JSONResource, makeCLIRoot
 from livepeer_tx import wsproto
 
@@ -146,26 +153,79 @@ class Orchestrator(service.MultiService):
             round(self.wallClock() + until - now, 1) if until is not None and until > now else None)
         return description
 
-    def makePublicRoot(self, reactor, secret, payments, maxSegmentBytes, pingInterval=DEFAULT_PING_INTERVAL):
+    def endSession(self, sessionId):
         """
-        The public port's resource tree: C{/segment}, C{/stream/}, C{/status},
-        C{/transcoder} (WebSocket) and C{/healthz}.
+        A gateway ended a session (C{EndTranscodingSession}): free it, and
+        tell its transcoder to drop what it keeps for it.
         """
-        root = resource.Resource()
-        root.putChild(b"segment", SegmentResource(self, payments, maxSegmentBytes))
-        root.putChild(b"stream", StreamResource(self.store))
-        root.putChild(b"status", JSONResource(self.publicStatus))
-        root.putChild(b"healthz", JSONResource(lambda: {}))
+        transcoder = self.pool.release(sessionId)
+        if transcoder is not None and transcoder.live:
+            transcoder.link.endSession(sessionId)
+        self._log.info("Transcoding session ended by the Broadcaster for sessionID={sessionId}", sessionId=sessionId)
+
+    def makePublicRoot(self, reactor, secret, payments, maxSegmentBytes, pingInterval=DEFAULT_PING_INTERVAL,
+                       tokens=None, signer=None):
+        """
+        What the public port serves: the resources C{/segment},
+        C{/stream/}, C{/transcodeResults}, C{/status}, C{/healthz} and
+        C{/transcoder} (WebSocket), and the gRPC services C{net.Orchestrator}
+        (gateways) and C{net.Transcoder} (stock go-livepeer transcoders).
+
+        @param tokens: the L{AuthTokens} of gateway sessions (default: under a
+            random key, so they die with the process).
+        @param signer: the node's L{livepeer_tx.chain.identity.NodeSigner} on
+            chain, else L{None}.
+        @return: a L{PublicPort}.
+        """
+        if tokens is None:
+            tokens = AuthTokens(os.urandom(KEY_BYTES), wallClock=self.wallClock)
+        # One limiter for both kinds of transcoder: failures count together.
         limiter = FailedAttemptLimiter(self.clock)
         # Results carry every rendition of a segment: see maxResultBytes.
+        resultBytes = maxResultBytes(maxSegmentBytes)
+        registry = ServiceRegistry()
+        orchestrator = OrchestratorService(self.pool, tokens, self.serviceURL, payments, self.endSession, signer=signer)
+        orchestrator.register(registry)
+        orchId = OFFCHAIN_ORCH_ID if signer is None else checksumAddress(signer.address)
+        transcoders = GRPCTranscoderService(self, secret, limiter, maxResultBytes=resultBytes, orchId=orchId)
+        transcoders.addTo(registry)
+        segments = SegmentService(self, payments, tokens, orchestrator, maxSegmentBytes, signer=signer)
+
+        root = resource.Resource()
+        root.putChild(b"segment", SegmentResource(segments))
+        root.putChild(b"stream", transcoders.streamResource(StreamResource(self.store)))
+        root.putChild(RESULTS_PATH, transcoders.resultsResource)
+        root.putChild(b"status", JSONResource(self.publicStatus))
+        root.putChild(b"healthz", JSONResource(lambda: {}))
         gate, self.transcoderFactory = makeTranscoderResource(
-            self, reactor, secret, limiter, maxMessageBytes=maxResultBytes(maxSegmentBytes),
-            pingInterval=pingInterval)
+            self, reactor, secret, limiter, maxMessageBytes=resultBytes, pingInterval=pingInterval)
         root.putChild(wsproto.RESOURCE_PATH, gate)
-        return root
+        return PublicPort(root, registry, {b"/" + RESULTS_PATH: resultBytes}, segments, orchestrator, transcoders)
 
     def makeCLIRoot(self, monitor):
         """
         The CLI port's resource tree: full C{/status}, C{/metrics} with C{--monitor}.
         """
         return makeCLIRoot(self.fullStatus, self.metrics.registry if monitor else None)
+
+
+@dataclass
+class PublicPort:
+    """
+    What the orchestrator's public port serves.
+
+    @ivar root: the resource tree, for a L{livepeer_tx.web.BoundedSite}.
+    @ivar registry: the gRPC L{ServiceRegistry}, for the same site.
+    @ivar bodyLimits: the paths whose request bodies have their own limit
+        (the site's C{bodyLimits}).
+    @ivar segments: the L{SegmentService} behind C{/segment}.
+    @ivar orchestrator: the L{OrchestratorService} (C{net.Orchestrator}).
+    @ivar transcoders: the L{GRPCTranscoderService} (C{net.Transcoder}).
+    """
+
+    root: resource.Resource
+    registry: ServiceRegistry
+    bodyLimits: dict
+    segments: SegmentService
+    orchestrator: OrchestratorService
+    transcoders: GRPCTranscoderService

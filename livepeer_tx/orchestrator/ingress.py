@@ -1,19 +1,25 @@
 # -*- test-case-name: tests.test_ingress -*-
 """
-Gateway ingress: go-livepeer's C{POST /segment}, off-chain mode.
+Gateway ingress: go-livepeer's C{POST /segment}.
 
 Request and response follow go-livepeer (see golivepeer-wire.md §2.4): a
-base64 protobuf C{SegData} in the C{Livepeer-Segment} header, a C{Livepeer-Payment}
-header, the segment as the body, and a protobuf C{TranscodeResult} back.
+base64 protobuf C{SegData} in the C{Livepeer-Segment} header, carrying the
+session's auth token from C{GetOrchestrator}; a C{Livepeer-Payment} header;
+the segment as the body; and a protobuf C{TranscodeResult} back, whose
+C{info} is a refreshed C{OrchestratorInfo} (new ticket parameters, the same
+token).
+
+L{SegmentService} is the pipeline, free of any transport: payment decoding,
+the segment's credentials (signature on chain, capabilities, auth token),
+admission, payment, the hash check, dispatch, storage and the answer.
+L{SegmentResource} adapts HTTP/1.1 and HTTP/2 requests to it.
 """
 
 import base64
 import binascii
-import hashlib
-import hmac
 import ipaddress
 import re
-import secrets
+from dataclasses import dataclass
 
 from eth_utils import keccak
 from google.protobuf.message import DecodeError
@@ -21,19 +27,31 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from livepeer_tx.capabilities import (
+    MPEG7_SIGNATURE, SEGMENT_SLICING, IncompatibleCapabilities, capabilitiesOf, checkCompatible,
+)
 from livepeer_tx.chain.payments import PaymentError, decodePayment
+from livepeer_tx.orchestrator.authtoken import AuthTokenError
 from livepeer_tx.orchestrator.dispatch import (
     MISMATCHED, ORCHESTRATOR_BUSY, TOO_LONG, ZERO_SEGMENTS, SegmentJob, TranscodeFailed,
 )
+from livepeer_tx.orchestrator.orchservice import senderAddress
 from livepeer_tx.orchestrator.routing import NO_TRANSCODERS, ORCHESTRATOR_CAPPED
 from livepeer_tx.profiles import ProfileError, profilesFromSegData
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 
 SEGMENT_HEADER = b"livepeer-segment"
 PAYMENT_HEADER = b"livepeer-payment"
+CONTENT_TYPE_HEADER = b"content-type"
+# go-livepeer's gateway may send a URL to fetch the segment from instead of
+# the segment itself; we do not fetch URLs for gateways.
+SEGMENT_URI_TYPE = "application/vnd+livepeer.uri"
+SEGMENT_URI_REFUSED = (
+    "segment URLs (Content-Type: application/vnd+livepeer.uri) are not accepted by this orchestrator; "
+    "send the segment itself")
 MAX_DURATION_MS = 5 * 60 * 1000
-SESSION_ID_LENGTH = 16
 INTERNAL_ERROR = "internal orchestrator error"
+SEGMENT_SIGNATURE_ERROR = "ErrSegSig"
 PROTOBUF = b"application/x-protobuf"
 TEXT = b"text/plain; charset=utf-8"
 _PRINTABLE_MANIFEST = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -44,11 +62,15 @@ REJECTED_HEADER = "segment header"
 REJECTED_PROFILES = "profiles"
 REJECTED_DURATION = "duration"
 REJECTED_SEQ = "seq"
+REJECTED_SIGNATURE = "signature"
+REJECTED_CAPABILITIES = "capabilities"
 REJECTED_AUTH = "auth token"
+REJECTED_CONTENT_TYPE = "content type"
 REJECTED_HASH = "hash"
 REJECTED_SIZE = "size"
 REJECTED_CAPPED = "capped"
 REJECTED_ADDRESS_CAPPED = "address capped"
+REJECTED_INTERNAL = "internal"
 
 
 class SegmentRejected(Exception):
@@ -62,30 +84,6 @@ class SegmentRejected(Exception):
         self.status = status
         self.message = message
         self.reason = reason
-
-
-class SessionNamer:
-    """
-    Names sessions so that one gateway cannot reach another's.
-
-    Until auth tokens are served, a session is named by an HMAC-SHA256, keyed
-    with a random per-process key, of the gateway's source address and the
-    segment's manifest id: the same manifest id sent from elsewhere is another
-    session, and the name (visible in rendition URLs) reveals neither input.
-
-    @param key: the HMAC key; random when not given.
-    """
-
-    def __init__(self, key=None):
-        self._key = key if key is not None else secrets.token_bytes(32)
-
-    def sessionIdFor(self, segData, source):
-        """
-        The session of a segment from C{source}: L{SESSION_ID_LENGTH} hex digits.
-        """
-        sourceBytes = source.encode("utf-8")
-        message = len(sourceBytes).to_bytes(2, "big") + sourceBytes + segData.manifestId
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:SESSION_ID_LENGTH]
 
 
 def sourceOf(address):
@@ -123,7 +121,8 @@ def manifestLabel(manifestId):
 
 def parseSegmentHeader(value):
     """
-    Decode and check a C{Livepeer-Segment} header.
+    Decode and check a C{Livepeer-Segment} header (its auth token is checked
+    later, by L{SegmentService}).
 
     @return: C{(segData, profiles)}.
     @raise SegmentRejected: with go-livepeer's status (403) and wording where
@@ -150,44 +149,109 @@ def parseSegmentHeader(value):
         raise SegmentRejected(403, "invalid duration", REJECTED_DURATION)
     if segData.seq < 0:
         raise SegmentRejected(403, "invalid seq", REJECTED_SEQ)
-    if segData.HasField("auth_token") and segData.auth_token.token:
-        # Tokens come from GetOrchestrator, which this orchestrator does not serve yet.
-        raise SegmentRejected(403, "invalid auth token", REJECTED_AUTH)
     if len(segData.hash) != 32:
         raise SegmentRejected(403, "invalid segment hash", REJECTED_HASH)
     return segData, profiles
 
 
-class _Progress:
+def flattenSegment(segData, profiles):
     """
-    How far one segment got: once C{accepted}, the 200 status line has gone
-    out and every answer must be a C{TranscodeResult}.
+    What a gateway signs for a segment (go-livepeer's C{Flatten}): the
+    manifest id, the seq as 32 big-endian bytes, the hash, then for each
+    profile the hex of the first 4 bytes of keccak-256 of its name.
+    """
+    profileIds = "".join(keccak(profile.name.encode("utf-8"))[:4].hex() for profile in profiles)
+    return bytes(segData.manifestId) + segData.seq.to_bytes(32, "big") + bytes(segData.hash) + profileIds.encode()
+
+
+def resultSignature(signer, renditions):
+    """
+    go-livepeer's C{TranscodeData.sig}: the node's signature over the
+    keccak-256 of the renditions' keccak-256 hashes, in order.
+    """
+    return signer.sign(keccak(b"".join(keccak(data) for data in renditions)))
+
+
+@dataclass
+class SegmentSubmission:
+    """
+    One segment as a gateway submitted it, whatever carried it.
+
+    @ivar segmentHeader: the C{Livepeer-Segment} value (bytes or text), or
+        L{None}.
+    @ivar paymentHeader: the C{Livepeer-Payment} value, as text.
+    @ivar body: the segment's bytes.
+    @ivar source: what admission counts it against (see L{sourceOf}).
+    @ivar peer: the gateway's C{host:port}, for log lines.
+    @ivar contentType: the request's content type, as text.
+    @ivar bodyDigest: the body's keccak-256 if computed as it arrived, else
+        L{None}.
     """
 
-    accepted = False
-    seq = 0
+    segmentHeader: object
+    paymentHeader: str
+    body: bytes
+    source: str
+    peer: str = "?"
+    contentType: str = ""
+    bodyDigest: bytes = None
 
 
-class SegmentResource(resource.Resource):
+@dataclass
+class SegmentAnswer:
     """
-    C{POST /segment}: check the segment, transcode it on a remote transcoder,
-    store the renditions and answer with their URLs.
+    What the gateway gets: an HTTP status, a body and its content type.
+    Once the segment is accepted the status is 200 and the body a
+    C{TranscodeResult}.
+    """
 
-    @param app: the L{Orchestrator} (pool, dispatcher, store, metrics).
+    status: int
+    body: bytes
+    contentType: bytes
+
+
+class SegmentService:
+    """
+    The segment pipeline, in go-livepeer's order and words
+    (golivepeer-wire.md, 2.4):
+
+     1. the payment header is decoded (402);
+     2. the segment header: encoding, profiles, duration (403); on chain the
+        gateway's signature of the segment (C{ErrSegSig}); the job's
+        capabilities against ours (C{incompatible capabilities}); its auth
+        token (C{missing}, C{invalid} or C{expired auth token}), whose session
+        id names the session; the session limit (C{OrchestratorCapped}), and
+        for free work the per-address limit;
+     3. the refreshed C{OrchestratorInfo} for the answer (500 if it cannot be
+        made);
+     4. the payment and the session's balance (400);
+     5. the body: a segment URL is refused (400), then its size (413) and
+        its hash (403 C{Forbidden});
+     6. the upload is accepted (200 goes out at once), then the segment is
+        transcoded, its renditions stored under
+        C{/stream/<session>/<profile>/<seq><ext>}, and a C{TranscodeResult}
+        answered, with the error text if it failed.
+
+    @param app: the L{Orchestrator} (pool, dispatcher, store, metrics, clock).
     @param payments: the payment processor (off-chain or ticket based).
+    @param tokens: the L{livepeer_tx.orchestrator.authtoken.AuthTokens}.
+    @param orchestrator: the L{livepeer_tx.orchestrator.orchservice.OrchestratorService}:
+        our C{capabilities()} and C{orchestratorInfo(sender, authToken)}.
     @param maxSegmentBytes: larger bodies are refused with 413.
-    @param sessionNamer: the L{SessionNamer} (one with a random key by default).
+    @param signer: the node's L{livepeer_tx.chain.identity.NodeSigner} on
+        chain (segment signatures are then checked and results signed), or
+        L{None} off chain.
     """
 
-    isLeaf = True
     _log = Logger()
 
-    def __init__(self, app, payments, maxSegmentBytes, sessionNamer=None):
-        super().__init__()
+    def __init__(self, app, payments, tokens, orchestrator, maxSegmentBytes, signer=None):
         self._app = app
         self._payments = payments
+        self._tokens = tokens
+        self._orchestrator = orchestrator
         self.maxSegmentBytes = maxSegmentBytes
-        self._sessionNamer = sessionNamer or SessionNamer()
+        self._signer = signer
 
     @property
     def limitPerSource(self):
@@ -197,105 +261,132 @@ class SegmentResource(resource.Resource):
         """
         return getattr(self._payments, "price", 0) == 0
 
-    def render_POST(self, request):
+    async def process(self, submission, accepted=lambda: None):
         """
-        Handle one segment; the answer is written when the renditions are back.
+        Run one segment through the pipeline.
+
+        @param submission: the L{SegmentSubmission}.
+        @param accepted: called once the upload is accepted, before the
+            segment is transcoded: a transport sends the 200 status then, as
+            go-livepeer does, and every later answer is a C{TranscodeResult}.
+        @return: the L{SegmentAnswer}; never raises.
         """
-        progress = _Progress()
-        d = defer.ensureDeferred(self._handle(request, progress))
-        finished = []
-        request.notifyFinish().addBoth(finished.append)
-
-        def respond(outcome):
-            status, body, contentType = outcome
-            if finished:
-                return
-            if not progress.accepted:
-                request.setResponseCode(status)
-                request.setHeader(b"content-type", contentType)
-            request.write(body)
-            request.finish()
-
-        def crashed(failure):
-            self._log.failure("Unexpected error handling a segment", failure)
-            if progress.accepted:
-                # The 200 has gone out: the gateway must still get a TranscodeResult.
-                self._app.metrics.segmentsFailed.labels(reason=INTERNAL_ERROR).inc()
-                result = pb.TranscodeResult(seq=progress.seq, error=INTERNAL_ERROR)
-                return 200, result.SerializeToString(), PROTOBUF
-            return 500, b"Internal Server Error\n", TEXT
-
-        d.addErrback(crashed).addCallback(respond)
-        return server.NOT_DONE_YET
-
-    async def _handle(self, request, progress):
         metrics = self._app.metrics
-        pool = self._app.pool
-        paymentHeader = (request.getHeader(PAYMENT_HEADER) or b"").decode("latin-1")
-        source = sourceOf(request.getClientAddress())
         try:
-            # go-livepeer decodes the payment before it looks at the segment.
-            try:
-                payment = decodePayment(paymentHeader) if paymentHeader else None
-            except PaymentError as e:
-                raise SegmentRejected(e.status, e.message, REJECTED_PAYMENT) from None
-            segData, profiles = parseSegmentHeader(request.getHeader(SEGMENT_HEADER))
-            sessionId = self._sessionNamer.sessionIdFor(segData, source)
-            limitedSource = source if self.limitPerSource else None
-            if pool.wouldExceedLimit(sessionId):
-                raise SegmentRejected(403, ORCHESTRATOR_CAPPED, REJECTED_CAPPED)
-            if pool.wouldExceedLimit(sessionId, limitedSource):
-                self._log.info("Too many sessions from source={source}: {count} of {limit}", source=source,
-                               count=pool.sessionsFrom(source), limit=pool.sourceSessionLimit)
-                raise SegmentRejected(403, ORCHESTRATOR_CAPPED, REJECTED_ADDRESS_CAPPED)
-            try:
-                await self._payments.processPayment(payment, sessionId)
-                self._payments.checkBalance(sessionId)
-            except PaymentError as e:
-                raise SegmentRejected(e.status, e.message, REJECTED_PAYMENT) from None
-            body = request.content.read(self.maxSegmentBytes + 1)
-            if len(body) > self.maxSegmentBytes:
-                raise SegmentRejected(413, f"segment larger than {self.maxSegmentBytes} bytes", REJECTED_SIZE)
-            digest = request.bodyKeccak.digest() if getattr(request, "bodyKeccak", None) else keccak(body)
-            if digest != segData.hash:
-                raise SegmentRejected(403, "Forbidden", REJECTED_HASH)
+            checked = await self._check(submission)
         except SegmentRejected as e:
             metrics.segmentsRejected.labels(reason=e.reason).inc()
             self._log.info("Rejected segment from {peer}: {status} {message}",
-                           peer=_peer(request), status=e.status, message=e.message)
-            return e.status, e.message.encode("utf-8") + b"\n", TEXT
-
+                           peer=submission.peer, status=e.status, message=e.message)
+            return SegmentAnswer(e.status, e.message.encode("utf-8") + b"\n", TEXT)
+        except Exception:
+            self._log.failure("Unexpected error checking a segment from {peer}", peer=submission.peer)
+            metrics.segmentsRejected.labels(reason=REJECTED_INTERNAL).inc()
+            return SegmentAnswer(500, b"Internal Server Error\n", TEXT)
+        segData = checked.segData
         metrics.segmentsReceived.inc()
-        # Like go-livepeer: answer 200 as soon as the upload is accepted, so the
-        # gateway knows its upload is done; later errors travel in the body.
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", PROTOBUF)
-        request.write(b"")
-        progress.accepted, progress.seq = True, segData.seq
-        manifest = manifestLabel(segData.manifestId)
-        job = SegmentJob(sessionId, segData.seq, body, profiles, segData.duration or 2000, source=limitedSource)
-        result = pb.TranscodeResult(seq=segData.seq)
-        started = self._app.clock.seconds()
+        accepted()
         try:
-            taskResult = await self._app.dispatcher.transcode(job)
+            result = await self._transcode(checked, submission.body)
+        except Exception:
+            # The 200 has gone out: the gateway must still get a TranscodeResult.
+            self._log.failure("Unexpected error handling a segment sessionID={sessionId} seqNo={seq}",
+                              sessionId=checked.sessionId, seq=segData.seq)
+            metrics.segmentsFailed.labels(reason=INTERNAL_ERROR).inc()
+            result = pb.TranscodeResult(seq=segData.seq, error=INTERNAL_ERROR, info=checked.info)
+        return SegmentAnswer(200, result.SerializeToString(), PROTOBUF)
+
+    async def _check(self, submission):
+        pool = self._app.pool
+        source = submission.source
+        # go-livepeer decodes the payment before it looks at the segment.
+        try:
+            payment = decodePayment(submission.paymentHeader) if submission.paymentHeader else None
+        except PaymentError as e:
+            raise SegmentRejected(e.status, e.message, REJECTED_PAYMENT) from None
+        segData, profiles = parseSegmentHeader(submission.segmentHeader)
+        sender = senderAddress(payment.sender) if payment is not None else bytes(20)
+        if self._signer is not None and not self._signer.verify(
+                sender, flattenSegment(segData, profiles), segData.sig):
+            raise SegmentRejected(403, SEGMENT_SIGNATURE_ERROR, REJECTED_SIGNATURE)
+        self._checkCapabilities(segData)
+        try:
+            sessionId = self._tokens.verifySegment(segData)
+        except AuthTokenError as e:
+            raise SegmentRejected(403, e.message, REJECTED_AUTH) from None
+        limitedSource = source if self.limitPerSource else None
+        if pool.wouldExceedLimit(sessionId):
+            raise SegmentRejected(403, ORCHESTRATOR_CAPPED, REJECTED_CAPPED)
+        if pool.wouldExceedLimit(sessionId, limitedSource):
+            self._log.info("Too many sessions from source={source}: {count} of {limit}", source=source,
+                           count=pool.sessionsFrom(source), limit=pool.sourceSessionLimit)
+            raise SegmentRejected(403, ORCHESTRATOR_CAPPED, REJECTED_ADDRESS_CAPPED)
+        if submission.contentType.split(";", 1)[0].strip().lower() == SEGMENT_URI_TYPE:
+            raise SegmentRejected(400, SEGMENT_URI_REFUSED, REJECTED_CONTENT_TYPE)
+        try:
+            info = await self._orchestrator.orchestratorInfo(sender, segData.auth_token)
+        except PaymentError as e:
+            self._log.warn("Cannot refresh the OrchestratorInfo of sessionID={sessionId}: {error}",
+                           sessionId=sessionId, error=e.message)
+            raise SegmentRejected(500, "Internal Server Error", REJECTED_PAYMENT) from None
+        try:
+            await self._payments.processPayment(payment, sessionId)
+            self._payments.checkBalance(sessionId)
+        except PaymentError as e:
+            raise SegmentRejected(e.status, e.message, REJECTED_PAYMENT) from None
+        body = submission.body
+        if len(body) > self.maxSegmentBytes:
+            raise SegmentRejected(413, f"segment larger than {self.maxSegmentBytes} bytes", REJECTED_SIZE)
+        digest = submission.bodyDigest if submission.bodyDigest is not None else keccak(body)
+        if digest != segData.hash:
+            raise SegmentRejected(403, "Forbidden", REJECTED_HASH)
+        return _CheckedSegment(segData, profiles, sessionId, limitedSource, info)
+
+    def _checkCapabilities(self, segData):
+        # What the job asks for by its fields counts as asked for by its
+        # capabilities: a perceptual hash or a clip window we would not honour
+        # must not be silently dropped.
+        offered = self._orchestrator.capabilities()
+        offeredIds = capabilitiesOf(offered.bitstring)
+        try:
+            if segData.calc_perceptual_hash and MPEG7_SIGNATURE not in offeredIds:
+                raise IncompatibleCapabilities()
+            if segData.HasField("segment_parameters") and SEGMENT_SLICING not in offeredIds:
+                raise IncompatibleCapabilities()
+            checkCompatible(segData.capabilities if segData.HasField("capabilities") else None, offered)
+        except IncompatibleCapabilities as e:
+            raise SegmentRejected(403, e.message, REJECTED_CAPABILITIES) from None
+
+    async def _transcode(self, checked, body):
+        app = self._app
+        metrics = app.metrics
+        segData, profiles, sessionId = checked.segData, checked.profiles, checked.sessionId
+        manifest = manifestLabel(segData.manifestId)
+        job = SegmentJob(sessionId, segData.seq, body, profiles, segData.duration or 2000,
+                         source=checked.limitedSource)
+        result = pb.TranscodeResult(seq=segData.seq, info=checked.info)
+        started = app.clock.seconds()
+        try:
+            taskResult = await app.dispatcher.transcode(job)
         except TranscodeFailed as e:
             metrics.segmentsFailed.labels(reason=_reasonLabel(str(e))).inc()
             self._log.warn("Segment failed manifestID={manifest} sessionID={sessionId} seqNo={seq} err={err!r}",
                            manifest=manifest, sessionId=sessionId, seq=job.seq, err=str(e))
             result.error = str(e)
-            return 200, result.SerializeToString(), PROTOBUF
-        elapsed = self._app.clock.seconds() - started
+            return result
+        elapsed = app.clock.seconds() - started
         metrics.transcodeSeconds.observe(elapsed)
         if taskResult.ffmpegSeconds:
             metrics.overheadSeconds.observe(max(0.0, elapsed - taskResult.ffmpegSeconds))
         encodedPixels = 0
-        base = self._app.serviceURL
+        base = app.serviceURL
         for profile, rendition in zip(profiles, taskResult.renditions):
             name = f"{profile.name}/{job.seq}{profile.extension}"
-            self._app.store.put(sessionId, name, rendition.data, profile.mimeType)
+            app.store.put(sessionId, name, rendition.data, profile.mimeType)
             result.data.segments.add(url=f"{base}/stream/{sessionId}/{name}", pixels=rendition.pixels)
             encodedPixels += rendition.pixels
-        body = result.SerializeToString()
+        if self._signer is not None:
+            result.data.sig = resultSignature(self._signer, [r.data for r in taskResult.renditions])
         metrics.segmentsTranscoded.inc()
         metrics.pixelsProcessed.inc(encodedPixels)
         if taskResult.attempts > 1:
@@ -307,7 +398,73 @@ class SegmentResource(resource.Resource):
             transcoder=taskResult.transcoder, segments=len(taskResult.renditions),
             manifest=manifest, sessionId=sessionId, seq=job.seq, attempts=taskResult.attempts,
         )
-        return 200, body, PROTOBUF
+        return result
+
+
+@dataclass
+class _CheckedSegment:
+    segData: object
+    profiles: list
+    sessionId: str
+    limitedSource: str
+    info: object
+
+
+class SegmentResource(resource.Resource):
+    """
+    C{POST /segment} over HTTP/1.1 or HTTP/2: hands the request to a
+    L{SegmentService}, sends the 200 status as soon as the service accepts the
+    upload, and writes its answer.
+
+    @ivar service: the L{SegmentService}.
+    """
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, service):
+        super().__init__()
+        self.service = service
+
+    def render_POST(self, request):
+        """
+        Handle one segment; the answer is written when the service has it.
+        """
+        bodyKeccak = getattr(request, "bodyKeccak", None)
+        submission = SegmentSubmission(
+            segmentHeader=request.getHeader(SEGMENT_HEADER),
+            paymentHeader=(request.getHeader(PAYMENT_HEADER) or b"").decode("latin-1"),
+            body=request.content.read(self.service.maxSegmentBytes + 1),
+            source=sourceOf(request.getClientAddress()),
+            peer=_peer(request),
+            contentType=(request.getHeader(CONTENT_TYPE_HEADER) or b"").decode("latin-1"),
+            bodyDigest=bodyKeccak.digest() if bodyKeccak is not None else None,
+        )
+        finished = []
+        request.notifyFinish().addBoth(finished.append)
+        started = []
+
+        def accepted():
+            if not finished:
+                started.append(True)
+                request.setResponseCode(200)
+                request.setHeader(b"content-type", PROTOBUF)
+                # Like go-livepeer: the gateway learns now that its upload is done.
+                request.write(b"")
+
+        def respond(answer):
+            if finished:
+                return
+            if not started:
+                request.setResponseCode(answer.status)
+                request.setHeader(b"content-type", answer.contentType)
+            request.write(answer.body)
+            request.finish()
+
+        d = defer.Deferred.fromCoroutine(self.service.process(submission, accepted))
+        d.addCallback(respond)
+        d.addErrback(lambda f: self._log.failure("Cannot answer a segment from {peer}", f, peer=submission.peer))
+        return server.NOT_DONE_YET
 
 
 _KNOWN_ERRORS = frozenset(

@@ -153,14 +153,31 @@ class OrchestratorService:
                             sessions=pool.sessionCount, limit=pool.sessionLimit)
             raise refuse(ORCHESTRATOR_CAPPED)
         try:
-            ticketParams = await self._payments.ticketParams(sender)
+            return await self.orchestratorInfo(sender, token)
         except PaymentError as e:
             raise GRPCError(StatusCode.UNKNOWN, e.message) from None
+
+    def orchestratorInfo(self, sender, authToken):
+        """
+        An C{OrchestratorInfo} for C{sender} carrying C{authToken}: what
+        C{GetOrchestrator} answers, and what every segment's
+        C{TranscodeResult.info} carries (fresh ticket parameters, the same
+        token), as go-livepeer builds it.
+
+        @param sender: the gateway's 20-byte address (zeros when unknown).
+        @param authToken: the session's C{AuthToken}.
+        @return: a Deferred firing with the C{OrchestratorInfo}, or failing
+            with L{PaymentError} when no ticket parameters can be made.
+        """
+        return Deferred.fromCoroutine(self._orchestratorInfo(sender, authToken))
+
+    async def _orchestratorInfo(self, sender, authToken):
+        ticketParams = await self._payments.ticketParams(sender)
         info = pb.OrchestratorInfo(
             transcoder=self.serviceURI,
             address=self.address,
             capabilities=self.capabilities(),
-            auth_token=token,
+            auth_token=authToken,
         )
         if self._signer is not None:
             info.price_info.CopyFrom(priceInfo(getattr(self._payments, "price", 0)))

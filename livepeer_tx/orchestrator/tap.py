@@ -179,8 +179,10 @@ def makeService(config, reactor=None):
     """
     if reactor is None:
         from twisted.internet import reactor
+    from livepeer_tx.chain.identity import NodeSigner
     from livepeer_tx.chain.service import makeChainService
     from livepeer_tx.orchestrator.app import Orchestrator
+    from livepeer_tx.orchestrator.authtoken import AuthTokens
     from livepeer_tx.orchestrator.ingress import sourceOf
 
     preventCoreDumps()
@@ -211,16 +213,25 @@ def makeService(config, reactor=None):
     if chainService is not None:
         chainService.setServiceParent(parent)
 
+    try:
+        # Kept in the data directory: gateways' sessions outlive a restart.
+        tokens = AuthTokens.fromDataDir(dataDir, wallClock=app.wallClock)
+    except SecretFileError as e:
+        raise usage.UsageError(str(e))
+    signer = NodeSigner(chainService.account) if chainService is not None else None
     maxSegmentBytes = config["maxSegmentBytes"]
-    publicRoot = app.makePublicRoot(reactor, secret, payments, maxSegmentBytes, config["pingSeconds"])
+    public = app.makePublicRoot(reactor, secret, payments, maxSegmentBytes, config["pingSeconds"],
+                                tokens=tokens, signer=signer)
     connections = ConnectionLimiter(config["maxConnectionsValue"], config["maxConnectionsPerAddressValue"])
     uploadBudget = UploadBudget(config["uploadMemoryValue"], config["uploadMemoryPerAddressValue"])
     edgeMetrics = HTTPEdgeMetrics(app.metrics.registry, connections, uploadBudget)
     limits = HTTPLimits(headerTimeout=config["headerTimeoutValue"], idleTimeout=config["idleTimeoutValue"],
                         minUploadRate=config["minUploadRateValue"])
     # Per-address limits count an IPv6 /64 as one source, like gateway admission.
-    publicSite = BoundedSite(publicRoot, maxBodyBytes=maxSegmentBytes, hashBodies=True, limits=limits,
-                             uploadBudget=uploadBudget, metrics=edgeMetrics, reactor=reactor, sourceOf=sourceOf)
+    # One TLS port: gRPC over HTTP/2 beside the resources over HTTP/2 and HTTP/1.1.
+    publicSite = BoundedSite(public.root, maxBodyBytes=maxSegmentBytes, hashBodies=True, limits=limits,
+                             uploadBudget=uploadBudget, metrics=edgeMetrics, reactor=reactor, sourceOf=sourceOf,
+                             bodyLimits=public.bodyLimits, grpcRegistry=public.registry)
     publicFactory = ConnectionCapFactory(publicSite, connections, reactor, edgeMetrics, sourceOf=sourceOf)
     publicEndpoint = certificate.endpointDescription(config["listenPort"], config["listenHost"])
     strports.service(publicEndpoint, publicFactory, reactor=reactor).setServiceParent(parent)

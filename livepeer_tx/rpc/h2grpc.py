@@ -749,7 +749,7 @@ class HTTPChannelSelector(proxyForInterface(IProtocol, "_channel")):
             transport.registerProducer(http2, True)
 
 
-def channelFactory(registry, http11Channel=HTTPChannel, settings=None):
+def channelFactory(registry, http11Channel=HTTPChannel, settings=None, http2Connection=GRPCH2Connection):
     """
     A protocol factory for a Site that serves gRPC over HTTP/2 beside its
     resources: assign the result to the Site's C{protocol} attribute (and offer
@@ -759,11 +759,14 @@ def channelFactory(registry, http11Channel=HTTPChannel, settings=None):
     @param http11Channel: builds the channel for HTTP/1.1 connections (an
         C{HTTPChannel} subclass, or a callable returning one).
     @param settings: L{GRPCSettings}, or L{None} for the defaults.
+    @param http2Connection: the HTTP/2 connection class: L{GRPCH2Connection}
+        or a subclass, called as C{http2Connection(registry, reactor=...,
+        settings=...)}.
     @return: a callable taking no arguments that returns a new protocol.
     """
 
     def makeHTTP2Connection(reactor):
-        return GRPCH2Connection(registry, reactor=reactor, settings=settings)
+        return http2Connection(registry, reactor=reactor, settings=settings)
 
     def buildChannel():
         return HTTPChannelSelector(http11Channel(), makeHTTP2Connection)
