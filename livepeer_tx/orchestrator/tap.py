@@ -14,6 +14,7 @@ from twisted.python import usage
 from livepeer_tx import __version__
 from livepeer_tx.addresses import formatHostPort, parseHostPort
 from livepeer_tx.chain.options import CHAIN_OPT_FLAGS, CHAIN_OPT_PARAMETERS, validateChainOptions
+from livepeer_tx.goflags import FixedBoolean, GoFlagOptions
 from livepeer_tx.lifecycle import preventCoreDumps
 from livepeer_tx.limits import ConnectionLimiter, HTTPLimits, UploadBudget
 from livepeer_tx.secret import Secret, SecretFileError
@@ -36,13 +37,34 @@ capacity. The CLI port (127.0.0.1:7935) serves the full /status and, with
 """
 
 
-class Options(usage.Options):
+class Options(GoFlagOptions):
     """
-    Command-line options, with go-livepeer's names.
+    Command-line options, with go-livepeer's names, also taken from
+    C{LP_*} variables and a C{--config} file (L{GoFlagOptions}).
     """
 
     synopsis = "[options]"
     longdesc = LONGDESC
+    goProgram = "livepeer-orchestrator"
+    goBooleanParameters = {"reward": ("on", "off", frozenset(["on", "off", "auto"]))}
+    goFixedBooleans = {
+        "orchestrator": FixedBoolean(True, "livepeer-orchestrator always runs as an orchestrator"),
+        "transcoder": FixedBoolean(
+            False, "go-livepeer's orchestrator-and-transcoder mode has no equivalent: run livepeer-transcoder "
+            "processes that connect to this orchestrator (-orchAddr, -orchSecret)"),
+        "startupAvailabilityCheck": FixedBoolean(
+            False, "livepeer-orchestrator does not call itself at its -serviceAddr on start-up"),
+        "autoAdjustPrice": FixedBoolean(
+            False, "livepeer-orchestrator does not adjust -pricePerUnit for redemption costs"),
+    }
+    goHints = {
+        "nvidia": "transcoding runs in livepeer-transcoder processes",
+        "netint": "transcoding runs in livepeer-transcoder processes",
+        "testTranscoder": "transcoding runs in livepeer-transcoder processes, which test their hardware",
+        "ethOrchAddr": "the keystore account is the orchestrator's address and ticket recipient",
+        "pricePerGateway": "one -pricePerUnit applies to every gateway",
+        "pricePerBroadcaster": "one -pricePerUnit applies to every gateway",
+    }
     optParameters = [
         ["orchSecret", None, None,
          "Shared secret of the orchestrator and its transcoders: a file path (recommended; must be mode 600) "
@@ -92,6 +114,7 @@ class Options(usage.Options):
         """
         Validate and convert the options; raise L{usage.UsageError} on bad input.
         """
+        super().postOptions()
         if not self["orchSecret"]:
             raise usage.UsageError(
                 "Running an orchestrator requires an --orchSecret (a file path, mode 600) for standalone mode")

@@ -13,6 +13,7 @@ from twisted.python import usage
 from livepeer_tx import __version__
 from livepeer_tx.addresses import formatHostPort, parseHostPort
 from livepeer_tx.chain.options import ETH_OPTION_NAMES
+from livepeer_tx.goflags import FixedBoolean, GoFlagOptions
 from livepeer_tx.lifecycle import preventCoreDumps, stopWithStatus
 from livepeer_tx.secret import Secret, SecretFileError
 from livepeer_tx.tls import clientTLSOptions, parseFingerprint
@@ -32,13 +33,26 @@ self-signed certificate or private CA, or --orchCertFingerprint to pin one.
 """
 
 
-class Options(usage.Options):
+class Options(GoFlagOptions):
     """
-    Command-line options, with go-livepeer's names.
+    Command-line options, with go-livepeer's names, also taken from
+    C{LP_*} variables and a C{--config} file (L{GoFlagOptions}).
     """
 
     synopsis = "--orchAddr HOST:PORT --orchSecret FILE [options]"
     longdesc = LONGDESC
+    goProgram = "livepeer-transcoder"
+    goFixedBooleans = {
+        "transcoder": FixedBoolean(True, "livepeer-transcoder always runs as a standalone transcoder"),
+        "orchestrator": FixedBoolean(
+            False, "go-livepeer's orchestrator-and-transcoder mode has no equivalent: run livepeer-orchestrator "
+            "and point this transcoder at it with -orchAddr"),
+        "testTranscoder": FixedBoolean(True, "livepeer-transcoder always tests its hardware at start"),
+    }
+    goHints = {
+        "netint": "only NVIDIA GPUs (-nvidia) and the CPU are supported",
+        "network": "a transcoder holds no keys and needs no network; give -dataDir for its work files",
+    }
     optParameters = [
         ["orchAddr", None, None, "The orchestrator's host:port (port 8935 if omitted)."],
         ["orchSecret", None, None,
@@ -64,6 +78,7 @@ class Options(usage.Options):
         """
         Validate and convert the options; raise L{usage.UsageError} on bad input.
         """
+        super().postOptions()
         if not self["orchAddr"]:
             raise usage.UsageError("Missing --orchAddr")
         if not self["orchSecret"]:
