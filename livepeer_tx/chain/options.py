@@ -26,7 +26,8 @@ CHAIN_OPT_PARAMETERS = [
      "File holding the keystore password (must not be readable by others); a literal works "
      "with a warning."],
     ["reward", None, "auto",
-     "Call reward every round: on, off, or auto (on when the account is a registered transcoder)."],
+     "Call reward every round: on, off, or auto (on when the account is a registered transcoder). "
+     "go-livepeer's -reward / -reward=true mean on, -reward=false off."],
     ["maxGasPrice", None, "0", "Highest maxFeePerGas in wei for our transactions (0: no cap)."],
     ["pricePerUnit", None, None, "Price in wei per --pixelsPerUnit pixels (required on-chain)."],
     ["pixelsPerUnit", None, "1", "Pixels per price unit."],
