@@ -13,6 +13,7 @@ applies them to connections.
 import json
 from io import BytesIO
 
+import h2.errors
 from Crypto.Hash import keccak
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.twisted import MetricsResource
@@ -438,8 +439,10 @@ class BoundedRequest(server.Request):
         Count a body's bytes against the limit (a body of unknown length
         against the budget too) as they arrive, hash them and keep them.
         """
-        channel = self.channel
-        if self.refused or channel is None or getattr(channel, "closing", False):
+        if self.refused:
+            return
+        channel = getattr(self, "channel", None)
+        if channel is None or getattr(channel, "closing", False):
             return
         self._received += len(data)
         limit = self._limit
@@ -495,10 +498,11 @@ class BoundedRequest(server.Request):
             # It logs, counts, and reads nothing more from the connection.
             channel.refuse(code, reason, message, retryAfter)
             return
+        metrics = getattr(channel.site, "metrics", None)
+        # The answer may finish the request (and let go of its channel) at once.
         refuseRequest(self, code, (message or reason) + "\n", retryAfter)
         self._log.info("Refused a request from {peer}: {code} {reason}",
                        peer=describeAddress(self.getClientAddress()), code=code, reason=reason)
-        metrics = getattr(self._site(), "metrics", None)
         if metrics is not None:
             metrics.requestsRefused.labels(reason=reason).inc()
 
@@ -530,6 +534,48 @@ class BoundedRequest(server.Request):
             self.content.close()
 
 
+class FrameSizeGuard:
+    """
+    Follows the frame boundaries of the bytes an HTTP/2 client sends (the
+    connection preface, then 9-byte frame headers and their payloads), to
+    find a frame announced larger than allowed as soon as its header
+    arrives.
+    """
+
+    PREFACE_BYTES = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    HEADER_BYTES = 9
+
+    def __init__(self):
+        self._skip = self.PREFACE_BYTES
+        self._header = b""
+
+    def feed(self, data, maxFrameBytes):
+        """
+        Take the next bytes received.
+
+        @return: whether every frame header so far announces at most
+            C{maxFrameBytes}.
+        """
+        position, end = 0, len(data)
+        while position < end:
+            if self._skip:
+                taken = min(self._skip, end - position)
+                self._skip -= taken
+                position += taken
+                continue
+            wanted = self.HEADER_BYTES - len(self._header)
+            self._header += data[position:position + wanted]
+            position += wanted
+            if len(self._header) < self.HEADER_BYTES:
+                break
+            length = int.from_bytes(self._header[:3], "big")
+            self._header = b""
+            if length > maxFrameBytes:
+                return False
+            self._skip = length
+        return True
+
+
 class HardenedH2Connection(GRPCH2Connection):
     """
     The public port's HTTP/2 connection: gRPC calls and Site requests on one
@@ -542,20 +588,91 @@ class HardenedH2Connection(GRPCH2Connection):
       it sends, gets GOAWAY and is closed once it has run out. While a stream
       is open, that stream's own deadlines apply, and keepalive PINGs find a
       dead peer under a long gRPC call.
+    - A frame announcing more than the SETTINGS_MAX_FRAME_SIZE we sent gets
+      GOAWAY FRAME_SIZE_ERROR as soon as its header arrives (h2 would keep
+      up to 16 MiB of it before checking).
+    - Whenever the connection is being closed (GOAWAY sent or received, or
+      the idle timeout), TLS may close at once, and the connection is aborted
+      if the peer has not closed it within the site's C{refusalGrace} (or
+      C{closeGrace} after the idle timeout).
     - At most L{MAX_CONCURRENT_STREAMS} streams at once (h2's setting, pinned
-      by a test); a client opening more breaks its connection.
-    - Request headers are bounded by h2 (a 64 KiB header list, a limit on
+      by a test); a client opening more breaks its connection. Request
+      headers are bounded by h2 (a 64 KiB header list, a limit on
       CONTINUATION frames).
     """
 
     MAX_CONCURRENT_STREAMS = 100
     _idleTimeOut = None
+    _abortCall = None
+    _frameSizes = None
+
+    def _limits(self):
+        return getattr(getattr(self, "site", None), "limits", None) or HTTPLimits()
+
+    def connectionMade(self):
+        """
+        Start the connection; the idle timeout's abort comes after C{closeGrace}.
+        """
+        self.abortTimeout = self._limits().closeGrace
+        super().connectionMade()
 
     def resetTimeout(self):
         """
         Frames do not restart the idle timeout: only the end of the last open
         stream does.
         """
+
+    def dataReceived(self, data):
+        """
+        Refuse a frame announced larger than allowed before any of it is
+        kept; process the rest.
+        """
+        if self._frameSizes is None:
+            self._frameSizes = FrameSizeGuard()
+        if self._lost or self._frameSizes.feed(data, self.conn.max_inbound_frame_size):
+            super().dataReceived(data)
+            return
+        self._log.info("Closing the HTTP/2 connection from {peer}: a frame over {limit} bytes",
+                       peer=describeAddress(self.transport.getPeer()), limit=self.conn.max_inbound_frame_size)
+        self.conn.close_connection(error_code=h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
+        self._tryToWriteControlData()
+        self.transport.loseConnection()
+        self.connectionLost(Failure(ConnectionLost("frame too large")), _cancelTimeouts=False)
+
+    def connectionLost(self, reason, _cancelTimeouts=True):
+        """
+        Twisted calls this with C{_cancelTimeouts=False} when it ends the
+        connection itself: let TLS close now (it waits while a producer is
+        registered) and abort if the peer does not close in time. The real
+        end of the connection stops that abort.
+        """
+        if _cancelTimeouts:
+            if self._abortCall is not None and self._abortCall.active():
+                self._abortCall.cancel()
+        elif self._abortCall is None and self.transport is not None:
+            self._letTransportClose(self._limits().refusalGrace)
+        super().connectionLost(reason, _cancelTimeouts)
+
+    def timeoutConnection(self):
+        """
+        The idle timeout passed: GOAWAY and close (Twisted aborts after
+        C{abortTimeout}).
+        """
+        super().timeoutConnection()
+        self._letTransportClose(None)
+
+    def _letTransportClose(self, abortAfter):
+        try:
+            self.transport.unregisterProducer()
+        except RuntimeError:
+            pass  # none was registered
+        if abortAfter is not None:
+            self._abortCall = self._clock.callLater(abortAfter, self._abortTransport)
+
+    def _abortTransport(self):
+        self._log.debug("Aborting the HTTP/2 connection from {peer}: its close did not complete",
+                        peer=describeAddress(self.transport.getPeer()))
+        self.transport.abortConnection()
 
     def _requestReceived(self, event):
         super()._requestReceived(event)

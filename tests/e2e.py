@@ -16,6 +16,9 @@ import subprocess
 import sys
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 from eth_utils import keccak
 
 from livepeer_tx.chain.identity import checksumAddress
@@ -158,6 +161,124 @@ def postSegment(orchestrator, body, headers=None, timeout=60, authToken=None, si
         return response.status, response.read()
     finally:
         connection.close()
+
+
+class HTTP2Response:
+    """
+    What an L{HTTP2Client} request got: the status, headers, body and
+    trailers (empty when none), and the RST_STREAM code if the stream was
+    reset.
+    """
+
+    def __init__(self):
+        self.status = None
+        self.headers = {}
+        self.body = b""
+        self.trailers = {}
+        self.reset = None
+
+
+class HTTP2Client:
+    """
+    A blocking HTTP/2 client on one TLS connection that offers only C{h2}, as
+    go-livepeer's gateway (for C{/segment}) and transcoder (for
+    C{/transcodeResults}) do; requests go one after the other on the same
+    connection.
+    """
+
+    def __init__(self, orchestrator, timeout=60):
+        context = tlsContext(orchestrator)
+        context.set_alpn_protocols(["h2"])
+        raw = socket.create_connection((orchestrator.host, orchestrator.port), timeout=timeout)
+        self.sock = context.wrap_socket(raw, server_hostname=orchestrator.host)
+        if self.sock.selected_alpn_protocol() != "h2":
+            raise AssertionError(f"ALPN chose {self.sock.selected_alpn_protocol()!r}, not h2")
+        self.authority = orchestrator.serviceAddr.encode()
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.conn.initiate_connection()
+        self.sock.sendall(self.conn.data_to_send())
+        self.events = []
+
+    def request(self, method, path, headers=(), body=b""):
+        """
+        Send one request and read its whole response.
+
+        @param headers: C{(name, value)} pairs, as text or bytes.
+        @return: an L{HTTP2Response}.
+        """
+        def raw(value):
+            return value if isinstance(value, bytes) else value.encode("latin-1")
+
+        streamID = self.conn.get_next_available_stream_id()
+        request = [(b":method", raw(method)), (b":scheme", b"https"), (b":authority", self.authority),
+                   (b":path", raw(path))]
+        if body or method in ("POST", b"POST"):
+            request.append((b"content-length", b"%d" % len(body)))
+        self.conn.send_headers(streamID, request + [(raw(k).lower(), raw(v)) for k, v in headers],
+                               end_stream=not body)
+        response, sent, done = HTTP2Response(), 0, False
+        while not done:
+            while sent < len(body):
+                window = min(self.conn.local_flow_control_window(streamID), self.conn.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                chunk = body[sent:sent + window]
+                sent += len(chunk)
+                self.conn.send_data(streamID, chunk, end_stream=sent == len(body))
+            self.sock.sendall(self.conn.data_to_send())
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise ConnectionError("the orchestrator closed the connection")
+            for event in self.conn.receive_data(data):
+                self.events.append(event)
+                if getattr(event, "stream_id", None) != streamID:
+                    continue
+                if isinstance(event, h2.events.ResponseReceived):
+                    response.headers = dict(event.headers)
+                    response.status = int(response.headers.pop(b":status"))
+                elif isinstance(event, h2.events.DataReceived):
+                    response.body += event.data
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, streamID)
+                elif isinstance(event, h2.events.TrailersReceived):
+                    response.trailers = dict(event.headers)
+                elif isinstance(event, h2.events.StreamReset):
+                    response.reset = event.error_code
+                    done = True
+                elif isinstance(event, h2.events.StreamEnded):
+                    done = True
+        self.sock.sendall(self.conn.data_to_send())
+        return response
+
+    def postSegment(self, orchestrator, body, authToken=None, signer=None, **segmentOptions):
+        """
+        C{POST /segment} over this connection as a stock gateway does.
+        """
+        headers = segmentHeaders(orchestrator, body, authToken, signer, **segmentOptions)
+        return self.request("POST", "/segment", list(headers.items()), body)
+
+    def get(self, url):
+        """
+        GET a URL (or path) of the orchestrator over this connection.
+        """
+        return self.request("GET", "/" + url.split("://", 1)[-1].split("/", 1)[-1] if "://" in url else url)
+
+    def close(self):
+        """
+        Close the connection (GOAWAY first).
+        """
+        try:
+            self.conn.close_connection()
+            self.sock.sendall(self.conn.data_to_send())
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *excInfo):
+        self.close()
+        return False
 
 
 def getURL(orchestrator, url, timeout=30):

@@ -12,15 +12,21 @@ as C{multipart/mixed} to C{/transcodeResults} over HTTP/2 only, with
 C{Authorization}, C{Credentials}, C{TaskId} and C{Pixels} (the input's length
 here). It prints C{notify TASKID URL}, C{posted TASKID STATUS},
 C{teardown SESSION} and C{ended CODE DETAILS} lines. MODE C{hang} only prints
-the C{notify} lines.
+the C{notify} lines; MODE C{ffmpeg} transcodes for real with the C{ffmpeg}
+command (each profile's size and bitrate, H.264 in MPEG-TS, audio copied),
+and reports pixels as frames x width x height.
 """
 
 import hashlib
 import http.client
+import json
+import os
 import secrets
 import socket
 import ssl
+import subprocess
 import sys
+import tempfile
 from urllib.parse import urlsplit
 
 import grpc
@@ -54,6 +60,44 @@ def transcode(data, segData):
     profiles = segData.fullProfiles3 or segData.fullProfiles2 or segData.fullProfiles
     digest = hashlib.sha256(data).hexdigest()
     return [(f"{p.name}:{digest}".encode() * 4, p.width * p.height * 60) for p in profiles]
+
+
+def frameCount(path):
+    """
+    C{(width, height, frames)} of a file's video, its frames counted from its packets.
+    """
+    output = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries",
+         "stream=nb_read_packets,width,height", "-of", "json", path],
+        check=True, capture_output=True, text=True, timeout=60).stdout
+    stream = json.loads(output)["streams"][0]
+    return int(stream["width"]), int(stream["height"]), int(stream["nb_read_packets"])
+
+
+def transcodeWithFFmpeg(data, segData):
+    """
+    Real renditions, in request order, with their encoded pixels; and the
+    decoded pixels of the input.
+    """
+    profiles = segData.fullProfiles3 or segData.fullProfiles2 or segData.fullProfiles
+    with tempfile.TemporaryDirectory() as work:
+        source = os.path.join(work, "in.ts")
+        with open(source, "wb") as f:
+            f.write(data)
+        renditions = []
+        for index, p in enumerate(profiles):
+            out = os.path.join(work, f"out{index}.ts")
+            video = ["-vf", f"scale={p.width}:{p.height}"] + (["-r", str(p.fps)] if p.fps else [])
+            subprocess.run(
+                ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", source] + video
+                + ["-c:v", "libx264", "-preset", "ultrafast", "-b:v", str(p.bitrate), "-c:a", "copy",
+                   "-f", "mpegts", out],
+                check=True, capture_output=True, timeout=120)
+            width, height, frames = frameCount(out)
+            with open(out, "rb") as f:
+                renditions.append((f.read(), width * height * frames))
+        width, height, frames = frameCount(source)
+    return renditions, width * height * frames
 
 
 def multipartBody(renditions, boundary):
@@ -140,10 +184,14 @@ def main(orchAddr, secret, capacity, mode, certPath):
                     body = str(e).encode()
                     headers += [(b"content-type", b"livepeer/transcoding-error"), (b"pixels", b"0")]
                 else:
+                    if mode == "ffmpeg":
+                        renditions, decodedPixels = transcodeWithFFmpeg(data, notify.segData)
+                    else:
+                        renditions, decodedPixels = transcode(data, notify.segData), len(data)
                     boundary = secrets.token_hex(10).encode()
-                    body = multipartBody(transcode(data, notify.segData), boundary)
+                    body = multipartBody(renditions, boundary)
                     headers += [(b"content-type", b"multipart/mixed; boundary=" + boundary),
-                                (b"pixels", b"%d" % len(data))]
+                                (b"pixels", b"%d" % decodedPixels)]
                 print("posted", notify.taskId, postResults(orchAddr, resultsContext, headers, body), flush=True)
         except grpc.RpcError as e:
             print("ended", e.code().name, e.details(), flush=True)

@@ -9,9 +9,10 @@ import threading
 import time
 import urllib.request
 
+import grpc
 import pytest
 
-from e2e import RawWebSocket, getURL, postSegment, push, transcodeResult
+from e2e import RawWebSocket, getOrchestrator, getURL, mintToken, postSegment, push, sessionToken, transcodeResult
 from livepeer_tx.profiles import PRESETS
 from media import ffprobePath, makeClip, probe
 
@@ -102,20 +103,26 @@ def test_status_is_public_safe_and_metrics(nodes):
     assert secret not in orchestrator.logText()
 
 
-def test_public_port_negotiates_http11(nodes):
+def test_public_port_negotiates_h2_then_http11(nodes):
     """
-    The public port offers HTTP/1.1 in ALPN even to clients that prefer h2
-    (WebSocket upgrades need it), whether or not the h2 package is installed.
+    The public port offers h2 first in ALPN (gRPC and stock gateways), and
+    HTTP/1.1 to clients that offer only that (our WebSocket transcoders) or
+    no ALPN at all (plain HTTP/1.1 then).
     """
     import socket
     import ssl
 
     orchestrator = nodes.startOrchestrator()
-    context = ssl.create_default_context(cafile=orchestrator.certPath)
-    context.set_alpn_protocols(["h2", "http/1.1"])
-    with socket.create_connection((orchestrator.host, orchestrator.port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=orchestrator.host) as tls:
-            assert tls.selected_alpn_protocol() == "http/1.1"
+    for offered, chosen in ((["h2", "http/1.1"], "h2"), (["http/1.1"], "http/1.1"), (None, None)):
+        context = ssl.create_default_context(cafile=orchestrator.certPath)
+        if offered:
+            context.set_alpn_protocols(offered)
+        with socket.create_connection((orchestrator.host, orchestrator.port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname=orchestrator.host) as tls:
+                assert tls.selected_alpn_protocol() == chosen
+                if chosen != "h2":
+                    tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: o\r\nConnection: close\r\n\r\n")
+                    assert tls.recv(4096).startswith(b"HTTP/1.1 200 ")
 
 
 def test_wrong_secret_file_retries_and_picks_up_rotation(nodes):
@@ -205,14 +212,19 @@ def test_load_spread_capacity_and_cap(nodes, segment2s):
     for capacity in (1, 2, 3):
         nodes.startTranscoder(orchestrator, maxSessions=capacity)
     orchestrator.waitForTranscoders(3)
+    # Seven gateways' streams get sessions while there is room.
+    tokens = [sessionToken(orchestrator, f"stream-{i}".encode()) for i in range(7)]
     for i in range(6):
         status, body = postSegment(orchestrator, segment2s, manifestId=f"stream-{i}".encode())
         assert status == 200
         assert transcodeResult(body).WhichOneof("result") == "data"
     loads = {t["capacity"]: t["load"] for t in orchestrator.cliStatus()["transcoders"]}
     assert loads == {1: 1, 2: 2, 3: 3}
-    status, body = postSegment(orchestrator, segment2s, manifestId=b"stream-7")
+    status, body = postSegment(orchestrator, segment2s, manifestId=b"stream-6", authToken=tokens[6])
     assert status == 403 and b"OrchestratorCapped" in body
+    with pytest.raises(grpc.RpcError) as refused:
+        getOrchestrator(orchestrator)
+    assert refused.value.details() == "Invalid orchestrator request: OrchestratorCapped"
 
 
 def test_session_affinity(nodes, segment2s):
@@ -287,19 +299,25 @@ def test_bad_gateway_input(nodes, segment2s):
     orchestrator keeps serving.
     """
     orchestrator = nodes.startOrchestrator(maxSegmentSize=len(segment2s) + 10)
+    token = mintToken(orchestrator)
     status, body = postSegment(orchestrator, segment2s, headers={"Livepeer-Segment": ""})
     assert status == 403 and b"ErrorSegEncoding" in body
     status, body = postSegment(orchestrator, segment2s, headers={"Livepeer-Segment": "%%%not base64"})
     assert (status, body.strip()) == (403, b"ErrorSegEncoding")
     status, body = postSegment(orchestrator, segment2s, headers={"Livepeer-Segment": "AAAA////"})
     assert status == 403
-    status, body = postSegment(orchestrator, segment2s, hash=b"\x00" * 32)
+    status, body = postSegment(orchestrator, segment2s, authToken=token, hash=b"\x00" * 32)
     assert (status, body.strip()) == (403, b"Forbidden")
-    status, body = postSegment(orchestrator, segment2s, headers={"Livepeer-Payment": "!!notbase64"})
+    status, body = postSegment(orchestrator, segment2s, authToken=token, headers={"Livepeer-Payment": "!!notbase64"})
     assert status == 402
-    status, body = postSegment(orchestrator, segment2s + b"x" * 100)
+    status, body = postSegment(orchestrator, segment2s + b"x" * 100, authToken=token)
     assert status == 413
-    status, body = postSegment(orchestrator, segment2s)
+    # GetOrchestrator opens no session without a transcoder; a token it
+    # issued earlier (as after a restart) gets go-livepeer's error.
+    with pytest.raises(grpc.RpcError) as refused:
+        getOrchestrator(orchestrator)
+    assert refused.value.details() == "Invalid orchestrator request: no transcoders available"
+    status, body = postSegment(orchestrator, segment2s, authToken=token)
     assert status == 200 and transcodeResult(body).error == "no transcoders available"
     assert orchestrator.running
 

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from e2e import postSegment
+from e2e import postSegment, sessionToken
+from livepeer_tx.chain.identity import NodeSigner
 from tests.chainharness import ANVIL_MISSING, ensureAnvil, standInsOnAnvil
 from tests.test_chain_service import writeKey, writePassword
 
@@ -23,9 +24,10 @@ def chain():
 def test_onchain_orchestrator_rewards_and_requires_payment(nodes, chain, segment2s, tmp_path):
     """
     With a keystore and --network custom, the orchestrator calls reward for
-    the current round, keeps routing to transcoders, and refuses unpaid
-    segments with go-livepeer's 'Insufficient balance'. The password never
-    reaches the log.
+    the current round, keeps routing to transcoders, answers a funded
+    gateway's signed GetOrchestrator, refuses a segment its gateway did not
+    sign (ErrSegSig) and an unpaid one with go-livepeer's 'Insufficient
+    balance'. The password never reaches the log.
     """
     anvil, deployment = chain
     account = anvil.account(3)
@@ -43,7 +45,15 @@ def test_onchain_orchestrator_rewards_and_requires_payment(nodes, chain, segment
     orchestrator.waitForLog(rf"Called reward for round {round_}", timeout=60)
     nodes.startTranscoder(orchestrator, maxSessions=1)
     orchestrator.waitForTranscoders(1)
-    status, body = postSegment(orchestrator, segment2s, manifestId=b"unpaid")
+    # A funded gateway signs GetOrchestrator and its segment, as go-livepeer's
+    # does, and sends a payment without tickets.
+    gateway = anvil.account(4)
+    deployment.fundSender(gateway, 10**18, 10**18)
+    signer = NodeSigner(gateway)
+    token = sessionToken(orchestrator, b"unpaid", signer)
+    status, body = postSegment(orchestrator, segment2s, manifestId=b"unpaid", authToken=token)
+    assert (status, body.strip()) == (403, b"ErrSegSig")
+    status, body = postSegment(orchestrator, segment2s, manifestId=b"unpaid", signer=signer)
     assert (status, body.strip()) == (400, b"Insufficient balance")
     lastRewardRound = deployment.call("BondingManager", "getTranscoder", account.address)[0]
     assert lastRewardRound == round_
