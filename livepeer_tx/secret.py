@@ -6,8 +6,10 @@ file that other users can read, and remember where the value came from so that a
 file can be re-read (secret rotation) and a literal can be warned about.
 """
 
+import hashlib
 import hmac
 import os
+import secrets
 import stat
 
 from twisted.logger import Logger
@@ -49,6 +51,7 @@ class Secret:
     def __init__(self, literal=None, path=None):
         self._literal = literal
         self.path = path
+        self._tagKey = secrets.token_bytes(32)
 
     @classmethod
     def fromOption(cls, value, optionName="--orchSecret"):
@@ -117,6 +120,25 @@ class Secret:
         if isinstance(candidate, bytes):
             candidate = candidate.decode("utf-8", "replace")
         return hmac.compare_digest(candidate.encode("utf-8"), self.read().encode("utf-8"))
+
+    def tag(self, value):
+        """
+        A keyed digest of C{value} (HMAC-SHA256 under a random per-process
+        key): two values have the same tag only if they are equal, and a tag
+        reveals nothing of its value, so it can be kept to recognise the
+        secret a transcoder registered with.
+        """
+        if isinstance(value, str):
+            value = value.encode("utf-8", "replace")
+        return hmac.new(self._tagKey, value, hashlib.sha256).digest()
+
+    def currentTag(self):
+        """
+        The L{tag} of the secret as it reads now.
+
+        @raise SecretFileError: the file cannot be used now.
+        """
+        return self.tag(self.read())
 
     def __repr__(self):
         if self.path is None:

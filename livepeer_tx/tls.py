@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import ssl
-from twisted.internet.endpoints import quoteStringArgument
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.endpoints import SSL4ServerEndpoint, quoteStringArgument
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -176,6 +176,14 @@ class ServerCertificate:
             f.write(certPEM)
         return cls(certPath, keyPath, generated=True)
 
+    def serverTLS(self):
+        """
+        A L{ReloadableServerTLS} serving this pair.
+
+        @raise CertificateError: the pair cannot be used.
+        """
+        return ReloadableServerTLS(self.certPath, self.keyPath)
+
     def endpointDescription(self, port, interface=""):
         """
         A C{strports} server description that serves this chain on C{port}.
@@ -190,6 +198,82 @@ class ServerCertificate:
         if interface:
             parts.append(f"interface={quoteStringArgument(interface)}")
         return ":".join(parts)
+
+
+def loadServerOptions(certPath, keyPath):
+    """
+    Server TLS options for the chain in C{certPath} (leaf first, every
+    certificate after it sent as the chain) and the key in C{keyPath}.
+
+    @return: C{(options, fingerprint)}: the L{ssl.CertificateOptions} and the
+        SHA-256 digest of the leaf certificate.
+
+    @raise CertificateError: a file is missing, unreadable or malformed, the
+        key is readable by others, or it does not match the certificate.
+    """
+    _checkKeyPermissions(keyPath)
+    try:
+        with open(certPath, "rb") as f:
+            certificates = x509.load_pem_x509_certificates(f.read())
+        with open(keyPath, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), password=None)
+    except OSError as e:
+        raise CertificateError(f"cannot read TLS file {e.filename}: {e.strerror}") from None
+    except (ValueError, TypeError) as e:
+        raise CertificateError(f"cannot load the TLS pair {certPath} / {keyPath}: {e}") from None
+    options = ssl.CertificateOptions(
+        privateKey=key, certificate=certificates[0], extraCertChain=certificates[1:] or None)
+    try:
+        options.getContext()
+    except SSL.Error as e:
+        raise CertificateError(f"the key {keyPath} does not match the certificate {certPath}: {e}") from None
+    return options, certificates[0].fingerprint(hashes.SHA256())
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableServerTLS:
+    """
+    The orchestrator's server TLS, whose certificate and key can be replaced
+    while the port listens: Twisted's TLS endpoint asks this connection
+    creator for every new connection, so each new handshake uses the pair
+    loaded last (with ALPN as before); open connections keep theirs.
+
+    @ivar certPath: the certificate chain file.
+    @ivar keyPath: the key file.
+    @ivar fingerprint: the SHA-256 digest of the leaf served now.
+    """
+
+    def __init__(self, certPath, keyPath):
+        self.certPath = certPath
+        self.keyPath = keyPath
+        self._options, self.fingerprint = loadServerOptions(certPath, keyPath)
+
+    def serverConnectionForTLS(self, tlsProtocol):
+        """
+        The OpenSSL connection for a new TLS connection, with the current pair.
+        """
+        return self._options.serverConnectionForTLS(tlsProtocol)
+
+    def reload(self):
+        """
+        Read the certificate and key files again and serve them from the next
+        handshake on. When they cannot be used, the pair served until now
+        stays.
+
+        @return: C{(previous, current)}: the SHA-256 digests of the leaf
+            served until now and from now on (equal when the files did not
+            change).
+        @raise CertificateError: the files cannot be used; nothing changed.
+        """
+        previous = self.fingerprint
+        self._options, self.fingerprint = loadServerOptions(self.certPath, self.keyPath)
+        return previous, self.fingerprint
+
+    def endpoint(self, reactor, port, interface=""):
+        """
+        A server endpoint on C{port} serving with this context factory.
+        """
+        return SSL4ServerEndpoint(reactor, port, self, interface=interface)
 
 
 CHAIN_FILENAME = "served-chain.pem"

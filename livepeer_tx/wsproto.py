@@ -34,6 +34,16 @@ ZERO_CAPACITY = "zero capacity"
 CLOSE_REFUSED = 4001
 CLOSE_PROTOCOL_ERROR = 4002
 CLOSE_SHUTDOWN = 4003
+# The orchestrator's secret changed and ours is no longer valid: re-read the
+# secret file and reconnect.
+CLOSE_SECRET_ROTATED = 4004
+
+# What an orchestrator can do beyond the first version of the protocol, listed
+# in its C{registered} message; a transcoder sends C{drain} and C{capacity}
+# only to an orchestrator that lists them (an older one would close with 4002).
+FEATURE_DRAIN = "drain"
+FEATURE_CAPACITY = "capacity"
+FEATURES = (FEATURE_DRAIN, FEATURE_CAPACITY)
 
 _HEADER_LENGTH = struct.Struct(">I")
 # Limits on what a peer may send. Control messages and binary-frame headers are

@@ -443,9 +443,11 @@ def test_untrusted_certificate_is_refused(nodes):
 
 def test_transcoder_shutdown_leaves_no_ffmpeg_or_files(nodes, tmp_path):
     """
-    SIGTERM while a segment is transcoding: FFmpeg is killed and reaped, the
-    work directory is left empty, and the transcoder exits cleanly.
+    A second SIGTERM while a segment is transcoding (the first one started a
+    drain that waits for it): FFmpeg is killed and reaped, the work
+    directory is left empty, and the transcoder exits cleanly.
     """
+    import signal
     import subprocess
 
     heavy = heavySegment(tmp_path)
@@ -459,7 +461,11 @@ def test_transcoder_shutdown_leaves_no_ffmpeg_or_files(nodes, tmp_path):
     time.sleep(0.3)
     children = subprocess.run(["pgrep", "-P", str(transcoder.pid)], capture_output=True, text=True).stdout.split()
     assert children, "FFmpeg was not running"
-    assert transcoder.stop() in (0, -15)  # twistd re-raises SIGTERM after a clean stop
+    offset = transcoder.logOffset()
+    os.kill(transcoder.pid, signal.SIGTERM)
+    transcoder.waitForLog(r"Draining \(SIGTERM\): no new work; waiting for 1 segment", since=offset)
+    assert transcoder.stop() == 0
+    assert "stopping without waiting for the drain" in transcoder.logText()[offset:]
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] != "Z"
         assert not os.path.exists(f"/proc/{pid}")

@@ -130,6 +130,7 @@ class MemoryLink(OrchestratorLink):
         super().__init__(*args, **kwargs)
         self.taskIds = []
         self.closeCodes = []
+        self.scheduled = []
 
     def runTask(self, protocol, taskId, *args):
         self.taskIds.append(taskId)
@@ -140,7 +141,7 @@ class MemoryLink(OrchestratorLink):
         super().connectionEnded(protocol, code, reason)
 
     def _schedule(self, delay):
-        pass
+        self.scheduled.append(delay)
 
 
 class MemoryTranscoder:
@@ -188,21 +189,21 @@ class Harness:
     clock, and transcoders connected to it in memory.
     """
 
-    def __init__(self, maxSegmentBytes=1_000_000, **resourceOptions):
+    def __init__(self, maxSegmentBytes=1_000_000, secret=None, **resourceOptions):
         self.clock = Clock()
         self.app = Orchestrator(self.clock, "https://orch.example:8935")
-        self.secret = Secret(literal=SECRET)
+        self.secret = secret or Secret(literal=SECRET)
         self.limiter = FailedAttemptLimiter(self.clock)
         self.gate, self.factory = makeTranscoderResource(
             self.app, self.clock, self.secret, self.limiter, maxResultBytes(maxSegmentBytes), **resourceOptions)
         self.factory._batched_timer = ClockTimer(self.clock)
         self.transcoders = []
 
-    def connect(self, engine=None, capacity=1, protocol=TranscoderClientProtocol):
+    def connect(self, engine=None, capacity=1, protocol=TranscoderClientProtocol, secretValue=SECRET):
         host = f"10.0.0.{len(self.transcoders) + 1}"
         worker = TranscodeWorker(engine or AnsweringEngine(), capacity)
         link = MemoryLink(self.clock, "orch.example", 8935, self.secret, None, worker, capacity)
-        clientFactory = link.webSocketFactory(SECRET)
+        clientFactory = link.webSocketFactory(secretValue)
         clientFactory._batched_timer = ClockTimer(self.clock)
         clientFactory.protocol = protocol
         client = clientFactory.buildProtocol(None)

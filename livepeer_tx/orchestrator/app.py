@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.web import resource
 
 from livepeer_tx import __version__
+from livepeer_tx.admin import ActionError, HealthResource, addActions, parseMaxSessions
 from livepeer_tx.chain.identity import checksumAddress
 from livepeer_tx.metrics import OrchestratorMetrics
 from livepeer_tx.orchestrator.authtoken import KEY_BYTES, AuthTokens
@@ -25,7 +26,7 @@ from livepeer_tx.orchestrator.orchservice import OrchestratorService
 from livepeer_tx.orchestrator.registration import (
     DEFAULT_PING_INTERVAL, FailedAttemptLimiter, makeTranscoderResource, maxResultBytes,
 )
-from livepeer_tx.orchestrator.routing import TranscoderPool
+from livepeer_tx.orchestrator.routing import RETIRING_DRAIN, TranscoderPool
 from livepeer_tx.orchestrator.store import RenditionStore, StreamResource
 from livepeer_tx.rpc import ServiceRegistry
 from livepeer_tx.web import JSONResource, makeCLIRoot
@@ -33,6 +34,9 @@ from livepeer_tx import wsproto
 
 
 SHUTDOWN_CLOSE_SECONDS = 2.0
+# How long a drain waits, after the last answer, for gateways to download
+# the renditions it named.
+RENDITION_PICKUP_SECONDS = 5.0
 
 
 class Orchestrator(service.MultiService):
@@ -45,6 +49,11 @@ class Orchestrator(service.MultiService):
     @param maxSessionsPerAddress: a cap on the sessions of one gateway
         address when work is free, or L{None} for C{auto} (half the session
         limit).
+    @ivar draining: whether it refuses new segments (see L{startDraining}).
+    @ivar segmentsInFlight: segments received and not answered yet.
+    @ivar registrations: transcoder registrations since the start.
+    @ivar drain: the L{livepeer_tx.lifecycle.Drain} the CLI port's
+        C{/drain} and C{/resume} act on (set by the daemon's assembly).
     """
 
     _log = Logger()
@@ -60,6 +69,11 @@ class Orchestrator(service.MultiService):
         self.store = RenditionStore(maxBytes=storeBytes)
         self.metrics = OrchestratorMetrics(self.pool)
         self.startedAt = wallClock()
+        self.draining = False
+        self.segmentsInFlight = 0
+        self.registrations = 0
+        self.drain = None
+        self._lastAnswer = None
         housekeeping = TimerService(5.0, self._housekeeping)
         housekeeping.clock = clock
         housekeeping.setServiceParent(self)
@@ -88,6 +102,7 @@ class Orchestrator(service.MultiService):
         A transcoder completed registration: it may take work now.
         """
         self.pool.add(transcoder)
+        self.registrations += 1
         if self.pool.maxSessions is None:
             self._log.info("Updated session limit to {limit}", limit=self.pool.sessionLimit)
 
@@ -98,6 +113,102 @@ class Orchestrator(service.MultiService):
         self.dispatcher.transcoderLost(transcoder)
         if self.pool.maxSessions is None:
             self._log.info("Updated session limit to {limit}", limit=self.pool.sessionLimit)
+
+    def transcoderDraining(self, transcoder):
+        """
+        A transcoder asked to drain: it gets no new segments, its sessions
+        move with their next segments, and it closes once it has answered
+        the segments it holds.
+        """
+        if self.pool.retire(transcoder, RETIRING_DRAIN):
+            self._log.info(
+                "Transcoder={transcoder} is draining: no new segments for it; {tasks} segment(s) in flight on it",
+                transcoder=transcoder.address, tasks=transcoder.tasksInFlight)
+            if self.pool.maxSessions is None:
+                self._log.info("Updated session limit to {limit}", limit=self.pool.sessionLimit)
+
+    def transcoderCapacityChanged(self, transcoder, capacity):
+        """
+        A transcoder announced a new capacity (its operator changed it).
+        """
+        previous, transcoder.capacity = transcoder.capacity, capacity
+        if previous == capacity:
+            return
+        self._log.info("Transcoder={transcoder} changed its capacity from {previous} to {capacity}",
+                       transcoder=transcoder.address, previous=previous, capacity=capacity)
+        if self.pool.maxSessions is None:
+            self._log.info("Updated session limit to {limit}", limit=self.pool.sessionLimit)
+
+    def setMaxSessions(self, limit, source):
+        """
+        Change the session cap at run time.
+
+        @param limit: a number of sessions, or L{None} for C{auto}.
+        @param source: who asked, for the log (C{the CLI port}, C{the configuration}).
+        """
+        self.pool.maxSessions = limit
+        self._log.info("maxSessions set to {value} by {source}", value="auto" if limit is None else limit,
+                       source=source)
+        self._log.info("Updated session limit to {limit}", limit=self.pool.sessionLimit)
+
+    def segmentStarted(self):
+        """
+        A gateway's segment arrived: it counts as in flight until
+        L{segmentEnded}.
+        """
+        self.segmentsInFlight += 1
+
+    def segmentEnded(self):
+        """
+        A segment was answered (or refused, or its gateway went away).
+        """
+        self.segmentsInFlight -= 1
+        self._lastAnswer = self.clock.seconds()
+
+    # The drain target (see livepeer_tx.lifecycle.Drain).
+
+    def startDraining(self):
+        """
+        Refuse new segments, and new sessions from C{GetOrchestrator}.
+        """
+        self.draining = True
+        self.pool.draining = True
+
+    def stopDraining(self):
+        """
+        Take segments again.
+        """
+        self.draining = False
+        self.pool.draining = False
+
+    def isDrained(self):
+        """
+        Whether every segment taken has been answered and its renditions
+        downloaded (or L{RENDITION_PICKUP_SECONDS} have passed since the last
+        answer).
+        """
+        if self.segmentsInFlight or self.dispatcher.pendingSegments:
+            return False
+        if not self.store.unfetched or self._lastAnswer is None:
+            return True
+        return self.clock.seconds() - self._lastAnswer >= RENDITION_PICKUP_SECONDS
+
+    def describeWork(self):
+        """
+        What a drain waits for, for its log lines.
+        """
+        inFlight = max(self.segmentsInFlight, self.dispatcher.pendingSegments)
+        return f"{inFlight} segment(s) in flight and {self.store.unfetched} rendition(s) not downloaded"
+
+    def statusLine(self):
+        """
+        A one-line summary of the state, for the log (SIGUSR2).
+        """
+        pool = self.pool
+        return (f"transcoders={len(pool.transcoders)} capacity={pool.totalCapacity} sessions={pool.sessionCount}"
+                f"/{pool.sessionLimit} segmentsInFlight={max(self.segmentsInFlight, self.dispatcher.pendingSegments)}"
+                f" draining={'yes' if self.draining else 'no'}"
+                f" uptime={round(self.wallClock() - self.startedAt)}s")
 
     def _housekeeping(self):
         try:
@@ -117,7 +228,9 @@ class Orchestrator(service.MultiService):
             "RegisteredTranscodersNumber": len(self.pool.transcoders),
             "TotalCapacity": self.pool.totalCapacity,
             "TotalLoad": self.pool.totalLoad,
-            "AcceptingWork": bool(self.pool.transcoders) and self.pool.sessionCount < self.pool.sessionLimit,
+            "AcceptingWork": (not self.draining and bool(self.pool.transcoders)
+                              and self.pool.sessionCount < self.pool.sessionLimit),
+            "Draining": self.draining,
         }
 
     def fullStatus(self):
@@ -133,6 +246,8 @@ class Orchestrator(service.MultiService):
             "MaxSessionsPerAddress": "auto" if pool.maxSessionsPerSource is None else pool.maxSessionsPerSource,
             "SessionLimitPerAddress": pool.sourceSessionLimit,
             "Sessions": pool.sessionCount,
+            "SegmentsInFlight": max(self.segmentsInFlight, self.dispatcher.pendingSegments),
+            "Drained": self.draining and self.drain is not None and self.drain.drained,
             "CoolingOffTranscoders": pool.coolingOffCount,
             "UptimeSeconds": round(self.wallClock() - self.startedAt, 1),
             "StoredRenditions": len(self.store),
@@ -196,7 +311,7 @@ class Orchestrator(service.MultiService):
         root.putChild(b"stream", transcoders.streamResource(StreamResource(self.store)))
         root.putChild(RESULTS_PATH, transcoders.resultsResource)
         root.putChild(b"status", JSONResource(self.publicStatus))
-        root.putChild(b"healthz", JSONResource(lambda: {}))
+        root.putChild(b"healthz", HealthResource(lambda: self.draining))
         gate, self.transcoderFactory = makeTranscoderResource(
             self, reactor, secret, limiter, maxMessageBytes=resultBytes, pingInterval=pingInterval)
         root.putChild(wsproto.RESOURCE_PATH, gate)
@@ -204,9 +319,31 @@ class Orchestrator(service.MultiService):
 
     def makeCLIRoot(self, monitor):
         """
-        The CLI port's resource tree: full C{/status}, C{/metrics} with C{--monitor}.
+        The CLI port's resource tree: full C{/status}, C{/metrics} with
+        C{--monitor}, and the actions C{POST /drain}, C{POST /resume} and
+        C{POST /setMaxSessions}.
         """
-        return makeCLIRoot(self.fullStatus, self.metrics.registry if monitor else None)
+        root = makeCLIRoot(self.fullStatus, self.metrics.registry if monitor else None)
+        return addActions(root, {"drain": self._drainAction, "resume": self._resumeAction,
+                                 "setMaxSessions": self._setMaxSessionsAction})
+
+    def _drainAction(self, fields):
+        if self.drain is None:
+            raise ActionError("draining is not available")
+        self.drain.start("POST /drain")
+        return self.fullStatus()
+
+    def _resumeAction(self, fields):
+        if self.drain is None or not self.drain.active:
+            raise ActionError("not draining")
+        if not self.drain.resume():
+            raise ActionError("stopping: a drain before a stop cannot be resumed")
+        return self.fullStatus()
+
+    def _setMaxSessionsAction(self, fields):
+        limit = parseMaxSessions(fields.get("maxSessions"), allowAuto=True)
+        self.setMaxSessions(limit, "the CLI port")
+        return f"maxSessions set to {'auto' if limit is None else limit}; session limit {self.pool.sessionLimit}"
 
 
 @dataclass

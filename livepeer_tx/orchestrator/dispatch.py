@@ -171,6 +171,14 @@ class Dispatcher:
         d.addBoth(done)
         return d
 
+    @property
+    def pendingSegments(self):
+        """
+        Segments taken and not answered yet, running or waiting behind their
+        session's earlier segments.
+        """
+        return sum(queue.pending for queue in self._sessionQueues.values())
+
     @defer.inlineCallbacks
     def _transcodeWithRetry(self, job, deadline):
         failed, kinds = [], []

@@ -43,7 +43,7 @@ from twisted.web import resource
 from livepeer_tx import wsproto
 from livepeer_tx.addresses import formatHostPort
 from livepeer_tx.orchestrator.dispatch import Rendition
-from livepeer_tx.orchestrator.registration import SERVICE_UNAVAILABLE, TOO_MANY_ATTEMPTS, UNAUTHORIZED
+from livepeer_tx.orchestrator.registration import SECRET_ROTATED, SERVICE_UNAVAILABLE, TOO_MANY_ATTEMPTS, UNAUTHORIZED
 from livepeer_tx.orchestrator.routing import RemoteTranscoder
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 from livepeer_tx.rpc import GRPCError, StatusCode
@@ -633,6 +633,16 @@ class GRPCTranscoderLink:
         self.close()
         return succeed(None)
 
+    def closeForStaleSecret(self):
+        """
+        The secret the transcoder registered with is no longer valid: end
+        the call with UNAVAILABLE C{secret rotated}, on which a stock
+        transcoder reconnects (go-livepeer reads its secret once, at start:
+        unless restarted with the new one it is then refused with C{invalid
+        secret} and stops).
+        """
+        self.close(GRPCError(StatusCode.UNAVAILABLE, SECRET_ROTATED))
+
     def close(self, error=None):
         """
         End the call from our side: with status OK, or with C{error} (a
@@ -778,7 +788,7 @@ class GRPCTranscoderService:
         link = GRPCTranscoderLink(self, call, address)
         link.transcoder = RemoteTranscoder(
             address, capacity, link=link, version=version, capabilities=capabilities,
-            connectedSince=self.app.wallClock(),
+            connectedSince=self.app.wallClock(), credentialTag=self._secret.tag(request.secret),
         )
         self.app.transcoderRegistered(link.transcoder)
         self._log.info("Successful transcoder registration transcoder={transcoder} capacity={capacity}",

@@ -70,6 +70,7 @@ REJECTED_HASH = "hash"
 REJECTED_SIZE = "size"
 REJECTED_CAPPED = "capped"
 REJECTED_ADDRESS_CAPPED = "address capped"
+REJECTED_DRAINING = "draining"
 REJECTED_INTERNAL = "internal"
 
 
@@ -271,6 +272,14 @@ class SegmentService:
             go-livepeer does, and every later answer is a C{TranscodeResult}.
         @return: the L{SegmentAnswer}; never raises.
         """
+        # In flight until answered: a drain waits for it.
+        self._app.segmentStarted()
+        try:
+            return await self._process(submission, accepted)
+        finally:
+            self._app.segmentEnded()
+
+    async def _process(self, submission, accepted):
         metrics = self._app.metrics
         try:
             checked = await self._check(submission)
@@ -299,6 +308,9 @@ class SegmentService:
     async def _check(self, submission):
         pool = self._app.pool
         source = submission.source
+        if self._app.draining:
+            # Before anything else: a gateway sends the segment elsewhere.
+            raise SegmentRejected(503, ORCHESTRATOR_CAPPED, REJECTED_DRAINING)
         # go-livepeer decodes the payment before it looks at the segment.
         try:
             payment = decodePayment(submission.paymentHeader) if submission.paymentHeader else None

@@ -50,6 +50,8 @@ MAX_PIXELS = 2**50
 MAX_FFMPEG_SECONDS = 3600.0
 MAX_DEVICES = 64
 MAX_REGISTER_TEXT = 128
+MAX_CAPACITY = 999_999_999  # the largest Livepeer-Capacity header parseCapacity reads
+SECRET_ROTATED = "secret rotated; re-read the secret file"
 
 
 def maxResultBytes(maxSegmentBytes):
@@ -279,6 +281,10 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
             raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, f"subprotocol {wsproto.SUBPROTOCOL} required")
         self._peerAddress = _formatPeer(self.transport.getPeer())
         self._announcedCapacity = parseCapacity(request.headers.get(wsproto.CAPACITY_HEADER.lower()))
+        # Which secret it registered with, to recognise it once the secret changes.
+        secret = self.factory.secret
+        credentials = request.headers.get(wsproto.CREDENTIALS_HEADER.lower())
+        self._credentialTag = secret.tag(credentials) if secret is not None and credentials is not None else None
         return wsproto.SUBPROTOCOL
 
     def onOpen(self):
@@ -371,11 +377,12 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
         self._registerTimer = None
         self.transcoder = RemoteTranscoder(
             self._peerAddress, capacity, link=self, devices=[str(d) for d in devices], version=version,
-            capabilities=capabilities, connectedSince=self._app.wallClock(),
+            capabilities=capabilities, connectedSince=self._app.wallClock(), credentialTag=self._credentialTag,
         )
         self._app.transcoderRegistered(self.transcoder)
         self.sendMessage(wsproto.encodeControl(
             "registered", transcoder=self._peerAddress, capacity=capacity, version=__version__,
+            features=list(wsproto.FEATURES),
         ))
         self._log.info(
             "Successful transcoder registration transcoder={transcoder} capacity={capacity}",
@@ -409,6 +416,23 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
                        taskId=taskId, transcoder=self._peerAddress, err=error)
         self._app.dispatcher.taskFailed(taskId, error)
 
+    def handle_drain(self, message, parts):
+        """
+        The transcoder drains: no new segments for it. The acknowledgement
+        tells it that no task follows.
+        """
+        self._app.transcoderDraining(self.transcoder)
+        self.sendMessage(wsproto.encodeControl("drainAck"))
+
+    def handle_capacity(self, message, parts):
+        """
+        The transcoder's capacity changed.
+        """
+        capacity = message.get("capacity")
+        if type(capacity) is not int or not 0 < capacity <= MAX_CAPACITY:
+            raise wsproto.ProtocolError(f"capacity: must be an integer from 1 to {MAX_CAPACITY}")
+        self._app.transcoderCapacityChanged(self.transcoder, capacity)
+
     def sendTask(self, taskId, job):
         """
         Send one segment to transcode (called by the dispatcher).
@@ -439,6 +463,13 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
         self.sendClose(wsproto.CLOSE_SHUTDOWN, "orchestrator shutting down")
         return self._closed
 
+    def closeForStaleSecret(self):
+        """
+        Close with 4004: the secret the transcoder registered with is no
+        longer valid; it re-reads its secret file and reconnects.
+        """
+        self.sendClose(wsproto.CLOSE_SECRET_ROTATED, SECRET_ROTATED)
+
     def onClose(self, wasClean, code, reason):
         """
         Take the transcoder out of the pool and move its tasks elsewhere.
@@ -462,14 +493,19 @@ class TranscoderServerFactory(WebSocketServerFactory):
     Builds L{TranscoderServerProtocol}s bound to the orchestrator application.
 
     @param app: the L{Orchestrator}; protocols call its C{transcoderRegistered},
-        C{transcoderLost}, C{dispatcher}, C{clock} and C{wallClock}.
+        C{transcoderLost}, C{transcoderDraining}, C{transcoderCapacityChanged},
+        C{dispatcher}, C{clock} and C{wallClock}.
+    @param secret: the shared L{Secret}, to tag the secret each transcoder
+        registered with, or L{None}.
     """
 
     protocol = TranscoderServerProtocol
 
-    def __init__(self, app, reactor, maxMessageBytes, pingInterval=DEFAULT_PING_INTERVAL, pingTimeout=None):
+    def __init__(self, app, reactor, maxMessageBytes, pingInterval=DEFAULT_PING_INTERVAL, pingTimeout=None,
+                 secret=None):
         super().__init__(reactor=reactor)
         self.app = app
+        self.secret = secret
         self.server = f"livepeer-tx/{__version__}"
         self.setProtocolOptions(
             maxMessagePayloadSize=maxMessageBytes,
@@ -494,5 +530,5 @@ def makeTranscoderResource(app, reactor, secret, limiter, maxMessageBytes, pingI
         found within twice this, well inside go-livepeer's 8 s task deadline
         at the default.
     """
-    factory = TranscoderServerFactory(app, reactor, maxMessageBytes, pingInterval, pingInterval)
+    factory = TranscoderServerFactory(app, reactor, maxMessageBytes, pingInterval, pingInterval, secret=secret)
     return TranscoderGate(secret, limiter, WebSocketResource(factory), app.metrics), factory

@@ -27,6 +27,10 @@ FAILING = "failing"
 COOLING_OFF = "coolingOff"
 PROBING = "probing"
 
+# Why a transcoder takes no new work while it finishes what it holds.
+RETIRING_DRAIN = "draining"
+RETIRING_SECRET = "stale secret"
+
 
 class RoutingError(Exception):
     """
@@ -71,9 +75,14 @@ class RemoteTranscoder:
     @ivar link: the edge that carries work to it (an object with C{sendTask},
         C{cancelTask} and C{endSession}); opaque here.
     @ivar health: its L{TranscoderHealth}.
+    @ivar credentialTag: the L{Secret.tag<livepeer_tx.secret.Secret.tag>} of
+        the secret it registered with, or L{None} when unknown.
+    @ivar retiring: why it takes no new work (L{RETIRING_DRAIN} or
+        L{RETIRING_SECRET}), or L{None} while it does.
     """
 
-    def __init__(self, address, capacity, link=None, devices=(), version="", capabilities=None, connectedSince=0.0):
+    def __init__(self, address, capacity, link=None, devices=(), version="", capabilities=None, connectedSince=0.0,
+                 credentialTag=None):
         self.address = address
         self.capacity = capacity
         self.link = link
@@ -85,6 +94,8 @@ class RemoteTranscoder:
         self.tasksInFlight = 0
         self.live = True
         self.health = TranscoderHealth()
+        self.credentialTag = credentialTag
+        self.retiring = None
 
     @property
     def load(self):
@@ -98,6 +109,13 @@ class RemoteTranscoder:
         Whether one more session fits within its capacity.
         """
         return self.load < self.capacity
+
+    @property
+    def acceptsWork(self):
+        """
+        Whether it may be given segments: it is connected and not retiring.
+        """
+        return self.live and self.retiring is None
 
     def describe(self, now):
         """
@@ -118,6 +136,7 @@ class RemoteTranscoder:
             "consecutiveFailures": self.health.consecutiveFailures,
             "consecutiveTimeouts": self.health.consecutiveTimeouts,
             "coolingOffSeconds": round(max(0.0, until - now), 1) if until is not None else 0.0,
+            "retiring": self.retiring,
         }
 
     def __repr__(self):
@@ -149,6 +168,9 @@ class TranscoderPool:
     @param maxSessionsPerSource: a fixed cap on the concurrent sessions of one
         source (gateway address), or L{None} for half the session limit
         (rounded up). Enforced for the sessions that name their source.
+    @ivar draining: while true, no session is admitted (L{wouldExceedLimit}
+        says so for every session); segments already taken still find
+        transcoders, for failover too.
     """
 
     _log = Logger()
@@ -162,6 +184,7 @@ class TranscoderPool:
         self.failureThreshold = failureThreshold
         self.coolOffSeconds = coolOffSeconds
         self.maxCoolOffSeconds = maxCoolOffSeconds
+        self.draining = False
         self.transcoders = []
         self.failureTotals = dict.fromkeys(FAILURE_KINDS, 0)
         self._sessionOwner = {}
@@ -172,9 +195,10 @@ class TranscoderPool:
     @property
     def totalCapacity(self):
         """
-        The sum of the live transcoders' capacities.
+        The sum of the capacities of the transcoders that take work (retiring
+        ones do not count).
         """
-        return sum(t.capacity for t in self.transcoders)
+        return sum(t.capacity for t in self.transcoders if t.retiring is None)
 
     @property
     def totalLoad(self):
@@ -229,6 +253,21 @@ class TranscoderPool:
         transcoder.sessions.clear()
         return orphaned
 
+    def retire(self, transcoder, reason):
+        """
+        Give C{transcoder} no new work: it keeps the segments it holds, its
+        sessions are released now and go elsewhere with their next segments.
+
+        @param reason: L{RETIRING_DRAIN} or L{RETIRING_SECRET}.
+        @return: whether it was taking work until now.
+        """
+        if transcoder.retiring is not None:
+            return False
+        transcoder.retiring = reason
+        for sessionId in list(transcoder.sessions):
+            self.release(sessionId)
+        return True
+
     def select(self, sessionId, exclude=(), source=None):
         """
         The transcoder that should take the next segment of C{sessionId},
@@ -242,13 +281,13 @@ class TranscoderPool:
         now = self._clock.seconds()
         owner = self._sessionOwner.get(sessionId)
         if owner is not None:
-            if owner.live and owner not in exclude and owner.health.state(now) != COOLING_OFF:
+            if owner.acceptsWork and owner not in exclude and owner.health.state(now) != COOLING_OFF:
                 self._sessionLastUsed[sessionId] = now
                 return owner
             self.release(sessionId)
         if not self.transcoders:
             raise RoutingError(NO_TRANSCODERS)
-        if self.wouldExceedLimit(sessionId, source):
+        if self._overLimit(sessionId, source):
             raise RoutingError(ORCHESTRATOR_CAPPED)
         candidates = [t for t in self.transcoders if t not in exclude and self._canTakeNewSession(t, now)]
         if not candidates:
@@ -266,6 +305,8 @@ class TranscoderPool:
         return chosen
 
     def _canTakeNewSession(self, transcoder, now):
+        if transcoder.retiring is not None:
+            return False
         state = transcoder.health.state(now)
         if state == COOLING_OFF:
             return False
@@ -304,8 +345,13 @@ class TranscoderPool:
         """
         Whether admitting C{sessionId} now would go over the session limit or,
         when C{source} is given, over that source's limit (an existing session
-        never does).
+        never does). While the pool is L{draining}, every session would.
         """
+        if self.draining:
+            return True
+        return self._overLimit(sessionId, source)
+
+    def _overLimit(self, sessionId, source):
         if sessionId in self._sessionOwner or not self.transcoders:
             return False
         if self.sessionCount >= self.sessionLimit:

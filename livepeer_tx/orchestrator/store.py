@@ -16,6 +16,7 @@ class RenditionStore:
 
     @param maxBytes: the total size of all stored renditions.
     @param perSession: objects kept per session.
+    @ivar unfetched: how many stored objects nobody has downloaded yet.
     """
 
     def __init__(self, maxBytes=512 * 1024 * 1024, perSession=36):
@@ -24,6 +25,7 @@ class RenditionStore:
         self.totalBytes = 0
         self._objects = OrderedDict()
         self._perSessionKeys = {}
+        self._unfetched = set()
 
     def put(self, sessionId, name, data, mimeType):
         """
@@ -34,6 +36,7 @@ class RenditionStore:
         keys = self._perSessionKeys.setdefault(sessionId, [])
         keys.append(key)
         self._objects[key] = (data, mimeType)
+        self._unfetched.add(key)
         self.totalBytes += len(data)
         while len(keys) > self.perSession:
             self._drop(keys[0])
@@ -46,10 +49,25 @@ class RenditionStore:
         """
         return self._objects.get((sessionId, name))
 
+    def fetch(self, sessionId, name):
+        """
+        Like L{get}, for a download: the object counts as fetched from now on.
+        """
+        self._unfetched.discard((sessionId, name))
+        return self.get(sessionId, name)
+
+    @property
+    def unfetched(self):
+        """
+        The number of stored objects not downloaded yet.
+        """
+        return len(self._unfetched)
+
     def _drop(self, key):
         entry = self._objects.pop(key, None)
         if entry is None:
             return
+        self._unfetched.discard(key)
         self.totalBytes -= len(entry[0])
         keys = self._perSessionKeys.get(key[0])
         if keys is not None:
@@ -80,7 +98,7 @@ class StreamResource(resource.Resource):
         if len(parts) < 2 or not all(parts):
             request.setResponseCode(404)
             return b"ErrNotFound\n"
-        entry = self._store.get(parts[0], "/".join(parts[1:]))
+        entry = self._store.fetch(parts[0], "/".join(parts[1:]))
         if entry is None:
             request.setResponseCode(404)
             return b"ErrNotFound\n"

@@ -4,9 +4,11 @@ C{twistd livepeer-orchestrator}: options and service assembly.
 """
 
 import os
+import signal
 import socket
 
 from twisted.application import service, strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.logger import Logger
 from twisted.python import usage
@@ -26,6 +28,7 @@ _log = Logger()
 DEFAULT_SERVICE_PORT = 8935
 DEFAULT_CLI_ADDR = "127.0.0.1:7935"
 MAX_SEGMENT_BYTES = 300_000_000
+DEFAULT_DRAIN_SECONDS = 70
 
 LONGDESC = """\
 Run a standalone Livepeer orchestrator. It transcodes nothing itself: gateways
@@ -88,6 +91,13 @@ class Options(GoFlagOptions):
          "Seconds between WebSocket pings to each transcoder; one that does not answer within as long is "
          "dropped and its segments move to other transcoders (so a frozen transcoder is found within twice "
          "this, inside go-livepeer's 8 s segment deadline at the default)."],
+        ["drainTimeout", None, str(DEFAULT_DRAIN_SECONDS),
+         "Seconds a drain (SIGTERM, or POST /drain on the CLI port) waits for the segments in flight and the "
+         "download of their renditions; keep it below the unit's TimeoutStopSec."],
+        ["secretRotationGrace", None, "0",
+         "Seconds transcoders that registered with a secret no longer in the --orchSecret file may keep working "
+         "after a reload (SIGHUP); 0 retires them at once (each closes when its segments are done), more "
+         "replaces them one at a time."],
         ["maxConnections", None, "4096",
          "Cap on concurrent connections to the public port; more are closed at once. Keep it well below the "
          "process's file descriptor limit (LimitNOFILE)."],
@@ -160,6 +170,7 @@ class Options(GoFlagOptions):
         if not 0.5 <= self["pingSeconds"] <= 300:
             raise usage.UsageError("--transcoderPingInterval must be between 0.5 and 300 seconds")
         self._parseHTTPLimits()
+        self._parseOperations()
         if bool(self["tlsCert"]) != bool(self["tlsKey"]):
             raise usage.UsageError("--tlsCert and --tlsKey must be given together")
         validateChainOptions(self)
@@ -169,6 +180,18 @@ class Options(GoFlagOptions):
             ServerCertificate.checkFiles(self["dataDir"], self["tlsCert"], self["tlsKey"])
         except CertificateError as e:
             raise usage.UsageError(str(e))
+
+    def _parseOperations(self):
+        """
+        Check the drain and secret rotation options.
+        """
+        for name, key in (("drainTimeout", "drainSeconds"), ("secretRotationGrace", "rotationGraceSeconds")):
+            try:
+                self[key] = float(self[name])
+            except ValueError:
+                self[key] = -1.0
+            if not 0 <= self[key] <= 86400:
+                raise usage.UsageError(f"--{name} must be a number of seconds from 0 to 86400")
 
     def _parseHTTPLimits(self):
         """
@@ -256,15 +279,50 @@ def makeService(config, reactor=None):
                              uploadBudget=uploadBudget, metrics=edgeMetrics, reactor=reactor, sourceOf=sourceOf,
                              bodyLimits=public.bodyLimits, grpcRegistry=public.registry)
     publicFactory = ConnectionCapFactory(publicSite, connections, reactor, edgeMetrics, sourceOf=sourceOf)
-    publicEndpoint = certificate.endpointDescription(config["listenPort"], config["listenHost"])
-    strports.service(publicEndpoint, publicFactory, reactor=reactor).setServiceParent(parent)
+    # Served through a context that a reload can replace (SIGHUP).
+    try:
+        serverTLS = certificate.serverTLS()
+    except CertificateError as e:
+        raise usage.UsageError(str(e))
+    publicEndpoint = serverTLS.endpoint(reactor, config["listenPort"], config["listenHost"])
+    StreamServerEndpointService(publicEndpoint, publicFactory).setServiceParent(parent)
 
     cliSite = BoundedSite(app.makeCLIRoot(config["monitor"]), maxBodyBytes=64 * 1024)
     cliEndpoint = f"tcp:{config['cliPort']}:interface={quoteStringArgument(config['cliHost'])}"
     strports.service(cliEndpoint, cliSite, reactor=reactor).setServiceParent(parent)
+    _addOperations(reactor, parent, app, secret, serverTLS, config)
 
     _log.info("***Livepeer Running in Orchestrator Mode*** version={version}", version=__version__)
     _log.info("Listening for RPC on https://{addr} (service URI {uri})",
               addr=formatHostPort(config["listenHost"] or "0.0.0.0", config["listenPort"]), uri=serviceURL)
     _log.info("CLI server listening on {addr}", addr=formatHostPort(config["cliHost"], config["cliPort"]))
     return parent
+
+
+def _addOperations(reactor, parent, app, secret, serverTLS, config):
+    """
+    Signals, reload, drain and graceful stop: a L{SignalService} named
+    C{signals} in C{parent} (see L{livepeer_tx.signals}).
+    """
+    from livepeer_tx.lifecycle import Drain
+    from livepeer_tx.orchestrator.reload import OrchestratorReloader, SecretRotation
+    from livepeer_tx.reload import OptionsReload, rereadFunction
+    from livepeer_tx.signals import GracefulStop, SignalService
+
+    app.drain = Drain(reactor, app, config["drainSeconds"])
+    rotation = SecretRotation(app, reactor, config["rotationGraceSeconds"])
+    options = OptionsReload(rereadFunction(config), config, {
+        "maxSessions": lambda new: app.setMaxSessions(new["maxSessionsLimit"], "the configuration"),
+        "maxSessionsPerAddress": lambda new: setattr(app.pool, "maxSessionsPerSource",
+                                                     new["maxSessionsPerAddressLimit"]),
+        "drainTimeout": lambda new: setattr(app.drain, "timeout", new["drainSeconds"]),
+        "secretRotationGrace": lambda new: setattr(rotation, "grace", new["rotationGraceSeconds"]),
+    })
+    reloader = OrchestratorReloader(app, secret, serverTLS, rotation, options)
+    graceful = GracefulStop(reactor, app.drain)
+    signals = SignalService(reactor)
+    signals.addHandler(signal.SIGHUP, reloader.reload)
+    signals.addHandler(signal.SIGUSR2, lambda: _log.info("Status: {line}", line=app.statusLine()))
+    signals.addHandler(signal.SIGTERM, lambda: graceful.stop("SIGTERM"))
+    signals.addHandler(signal.SIGINT, lambda: graceful.stop("SIGINT"))
+    signals.setServiceParent(parent)

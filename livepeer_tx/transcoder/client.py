@@ -129,6 +129,12 @@ class TranscoderClientProtocol(wsproto.MessageLimits, WebSocketClientProtocol):
         """
         self.factory.link.refusal = wsproto.cleanErrorText(message.get("error"), default="")
 
+    def handle_drainAck(self, message, parts):
+        """
+        The orchestrator took note of our drain: no task follows.
+        """
+        self.factory.link.drainAcknowledged()
+
     def handle_error(self, message, parts):
         """
         The orchestrator reports a problem with something we sent.
@@ -203,6 +209,10 @@ class OrchestratorLink(service.Service):
     Keeps one registered connection to the orchestrator, reconnecting with
     backoff; the secret file is re-read before every attempt.
 
+    It can be drained (L{startDraining}): it tells the orchestrator, which
+    then sends no more tasks, finishes the tasks it holds, closes the
+    connection cleanly and does not reconnect until L{stopDraining}.
+
     @param reactor: the reactor.
     @param host: the orchestrator's host.
     @param port: the orchestrator's port.
@@ -211,6 +221,9 @@ class OrchestratorLink(service.Service):
     @param worker: the L{TranscodeWorker}.
     @param capacity: our C{maxSessions}.
     @param devices: GPU ids, or L{None}.
+    @ivar orchestratorFeatures: what the orchestrator lists in its
+        C{registered} message (L{wsproto.FEATURES}).
+    @ivar draining: whether it is draining (see above).
     """
 
     _log = Logger()
@@ -233,6 +246,11 @@ class OrchestratorLink(service.Service):
         self._retryCall = None
         self._stopping = False
         self._connecting = None
+        self.orchestratorFeatures = frozenset()
+        self.draining = False
+        self._drainAcknowledged = False
+        self._drainClosing = False
+        self._attemptSecretTag = None
 
     @property
     def address(self):
@@ -264,9 +282,95 @@ class OrchestratorLink(service.Service):
             self.protocol.sendClose(wsproto.CLOSE_SHUTDOWN, "transcoder shutting down")
         return self.worker.whenIdle(self._reactor)
 
+    def setTLSOptions(self, tlsOptions):
+        """
+        Trust the orchestrator's certificate as C{tlsOptions} say from the
+        next connection on (a reload re-read C{--orchCert}).
+        """
+        self._tlsOptions = tlsOptions
+
+    def setCapacity(self, capacity):
+        """
+        Take at most C{capacity} segments at once from now on, and tell the
+        orchestrator (one that does not take the C{capacity} message uses
+        the new value from our next registration).
+        """
+        self.capacity = capacity
+        self.worker.setCapacity(capacity)
+        if self.protocol is None or not self.isRegistered:
+            return
+        if wsproto.FEATURE_CAPACITY in self.orchestratorFeatures:
+            self.protocol.sendMessage(wsproto.encodeControl("capacity", capacity=capacity))
+        else:
+            self._log.warn("The orchestrator {orchestrator} does not take capacity changes; it will count "
+                           "{capacity} from our next registration", orchestrator=self.address, capacity=capacity)
+
+    def secretChanged(self):
+        """
+        Our secret file changed (a reload): if we are waiting to retry after
+        a refusal, retry now.
+        """
+        if self.protocol is None and self._connecting is None and self._retryCall is not None \
+                and self._retryCall.active() and not self.draining:
+            self._retryCall.cancel()
+            self._log.info("Secret changed; reconnecting to {orchestrator} now", orchestrator=self.address)
+            self._attempt()
+
+    # Draining (see livepeer_tx.lifecycle.Drain).
+
+    def startDraining(self):
+        """
+        Take no more tasks: tell the orchestrator, stop reconnecting, and
+        close once the tasks held are done.
+        """
+        self.draining = True
+        self._drainAcknowledged = False
+        self._drainClosing = False
+        if self._retryCall is not None and self._retryCall.active():
+            self._retryCall.cancel()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        protocol = self.protocol
+        if protocol is not None and self.isRegistered and wsproto.FEATURE_DRAIN in self.orchestratorFeatures:
+            protocol.sendMessage(wsproto.encodeControl("drain"))
+        else:
+            self._drainAcknowledged = True
+        self._maybeFinishDrain()
+
+    def stopDraining(self):
+        """
+        Take tasks again: reconnect if the drain closed the connection.
+        """
+        self.draining = False
+        if self.running and self.protocol is None and self._connecting is None:
+            self.backoff.reset()
+            self._attempt()
+
+    def isDrained(self):
+        """
+        Whether the drain is complete: no task left, no connection.
+        """
+        return self.protocol is None and self._connecting is None and self.worker.pending == 0
+
+    def drainAcknowledged(self):
+        """
+        The orchestrator will send no more tasks.
+        """
+        self._drainAcknowledged = True
+        self._maybeFinishDrain()
+
+    def _maybeFinishDrain(self):
+        protocol = self.protocol
+        if not self.draining or not self._drainAcknowledged or self.worker.pending or protocol is None:
+            return
+        if not self._drainClosing:
+            self._drainClosing = True
+            self._log.info("Drained: closing the connection to {orchestrator}", orchestrator=self.address)
+            protocol.sendClose(wsproto.CLOSE_SHUTDOWN, "transcoder draining")
+
     def _attempt(self):
         self._retryCall = None
-        if self._stopping:
+        if self._stopping or self.draining:
             return
         try:
             secretValue = self._secret.read()
@@ -275,6 +379,7 @@ class OrchestratorLink(service.Service):
             self._schedule(self.backoff.slow())
             return
         self.refusal = None
+        self._attemptSecretTag = self._secret.tag(secretValue)
         factory = self.webSocketFactory(secretValue)
         endpoint = wrapClientTLS(self._tlsOptions, HostnameEndpoint(self._reactor, self.host, self.port, timeout=10))
         self._log.info("Registering transcoder to {orchestrator}", orchestrator=self.address)
@@ -320,7 +425,7 @@ class OrchestratorLink(service.Service):
         return factory
 
     def _schedule(self, delay):
-        if self._stopping:
+        if self._stopping or self.draining:
             return
         self._log.info("Reconnecting to {orchestrator} in {delay:.1f} s", orchestrator=self.address, delay=delay)
         self._retryCall = self._reactor.callLater(delay, self._attempt)
@@ -336,6 +441,9 @@ class OrchestratorLink(service.Service):
         The orchestrator acknowledged our registration.
         """
         self.isRegistered = True
+        features = message.get("features")
+        self.orchestratorFeatures = frozenset(
+            f for f in features if isinstance(f, str)) if isinstance(features, list) else frozenset()
         self.backoff.reset()
         self._log.info(
             "Successful transcoder registration orchestrator={orchestrator} capacity={capacity}",
@@ -354,6 +462,18 @@ class OrchestratorLink(service.Service):
         reason = self.refusal or reason or ""
         if self._stopping:
             return
+        if self.draining:
+            self._log.info("Unregistered from {orchestrator} while draining; not reconnecting",
+                           orchestrator=self.address)
+            return
+        if code == wsproto.CLOSE_SECRET_ROTATED:
+            self.backoff.reset()
+            delay = self.backoff.next()
+            self._log.warn(
+                "The orchestrator no longer accepts the secret we registered with; will re-read {path} and "
+                "reconnect in {delay:.1f} s", path=self._secret.path or "--orchSecret", delay=delay)
+            self._schedule(delay)
+            return
         if INVALID_SECRET in reason:
             if self._secret.isLiteral:
                 self._log.critical(
@@ -361,10 +481,15 @@ class OrchestratorLink(service.Service):
                     error=INVALID_SECRET)
                 stopWithStatus(self._reactor, 1)
                 return
-            delay = self.backoff.slow()
-            self._log.error(
-                "The orchestrator refused our secret ({error}); will re-read {path} and retry in {delay:.0f} s",
-                error=INVALID_SECRET, path=self._secret.path, delay=delay)
+            if self._secretChangedSinceAttempt():
+                delay = self.backoff.next()
+                self._log.warn("The orchestrator refused our secret ({error}), but {path} changed since; retrying "
+                               "in {delay:.1f} s", error=INVALID_SECRET, path=self._secret.path, delay=delay)
+            else:
+                delay = self.backoff.slow()
+                self._log.error(
+                    "The orchestrator refused our secret ({error}); will re-read {path} and retry in {delay:.0f} s",
+                    error=INVALID_SECRET, path=self._secret.path, delay=delay)
             self._schedule(delay)
             return
         if ZERO_CAPACITY in reason:
@@ -378,6 +503,12 @@ class OrchestratorLink(service.Service):
             self._log.warn("Could not register transcoder to orchestrator {orchestrator}: {reason}",
                            orchestrator=self.address, reason=reason or "connection lost")
         self._schedule(self.backoff.next())
+
+    def _secretChangedSinceAttempt(self):
+        try:
+            return self._secret.currentTag() != self._attemptSecretTag
+        except SecretFileError:
+            return False
 
     def runTask(self, protocol, taskId, sessionId, seq, segment, profiles):
         """
@@ -410,3 +541,5 @@ class OrchestratorLink(service.Service):
 
         d.addCallbacks(done, failed)
         d.addErrback(lambda f: self._log.failure("Could not send the result of taskId={taskId}", f, taskId=taskId))
+        # The last task of a drain: close now.
+        d.addCallback(lambda _: self._maybeFinishDrain())

@@ -4,6 +4,7 @@ C{twistd livepeer-transcoder}: options and service assembly.
 """
 
 import os
+import signal
 
 from twisted.application import service, strports
 from twisted.internet.endpoints import quoteStringArgument
@@ -12,6 +13,7 @@ from twisted.python import usage
 
 from livepeer_tx import __version__
 from livepeer_tx.addresses import formatHostPort, parseHostPort
+from livepeer_tx.admin import ActionError, parseMaxSessions
 from livepeer_tx.chain.options import ETH_OPTION_NAMES
 from livepeer_tx.goflags import FixedBoolean, GoFlagOptions
 from livepeer_tx.lifecycle import preventCoreDumps, stopWithStatus
@@ -22,6 +24,7 @@ _log = Logger()
 
 DEFAULT_ORCH_PORT = 8935
 DEFAULT_CLI_ADDR = "127.0.0.1:6935"
+DEFAULT_DRAIN_SECONDS = 70
 
 LONGDESC = """\
 Run a Livepeer transcoder. It holds no keys: it tests its GPUs (or libx264)
@@ -67,6 +70,9 @@ class Options(GoFlagOptions):
         ["orchCertFingerprint", None, None,
          "Accept only the orchestrator certificate with this SHA-256 fingerprint (hex, colons optional)."],
         ["segmentTimeout", None, "60", "Seconds after which a segment's FFmpeg is killed."],
+        ["drainTimeout", None, str(DEFAULT_DRAIN_SECONDS),
+         "Seconds a drain (SIGTERM, or POST /drain on the CLI port) waits for the segments in progress before "
+         "it stops them; keep it below the unit's TimeoutStopSec."],
     ]
     optFlags = [
         ["monitor", None, "Serve Prometheus metrics at /metrics on the CLI port."],
@@ -104,6 +110,12 @@ class Options(GoFlagOptions):
             self["timeoutSeconds"] = 0.0
         if not 0 < self["timeoutSeconds"] < 3600:
             raise usage.UsageError("--segmentTimeout must be a number of seconds between 0 and 3600")
+        try:
+            self["drainSeconds"] = float(self["drainTimeout"])
+        except ValueError:
+            self["drainSeconds"] = -1.0
+        if not 0 <= self["drainSeconds"] <= 3600:
+            raise usage.UsageError("--drainTimeout must be a number of seconds from 0 to 3600")
         trustChoices = [bool(self["orchCert"]), bool(self["orchCertFingerprint"]), bool(self["orchInsecure"])]
         if sum(trustChoices) > 1:
             raise usage.UsageError("choose one of --orchCert, --orchCertFingerprint and --orchInsecure")
@@ -151,17 +163,26 @@ class TranscoderNode(service.MultiService):
     """
     Runs the start-up transcode test, then keeps the orchestrator link up.
     A failed test stops the process with status 1 before it connects.
+
+    It is the target of the transcoder's L{Drain<livepeer_tx.lifecycle.Drain>}.
+
+    @ivar capacity: the capacity in force (C{--maxSessions}, or as changed since).
+    @ivar tlsOptions: how the orchestrator's certificate is trusted.
+    @ivar drain: the transcoder's drain (set by L{makeService}).
     """
 
     _log = Logger()
 
-    def __init__(self, reactor, config, transcoder, makeLink, ffmpegPath):
+    def __init__(self, reactor, config, transcoder, makeLink, ffmpegPath, tlsOptions=None):
         super().__init__()
         self._reactor = reactor
         self._config = config
         self._transcoder = transcoder
         self._makeLink = makeLink
         self._ffmpegPath = ffmpegPath
+        self.capacity = config["capacity"]
+        self.tlsOptions = tlsOptions
+        self.drain = None
         self.link = None
 
     def startService(self):
@@ -187,6 +208,8 @@ class TranscoderNode(service.MultiService):
         self._log.info("Start-up transcode test passed on {what}", what=devices or "CPU (libx264)")
         self._log.info("**Livepeer Running in Transcoder Mode*** version={version}", version=__version__)
         self.link = self._makeLink(devices)
+        if self.drain is not None and self.drain.active:
+            self.link.draining = True
         if self.running:
             self.link.setServiceParent(self)
 
@@ -203,11 +226,72 @@ class TranscoderNode(service.MultiService):
             "Version": __version__,
             "Orchestrator": formatHostPort(self._config["orchHost"], self._config["orchPort"]),
             "Registered": bool(link and link.isRegistered),
-            "MaxSessions": self._config["capacity"],
+            "MaxSessions": self.capacity,
             "Running": link.worker.running if link else 0,
             "Queued": link.worker.queued if link else 0,
             "Devices": (link.devices if link else None) or [],
+            "Draining": bool(self.drain and self.drain.active),
+            "Drained": bool(self.drain and self.drain.active and self.drain.drained),
         }
+
+    def statusLine(self):
+        """
+        A one-line summary of the state, for the log (SIGUSR2).
+        """
+        status = self.status()
+        return (f"orchestrator={status['Orchestrator']} registered={'yes' if status['Registered'] else 'no'} "
+                f"maxSessions={status['MaxSessions']} running={status['Running']} queued={status['Queued']} "
+                f"draining={'yes' if status['Draining'] else 'no'}")
+
+    def setCapacity(self, capacity, source):
+        """
+        Change the capacity at run time, and report it to the orchestrator.
+
+        @param source: who asked, for the log.
+        """
+        self.capacity = capacity
+        self._log.info("maxSessions set to {capacity} by {source}", capacity=capacity, source=source)
+        if self.link is not None:
+            self.link.setCapacity(capacity)
+
+    def setTLSOptions(self, tlsOptions):
+        """
+        Trust the orchestrator's certificate as C{tlsOptions} say, from the
+        next connection on.
+        """
+        self.tlsOptions = tlsOptions
+        if self.link is not None:
+            self.link.setTLSOptions(tlsOptions)
+
+    # The drain target (see livepeer_tx.lifecycle.Drain).
+
+    def startDraining(self):
+        """
+        Take no more tasks; close the orchestrator link once its tasks are done.
+        """
+        if self.link is not None:
+            self.link.startDraining()
+
+    def stopDraining(self):
+        """
+        Take tasks again.
+        """
+        if self.link is not None:
+            self.link.stopDraining()
+
+    def isDrained(self):
+        """
+        Whether no task is left and the link is closed.
+        """
+        return self.link is None or self.link.isDrained()
+
+    def describeWork(self):
+        """
+        What a drain waits for, for its log lines.
+        """
+        if self.link is None:
+            return "no segment (not connected yet)"
+        return f"{self.link.worker.pending} segment(s) in progress"
 
 
 def makeService(config, reactor=None):
@@ -222,6 +306,11 @@ def makeService(config, reactor=None):
     from livepeer_tx.transcoder.client import OrchestratorLink
     from livepeer_tx.transcoder.ffmpeg import FFmpegTranscoder
     from livepeer_tx.transcoder.worker import TranscodeWorker
+    from livepeer_tx.admin import addActions
+    from livepeer_tx.lifecycle import Drain
+    from livepeer_tx.reload import OptionsReload, rereadFunction
+    from livepeer_tx.signals import GracefulStop, SignalService
+    from livepeer_tx.transcoder.reload import TranscoderReloader
     from livepeer_tx.web import BoundedSite, makeCLIRoot
 
     preventCoreDumps()
@@ -239,23 +328,62 @@ def makeService(config, reactor=None):
     if stale:
         _log.info("Removed {count} work directories left by an earlier run in {workDir}", count=stale,
                   workDir=workDir)
-    tlsOptions = clientTLSOptions(
-        config["orchHost"], caFile=config["orchCert"], fingerprint=config["fingerprintBytes"],
-        insecure=config["orchInsecure"])
+    def makeTLSOptions():
+        return clientTLSOptions(
+            config["orchHost"], caFile=config["orchCert"], fingerprint=config["fingerprintBytes"],
+            insecure=config["orchInsecure"])
+
     worker = TranscodeWorker(transcoder, config["capacity"])
     registry = CollectorRegistry()
     metrics = TranscoderMetrics(worker, registry=registry)
 
     def makeLink(devices):
         worker.devices = list(devices) if devices else None
-        return OrchestratorLink(reactor, config["orchHost"], config["orchPort"], secret, tlsOptions, worker,
-                                config["capacity"], devices, metrics=metrics)
+        worker.setCapacity(node.capacity)
+        return OrchestratorLink(reactor, config["orchHost"], config["orchPort"], secret, node.tlsOptions, worker,
+                                node.capacity, devices, metrics=metrics)
 
-    node = TranscoderNode(reactor, config, transcoder, makeLink, ffmpegPath)
-    cliSite = BoundedSite(makeCLIRoot(node.status, registry if config["monitor"] else None), maxBodyBytes=64 * 1024)
+    node = TranscoderNode(reactor, config, transcoder, makeLink, ffmpegPath, makeTLSOptions())
+    node.drain = Drain(reactor, node, config["drainSeconds"])
+    signals = SignalService(reactor)
+    signals.setServiceParent(node)
+    options = OptionsReload(rereadFunction(config), config, {
+        "maxSessions": lambda new: node.setCapacity(new["capacity"], "the configuration"),
+        "drainTimeout": lambda new: setattr(node.drain, "timeout", new["drainSeconds"]),
+    })
+    reloader = TranscoderReloader(node, secret, makeTLSOptions if config["orchCert"] else None, options)
+    signals.addHandler(signal.SIGHUP, reloader.reload)
+    signals.addHandler(signal.SIGUSR2, lambda: _log.info("Status: {line}", line=node.statusLine()))
+    graceful = GracefulStop(reactor, node.drain)
+    signals.addHandler(signal.SIGTERM, lambda: graceful.stop("SIGTERM"))
+    signals.addHandler(signal.SIGINT, lambda: graceful.stop("SIGINT"))
+
+    cliRoot = makeCLIRoot(node.status, registry if config["monitor"] else None)
+    addActions(cliRoot, {"drain": lambda fields: _drainAction(node), "resume": lambda fields: _resumeAction(node),
+                         "setMaxSessions": lambda fields: _setMaxSessionsAction(node, fields)})
+    cliSite = BoundedSite(cliRoot, maxBodyBytes=64 * 1024)
     cliEndpoint = f"tcp:{config['cliPort']}:interface={quoteStringArgument(config['cliHost'])}"
     strports.service(cliEndpoint, cliSite, reactor=reactor).setServiceParent(node)
     _log.info("Livepeer Node version: {version}; FFmpeg {ffmpeg}; work dir {workDir}",
               version=__version__, ffmpeg=ffmpegPath, workDir=workDir)
     _log.info("CLI server listening on {addr}", addr=formatHostPort(config["cliHost"], config["cliPort"]))
     return node
+
+
+def _drainAction(node):
+    node.drain.start("POST /drain")
+    return node.status()
+
+
+def _resumeAction(node):
+    if not node.drain.active:
+        raise ActionError("not draining")
+    if not node.drain.resume():
+        raise ActionError("stopping: a drain before a stop cannot be resumed")
+    return node.status()
+
+
+def _setMaxSessionsAction(node, fields):
+    capacity = parseMaxSessions(fields.get("maxSessions"), allowAuto=False)
+    node.setCapacity(capacity, "the CLI port")
+    return f"maxSessions set to {capacity}"

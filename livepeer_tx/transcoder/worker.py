@@ -5,8 +5,55 @@ once, and sessions spread over the GPUs by load, each session staying on its
 device.
 """
 
+from collections import deque
+
 from twisted.internet import defer
 from twisted.logger import Logger
+
+
+class Slots:
+    """
+    At most C{limit} holders at once, the others waiting in order; unlike
+    L{defer.DeferredSemaphore}, the limit can change while slots are held (a
+    lower limit takes effect as holders release).
+
+    @ivar limit: how many may hold a slot at once.
+    @ivar held: how many hold one now.
+    """
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.held = 0
+        self.waiting = deque()
+
+    def acquire(self):
+        """
+        A Deferred that fires once a slot is ours; cancelling it while it
+        waits leaves the queue.
+        """
+        d = defer.Deferred(self.waiting.remove)
+        self.waiting.append(d)
+        self._grant()
+        return d
+
+    def release(self):
+        """
+        Give a slot back.
+        """
+        self.held -= 1
+        self._grant()
+
+    def resize(self, limit):
+        """
+        Change the limit; waiters start at once if it grew.
+        """
+        self.limit = limit
+        self._grant()
+
+    def _grant(self):
+        while self.waiting and self.held < self.limit:
+            self.held += 1
+            self.waiting.popleft().callback(self)
 
 
 class TranscodeWorker:
@@ -25,7 +72,7 @@ class TranscodeWorker:
         self._transcoder = transcoder
         self.maxSessions = maxSessions
         self.devices = list(devices) if devices else None
-        self._slots = defer.DeferredSemaphore(maxSessions)
+        self._slots = Slots(maxSessions)
         self._deviceOfSession = {}
         self._tasks = {}
         self.running = 0
@@ -36,6 +83,21 @@ class TranscodeWorker:
         Segments waiting for a free slot.
         """
         return len(self._slots.waiting)
+
+    @property
+    def pending(self):
+        """
+        Tasks not finished yet, running or queued.
+        """
+        return len(self._tasks)
+
+    def setCapacity(self, maxSessions):
+        """
+        Run at most C{maxSessions} segments at once from now on; with a lower
+        limit, running segments finish and queued ones wait for the new limit.
+        """
+        self.maxSessions = maxSessions
+        self._slots.resize(maxSessions)
 
     def deviceFor(self, sessionId):
         """

@@ -1,0 +1,121 @@
+# -*- test-case-name: tests.test_drain -*-
+"""
+Operator-facing resources: C{/healthz} on the public port, and the CLI
+port's actions (C{POST /drain}, C{POST /resume}, C{POST /setMaxSessions}).
+
+The CLI port has no authentication (as go-livepeer's): it must stay on
+127.0.0.1. Its actions are refused to web browsers (a request carrying an
+C{Origin} or a cross-site C{Sec-Fetch-Site} header), so that a web page
+cannot drain a node through a visitor's browser.
+"""
+
+import json
+
+from twisted.web import resource
+
+MAX_SESSIONS_FIELD = "maxSessions"
+MAX_SESSIONS_LIMIT = 999_999_999
+CROSS_SITE_REFUSED = "cross-origin requests are refused on the CLI port"
+
+
+class ActionError(Exception):
+    """
+    An action's input is wrong; the message is the answer (HTTP 400).
+    """
+
+
+def parseMaxSessions(text, allowAuto):
+    """
+    A C{maxSessions} value: a whole number from 1 to L{MAX_SESSIONS_LIMIT},
+    or, when C{allowAuto}, C{auto} (returned as L{None}).
+
+    @raise ActionError: it is neither.
+    """
+    text = (text or "").strip()
+    if allowAuto and text == "auto":
+        return None
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= MAX_SESSIONS_LIMIT:
+        expected = "'auto' or a whole number" if allowAuto else "a whole number"
+        raise ActionError(f"maxSessions must be {expected} from 1 to {MAX_SESSIONS_LIMIT}, not {text[:32]!r}")
+    return int(text)
+
+
+class HealthResource(resource.Resource):
+    """
+    C{GET /healthz}: 200 C{{}} while the node takes work, 503
+    C{{"Draining": true}} while it drains, so that a load balancer or a
+    monitor stops sending to it.
+
+    @param draining: a callable telling whether the node drains.
+    """
+
+    isLeaf = True
+
+    def __init__(self, draining):
+        super().__init__()
+        self._draining = draining
+
+    def render_GET(self, request):
+        """
+        The node's health.
+        """
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        if self._draining():
+            request.setResponseCode(503)
+            return b'{"Draining": true}\n'
+        return b"{}\n"
+
+
+class ActionResource(resource.Resource):
+    """
+    A CLI-port action: C{POST} only, with its input as form fields (in the
+    body or the query string); the answer is one line of text, or a JSON
+    document.
+
+    @param action: called with the form fields (a dict of text); returns
+        the answer (text, or a dict sent as JSON), or raises L{ActionError}.
+    """
+
+    isLeaf = True
+    allowedMethods = (b"POST",)
+
+    def __init__(self, action):
+        super().__init__()
+        self._action = action
+
+    def render_POST(self, request):
+        """
+        Run the action.
+        """
+        site = (request.getHeader(b"sec-fetch-site") or b"none").lower()
+        if request.getHeader(b"origin") is not None or site not in (b"none", b"same-origin"):
+            return _answer(request, 403, CROSS_SITE_REFUSED)
+        fields = {
+            key.decode("utf-8", "replace"): values[-1].decode("utf-8", "replace")
+            for key, values in (request.args or {}).items() if values
+        }
+        try:
+            result = self._action(fields)
+        except ActionError as e:
+            return _answer(request, 400, str(e))
+        if isinstance(result, dict):
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps(result, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+        return _answer(request, 200, result)
+
+
+def _answer(request, code, text):
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return text.encode("utf-8") + b"\n"
+
+
+def addActions(root, actions):
+    """
+    Mount C{actions} (a dict of path to action callable) on C{root} as
+    L{ActionResource}s.
+    """
+    for path, action in actions.items():
+        root.putChild(path.encode("ascii"), ActionResource(action))
+    return root

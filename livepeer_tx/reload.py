@@ -1,0 +1,87 @@
+# -*- test-case-name: tests.test_reload -*-
+"""
+Re-reading a daemon's options on SIGHUP.
+
+A daemon's options come from its command line, C{LP_*} variables and a
+C{--config} file. On a reload they are read again through C{readConfig}: a
+callable taking no argument that returns the options parsed afresh from the
+same sources (a new, validated C{Options}), or raises
+L{usage.UsageError}. The configuration code provides it as the options'
+C{reread} method (see L{rereadFunction}); without one, a reload reads
+nothing but the secret and TLS files.
+
+An option whose value changed since the last reading is applied when the
+daemon can change it while running (L{OptionsReload.reloadable}); any other
+change is logged as needing a restart. An option that did not change in the
+configuration is left alone, so a value set at run time (C{POST
+/setMaxSessions}) stays until the configuration changes it.
+"""
+
+from twisted.logger import Logger
+from twisted.python import usage
+
+
+def rereadFunction(config):
+    """
+    The C{readConfig} of parsed options C{config}: its C{reread} method, or
+    L{None} when the options cannot be read again.
+    """
+    return getattr(config, "reread", None)
+
+
+def optionNames(config):
+    """
+    The names of the options a C{usage.Options} declares (not C{help} or
+    C{version}).
+    """
+    names = {name.rstrip("=") for name in getattr(config, "longOpt", ())}
+    return sorted(names - {"help", "version"})
+
+
+class OptionsReload:
+    """
+    Re-reads a daemon's options and applies what changed.
+
+    @param readConfig: see the module docstring, or L{None}.
+    @param current: the options in force (as parsed at start).
+    @param reloadable: a dict of option name to a callable taking the new
+        options, which applies that option's new value.
+    """
+
+    _log = Logger()
+
+    def __init__(self, readConfig, current, reloadable):
+        self._readConfig = readConfig
+        self.current = current
+        self.reloadable = reloadable
+
+    def reload(self):
+        """
+        Read the options again and apply the changes.
+
+        @return: a short word for the summary line: C{not used} (nothing to
+            read), C{unchanged}, C{changed} or C{error}.
+        """
+        if self._readConfig is None:
+            return "not used"
+        try:
+            new = self._readConfig()
+        except usage.UsageError as e:
+            self._log.error("Reload: the configuration cannot be used ({error}); keeping the options in force",
+                            error=str(e))
+            return "error"
+        changed = [name for name in optionNames(new) if new.get(name) != self.current.get(name)]
+        for name in changed:
+            apply = self.reloadable.get(name)
+            if apply is None:
+                self._log.warn("Reload: --{option} changed in the configuration; it takes effect at the next restart",
+                               option=name)
+                # Still the old value in force: say so again at the next reload.
+                new[name] = self.current.get(name)
+                continue
+            try:
+                apply(new)
+            except Exception:
+                self._log.failure("Reload: could not apply --{option}", option=name)
+        self.current = new
+        return "changed" if changed else "unchanged"

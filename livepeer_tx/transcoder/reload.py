@@ -1,0 +1,81 @@
+# -*- test-case-name: tests.test_reload -*-
+"""
+The transcoder's reload (SIGHUP, C{systemctl reload}): the configuration,
+the secret file and the certificate it trusts the orchestrator with.
+"""
+
+from twisted.logger import Logger
+
+from livepeer_tx.secret import SecretFileError
+
+
+class TranscoderReloader:
+    """
+    Re-reads what a transcoder can change while it runs, and logs what
+    changed (never the secret itself).
+
+    @param node: the L{TranscoderNode<livepeer_tx.transcoder.tap.TranscoderNode>}
+        (its C{link}, once connected).
+    @param secret: the shared L{Secret}.
+    @param makeTLSOptions: a callable building the client TLS options from
+        the files named on the command line (C{--orchCert}), or L{None} when
+        no file is involved.
+    @param options: the L{OptionsReload<livepeer_tx.reload.OptionsReload>}.
+    """
+
+    _log = Logger()
+
+    def __init__(self, node, secret, makeTLSOptions, options):
+        self._node = node
+        self._secret = secret
+        self._makeTLSOptions = makeTLSOptions
+        self._options = options
+        try:
+            self._secretTag = secret.currentTag()
+        except SecretFileError:
+            self._secretTag = None
+
+    def reload(self, reason="SIGHUP"):
+        """
+        Reload the configuration, the secret and the trusted certificate.
+
+        @return: a dict of what happened to each.
+        """
+        summary = {
+            "configuration": self._options.reload(),
+            "secret": self._reloadSecret(),
+            "orchestrator certificate": self._reloadTLS(),
+        }
+        self._log.info("Reloaded ({reason}): {summary}", reason=reason,
+                       summary=", ".join(f"{what} {outcome}" for what, outcome in summary.items()))
+        return summary
+
+    def _reloadSecret(self):
+        if self._secret.isLiteral:
+            return "not a file"
+        try:
+            tag = self._secret.currentTag()
+        except SecretFileError as e:
+            self._log.error("Reload: {error}", error=str(e))
+            return "error"
+        if tag == self._secretTag:
+            return "unchanged"
+        self._secretTag = tag
+        self._log.info("Reload: the secret in {path} changed; it is used from the next connection",
+                       path=self._secret.path)
+        link = self._node.link
+        if link is not None:
+            link.secretChanged()
+        return "changed"
+
+    def _reloadTLS(self):
+        if self._makeTLSOptions is None:
+            return "not used"
+        try:
+            tlsOptions = self._makeTLSOptions()
+        except Exception as e:
+            self._log.error("Reload: cannot load the orchestrator's certificate ({error}); keeping the one loaded "
+                            "before", error=str(e))
+            return "error"
+        self._node.setTLSOptions(tlsOptions)
+        return "reloaded"

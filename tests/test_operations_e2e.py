@@ -1,0 +1,265 @@
+"""
+Operations end to end, with real C{twistd} processes and signals: reload
+(secret rotation with segments in flight, a new TLS pair), signals that
+never kill, and drains that lose no segment (a transcoder's SIGTERM while it
+holds a segment, the orchestrator's SIGTERM while segments are in flight).
+
+A gateway thread pushes a stream the way a go-livepeer gateway does: a
+segment refused before its upload is accepted (503, C{GetOrchestrator}
+refused, connection refused or closed before a status line) is sent to the
+next orchestrator; anything else that is not renditions, downloaded, counts
+as lost.
+"""
+
+import http.client
+import os
+import signal
+import ssl
+import stat
+import threading
+
+import grpc
+from e2e import getURL, postSegment, transcodeResult
+from livepeer_tx.tls import certificateFingerprint, createSelfSigned
+from livepeer_tx.transcoder.ffmpeg import findFFmpeg
+
+def writeAtomically(path, data, mode=0o600):
+    """
+    Replace a file in one step, as an operator's C{mv} does.
+    """
+    temporary = f"{path}.new"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.chmod(temporary, mode)
+    os.replace(temporary, path)
+
+
+class GatewayStream(threading.Thread):
+    """
+    One stream of a gateway: sends segments one after the other, until
+    L{finish}, each to the first orchestrator of C{orchestrators} that takes
+    it, and downloads the renditions.
+
+    @ivar served: per seq, the name of the orchestrator that transcoded it.
+    @ivar lost: per seq, what went wrong once the segment was taken.
+    @ivar refusals: C{(seq, orchestrator, how)} for each refusal.
+    """
+
+    def __init__(self, orchestrators, body, manifestId):
+        super().__init__(daemon=True)
+        self.orchestrators = list(orchestrators)
+        self.body = body
+        self.manifestId = manifestId
+        self.served = {}
+        self.lost = {}
+        self.refusals = []
+        self._finishing = threading.Event()
+
+    def run(self):
+        seq = 0
+        while not self._finishing.is_set() and seq < 1000:
+            self.sendOne(seq)
+            seq += 1
+
+    def finish(self, timeout=60):
+        """
+        Send no more segments; wait for the one on its way.
+        """
+        self._finishing.set()
+        self.join(timeout)
+        assert not self.is_alive()
+
+    def sendOne(self, seq):
+        for orchestrator in self.orchestrators:
+            if not orchestrator.running:
+                continue
+            try:
+                status, body = postSegment(orchestrator, self.body, seq=seq, manifestId=self.manifestId)
+            except (grpc.RpcError, ConnectionError, http.client.RemoteDisconnected) as e:
+                # Refused before the upload was taken: GetOrchestrator said
+                # no, or nobody listens any more.
+                self.refusals.append((seq, orchestrator.name, type(e).__name__))
+                continue
+            except Exception as e:
+                self.lost[seq] = f"{orchestrator.name}: {e!r}"
+                return
+            if status == 503 and body.startswith(b"OrchestratorCapped"):
+                self.refusals.append((seq, orchestrator.name, "503"))
+                continue
+            result = transcodeResult(body) if status == 200 else None
+            if result is None or result.WhichOneof("result") != "data":
+                self.lost[seq] = f"{orchestrator.name}: {status} {result or body!r}"
+                return
+            for segment in result.data.segments:
+                code, data = getURL(orchestrator, segment.url)
+                if code != 200 or not data:
+                    self.lost[seq] = f"{orchestrator.name}: rendition {segment.url} {code}"
+                    return
+            self.served[seq] = orchestrator.name
+            return
+        self.lost[seq] = "no orchestrator took it"
+
+
+def gatedFFmpeg(directory, name):
+    """
+    An FFmpeg that waits while its gate file exists, so a test can hold a
+    segment in progress for as long as it needs.
+
+    @return: C{(path of the wrapper, path of the gate file)}.
+    """
+    gate = os.path.join(directory, f"{name}.hold")
+    wrapper = os.path.join(directory, f"{name}-ffmpeg")
+    with open(wrapper, "w") as f:
+        f.write(f"#!/bin/sh\nwhile [ -e '{gate}' ]; do sleep 0.05; done\nexec '{findFFmpeg()}' \"$@\"\n")
+    os.chmod(wrapper, stat.S_IRWXU)
+    return wrapper, gate
+
+
+def servedFingerprint(orchestrator):
+    """
+    The SHA-256 digest of the certificate a new TLS connection is served.
+    """
+    pem = ssl.get_server_certificate((orchestrator.host, orchestrator.port))
+    return certificateFingerprint(pem.encode())
+
+
+def test_signals_never_kill_and_hup_reloads_the_tls_pair(nodes):
+    """
+    SIGUSR1, SIGUSR2 and SIGHUP leave both daemons running (SIGUSR2 logs a
+    status line, SIGHUP a reload summary); after the certificate and key in
+    the data directory are replaced, SIGHUP serves the new pair to new
+    connections while the transcoder's connection stays up.
+    """
+    orchestrator = nodes.startOrchestrator()
+    transcoder = nodes.startTranscoder(orchestrator)
+    orchestrator.waitForTranscoders(1)
+    transcoder.waitForLog(r"Successful transcoder registration orchestrator=")
+    for node in (orchestrator, transcoder):
+        offset = node.logOffset()
+        os.kill(node.pid, signal.SIGUSR2)
+        node.waitForLog(r"Status: .*draining=no", since=offset)
+        os.kill(node.pid, signal.SIGUSR1)
+        node.waitForLog(r"Received SIGUSR1", since=offset)
+        os.kill(node.pid, signal.SIGHUP)
+        node.waitForLog(r"Reloaded \(SIGHUP\): configuration \w[\w ]*, secret unchanged", since=offset)
+        assert node.running
+    before = servedFingerprint(orchestrator)
+    certPEM, keyPEM = createSelfSigned("127.0.0.1")
+    writeAtomically(os.path.join(orchestrator.dataDir, "key.pem"), keyPEM)
+    writeAtomically(os.path.join(orchestrator.dataDir, "cert.pem"), certPEM, mode=0o644)
+    assert servedFingerprint(orchestrator) == before
+    offset = orchestrator.logOffset()
+    os.kill(orchestrator.pid, signal.SIGHUP)
+    orchestrator.waitForLog(r"Reloaded \(SIGHUP\): .*TLS certificate changed", since=offset)
+    assert servedFingerprint(orchestrator) == certificateFingerprint(certPEM) != before
+    assert len(orchestrator.cliStatus()["transcoders"]) == 1 and transcoder.running
+    assert "Unregistering" not in transcoder.logText()
+
+
+def test_secret_rotation_with_three_transcoders_and_segments_in_flight(nodes, segment2s):
+    """
+    The orchestrator's secret file is rotated and reloaded while a stream
+    flows through three transcoders; their own files are updated and
+    reloaded after. With a grace period the stale transcoders are replaced
+    one at a time: each is closed with 4004, reconnects with the new secret
+    and registers again, and no segment is lost.
+    """
+    orchestrator = nodes.startOrchestrator(secretRotationGrace=120)
+    transcoders = []
+    for index in range(3):
+        secretFile = os.path.join(nodes.workDir, f"transcoder-{index}.secret")
+        writeAtomically(secretFile, open(orchestrator.secretPath).read())
+        transcoders.append(nodes.startTranscoder(orchestrator, maxSessions=1, orchSecret=secretFile))
+        transcoders[-1].secretFile = secretFile
+        orchestrator.waitForTranscoders(index + 1)
+    stream = GatewayStream([orchestrator], segment2s, b"rotation")
+    stream.start()
+    orchestrator.waitForLog(r"Successfully received results .* seqNo=2 ")
+
+    newSecret = os.urandom(24).hex()
+    offset = orchestrator.logOffset()
+    offsets = [t.logOffset() for t in transcoders]
+    writeAtomically(orchestrator.secretPath, newSecret + "\n")
+    os.kill(orchestrator.pid, signal.SIGHUP)
+    orchestrator.waitForLog(r"Reloaded \(SIGHUP\): .*secret changed \(3 transcoder\(s\) with the old one\)",
+                            since=offset)
+    for transcoder in transcoders:
+        writeAtomically(transcoder.secretFile, newSecret + "\n")
+        os.kill(transcoder.pid, signal.SIGHUP)
+    orchestrator.waitForLog(r"Every transcoder with the old secret is gone", since=offset, timeout=90)
+    for transcoder, since in zip(transcoders, offsets):
+        transcoder.waitForLog(r"Reloaded \(SIGHUP\): configuration \w[\w ]*, secret changed", since=since)
+    for transcoder, since in zip(transcoders, offsets):
+        transcoder.waitForLog(
+            r"The orchestrator no longer accepts the secret we registered with[\s\S]*Successful transcoder "
+            r"registration", since=since)
+    assert orchestrator.logText()[offset:].count("Closing transcoder=") == 3
+    status = orchestrator.waitForTranscoders(3)
+    assert all(t["retiring"] is None for t in status["transcoders"])
+    served = len(stream.served)
+    orchestrator.waitForLog(rf"Successfully received results .* seqNo={served + 2} ")
+    stream.finish()
+    assert stream.lost == {} and stream.refusals == []
+    assert len(stream.served) > served + 2
+    logged = orchestrator.logText() + "".join(t.logText() for t in transcoders)
+    assert newSecret not in logged
+
+
+def test_drains_lose_no_segment(nodes, segment2s, tmp_path):
+    """
+    A transcoder's SIGTERM while it holds a segment: it tells the
+    orchestrator, finishes the segment, closes and exits 0; its stream moves
+    to the other transcoder. The orchestrator's SIGTERM while a segment is
+    in flight: C{/healthz} turns 503, new segments get 503 and go to another
+    orchestrator, the segment in flight is answered and its renditions
+    downloaded, then it exits 0. No segment is lost.
+    """
+    first = nodes.startOrchestrator(drainTimeout=60, maxSessionsPerAddress=8)
+    fallback = nodes.startOrchestrator(maxSessionsPerAddress=8)
+    wrappers = [gatedFFmpeg(str(tmp_path), f"t{i}") for i in range(2)]
+    leaving = nodes.startTranscoder(first, maxSessions=2, ffmpeg=wrappers[0][0])
+    first.waitForTranscoders(1)
+    staying = nodes.startTranscoder(first, maxSessions=2, ffmpeg=wrappers[1][0])
+    first.waitForTranscoders(2)
+    nodes.startTranscoder(fallback, maxSessions=2)
+    fallback.waitForTranscoders(1)
+
+    # The transcoder's drain.
+    open(wrappers[0][1], "w").close()
+    streams = [GatewayStream([first, fallback], segment2s, name) for name in (b"stream-a", b"stream-b")]
+    streams[0].start()
+    leaving.waitForLog(r"Transcoding taskId=")
+    streams[1].start()
+    staying.waitForLog(r"Transcoding done for taskId=")
+    os.kill(leaving.pid, signal.SIGTERM)
+    leaving.waitForLog(r"Draining \(SIGTERM\): no new work; waiting for 1 segment\(s\) in progress")
+    first.waitForLog(r"Transcoder=127\.0\.0\.1:\d+ is draining")
+    os.remove(wrappers[0][1])
+    assert leaving.process.wait(30) == 0
+    log = leaving.logText()
+    drainStart = log.index("Draining (SIGTERM)")
+    assert "Transcoding done for taskId=" in log[drainStart:] and "Transcoding cancelled" not in log
+    assert "Drained: closing the connection" in log[drainStart:]
+    first.waitForLog(r"eof, removing from live transcoders map \(code=4003 reason=transcoder draining\)")
+
+    # The orchestrator's drain.
+    open(wrappers[1][1], "w").close()
+    offset = staying.logOffset()
+    staying.waitForLog(r"Transcoding taskId=", since=offset)
+    os.kill(first.pid, signal.SIGTERM)
+    first.waitForLog(r"Draining \(SIGTERM\): no new work; waiting for [12] segment\(s\) in flight")
+    assert getURL(first, "/healthz") == (503, b'{"Draining": true}\n')
+    assert postSegment(first, segment2s, seq=10_000, manifestId=b"stream-a") == (503, b"OrchestratorCapped\n")
+    os.remove(wrappers[1][1])
+    assert first.process.wait(60) == 0
+    assert "Drained in" in first.logText() and "Drain timed out" not in first.logText()
+
+    fallbackOffset = fallback.logOffset()
+    for stream in streams:
+        fallback.waitForLog(rf"manifestID={stream.manifestId.decode()} .*seqNo=", since=fallbackOffset)
+    for stream in streams:
+        stream.finish()
+        assert stream.lost == {}, stream.lost
+        assert set(stream.served.values()) == {first.name, fallback.name}
+    assert leaving.process.returncode == 0
