@@ -390,3 +390,27 @@ def test_segments_during_a_drain(events):
         assert app.store.fetch(sessionId, name) is not None
     app.clock.advance(0.1)
     assert drainOutcome == [True]
+
+
+def test_units_reload_and_outlast_the_drain():
+    """
+    Both systemd units send SIGHUP for C{systemctl reload}, and give a stop
+    more time than the default drain; every option of both daemons is in
+    its man page.
+    """
+    import os
+    import re
+
+    from livepeer_tx.orchestrator import tap as orchestratorTap
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name, tap in (("orchestrator", orchestratorTap), ("transcoder", transcoderTap)):
+        with open(os.path.join(root, "etc", "systemd", f"livepeer-{name}.service")) as f:
+            unit = f.read()
+        assert re.search(r"^ExecReload=/bin/kill -HUP \$MAINPID$", unit, re.M)
+        stopSeconds = int(re.search(r"^TimeoutStopSec=(\d+)s$", unit, re.M).group(1))
+        assert stopSeconds >= tap.DEFAULT_DRAIN_SECONDS + 10
+        with open(os.path.join(root, "man", f"livepeer-{name}.1")) as f:
+            manPage = f.read().replace("\\-", "-")
+        options = {option.rstrip("=") for option in tap.Options().longOpt} - {"help"}
+        assert sorted(o for o in options if f"--{o}" not in manPage) == []
