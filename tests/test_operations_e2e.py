@@ -157,6 +157,58 @@ def test_signals_never_kill_and_hup_reloads_the_tls_pair(nodes):
     assert "Unregistering" not in transcoder.logText()
 
 
+def cliPost(node, path, **fields):
+    """
+    C{POST} a form to a node's CLI port: C{(status, body)}.
+    """
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    data = urllib.parse.urlencode(fields).encode()
+    try:
+        with urllib.request.urlopen(f"http://{node.cliAddr}{path}", data=data, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_capacity_from_the_cli_port_and_the_configuration(nodes, tmp_path):
+    """
+    C{maxSessions} changes at run time: on the orchestrator's and the
+    transcoder's CLI ports (the transcoder reports it to the orchestrator),
+    and from their C{--config} files on SIGHUP.
+    """
+    orchestratorConfig, transcoderConfig = tmp_path / "orchestrator.conf", tmp_path / "transcoder.conf"
+    orchestratorConfig.write_text("maxSessions 5\n")
+    transcoderConfig.write_text("maxSessions 2\n")
+    orchestrator = nodes.startOrchestrator(config=orchestratorConfig)
+    transcoder = nodes.startTranscoder(orchestrator, maxSessions=None, config=transcoderConfig)
+    status = orchestrator.waitForTranscoders(1)
+    assert status["MaxSessions"] == 5 and status["transcoders"][0]["capacity"] == 2
+
+    assert cliPost(orchestrator, "/setMaxSessions", maxSessions="auto")[0] == 200
+    assert orchestrator.cliStatus()["SessionLimit"] == 2
+    assert cliPost(orchestrator, "/setMaxSessions", maxSessions="zero") == (
+        400, b"maxSessions must be 'auto' or a whole number from 1 to 999999999, not 'zero'\n")
+    assert cliPost(transcoder, "/setMaxSessions", maxSessions="3") == (200, b"maxSessions set to 3\n")
+    orchestrator.waitForLog(r"changed its capacity from 2 to 3")
+    assert orchestrator.cliStatus()["transcoders"][0]["capacity"] == 3
+    assert transcoder.cliStatus()["MaxSessions"] == 3
+
+    offsets = orchestrator.logOffset(), transcoder.logOffset()
+    orchestratorConfig.write_text("maxSessions 7\n")
+    transcoderConfig.write_text("maxSessions 4\n")
+    os.kill(orchestrator.pid, signal.SIGHUP)
+    os.kill(transcoder.pid, signal.SIGHUP)
+    orchestrator.waitForLog(r"Reloaded \(SIGHUP\): configuration changed", since=offsets[0])
+    transcoder.waitForLog(r"Reloaded \(SIGHUP\): configuration changed", since=offsets[1])
+    orchestrator.waitForLog(r"changed its capacity from 3 to 4", since=offsets[0])
+    status = orchestrator.cliStatus()
+    assert status["MaxSessions"] == 7 and status["transcoders"][0]["capacity"] == 4
+    assert transcoder.cliStatus()["MaxSessions"] == 4
+
+
 def test_secret_rotation_with_three_transcoders_and_segments_in_flight(nodes, segment2s):
     """
     The orchestrator's secret file is rotated and reloaded while a stream

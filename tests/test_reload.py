@@ -8,6 +8,7 @@ L{twisted.test.iosim}, on a test clock).
 import signal
 
 import pytest
+from twisted.internet.task import Clock
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -24,6 +25,9 @@ from livepeer_tx.reload import OptionsReload
 from livepeer_tx.secret import Secret
 from livepeer_tx.signals import SignalService
 from livepeer_tx.tls import CertificateError, FingerprintPinnedTLS, ReloadableServerTLS, createSelfSigned
+from livepeer_tx.transcoder.client import OrchestratorLink
+from livepeer_tx.transcoder.reload import TranscoderReloader
+from livepeer_tx.transcoder.worker import TranscodeWorker
 
 from test_hostile_transcoder import (  # noqa: F401 (events is a fixture)
     PROFILES, SECRET, Harness, HangingEngine, events, outcome, output, texts,
@@ -339,3 +343,93 @@ def test_reload_with_the_same_secret_changes_nothing(tmp_path):
     assert harness.reloader.reload()["secret"] == "unchanged"
     harness.advance(1.0)
     assert len(harness.live) == 1
+
+
+def test_stock_transcoder_of_a_stale_secret_is_told_to_retry(tmp_path):
+    """
+    A stock go-livepeer transcoder (gRPC) that registered with the old
+    secret is retired too: its call ends with UNAVAILABLE C{secret rotated},
+    on which it reconnects (never C{invalid secret}, on which it would stop
+    for good); one that registered with the new secret stays.
+    """
+    from livepeer_tx.rpc import StatusCode
+    from test_grpc_transcoders import Orch
+
+    path = tmp_path / "orchSecret"
+    path.write_text(SECRET)
+    path.chmod(0o600)
+    secret = Secret(path=str(path))
+    orch = Orch(secret=secret)
+    reloader = OrchestratorReloader(orch.app, secret, None, SecretRotation(orch.app, orch.clock),
+                                    OptionsReload(None, {}, {}))
+    client, staleStream = orch.register(secret=SECRET)
+    path.write_text(NEW_SECRET)
+    freshClient, freshStream = orch.register(secret=NEW_SECRET)
+    assert reloader.reload()["secret"] == "changed (1 transcoder(s) with the old one)"
+    client.pump()
+    response = client.response(staleStream)
+    assert response.ended and response.status == StatusCode.UNAVAILABLE
+    assert response.message == "secret rotated; re-read the secret file"
+    assert len(orch.app.pool.transcoders) == 1 and not freshClient.response(freshStream).ended
+
+
+class RecordingLink(OrchestratorLink):
+    """
+    The transcoder's link, recording its connection attempts and the retry
+    delays it chooses instead of connecting.
+    """
+
+    def __init__(self, clock, secret):
+        super().__init__(clock, "orch.example", 8935, secret, None, TranscodeWorker(None, 1), 1)
+        self.attempts = 0
+        self.delays = []
+
+    def _attempt(self):
+        self._retryCall = None
+        self.attempts += 1
+        self._attemptSecretTag = self._secret.currentTag()
+
+    def _schedule(self, delay):
+        self.delays.append(delay)
+        self._retryCall = self._reactor.callLater(delay, self._attempt)
+
+
+class LinkNode:
+    """
+    What the transcoder's reloader needs of its node.
+    """
+
+    def __init__(self, link):
+        self.link = link
+        self.tlsOptions = []
+
+    def setTLSOptions(self, options):
+        self.tlsOptions.append(options)
+
+
+def test_transcoder_reload_retries_at_once_with_a_changed_secret(tmp_path, events):
+    """
+    A transcoder refused for its secret waits about 30 s, unless its file
+    changed since the attempt; a reload that finds the file changed retries
+    at once; one that finds it unchanged does nothing. Neither secret is
+    logged.
+    """
+    path = tmp_path / "orchSecret"
+    path.write_text(SECRET)
+    path.chmod(0o600)
+    clock = Clock()
+    link = RecordingLink(clock, Secret(path=str(path)))
+    link._attempt()
+    link.connectionEnded(None, 1006, "403 invalid secret")
+    assert link.delays[-1] >= 24
+    reloader = TranscoderReloader(LinkNode(link), link._secret, None, OptionsReload(None, {}, {}))
+    assert reloader.reload()["secret"] == "unchanged" and link.attempts == 1
+    path.write_text(NEW_SECRET)
+    summary = reloader.reload()
+    assert summary["secret"] == "changed" and link.attempts == 2
+    assert not clock.getDelayedCalls()
+    path.write_text(SECRET)
+    link.connectionEnded(None, 1006, "403 invalid secret")
+    assert link.delays[-1] < 1.0, "the file changed since the attempt: retry soon"
+    logged = "\n".join(texts(events))
+    assert SECRET not in logged and NEW_SECRET not in logged
