@@ -21,6 +21,7 @@ from livepeer_tx.orchestrator.app import RENDITION_PICKUP_SECONDS
 from livepeer_tx.orchestrator.routing import RETIRING_DRAIN
 from livepeer_tx.signals import GracefulStop
 from livepeer_tx.transcoder import tap as transcoderTap
+from livepeer_tx.transcoder.client import TranscoderClientProtocol
 from livepeer_tx.transcoder.worker import TranscodeWorker
 
 from test_hostile_transcoder import (  # noqa: F401 (events is a fixture)
@@ -414,3 +415,26 @@ def test_units_reload_and_outlast_the_drain():
             manPage = f.read().replace("\\-", "-")
         options = {option.rstrip("=") for option in tap.Options().longOpt} - {"help"}
         assert sorted(o for o in options if f"--{o}" not in manPage) == []
+
+
+class DrainStartsDuringTheHandshake(TranscoderClientProtocol):
+    """
+    A transcoder whose drain started while its WebSocket was being opened.
+    """
+
+    def onOpen(self):
+        self.factory.link.draining = True
+        super().onOpen()
+
+
+def test_drain_during_the_opening_handshake_closes_without_registering():
+    """
+    A drain that starts while the WebSocket is being opened closes it as
+    soon as it opens, without registering, so the drain completes.
+    """
+    harness = Harness()
+    transcoder = harness.connect(protocol=DrainStartsDuringTheHandshake)
+    harness.advance(1.0)
+    assert harness.live == [] and transcoder.server.transcoder is None
+    assert len(transcoder.link.closeCodes) == 1 and transcoder.link.scheduled == []
+    assert transcoder.link.isDrained()

@@ -83,9 +83,13 @@ class TranscoderClientProtocol(wsproto.MessageLimits, WebSocketClientProtocol):
 
     def onOpen(self):
         """
-        Announce ourselves: capacity, devices, capabilities, version.
+        Announce ourselves: capacity, devices, capabilities, version (or,
+        if a drain started while we connected, close at once).
         """
         self.factory.link.connectionOpened(self)
+        if self.factory.link.draining:
+            self.sendClose(wsproto.CLOSE_SHUTDOWN, "transcoder draining")
+            return
         self.sendMessage(wsproto.encodeControl(
             "register",
             capacity=self.factory.link.capacity,
