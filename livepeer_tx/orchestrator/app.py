@@ -187,18 +187,26 @@ class Orchestrator(service.MultiService):
         downloaded (or L{RENDITION_PICKUP_SECONDS} have passed since the last
         answer).
         """
-        if self.segmentsInFlight or self.dispatcher.pendingSegments:
+        if self.segmentsUnanswered:
             return False
         if not self.store.unfetched or self._lastAnswer is None:
             return True
         return self.clock.seconds() - self._lastAnswer >= RENDITION_PICKUP_SECONDS
 
+    @property
+    def segmentsUnanswered(self):
+        """
+        The segments taken and not answered yet: those the gateways sent
+        (L{segmentStarted}), or at least those the dispatcher holds.
+        """
+        return max(self.segmentsInFlight, self.dispatcher.pendingSegments)
+
     def describeWork(self):
         """
         What a drain waits for, for its log lines.
         """
-        inFlight = max(self.segmentsInFlight, self.dispatcher.pendingSegments)
-        return f"{inFlight} segment(s) in flight and {self.store.unfetched} rendition(s) not downloaded"
+        return (f"{self.segmentsUnanswered} segment(s) in flight and {self.store.unfetched} rendition(s) not "
+                "downloaded")
 
     def statusLine(self):
         """
@@ -206,7 +214,7 @@ class Orchestrator(service.MultiService):
         """
         pool = self.pool
         return (f"transcoders={len(pool.transcoders)} capacity={pool.totalCapacity} sessions={pool.sessionCount}"
-                f"/{pool.sessionLimit} segmentsInFlight={max(self.segmentsInFlight, self.dispatcher.pendingSegments)}"
+                f"/{pool.sessionLimit} segmentsInFlight={self.segmentsUnanswered}"
                 f" draining={'yes' if self.draining else 'no'}"
                 f" uptime={round(self.wallClock() - self.startedAt)}s")
 
@@ -246,7 +254,7 @@ class Orchestrator(service.MultiService):
             "MaxSessionsPerAddress": "auto" if pool.maxSessionsPerSource is None else pool.maxSessionsPerSource,
             "SessionLimitPerAddress": pool.sourceSessionLimit,
             "Sessions": pool.sessionCount,
-            "SegmentsInFlight": max(self.segmentsInFlight, self.dispatcher.pendingSegments),
+            "SegmentsInFlight": self.segmentsUnanswered,
             "Drained": self.draining and self.drain is not None and self.drain.drained,
             "CoolingOffTranscoders": pool.coolingOffCount,
             "UptimeSeconds": round(self.wallClock() - self.startedAt, 1),
