@@ -1,6 +1,6 @@
-from twisted.application.service import ServiceMaker
+from livepeer_tx.logs import LoggingServiceMaker
 
-livepeerOrchestrator = ServiceMaker(
+livepeerOrchestrator = LoggingServiceMaker(
     "livepeer-tx orchestrator",
     "livepeer_tx.orchestrator.tap",
     "Livepeer orchestrator: routes gateway segments to remote transcoders",

@@ -1,6 +1,6 @@
-from twisted.application.service import ServiceMaker
+from livepeer_tx.logs import LoggingServiceMaker
 
-livepeerTranscoder = ServiceMaker(
+livepeerTranscoder = LoggingServiceMaker(
     "livepeer-tx transcoder",
     "livepeer_tx.transcoder.tap",
     "Livepeer transcoder: connects to an orchestrator and runs FFmpeg per segment",
