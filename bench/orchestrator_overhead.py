@@ -152,7 +152,9 @@ async def main(reactor, args):
     nodes = LocalNodes(workDir)
     tables = {}
     try:
-        orchestrator = await deferToThreadPool(reactor, pool, nodes.startOrchestrator)
+        # Every stream comes from this one address: let it hold them all.
+        orchestrator = await deferToThreadPool(
+            reactor, pool, lambda: nodes.startOrchestrator(maxSessionsPerAddress=CAPACITY))
         factory = fakeTranscoderFactory(reactor, orchestrator, readSecret(nodes.secretPath), CAPACITY)
         factory.workSeconds = {}
         protocol = await connectFakeTranscoder(reactor, orchestrator, factory)

@@ -14,6 +14,7 @@ import json
 from io import BytesIO
 
 import h2.errors
+import h2.settings
 from Crypto.Hash import keccak
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.twisted import MetricsResource
@@ -599,9 +600,18 @@ class HardenedH2Connection(GRPCH2Connection):
       by a test); a client opening more breaks its connection. Request
       headers are bounded by h2 (a 64 KiB header list, a limit on
       CONTINUATION frames).
+    - Flow control as go-livepeer's Go server sets it: 1 MiB per stream
+      (L{STREAM_WINDOW_BYTES}; with HTTP/2's 64 KiB a segment upload would
+      wait for a window update every 32 KiB), more per connection. DATA
+      frames may be up to L{MAX_FRAME_BYTES}: each frame costs h2 and Twisted
+      a fixed amount of work, and an incomplete one is held in memory, so
+      this is a trade between CPU per segment and memory per connection.
     """
 
     MAX_CONCURRENT_STREAMS = 100
+    STREAM_WINDOW_BYTES = 1 << 20
+    CONNECTION_WINDOW_BYTES = 1 << 24
+    MAX_FRAME_BYTES = 1 << 16
     _idleTimeOut = None
     _abortCall = None
     _frameSizes = None
@@ -611,10 +621,17 @@ class HardenedH2Connection(GRPCH2Connection):
 
     def connectionMade(self):
         """
-        Start the connection; the idle timeout's abort comes after C{closeGrace}.
+        Start the connection, with go-livepeer's flow-control windows; the
+        idle timeout's abort comes after C{closeGrace}.
         """
         self.abortTimeout = self._limits().closeGrace
         super().connectionMade()
+        self.conn.update_settings({
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.STREAM_WINDOW_BYTES,
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: self.MAX_FRAME_BYTES,
+        })
+        self.conn.increment_flow_control_window(self.CONNECTION_WINDOW_BYTES - self.conn.inbound_flow_control_window)
+        self._tryToWriteControlData()
 
     def resetTimeout(self):
         """
@@ -629,11 +646,11 @@ class HardenedH2Connection(GRPCH2Connection):
         """
         if self._frameSizes is None:
             self._frameSizes = FrameSizeGuard()
-        if self._lost or self._frameSizes.feed(data, self.conn.max_inbound_frame_size):
+        if self._lost or self._frameSizes.feed(data, self.MAX_FRAME_BYTES):
             super().dataReceived(data)
             return
         self._log.info("Closing the HTTP/2 connection from {peer}: a frame over {limit} bytes",
-                       peer=describeAddress(self.transport.getPeer()), limit=self.conn.max_inbound_frame_size)
+                       peer=describeAddress(self.transport.getPeer()), limit=self.MAX_FRAME_BYTES)
         self.conn.close_connection(error_code=h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
         self._tryToWriteControlData()
         self.transport.loseConnection()

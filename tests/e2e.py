@@ -190,6 +190,7 @@ class HTTP2Client:
         context = tlsContext(orchestrator)
         context.set_alpn_protocols(["h2"])
         raw = socket.create_connection((orchestrator.host, orchestrator.port), timeout=timeout)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as Go's clients
         self.sock = context.wrap_socket(raw, server_hostname=orchestrator.host)
         if self.sock.selected_alpn_protocol() != "h2":
             raise AssertionError(f"ALPN chose {self.sock.selected_alpn_protocol()!r}, not h2")

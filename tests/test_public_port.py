@@ -334,17 +334,27 @@ def test_idle_timeout_runs_only_without_open_streams_and_pings_do_not_restart_it
     assert busy.transport.disconnecting
 
 
-def test_stream_and_header_limits_are_h2s():
+def test_stream_header_and_flow_control_settings():
     """
-    The concurrent streams and header list size HTTP/2 clients are told:
-    what HardenedH2Connection documents.
+    What HTTP/2 clients are told, as HardenedH2Connection documents: 100
+    concurrent streams and a 64 KiB header list (h2's), 1 MiB stream windows,
+    a 16 MiB connection window and DATA frames of up to 64 KiB; a 2 MiB body
+    then goes up in 64 KiB frames with a window update every 512 KiB.
     """
-    site, clock = makeSite()
+    root = Recorder()
+    site, clock = makeSite(root, maxBodyBytes=10**7)
     client = PortClient(site, clock)
     settings = client.conn.remote_settings
     assert settings.max_concurrent_streams == HardenedH2Connection.MAX_CONCURRENT_STREAMS == 100
     assert settings.max_header_list_size == 64 * 1024
+    assert settings.initial_window_size == 1 << 20 and settings.max_frame_size == 1 << 16
+    assert client.conn.outbound_flow_control_window == 1 << 24
     assert isinstance(client.protocol._channel, HardenedH2Connection)
+    received = len(client.events)
+    client.post(b"/x", body=b"b" * (2 << 20))
+    assert root.requests[-1][1] == b"b" * (2 << 20)
+    updates = [e for e in client.events[received:] if isinstance(e, h2.events.WindowUpdated) and e.stream_id]
+    assert 3 <= len(updates) <= 4
 
 
 # The orchestrator's port.
@@ -465,6 +475,7 @@ def test_stock_transcoder_results_over_http2_may_exceed_the_segment_limit():
 @pytest.mark.parametrize("garbage, code", [
     (b"\x00\x00\x04\x00\x01\x00\x00\x00\x00abcd", h2.errors.ErrorCodes.PROTOCOL_ERROR),  # DATA on stream 0
     (b"\xff\xff\xff\x01\x04\x00\x00\x00\x01", h2.errors.ErrorCodes.FRAME_SIZE_ERROR),  # a 16 MiB frame announced
+    (b"\x01\x00\x01\x00\x00\x00\x00\x00\x01", h2.errors.ErrorCodes.FRAME_SIZE_ERROR),  # 64 KiB + 1
 ])
 def test_connection_error_closes_at_once_and_aborts_a_peer_that_stays(garbage, code):
     """
