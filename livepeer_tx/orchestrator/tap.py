@@ -32,11 +32,12 @@ DEFAULT_DRAIN_SECONDS = 70
 
 LONGDESC = """\
 Run a standalone Livepeer orchestrator. It transcodes nothing itself: gateways
-send segments to its public TLS port (8935 by default, go-livepeer's wire
-format), transcoders connect to the same port over a WebSocket authenticated
-by the shared secret, and every segment is routed to a transcoder with free
-capacity. The CLI port (127.0.0.1:7935) serves the full /status and, with
---monitor, /metrics.
+(stock go-livepeer ones too) ask for a session over gRPC and send segments to
+its public TLS port (8935 by default, go-livepeer's wire format, HTTP/2 or
+HTTP/1.1), transcoders connect to the same port over a WebSocket (ours) or
+gRPC (stock go-livepeer ones) authenticated by the shared secret, and every
+segment is routed to a transcoder with free capacity. The CLI port
+(127.0.0.1:7935) serves the full /status and, with --monitor, /metrics.
 """
 
 
