@@ -13,8 +13,7 @@ import json
 
 from twisted.web import resource
 
-MAX_SESSIONS_FIELD = "maxSessions"
-MAX_SESSIONS_LIMIT = 999_999_999
+from livepeer_tx.wsproto import MAX_CAPACITY as MAX_SESSIONS_LIMIT
 CROSS_SITE_REFUSED = "cross-origin requests are refused on the CLI port"
 
 

@@ -30,6 +30,9 @@ CAPACITY_HEADER = "Livepeer-Capacity"
 INVALID_SECRET = "invalid secret"
 ZERO_CAPACITY = "zero capacity"
 
+# The largest capacity a transcoder may announce (a 9-digit Livepeer-Capacity).
+MAX_CAPACITY = 999_999_999
+
 # Close codes (private range 4000-4999).
 CLOSE_REFUSED = 4001
 CLOSE_PROTOCOL_ERROR = 4002

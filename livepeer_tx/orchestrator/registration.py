@@ -50,7 +50,7 @@ MAX_PIXELS = 2**50
 MAX_FFMPEG_SECONDS = 3600.0
 MAX_DEVICES = 64
 MAX_REGISTER_TEXT = 128
-MAX_CAPACITY = 999_999_999  # the largest Livepeer-Capacity header parseCapacity reads
+MAX_CAPACITY = wsproto.MAX_CAPACITY
 SECRET_ROTATED = "secret rotated; re-read the secret file"
 
 
