@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""
+Regenerate the locked dependency files that the Debian package is built from.
+
+  - C{requirements/runtime-<arch>.lock}: every distribution that livepeer-tx
+    needs at run time (C{install_requires} of setup.cfg, no extras), resolved
+    for the package's interpreter on this machine's architecture, with the
+    exact version and the sha256 of the wheel pip chose.
+  - C{requirements/build.lock}: the build system of pyproject.toml
+    (setuptools, wheel), used to build livepeer-tx's own wheel.
+
+Both are written for pip's hash-checking mode and allow wheels only, so two
+builds of one package version install the same files. Run this script after
+changing C{install_requires} or C{[build-system] requires}, or to take newer
+dependency releases, and commit the result; C{debian/rules} refuses to build
+without the lock of its architecture. It asks the package index (the same
+look-ups a C{pip install} makes), so it needs the network.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOCK_DIR = os.path.join(ROOT, "requirements")
+PROJECT = "livepeer-tx"
+# The interpreter the package's virtualenv is built with (debian/rules).
+DEFAULT_PYTHON = "/usr/bin/python3.11"
+
+
+def canonicalName(name):
+    """
+    A distribution name in the normalized form of PEP 503.
+    """
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def debianArchitecture():
+    """
+    This machine's Debian architecture name (C{amd64}, C{arm64}, ...).
+    """
+    return subprocess.run(
+        ["dpkg", "--print-architecture"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def sha256Of(downloadInfo):
+    """
+    The sha256 hex digest pip reports for a downloaded archive, or L{None}.
+    """
+    archive = downloadInfo.get("archive_info", {})
+    hashes = archive.get("hashes")
+    if hashes and "sha256" in hashes:
+        return hashes["sha256"]
+    single = archive.get("hash", "")
+    if single.startswith("sha256="):
+        return single[len("sha256=") :]
+    return None
+
+
+def resolve(pip, requirements, workDir):
+    """
+    Resolve C{requirements} with pip as a fresh install would (wheels only).
+
+    @param pip: the command that runs pip in the target interpreter.
+    @return: C{{canonical name: (name, version, sha256)}}, without the
+        local project itself.
+    @raise SystemExit: a resolved distribution has no sha256 (not an archive
+        from an index).
+    """
+    report = os.path.join(workDir, "report.json")
+    subprocess.run(
+        pip
+        + ["install", "--quiet", "--dry-run", "--ignore-installed", "--only-binary", ":all:", "--report", report]
+        + requirements,
+        check=True,
+    )
+    with open(report, encoding="utf-8") as f:
+        installs = json.load(f)["install"]
+    pins = {}
+    for item in installs:
+        name = item["metadata"]["name"]
+        if "dir_info" in item["download_info"]:
+            continue
+        digest = sha256Of(item["download_info"])
+        if digest is None:
+            raise SystemExit(f"{name}: pip reported no sha256 for {item['download_info'].get('url')}")
+        pins[canonicalName(name)] = (name, item["metadata"]["version"], digest)
+    return pins
+
+
+def render(pins, header):
+    """
+    The text of a lock file: C{header} comments, then one hashed pin per
+    distribution, sorted by name.
+    """
+    lines = [f"# {line}" if line else "#" for line in header]
+    lines.append("--only-binary :all:")
+    for key in sorted(pins):
+        name, version, digest = pins[key]
+        lines.append(f"{canonicalName(name)}=={version} \\\n    --hash=sha256:{digest}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    """
+    Resolve and write both lock files.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument(
+        "--python",
+        default=DEFAULT_PYTHON,
+        help=f"interpreter to resolve for [default: {DEFAULT_PYTHON}, the package's]",
+    )
+    args = parser.parse_args(argv)
+    arch = debianArchitecture()
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        buildRequires = tomllib.load(f)["build-system"]["requires"]
+
+    with tempfile.TemporaryDirectory(prefix="lock-requirements-") as work:
+        venv = os.path.join(work, "venv")
+        subprocess.run([args.python, "-m", "venv", venv], check=True)
+        pip = [os.path.join(venv, "bin", "python"), "-m", "pip", "--disable-pip-version-check"]
+        version = subprocess.run(
+            [os.path.join(venv, "bin", "python"), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        runtime = resolve(pip, [ROOT], work)
+        build = resolve(pip, buildRequires, work)
+
+    generated = "Generated by scripts/lock_requirements.py; do not edit by hand."
+    outputs = {
+        f"runtime-{arch}.lock": render(
+            runtime,
+            [
+                f"Run-time dependencies of {PROJECT} (setup.cfg install_requires, no extras)",
+                f"for the Debian package: CPython {version} on {arch}.",
+                generated,
+            ],
+        ),
+        "build.lock": render(
+            build,
+            [f"Build system of {PROJECT} (pyproject.toml [build-system] requires).", generated],
+        ),
+    }
+    os.makedirs(LOCK_DIR, exist_ok=True)
+    for name, text in outputs.items():
+        path = os.path.join(LOCK_DIR, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"wrote {os.path.relpath(path, ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
