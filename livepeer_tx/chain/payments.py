@@ -12,7 +12,9 @@ from prometheus_client import Counter
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from livepeer_tx.interfaces import IPaymentProcessor
 from livepeer_tx.proto import lp_rpc_pb2
 
 from eth_utils import to_checksum_address
@@ -61,6 +63,7 @@ def decodePayment(header):
     return payment
 
 
+@implementer(IPaymentProcessor)
 class OffchainPayments:
     """
     Off-chain mode: every segment is free; a payment is only decoded (by the
@@ -92,6 +95,7 @@ class OffchainPayments:
         return succeed(None)
 
 
+@implementer(IPaymentProcessor)
 class TicketPayments:
     """
     On-chain mode: validate tickets, credit their expected value per session,

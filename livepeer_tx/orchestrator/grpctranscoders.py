@@ -39,9 +39,11 @@ from urllib.parse import quote
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.web import resource
+from zope.interface import implementer
 
 from livepeer_tx import wsproto
 from livepeer_tx.addresses import formatHostPort
+from livepeer_tx.interfaces import ITranscoderLink
 from livepeer_tx.orchestrator.dispatch import Rendition
 from livepeer_tx.orchestrator.registration import SECRET_ROTATED, SERVICE_UNAVAILABLE, TOO_MANY_ATTEMPTS, UNAUTHORIZED
 from livepeer_tx.orchestrator.routing import RemoteTranscoder
@@ -567,6 +569,7 @@ def describeCapabilities(message):
     }, version
 
 
+@implementer(ITranscoderLink)
 class GRPCTranscoderLink:
     """
     The link of one stock transcoder's L{RemoteTranscoder}: its open

@@ -23,9 +23,11 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource
+from zope.interface import implementer
 
 from livepeer_tx import __version__, wsproto
 from livepeer_tx.addresses import formatHostPort
+from livepeer_tx.interfaces import ITranscoderLink
 from livepeer_tx.orchestrator.dispatch import Rendition
 from livepeer_tx.orchestrator.routing import RemoteTranscoder
 from livepeer_tx.profiles import MAX_SIDE
@@ -253,6 +255,7 @@ def parseResult(header, parts):
     return taskId, decoded, decodedPixels, float(seconds)
 
 
+@implementer(ITranscoderLink)
 class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
     """
     One transcoder's connection: decodes frames and dispatches them to the

@@ -72,8 +72,8 @@ class RemoteTranscoder:
     @ivar address: the peer C{ip:port}, used in logs and status.
     @ivar capacity: the number of concurrent sessions it accepts.
     @ivar sessions: the session ids currently assigned to it (its load).
-    @ivar link: the edge that carries work to it (an object with C{sendTask},
-        C{cancelTask} and C{endSession}); opaque here.
+    @ivar link: the edge that carries work to it, an
+        L{ITranscoderLink<livepeer_tx.interfaces.ITranscoderLink>}.
     @ivar health: its L{TranscoderHealth}.
     @ivar credentialTag: the L{Secret.tag<livepeer_tx.secret.Secret.tag>} of
         the secret it registered with, or L{None} when unknown.
