@@ -7,12 +7,15 @@ engines in place of FFmpeg.
 """
 
 import pytest
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.test import iosim
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from livepeer_tx import wsproto
 from livepeer_tx.orchestrator.app import Orchestrator
@@ -172,8 +175,8 @@ class Harness:
     clock, and transcoders connected to it in memory.
     """
 
-    def __init__(self, maxSegmentBytes=1_000_000, secret=None, **resourceOptions):
-        self.clock = Clock()
+    def __init__(self, maxSegmentBytes=1_000_000, secret=None, clock=None, **resourceOptions):
+        self.clock = clock or Clock()
         self.app = Orchestrator(self.clock, "https://orch.example:8935")
         self.secret = secret or Secret(literal=SECRET)
         self.limiter = FailedAttemptLimiter(self.clock)
@@ -181,6 +184,11 @@ class Harness:
             self.app, self.clock, self.secret, self.limiter, maxResultBytes(maxSegmentBytes), **resourceOptions)
         self.factory._batched_timer = ClockTimer(self.clock)
         self.transcoders = []
+        root = Resource()
+        root.putChild(wsproto.RESOURCE_PATH, self.gate)
+        self.site = Site(root, reactor=self.clock)
+        self.pumps = []
+        self.reachable = True
 
     def connect(self, engine=None, capacity=1, protocol=TranscoderClientProtocol, secretValue=SECRET):
         host = f"10.0.0.{len(self.transcoders) + 1}"
@@ -202,6 +210,32 @@ class Harness:
     def flush(self):
         for transcoder in self.transcoders:
             transcoder.flush()
+        for pump in self.pumps:
+            pump.flush()
+
+    def connectToSite(self, clientProtocol, host="10.0.0.200"):
+        """
+        Connect C{clientProtocol} from C{host} to the orchestrator's HTTP
+        site (the gate at C{/transcoder}, then the WebSocket it upgrades
+        to), as the public port would.
+
+        @return: the L{iosim.IOPump} between them.
+        """
+        server = self.site.buildProtocol(IPv4Address("TCP", host, 40000))
+        serverIO = iosim.FakeTransport(server, True, peerAddress=IPv4Address("TCP", host, 40000))
+        clientIO = iosim.FakeTransport(clientProtocol, False, peerAddress=IPv4Address("TCP", "10.0.0.254", 8935))
+        pump = iosim.connect(server, serverIO, clientProtocol, clientIO, greet=False, clock=self.clock)
+        self.pumps.append(pump)
+        return pump
+
+    def link(self, secret, engine=None, capacity=1, host="10.0.0.100", backoff=None):
+        """
+        A real L{OrchestratorLink} whose every connection attempt reaches
+        this orchestrator's site in memory (or is refused while
+        C{self.reachable} is false).
+        """
+        return SiteLink(self, host, self.clock, "orch.example", 8935, secret, None,
+                        TranscodeWorker(engine or AnsweringEngine(), capacity), capacity, backoff=backoff)
 
     def advance(self, seconds, step=0.1):
         """
@@ -219,6 +253,54 @@ class Harness:
     @property
     def live(self):
         return [t.address for t in self.app.pool.transcoders]
+
+
+class SiteLink(OrchestratorLink):
+    """
+    The real transcoder link, connecting through L{MemoryEndpoint}s.
+    """
+
+    def __init__(self, harness, peerHost, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.harness = harness
+        self.peerHost = peerHost
+
+    def endpoint(self):
+        return MemoryEndpoint(self.harness, self.peerHost)
+
+
+class MemoryEndpoint:
+    """
+    A client endpoint to a L{Harness}'s site, in memory.
+    """
+
+    def __init__(self, harness, peerHost):
+        self.harness = harness
+        self.peerHost = peerHost
+
+    def connect(self, factory):
+        if not self.harness.reachable:
+            return defer.fail(error.ConnectionRefusedError("Connection refused"))
+        factory._batched_timer = ClockTimer(self.harness.clock)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "10.0.0.254", 8935))
+        self.harness.connectToSite(protocol, self.peerHost)
+        return defer.succeed(protocol)
+
+
+class RawClient(Protocol):
+    """
+    A client that writes bytes by hand and keeps what comes back.
+    """
+
+    def __init__(self):
+        self.received = b""
+        self.lost = False
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason):
+        self.lost = True
 
 
 def outcome(d):

@@ -385,9 +385,8 @@ class OrchestratorLink(service.Service):
         self.refusal = None
         self._attemptSecretTag = self._secret.tag(secretValue)
         factory = self.webSocketFactory(secretValue)
-        endpoint = wrapClientTLS(self._tlsOptions, HostnameEndpoint(self._reactor, self.host, self.port, timeout=10))
         self._log.info("Registering transcoder to {orchestrator}", orchestrator=self.address)
-        self._connecting = endpoint.connect(factory)
+        self._connecting = self.endpoint().connect(factory)
 
         def connected(protocol):
             self._connecting = None
@@ -401,6 +400,13 @@ class OrchestratorLink(service.Service):
             self._schedule(self.backoff.next())
 
         self._connecting.addCallbacks(connected, failed)
+
+    def endpoint(self):
+        """
+        Where one connection attempt goes: TLS over TCP to the orchestrator,
+        trusting it as the current TLS options say.
+        """
+        return wrapClientTLS(self._tlsOptions, HostnameEndpoint(self._reactor, self.host, self.port, timeout=10))
 
     def webSocketFactory(self, secretValue):
         """

@@ -1,0 +1,391 @@
+"""
+The transcoder's link to its orchestrator, end to end in memory: the real
+L{OrchestratorLink} connects through the orchestrator's real HTTP site, gate
+and WebSocket over L{twisted.test.iosim}, on a L{MemoryReactorClock}. Every
+wait is a step of that clock, so refusals, backoffs, rotation and failover
+are checked without real processes or real time.
+"""
+
+import base64
+import os
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel
+
+from livepeer_tx import wsproto
+from livepeer_tx.orchestrator.dispatch import SegmentJob
+from livepeer_tx.secret import Secret
+from livepeer_tx.transcoder.client import Backoff
+from memorywire import (  # noqa: F401 (events is a fixture)
+    PROFILES,
+    SECRET,
+    SEGMENT,
+    Harness,
+    HangingEngine,
+    RawClient,
+    events,
+    outcome,
+    output,
+)
+
+
+def fixedBackoff():
+    """
+    The transcoder's backoff with its jitter pinned to the middle: delays
+    of exactly C{initial * factor ** n}, and 30 s for the slow rate.
+    """
+    return Backoff(random=lambda: 0.5)
+
+
+def named(events, prefix, level=None):
+    """
+    The events whose format string starts with C{prefix}.
+    """
+    return [e for e in events if (e.get("log_format") or "").startswith(prefix)
+            and (level is None or e["log_level"] == level)]
+
+
+def secretFile(directory, value, name="orchSecret"):
+    """
+    A private secret file holding C{value}.
+    """
+    path = os.path.join(str(directory), name)
+    with open(path, "w") as f:
+        f.write(value + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def rewrite(path, value):
+    """
+    Give the secret file at C{path} a new value.
+    """
+    with open(path, "w") as f:
+        f.write(value + "\n")
+
+
+def retries(events):
+    """
+    The delays of the retries the link scheduled, in order.
+    """
+    return [e["delay"] for e in named(events, "Reconnecting to {orchestrator} in {delay:.1f} s")]
+
+
+def registered(harness):
+    return [t.address for t in harness.app.pool.transcoders]
+
+
+def test_registration_through_the_gate(events):
+    """
+    A link started with the right secret is admitted by the gate, upgraded,
+    registered with its capacity, and logs go-livepeer's lines on both
+    sides; the secret appears in no event.
+    """
+    harness = Harness(clock=MemoryReactorClock())
+    link = harness.link(Secret(literal=SECRET), capacity=3)
+    link.startService()
+    harness.flush()
+    assert registered(harness) == ["10.0.0.100:40000"]
+    assert link.isRegistered and link.protocol is not None
+    request, = named(events, "Got a RegisterTranscoder request")
+    assert (request["transcoder"], request["capacity"]) == ("10.0.0.100:40000", 3)
+    success, = named(events, "Successful transcoder registration orchestrator=")
+    assert success["capacity"] == 3
+    assert SECRET not in repr(events)
+
+
+def test_wrong_secret_file_retries_slowly_then_picks_up_the_new_file(tmp_path, events):
+    """
+    A wrong secret file is refused with 'invalid secret'; the link keeps
+    running, waits the slow rate (30 s +/- 20 %), re-reads the file on the
+    next attempt and registers once it holds the right secret.
+    """
+    clock = MemoryReactorClock()
+    harness = Harness(clock=clock)
+    path = secretFile(tmp_path, "not-the-secret")
+    link = harness.link(Secret.fromOption(path), backoff=fixedBackoff())
+    link.startService()
+    harness.flush()
+    refused, = named(events, "Cannot register transcoder=")
+    assert refused["err"] == wsproto.INVALID_SECRET
+    slow, = named(events, "The orchestrator refused our secret ({error}); will re-read")
+    assert slow["log_level"] == LogLevel.error and slow["delay"] == 30.0
+    assert registered(harness) == [] and not clock.whenRunningHooks
+    rewrite(path, SECRET)
+    clock.advance(29.9)
+    harness.flush()
+    assert registered(harness) == []
+    clock.advance(0.1)
+    harness.flush()
+    assert registered(harness) == ["10.0.0.100:40000"]
+    assert "not-the-secret" not in repr(events)
+
+
+def test_a_reload_retries_at_once_after_a_refusal(tmp_path, events):
+    """
+    While it waits out the slow rate after a refusal, a reload that
+    changed the secret file reconnects at once.
+    """
+    clock = MemoryReactorClock()
+    harness = Harness(clock=clock)
+    path = secretFile(tmp_path, "not-the-secret")
+    link = harness.link(Secret.fromOption(path), backoff=fixedBackoff())
+    link.startService()
+    harness.flush()
+    assert retries(events) == [30.0]
+    rewrite(path, SECRET)
+    link.secretChanged()
+    harness.flush()
+    assert registered(harness) == ["10.0.0.100:40000"]
+    assert named(events, "Secret changed; reconnecting to {orchestrator} now")
+
+
+def test_wrong_literal_secret_stops_the_transcoder_with_status_1(events):
+    """
+    A literal wrong secret cannot change: the transcoder stops the reactor
+    and exits with status 1, and schedules no retry.
+    """
+    clock = MemoryReactorClock()
+    harness = Harness(clock=clock)
+    link = harness.link(Secret(literal="literal-wrong-secret"), backoff=fixedBackoff())
+    link.startService()
+    harness.flush()
+    critical, = named(events, "Terminating transcoder because of {error}", LogLevel.critical)
+    assert critical["error"] == wsproto.INVALID_SECRET
+    assert clock.whenRunningHooks == [(clock.stop, (), {})]
+    assert len(clock.triggers["after"]["shutdown"]) == 1
+    assert retries(events) == []
+    assert "literal-wrong-secret" not in repr(events)
+
+
+def test_unreachable_orchestrator_backs_off_then_registers_and_resets(events):
+    """
+    While the orchestrator cannot be reached, attempts follow the backoff
+    (0.5 s growing by 1.5 up to 30 s); the first success registers and
+    starts the backoff again from the beginning.
+    """
+    clock = MemoryReactorClock()
+    harness = Harness(clock=clock)
+    harness.reachable = False
+    link = harness.link(Secret(literal=SECRET), backoff=fixedBackoff())
+    link.startService()
+    for _ in range(12):
+        clock.advance(retries(events)[-1])
+    assert retries(events) == [min(30.0, 0.5 * 1.5 ** n) for n in range(13)]
+    assert len(named(events, "Could not register transcoder to orchestrator {orchestrator}: {error}")) == 13
+    harness.reachable = True
+    clock.advance(30.0)
+    harness.flush()
+    assert registered(harness) == ["10.0.0.100:40000"] and link.backoff.attempts == 0
+
+
+def test_orchestrator_shutdown_then_reconnect(events):
+    """
+    An orchestrator that stops closes its transcoders with 4003; the link
+    logs go-livepeer's 'Unregistering transcoder' line and reconnects after
+    the first backoff step.
+    """
+    clock = MemoryReactorClock()
+    harness = Harness(clock=clock)
+    link = harness.link(Secret(literal=SECRET), backoff=fixedBackoff())
+    link.startService()
+    harness.flush()
+    transcoder, = harness.app.pool.transcoders
+    transcoder.link.closeForShutdown()
+    harness.flush()
+    unregistered, = named(events, "Unregistering transcoder: {reason} (code {code})")
+    assert (unregistered["reason"], unregistered["code"]) == ("orchestrator shutting down", wsproto.CLOSE_SHUTDOWN)
+    assert registered(harness) == [] and retries(events) == [0.5]
+    clock.advance(0.5)
+    harness.flush()
+    assert registered(harness) == ["10.0.0.100:40000"]
+
+
+def test_secret_rotation_closes_with_4004_and_the_link_reregisters(tmp_path, events):
+    """
+    When the orchestrator's secret is rotated, the transcoder it closes
+    with 4004 re-reads its own secret file and registers with the new
+    secret after the first backoff step; the old secret is then refused.
+    """
+    clock = MemoryReactorClock()
+    orchestratorPath = secretFile(tmp_path, SECRET, "orchestrator")
+    harness = Harness(clock=clock, secret=Secret.fromOption(orchestratorPath))
+    transcoderPath = secretFile(tmp_path, SECRET, "transcoder")
+    link = harness.link(Secret.fromOption(transcoderPath), backoff=fixedBackoff())
+    link.startService()
+    harness.flush()
+    rewrite(orchestratorPath, "the-new-secret")
+    rewrite(transcoderPath, "the-new-secret")
+    transcoder, = harness.app.pool.transcoders
+    transcoder.link.closeForStaleSecret()
+    harness.flush()
+    rotated, = named(events, "The orchestrator no longer accepts the secret we registered with")
+    assert rotated["delay"] == 0.5 and retries(events) == [0.5]
+    assert registered(harness) == []
+    clock.advance(0.5)
+    harness.flush()
+    assert registered(harness) == ["10.0.0.100:40000"]
+    assert not named(events, "Cannot register transcoder=")
+    assert SECRET not in repr(events) and "the-new-secret" not in repr(events)
+
+
+def test_failover_when_a_transcoder_connection_drops_mid_task(events):
+    """
+    A transcoder whose connection drops (a killed process) while it holds a
+    segment: the segment is transcoded by the other transcoder, on the
+    second attempt, and the dropped one is gone from the pool.
+    """
+    clock = MemoryReactorClock()
+    harness = Harness(clock=clock)
+    engines = [HangingEngine(), HangingEngine()]
+    links = [harness.link(Secret(literal=SECRET), engine=engine, host=f"10.0.0.{n}")
+             for n, engine in enumerate(engines, 1)]
+    for link in links:
+        link.startService()
+    harness.flush()
+    assert len(registered(harness)) == 2
+    d = harness.app.dispatcher.transcode(SegmentJob("victim", 0, SEGMENT, PROFILES, 2000))
+    harness.flush()
+    victimIndex = next(i for i, engine in enumerate(engines) if engine.calls)
+    victimPump = harness.pumps[victimIndex]
+    victimPump.serverIO.loseConnection()
+    harness.flush()
+    survivor = engines[1 - victimIndex]
+    assert len(survivor.calls) == 1
+    survivor.calls[0].callback(output(PROFILES))
+    harness.flush()
+    result = outcome(d)
+    assert result.attempts == 2 and result.transcoder == f"10.0.0.{2 - victimIndex}:40000"
+    assert registered(harness) == [f"10.0.0.{2 - victimIndex}:40000"]
+
+
+def upgradeRequest(headers, subprotocol=wsproto.SUBPROTOCOL):
+    """
+    A WebSocket upgrade request for C{/transcoder}, written by hand.
+    """
+    lines = [
+        b"GET /transcoder HTTP/1.1", b"Host: orch.example:8935", b"Upgrade: websocket", b"Connection: Upgrade",
+        b"Sec-WebSocket-Key: " + base64.b64encode(b"0123456789abcdef"), b"Sec-WebSocket-Version: 13",
+    ]
+    if subprotocol:
+        lines.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode())
+    for name, value in headers.items():
+        if value is not None:
+            lines.append(f"{name}: {value}".encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def rawUpgrade(harness, headers, subprotocol=wsproto.SUBPROTOCOL, host="10.0.0.200"):
+    """
+    Send one upgrade request to the site in memory: the client, its pump
+    and the response's status line.
+    """
+    client = RawClient()
+    pump = harness.connectToSite(client, host)
+    client.transport.write(upgradeRequest(
+        dict({"Authorization": wsproto.AUTH_VALUE, "Livepeer-Capacity": "1"}, **headers), subprotocol))
+    pump.flush()
+    return client, pump, client.received.split(b"\r\n", 1)[0]
+
+
+def frame(opcode, payload, mask=True):
+    """
+    A client's WebSocket frame (payload under 126 bytes).
+    """
+    if not mask:
+        return bytes([0x80 | opcode, len(payload)]) + payload
+    key = b"\x01\x02\x03\x04"
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def closeCode(received):
+    """
+    The code of the close frame at the end of what the server sent after
+    its 101 answer (unmasked server frames, payloads under 126 bytes).
+    """
+    frames = received.split(b"\r\n\r\n", 1)[1]
+    codes = []
+    while frames:
+        opcode, length = frames[0] & 0x0F, frames[1]
+        payload, frames = frames[2:2 + length], frames[2 + length:]
+        if opcode == 0x8:
+            codes.append((int.from_bytes(payload[:2], "big"), payload[2:]))
+    return codes[-1] if codes else None
+
+
+def test_gate_refusals_in_go_livepeer_words(events):
+    """
+    Before the upgrade: no go-livepeer Authorization value gets 401, a
+    wrong secret 403 'invalid secret', capacity 0 with the right secret
+    403 'zero capacity', and no subprotocol 400; each is logged as a
+    structured event and nothing registers.
+    """
+    harness = Harness(clock=MemoryReactorClock())
+    cases = [
+        ({"Authorization": None, "Credentials": SECRET}, wsproto.SUBPROTOCOL, b"HTTP/1.1 401 Unauthorized"),
+        ({"Credentials": "guess"}, wsproto.SUBPROTOCOL, b"HTTP/1.1 403 invalid secret"),
+        ({"Credentials": SECRET, "Livepeer-Capacity": "0"}, wsproto.SUBPROTOCOL, b"HTTP/1.1 403 zero capacity"),
+        ({"Credentials": SECRET}, None, b"HTTP/1.1 400"),
+    ]
+    for headers, subprotocol, status in cases:
+        _, _, line = rawUpgrade(harness, headers, subprotocol)
+        assert line.startswith(status), (headers, line)
+    assert named(events, "Invalid auth type {value!r}")
+    assert [e["err"] for e in named(events, "Cannot register transcoder=")] == [
+        wsproto.INVALID_SECRET, wsproto.ZERO_CAPACITY]
+    assert registered(harness) == []
+
+
+def test_failed_attempts_rate_limited_but_the_right_secret_admitted(events):
+    """
+    Five wrong secrets from one address get 403, further ones 429; the
+    right secret from that address still gets its WebSocket (101).
+    """
+    harness = Harness(clock=MemoryReactorClock())
+    lines = [rawUpgrade(harness, {"Credentials": "guess"})[2] for _ in range(8)]
+    assert [line.split(b" ")[1] for line in lines] == [b"403"] * 5 + [b"429"] * 3
+    assert rawUpgrade(harness, {"Credentials": SECRET})[2] == b"HTTP/1.1 101 Switching Protocols"
+    assert len(named(events, "Too many failed attempts from {host}")) == 1
+
+
+def test_malformed_websocket_input_closes_only_its_sender(events):
+    """
+    Text that is not JSON, a binary message before registration, an
+    unmasked frame, and a register message whose capacity differs from the
+    header each close only their own connection (4002 where the
+    WebSocket protocol got that far); a real link keeps its registration
+    and transcodes.
+    """
+    harness = Harness(clock=MemoryReactorClock())
+    link = harness.link(Secret(literal=SECRET))
+    link.startService()
+    harness.flush()
+    headers = {"Credentials": SECRET}
+
+    client, pump, line = rawUpgrade(harness, headers)
+    assert line == b"HTTP/1.1 101 Switching Protocols"
+    client.transport.write(frame(0x1, b"this is not json"))
+    pump.flush()
+    assert closeCode(client.received)[0] == wsproto.CLOSE_PROTOCOL_ERROR
+
+    client, pump, _ = rawUpgrade(harness, headers)
+    client.transport.write(frame(0x2, b"\x00\x00\x00\x05{}"))
+    pump.flush()
+    assert closeCode(client.received)[0] == wsproto.CLOSE_PROTOCOL_ERROR
+
+    client, pump, _ = rawUpgrade(harness, headers)
+    client.transport.write(frame(0x1, b'{"type":"register","capacity":1}', mask=False))
+    pump.flush()
+    assert b"registered" not in client.received.split(b"\r\n\r\n", 1)[1]
+    assert client.lost or closeCode(client.received) is not None
+
+    client, pump, _ = rawUpgrade(harness, headers)
+    client.transport.write(frame(0x1, b'{"type":"register","capacity":50,"devices":[],"version":"x"}'))
+    pump.flush()
+    code, reason = closeCode(client.received)
+    assert code == wsproto.CLOSE_PROTOCOL_ERROR and b"differs from" in reason
+
+    assert registered(harness) == ["10.0.0.100:40000"]
+    d = harness.app.dispatcher.transcode(SegmentJob("still-serving", 0, SEGMENT, PROFILES, 2000))
+    harness.flush()
+    assert outcome(d).attempts == 1
