@@ -21,7 +21,7 @@ import h2.connection
 import h2.events
 from eth_utils import keccak
 
-from livepeer_tx.chain.identity import checksumAddress
+from livepeer_tx.ethaddress import checksumAddress
 from livepeer_tx.orchestrator.authtoken import VALID_SECONDS, AuthTokens, loadOrCreateKey
 from livepeer_tx.orchestrator.ingress import flattenSegment
 from livepeer_tx.orchestrator.orchservice import GET_ORCHESTRATOR

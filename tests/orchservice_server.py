@@ -18,7 +18,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import react
 from twisted.web import resource, server
 
-from livepeer_tx.chain.payments import OffchainPayments
+from livepeer_tx.payments import OffchainPayments
 from livepeer_tx.orchestrator.authtoken import AuthTokens
 from livepeer_tx.orchestrator.orchservice import OrchestratorService
 from livepeer_tx.orchestrator.routing import RemoteTranscoder, TranscoderPool

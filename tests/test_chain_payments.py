@@ -9,7 +9,8 @@ from fractions import Fraction
 
 from twisted.internet import reactor
 
-from livepeer_tx.chain.payments import OffchainPayments, PaymentError, TicketPayments, decodePayment
+from livepeer_tx.chain.payments import TicketPayments
+from livepeer_tx.payments import OffchainPayments, PaymentError, decodePayment
 from livepeer_tx.chain.redemption import REDEEMED, EXPIRED, Redeemer, TicketStore
 from livepeer_tx.chain.tickets import (
     MAX_WIN_PROB, NONCES_FILE, SeenNonces, Ticket, TicketRecipient, bytesInt, expectedValue,

@@ -15,14 +15,14 @@ from twisted.python import usage
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 
-from livepeer_tx.chain.contracts import ARBITRUM_ONE_CONTROLLER
 from livepeer_tx.chain.keystore import KeystoreError, loadAccount
-from livepeer_tx.chain.options import (
-    CHAIN_OPT_FLAGS, CHAIN_OPT_PARAMETERS, ETH_OPTION_NAMES, validateChainOptions,
-)
-from livepeer_tx.chain.payments import OffchainPayments, PaymentError, TicketPayments
+from livepeer_tx.chain.payments import TicketPayments
 from livepeer_tx.chain.rpc import JsonRpcClient, RpcError, RpcTransportError, redactUrl
 from livepeer_tx.chain.service import makeChainService
+from livepeer_tx.chainoptions import (
+    ARBITRUM_ONE_CONTROLLER, CHAIN_OPT_FLAGS, CHAIN_OPT_PARAMETERS, ETH_OPTION_NAMES, validateChainOptions,
+)
+from livepeer_tx.payments import OffchainPayments, PaymentError
 from livepeer_tx.proto import lp_rpc_pb2
 from livepeer_tx.secret import SecretFileError
 

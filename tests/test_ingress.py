@@ -23,7 +23,7 @@ from livepeer_tx.capabilities import (
     DEFAULT_CAPABILITIES, MPEG7_SIGNATURE, SEGMENT_SLICING, capabilitiesOf, capabilityBitstring,
 )
 from livepeer_tx.chain.identity import NodeSigner
-from livepeer_tx.chain.payments import OffchainPayments, PaymentError
+from livepeer_tx.payments import OffchainPayments, PaymentError
 from livepeer_tx.orchestrator.app import Orchestrator
 from livepeer_tx.orchestrator.authtoken import VALID_SECONDS, AuthTokens
 from livepeer_tx.orchestrator.dispatch import Rendition

@@ -10,9 +10,9 @@ from zope.interface.verify import verifyClass, verifyObject
 from livepeer_tx.chain.payments import TicketPayments
 from livepeer_tx.chain.watcher import ChainWatcher
 from livepeer_tx.interfaces import IPaymentProcessor, ITranscoderLink
-from livepeer_tx.chain.payments import OffchainPayments
 from livepeer_tx.orchestrator.grpctranscoders import GRPCTranscoderLink
 from livepeer_tx.orchestrator.registration import TranscoderServerProtocol
+from livepeer_tx.payments import OffchainPayments
 
 
 def test_webSocketLinkProvidesITranscoderLink():

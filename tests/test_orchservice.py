@@ -39,7 +39,7 @@ from livepeer_tx.capabilities import (
     versionAtLeast,
 )
 from livepeer_tx.chain.identity import NodeSigner
-from livepeer_tx.chain.payments import OffchainPayments, PaymentError
+from livepeer_tx.payments import OffchainPayments, PaymentError
 from livepeer_tx.orchestrator.authtoken import AuthTokens
 from livepeer_tx.orchestrator.orchservice import (
     END_TRANSCODING_SESSION,

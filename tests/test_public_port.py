@@ -19,7 +19,7 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, S
 from twisted.logger import globalLogPublisher
 from twisted.web import resource, server
 
-from livepeer_tx.chain.payments import OffchainPayments
+from livepeer_tx.payments import OffchainPayments
 from livepeer_tx.limits import HTTPLimits, UploadBudget
 from livepeer_tx.orchestrator.app import Orchestrator
 from livepeer_tx.orchestrator.authtoken import AuthTokens

@@ -227,7 +227,7 @@ def test_transcoder_refuses_every_chain_option_name(tmp_path):
     """
     Every Ethereum option the orchestrator knows is refused by the transcoder.
     """
-    from livepeer_tx.chain.options import ETH_OPTION_NAMES
+    from livepeer_tx.chainoptions import ETH_OPTION_NAMES
 
     secret = writeFile(tmp_path / "s", "x", 0o600)
     for name in ETH_OPTION_NAMES:

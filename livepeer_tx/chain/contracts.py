@@ -18,9 +18,6 @@ from twisted.logger import Logger
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 TICKET_TUPLE = "(address,address,uint256,uint256,uint256,bytes32,bytes)"
 
-# Arbitrum One Controller (deployments/arbitrumMainnet), also go-livepeer's default.
-ARBITRUM_ONE_CONTROLLER = "0xD8E8328501E9645d16Cf49539efC04f734606ee4"
-
 
 @dataclass(frozen=True)
 class Function:

@@ -41,11 +41,3 @@ class NodeSigner:
 
     def __repr__(self):
         return f"<NodeSigner {to_checksum_address(self.address)}>"
-
-
-def checksumAddress(address):
-    """
-    The EIP-55 text of a 20-byte address (go-ethereum's C{Address.Hex()}),
-    the message a gateway signs for C{GetOrchestrator}.
-    """
-    return to_checksum_address(bytes(address))

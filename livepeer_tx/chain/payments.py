@@ -1,21 +1,19 @@
+# -*- test-case-name: tests.test_chain_payments -*-
 """
-What the C{POST /segment} handler calls to take payment: off-chain (accept
-everything) or with probabilistic micropayment tickets.
+What the C{POST /segment} handler calls to take payment on chain:
+probabilistic micropayment tickets (off-chain, L{livepeer_tx.payments}).
 """
 
-import base64
-import binascii
 from fractions import Fraction
 
-from google.protobuf.message import DecodeError
 from prometheus_client import Counter
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from livepeer_tx.interfaces import IPaymentProcessor
-from livepeer_tx.proto import lp_rpc_pb2
+from livepeer_tx.payments import PaymentError
 
 from eth_utils import to_checksum_address
 
@@ -29,70 +27,6 @@ WINNING_TICKETS_RECEIVED = Counter("livepeer_winning_tickets_recv", "Winning tic
 PAYMENT_ERRORS = Counter("livepeer_payment_recv_errors", "Refused payments")
 
 CHAIN_UNAVAILABLE = "chain node unavailable"
-
-
-class PaymentError(Exception):
-    """
-    A payment was refused.
-
-    @ivar status: the HTTP status to answer with.
-    @ivar message: go-livepeer's error text, for the response body.
-    """
-
-    def __init__(self, status, message):
-        Exception.__init__(self, message)
-        self.status = status
-        self.message = message
-
-
-def decodePayment(header):
-    """
-    Decode a C{Livepeer-Payment} header value.
-
-    @raise PaymentError: 402 for bad base64 or protobuf.
-    """
-    try:
-        raw = base64.b64decode(header, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise PaymentError(402, f"base64 decode error: {e}") from None
-    payment = lp_rpc_pb2.Payment()
-    try:
-        payment.ParseFromString(raw)
-    except DecodeError as e:
-        raise PaymentError(402, f"protobuf unmarshal error: {e}") from None
-    return payment
-
-
-@implementer(IPaymentProcessor)
-class OffchainPayments:
-    """
-    Off-chain mode: every segment is free; a payment is only decoded (by the
-    caller, with L{decodePayment}).
-    """
-
-    price = Fraction(0)
-
-    def processPayment(self, payment, sessionId):
-        """
-        Accept any payment.
-        """
-        return succeed(None)
-
-    def checkBalance(self, sessionId):
-        """
-        Nothing is owed off-chain.
-        """
-
-    def debit(self, sessionId, encodedPixels):
-        """
-        Nothing is owed off-chain.
-        """
-
-    def ticketParams(self, senderAddress):
-        """
-        No ticket parameters off-chain: fires with L{None}.
-        """
-        return succeed(None)
 
 
 @implementer(IPaymentProcessor)
@@ -174,7 +108,7 @@ class TicketPayments:
         """
         Validate and credit a payment's tickets.
 
-        @param payment: the C{Payment} message (see L{decodePayment}), or
+        @param payment: the C{Payment} message (see L{livepeer_tx.payments.decodePayment}), or
             L{None} when the segment carried none.
 
         @return: a L{Deferred} that fires once every winning ticket and every

@@ -11,9 +11,12 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from .contracts import LivepeerContracts
+from .identity import NodeSigner
 from .keystore import loadAccount
-from .options import isOnChain
-from .payments import OffchainPayments, TicketPayments
+from livepeer_tx.chainoptions import isOnChain
+from livepeer_tx.payments import OffchainPayments
+
+from .payments import TicketPayments
 from .redemption import Redeemer, TicketStore
 from .reward import RewardService
 from .rpc import JsonRpcClient, RpcError, RpcTransportError
@@ -52,6 +55,14 @@ class ChainService(MultiService):
         self._setupRetry = setupRetry
         self._setup = None
         watcher.setServiceParent(self)
+
+    @property
+    def signer(self):
+        """
+        A L{NodeSigner} of L{account}: the node's signatures in
+        C{OrchestratorInfo}, segment results and C{GetOrchestrator} checks.
+        """
+        return NodeSigner(self.account)
 
     def startService(self):
         """
@@ -123,7 +134,7 @@ def makeChainService(config, reactor, dataDir):
     """
     Build the on-chain services from validated options.
 
-    @param config: options checked by L{livepeer_tx.chain.options.validateChainOptions}.
+    @param config: options checked by L{livepeer_tx.chainoptions.validateChainOptions}.
     @param dataDir: where the recipientRand key and the winning-ticket queue live.
     @return: C{(service, payments)}; off-chain C{(None, OffchainPayments())}.
     """

@@ -16,7 +16,7 @@ from twisted.web import resource
 
 from livepeer_tx import __version__
 from livepeer_tx.admin import ActionError, HealthResource, addActions, parseMaxSessions
-from livepeer_tx.chain.identity import checksumAddress
+from livepeer_tx.ethaddress import checksumAddress
 from livepeer_tx.metrics import OrchestratorMetrics
 from livepeer_tx.orchestrator.authtoken import KEY_BYTES, AuthTokens
 from livepeer_tx.orchestrator.dispatch import Dispatcher

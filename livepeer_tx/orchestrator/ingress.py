@@ -30,7 +30,7 @@ from twisted.web import resource, server
 from livepeer_tx.capabilities import (
     MPEG7_SIGNATURE, SEGMENT_SLICING, IncompatibleCapabilities, capabilitiesOf, checkCompatible,
 )
-from livepeer_tx.chain.payments import PaymentError, decodePayment
+from livepeer_tx.payments import PaymentError, decodePayment
 from livepeer_tx.orchestrator.authtoken import AuthTokenError
 from livepeer_tx.orchestrator.dispatch import (
     MISMATCHED, ORCHESTRATOR_BUSY, TOO_LONG, ZERO_SEGMENTS, SegmentJob, TranscodeFailed,

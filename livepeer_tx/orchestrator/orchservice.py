@@ -17,8 +17,8 @@ from twisted.logger import Logger
 
 from livepeer_tx import __version__
 from livepeer_tx.capabilities import NOT_HONOURED, orchestratorCapabilities
-from livepeer_tx.chain.identity import checksumAddress
-from livepeer_tx.chain.payments import PaymentError
+from livepeer_tx.ethaddress import checksumAddress
+from livepeer_tx.payments import PaymentError
 from livepeer_tx.orchestrator.routing import NO_TRANSCODERS, ORCHESTRATOR_CAPPED
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 from livepeer_tx.rpc import GRPCError, StatusCode

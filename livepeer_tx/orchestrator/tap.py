@@ -15,10 +15,11 @@ from twisted.python import usage
 
 from livepeer_tx import __version__
 from livepeer_tx.addresses import formatHostPort, parseHostPort
-from livepeer_tx.chain.options import CHAIN_OPT_FLAGS, CHAIN_OPT_PARAMETERS, validateChainOptions
+from livepeer_tx.chainoptions import CHAIN_OPT_FLAGS, CHAIN_OPT_PARAMETERS, isOnChain, validateChainOptions
 from livepeer_tx.goflags import FixedBoolean, GoFlagOptions
 from livepeer_tx.lifecycle import preventCoreDumps
 from livepeer_tx.limits import ConnectionLimiter, HTTPLimits, UploadBudget
+from livepeer_tx.payments import OffchainPayments
 from livepeer_tx.secret import Secret, SecretFileError
 from livepeer_tx.tls import CertificateError, ServerCertificate
 from livepeer_tx.web import BoundedSite, ConnectionCapFactory, HTTPEdgeMetrics
@@ -226,8 +227,6 @@ def makeService(config, reactor=None):
     """
     if reactor is None:
         from twisted.internet import reactor
-    from livepeer_tx.chain.identity import NodeSigner
-    from livepeer_tx.chain.service import makeChainService
     from livepeer_tx.orchestrator.app import Orchestrator
     from livepeer_tx.orchestrator.authtoken import AuthTokens
     from livepeer_tx.orchestrator.ingress import sourceOf
@@ -256,7 +255,7 @@ def makeService(config, reactor=None):
     app = Orchestrator(reactor, serviceURL, maxSessions=config["maxSessionsLimit"],
                        maxSessionsPerAddress=config["maxSessionsPerAddressLimit"])
     app.setServiceParent(parent)
-    chainService, payments = makeChainService(config, reactor, dataDir)
+    chainService, payments = _makePayments(config, reactor, dataDir)
     if chainService is not None:
         chainService.setServiceParent(parent)
 
@@ -265,7 +264,7 @@ def makeService(config, reactor=None):
         tokens = AuthTokens.fromDataDir(dataDir, wallClock=app.wallClock)
     except SecretFileError as e:
         raise usage.UsageError(str(e))
-    signer = NodeSigner(chainService.account) if chainService is not None else None
+    signer = chainService.signer if chainService is not None else None
     maxSegmentBytes = config["maxSegmentBytes"]
     public = app.makePublicRoot(reactor, secret, payments, maxSegmentBytes, config["pingSeconds"],
                                 tokens=tokens, signer=signer)
@@ -298,6 +297,24 @@ def makeService(config, reactor=None):
               addr=formatHostPort(config["listenHost"] or "0.0.0.0", config["listenPort"]), uri=serviceURL)
     _log.info("CLI server listening on {addr}", addr=formatHostPort(config["cliHost"], config["cliPort"]))
     return parent
+
+
+def _makePayments(config, reactor, dataDir):
+    """
+    The chain service and payment processor the options choose.
+
+    Only an on-chain orchestrator imports L{livepeer_tx.chain} (eth-abi,
+    eth-account): off-chain, payments are L{OffchainPayments} and there is
+    no chain service.
+
+    @return: C{(chainService, payments)}; C{chainService} is L{None}
+        off-chain.
+    """
+    if not isOnChain(config):
+        return None, OffchainPayments()
+    from livepeer_tx.chain.service import makeChainService
+
+    return makeChainService(config, reactor, dataDir)
 
 
 def _addOperations(reactor, parent, app, secret, serverTLS, config):

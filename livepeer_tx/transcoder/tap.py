@@ -14,7 +14,7 @@ from twisted.python import usage
 from livepeer_tx import __version__
 from livepeer_tx.addresses import formatHostPort, parseHostPort
 from livepeer_tx.admin import ActionError, parseMaxSessions
-from livepeer_tx.chain.options import ETH_OPTION_NAMES
+from livepeer_tx.chainoptions import ETH_OPTION_NAMES
 from livepeer_tx.goflags import FixedBoolean, GoFlagOptions
 from livepeer_tx.lifecycle import preventCoreDumps, stopWithStatus
 from livepeer_tx.secret import Secret, SecretFileError

@@ -1,15 +1,18 @@
+# -*- test-case-name: tests.test_chain_service -*-
 """
 The orchestrator's on-chain command-line options (go-livepeer names).
+
+Kept outside L{livepeer_tx.chain}: both taps name these options, and an
+off-chain orchestrator or a transcoder imports no chain code.
 """
 
-from eth_utils import is_address
 from twisted.python import usage
 
 from livepeer_tx.secret import Secret, SecretFileError
 
-from .contracts import ARBITRUM_ONE_CONTROLLER
-
 OFFCHAIN = "offchain"
+# Arbitrum One Controller (deployments/arbitrumMainnet), also go-livepeer's default.
+ARBITRUM_ONE_CONTROLLER = "0xD8E8328501E9645d16Cf49539efC04f734606ee4"
 NETWORKS = {"arbitrum-one-mainnet": ARBITRUM_ONE_CONTROLLER}
 
 ETH_OPTION_NAMES = ("ethUrl", "ethKeystorePath", "ethPassword", "ethAcctAddr", "ethController")
@@ -98,6 +101,8 @@ def validateChainOptions(config):
                 f"{', '.join(given)} given but --network is offchain; choose a network"
             )
         return
+    from eth_utils import is_address
+
     network = config["network"]
     if not config.get("ethUrl"):
         raise usage.UsageError(f"--network {network} needs --ethUrl")
