@@ -24,6 +24,24 @@ class SecretFileError(Exception):
     """
 
 
+def refuseSharedFile(description, mode, error=SecretFileError):
+    """
+    Refuse a private file (a secret, a key) that its group or others may
+    access, with one message for every such file.
+
+    @param description: how the message names the file, e.g.
+        C{"secret file /etc/livepeer/secret"}.
+    @param mode: the file's C{st_mode}.
+    @param error: the exception type to raise.
+    @raise error: any group or other permission bit is set.
+    """
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise error(
+            f"refusing {description}: it is accessible by group or others "
+            f"(mode {stat.S_IMODE(mode):04o}); run chmod 600 on it"
+        )
+
+
 def _looksLikeMissingFile(value):
     """
     Whether C{value} reads as a path to a file that is missing: it starts
@@ -95,11 +113,7 @@ class Secret:
                 info = os.fstat(f.fileno())
                 if not stat.S_ISREG(info.st_mode):
                     raise SecretFileError(f"refusing secret file {self.path}: it is not a regular file")
-                if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                    raise SecretFileError(
-                        f"refusing secret file {self.path}: it is accessible by group or others "
-                        f"(mode {stat.S_IMODE(info.st_mode):04o}); run chmod 600 on it"
-                    )
+                refuseSharedFile(f"secret file {self.path}", info.st_mode)
                 value = f.read(_MAX_SECRET_FILE_BYTES + 1)
         except OSError as e:
             raise SecretFileError(f"cannot read secret file {self.path}: {e.strerror}") from None

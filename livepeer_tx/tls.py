@@ -23,6 +23,8 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSS
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from livepeer_tx.secret import refuseSharedFile
+
 _log = Logger()
 
 CERT_FILENAME = "cert.pem"
@@ -301,12 +303,7 @@ def _writeChain(certPath, dataDir):
 
 
 def _checkKeyPermissions(keyPath):
-    mode = os.stat(keyPath).st_mode
-    if mode & 0o077:
-        raise CertificateError(
-            f"refusing TLS key {keyPath}: it is accessible by group or others "
-            f"(mode {mode & 0o777:04o}); run chmod 600 on it"
-        )
+    refuseSharedFile(f"TLS key {keyPath}", os.stat(keyPath).st_mode, CertificateError)
 
 
 @implementer(IOpenSSLClientConnectionCreator)

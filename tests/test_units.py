@@ -322,3 +322,18 @@ def test_stale_work_directories_removed(tmp_path):
     transcoder = FFmpegTranscoder(None, "ffmpeg", str(tmp_path))
     assert transcoder.removeStaleWorkFiles() == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cert.pem"]
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o610, 0o601])
+def test_refuseSharedFile_names_the_file_and_mode(mode):
+    """
+    Any group or other permission is refused with one message naming the
+    file and its mode, in the exception type the caller asks for.
+    """
+    from livepeer_tx.secret import refuseSharedFile
+
+    with pytest.raises(OSError) as caught:
+        refuseSharedFile("TLS key /k.pem", 0o100000 | mode, OSError)
+    assert str(caught.value) == (
+        f"refusing TLS key /k.pem: it is accessible by group or others (mode {mode:04o}); run chmod 600 on it")
+    refuseSharedFile("TLS key /k.pem", 0o100600, OSError)

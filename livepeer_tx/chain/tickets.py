@@ -11,7 +11,6 @@ import hmac
 import json
 import os
 import secrets
-import stat
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -24,6 +23,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from livepeer_tx.proto import lp_rpc_pb2
+from livepeer_tx.secret import refuseSharedFile
 
 MAX_WIN_PROB = 2**256 - 1
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -230,12 +230,7 @@ def loadRecipientKey(dataDir):
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        info = os.stat(path)
-        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise OSError(
-                f"refusing {path}: it is accessible by group or others "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); run chmod 600 on it"
-            )
+        refuseSharedFile(path, os.stat(path).st_mode, OSError)
         with open(path, "rb") as f:
             key = f.read()
         if len(key) != 32:
