@@ -8,6 +8,7 @@ cd "$(dirname "$0")"
 need_apt=()
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || need_apt+=(ffmpeg)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
+command -v curl >/dev/null || need_apt+=(curl)  # the tests' curl --http2 against the public port
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ "${1:-}" = test ]; then
     # tests/test_package.py builds, lints, installs and purges the Debian package.

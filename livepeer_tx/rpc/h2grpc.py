@@ -64,6 +64,7 @@ TWISTED_INTERNALS = {
         "_requestEnded(self, event)",
         "_requestAborted(self, event)",
         "_requestDone(self, streamID)",
+        "timeoutConnection(self)",
     ),
     "H2Connection methods called": (
         "openStreamWindow(self, streamID, increment)",
