@@ -9,8 +9,11 @@ signal handler is installed and no FFmpeg runs.
 import os
 import signal
 
+import pytest
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python import usage
 
 from livepeer_tx import wsproto
 from livepeer_tx.orchestrator import tap as orchestratorTap
@@ -162,3 +165,34 @@ def test_transcoder_tree_and_its_link(tmp_path):
     assert link.worker.maxSessions == 3
     assert {signal.SIGHUP, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT} <= set(
         node.getServiceNamed("signals")._callbacks)
+
+
+def test_transcoder_refuses_zero_capacity():
+    """
+    --maxSessions 0 is refused when the options are parsed, before anything
+    starts, with the option's name.
+    """
+    config = transcoderTap.Options()
+    with pytest.raises(usage.UsageError, match="--maxSessions must be an integer greater than zero"):
+        config.parseOptions(["--orchAddr", "orch.example:8935", "--orchSecret", "s", "--maxSessions", "0"])
+
+
+def test_a_literal_secret_is_warned_about(tmp_path):
+    """
+    A transcoder given its secret as a literal warns that it is visible in
+    the process list (and never logs the secret itself).
+    """
+    observer = EventLoggingObserver()
+    globalLogPublisher.addObserver(observer)
+    try:
+        config = transcoderTap.Options()
+        config.parseOptions([
+            "--orchAddr", "orch.example:8935", "--orchSecret", "literal-secret-value", "--orchInsecure",
+            "--cliAddr", "127.0.0.1:7936", "--dataDir", str(tmp_path / "transcoder")])
+        transcoderTap.makeService(config, reactor=MemoryReactorClock())
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    warnings = [e for e in observer if e["log_level"] == LogLevel.warn
+                and "visible in the process list" in e.get("log_format", "")]
+    assert len(warnings) == 1
+    assert "literal-secret-value" not in repr(list(observer))
