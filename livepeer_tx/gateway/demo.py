@@ -17,7 +17,6 @@ import time
 
 from twisted.internet.defer import gatherResults
 from twisted.internet.threads import deferToThreadPool
-from twisted.internet.utils import getProcessOutputAndValue
 
 from livepeer_tx.gateway.push import (
     SegmentPusher,
@@ -27,6 +26,7 @@ from livepeer_tx.gateway.push import (
 )
 from livepeer_tx.gateway.segmenter import findFFmpegExecutable, generateTestClip, segmentFile
 from livepeer_tx.localnodes import REGISTRATION_LOG, LocalNodes
+from livepeer_tx.processes import runProcess
 from livepeer_tx.profiles import parsePresetList
 
 DEMO_PROFILES = "P240p30fps16x9,P360p30fps16x9,P720p30fps16x9"
@@ -42,10 +42,8 @@ async def probeVideoSize(reactor, path, ffmpegPath=None):
     C{ffmpeg -i}'s stream description, or C{None}.
     """
     ffmpegPath = ffmpegPath or findFFmpegExecutable()
-    _, err, _ = await getProcessOutputAndValue(
-        ffmpegPath, ["-hide_banner", "-nostdin", "-i", path], env=dict(os.environ), reactor=reactor
-    )
-    match = _VIDEO_SIZE.search(err)
+    result = await runProcess(reactor, ffmpegPath, ["-hide_banner", "-nostdin", "-i", path], env=dict(os.environ))
+    match = _VIDEO_SIZE.search(result.err)
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 

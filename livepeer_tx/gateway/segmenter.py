@@ -9,13 +9,14 @@ MPEG-TS, the file is re-encoded with a key frame forced every segment.
 
 import csv
 import os
-import shutil
 from typing import NamedTuple
 
 import ffmpeg
 from twisted.internet.defer import Deferred
-from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
+
+from livepeer_tx.processes import runProcess
+from livepeer_tx.transcoder.ffmpeg import FFmpegNotFound, findFFmpeg
 
 _log = Logger()
 
@@ -48,33 +49,18 @@ def findFFmpegExecutable():
     @raise SegmenterError: there is none.
     """
     try:
-        from livepeer_tx.transcoder.ffmpeg import FFmpegNotFound, findFFmpeg
-    except ImportError:
-        return _fallbackFindFFmpeg()
-    try:
         return findFFmpeg()
     except FFmpegNotFound as e:
         raise SegmenterError(str(e)) from None
 
 
-def _fallbackFindFFmpeg():
-    found = shutil.which("ffmpeg")
-    if found:
-        return found
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
 async def _runFFmpeg(reactor, ffmpegPath, stream, what):
     args = ["-hide_banner", "-nostdin", "-y", "-loglevel", "error"] + stream.get_args()
     _log.debug("Running {ffmpeg} {args}", ffmpeg=ffmpegPath, args=args)
-    out, err, code = await getProcessOutputAndValue(
-        ffmpegPath, args, env=dict(os.environ), reactor=reactor
-    )
-    if code != 0:
-        tail = err.decode("utf-8", "replace").strip()[-2000:]
-        raise SegmenterError(f"ffmpeg failed to {what} (exit {code}): {tail}")
+    result = await runProcess(reactor, ffmpegPath, args, env=dict(os.environ))
+    if not result.succeeded:
+        tail = result.err.decode("utf-8", "replace").strip()[-2000:]
+        raise SegmenterError(f"ffmpeg failed to {what} (exit {result.exitCode}): {tail}")
 
 
 def readSegmentList(listPath):

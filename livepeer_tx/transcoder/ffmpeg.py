@@ -42,11 +42,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import ffmpeg as ffmpegpy
-from twisted.internet import defer, error, protocol, threads
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.procutils import which
 
+from livepeer_tx.processes import ProcessRun
 from livepeer_tx.profiles import MAX_SIDE, MIN_HEIGHT, MIN_WIDTH, Profile
 
 __all__ = [
@@ -349,26 +350,6 @@ class _LogParser:
         return " | ".join(line.strip() for line in chosen if line.strip())
 
 
-class _FFmpegProtocol(protocol.ProcessProtocol):
-    """
-    Feeds FFmpeg's stderr to a L{_LogParser} and reports the exit.
-    """
-
-    def __init__(self, parser, onEnded):
-        self._parser = parser
-        self._onEnded = onEnded
-
-    def connectionMade(self):
-        self.transport.closeStdin()
-
-    def errReceived(self, data):
-        self._parser.feed(data)
-
-    def processEnded(self, reason):
-        self._parser.close()
-        self._onEnded(reason)
-
-
 WORK_DIR_PREFIX = "transcode-"
 INPUT_NAME = "input.tempfile"
 
@@ -401,10 +382,7 @@ class _Job:
         self._stopping = None
         self._cancelled = False
         self._timer = None
-        self._killTimer = None
         self._process = None
-        self._reaped = False
-        self._started = None
         self._workDir = None
         self.result = defer.Deferred(self._cancel)
 
@@ -454,17 +432,12 @@ class _Job:
             # to it, so no path of ours appears in what it logs.
             self._outputNames = [f"out{index}{profile.extension}" for index, profile in enumerate(self._profiles)]
             args = buildCommand(ffmpegPath, INPUT_NAME, self._outputNames, self._profiles, self._device)
-            self._started = self._reactor.seconds()
-            self._process = self._reactor.spawnProcess(
-                _FFmpegProtocol(self._parser, self._ended),
-                args[0],
-                args,
-                env=None,
-                path=self._workDir,
-            )
+            self._process = ProcessRun(self._reactor, args[0], args[1:], killGrace=KILL_GRACE, path=self._workDir,
+                                       onStderr=self._parser.feed)
         except Exception as e:
             self._finishWith(Failure(TranscodeError(f"cannot start FFmpeg: {_describeError(e)}")))
             return
+        self._process.ended.addCallback(self._ended)
         self._timer = self._reactor.callLater(self._timeout, self._timedOut)
 
     def _timedOut(self):
@@ -474,7 +447,7 @@ class _Job:
 
     def _cancel(self, result):
         self._cancelled = True
-        if self._process is not None and not self._reaped:
+        if self._process is not None and not self._process.ended.called:
             self._stop("cancel")
         # Deliver the CancelledError only after FFmpeg is reaped and the work
         # files are gone (see _ended).
@@ -484,26 +457,16 @@ class _Job:
         if self._stopping is not None:
             return
         self._stopping = why
-        self._signal("TERM")
-        self._killTimer = self._reactor.callLater(KILL_GRACE, self._signal, "KILL")
+        self._process.stop()
 
-    def _signal(self, name):
-        if name == "KILL":
-            self._killTimer = None
+    def _ended(self, process):
+        self._parser.close()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        seconds = process.seconds
         try:
-            self._process.signalProcess(name)
-        except error.ProcessExitedAlready:
-            pass
-
-    def _ended(self, reason):
-        self._reaped = True
-        for timer in (self._timer, self._killTimer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._timer = self._killTimer = None
-        seconds = self._reactor.seconds() - self._started
-        try:
-            outcome = self._outcome(reason, seconds)
+            outcome = self._outcome(process, seconds)
         except Exception as e:
             outcome = Failure(e)
         if outcome is self._COLLECT:
@@ -528,21 +491,20 @@ class _Job:
 
         d.addCallback(deliver)
 
-    def _outcome(self, reason, seconds):
+    def _outcome(self, process, seconds):
         if self._cancelled:
             return None
         if self._stopping == "timeout":
             return Failure(
                 TranscodeError(f"transcode timed out after {self._timeout:g}s", self._parser.tailText())
             )
-        exitCode = getattr(reason.value, "exitCode", None)
-        if not isinstance(reason.value, error.ProcessDone):
-            signalNumber = getattr(reason.value, "signal", None)
-            if signalNumber is not None:
-                what = f"FFmpeg was killed by signal {signal.Signals(signalNumber).name}"
+        if not process.succeeded:
+            if process.signal is not None:
+                what = f"FFmpeg was killed by signal {signal.Signals(process.signal).name}"
             else:
-                what = f"FFmpeg exited with status {exitCode}"
-            return Failure(TranscodeError(f"{what}: {self._parser.cause()}", self._parser.tailText(), exitCode))
+                what = f"FFmpeg exited with status {process.exitCode}"
+            return Failure(TranscodeError(f"{what}: {self._parser.cause()}", self._parser.tailText(),
+                                          process.exitCode))
         return self._COLLECT
 
     def _collect(self, seconds):

@@ -9,10 +9,11 @@ if that fails.
 import re
 
 import ffmpeg as ffmpegpy
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.procutils import which
 
+from livepeer_tx.processes import runProcess
 from livepeer_tx.profiles import Profile
 from livepeer_tx.transcoder.ffmpeg import TranscodeError
 
@@ -112,23 +113,6 @@ def classifyFFmpegError(stderrText):
 TOOL_TIMEOUT = 30.0
 
 
-class _OutputCollector(protocol.ProcessProtocol):
-    def __init__(self, finished):
-        self._finished = finished
-        self._out = []
-        self._err = []
-
-    def outReceived(self, data):
-        self._out.append(data)
-
-    def errReceived(self, data):
-        self._err.append(data)
-
-    def processEnded(self, reason):
-        code = getattr(reason.value, "exitCode", None)
-        self._finished.callback((b"".join(self._out), b"".join(self._err), code))
-
-
 def runWithTimeout(reactor, executable, args, timeout, what):
     """
     Run a helper program to completion, killing it after C{timeout} seconds
@@ -137,27 +121,13 @@ def runWithTimeout(reactor, executable, args, timeout, what):
     @return: a L{Deferred} firing with C{(stdout, stderr, exitCode)}, or
         failing with L{GPUCheckError} naming C{what} on timeout.
     """
-    finished = defer.Deferred()
-    process = reactor.spawnProcess(_OutputCollector(finished), executable, [executable, *args], env=None)
-    state = {"timedOut": False}
-
-    def kill():
-        state["timedOut"] = True
-        try:
-            process.signalProcess("KILL")
-        except error.ProcessExitedAlready:
-            pass
-
-    timer = reactor.callLater(timeout, kill)
 
     def done(result):
-        if timer.active():
-            timer.cancel()
-        if state["timedOut"]:
+        if result.timedOut:
             raise GPUCheckError(f"{what} did not finish within {timeout:g} s (a hung driver or GPU?)")
-        return result
+        return result.out, result.err, result.exitCode
 
-    return finished.addCallback(done)
+    return runProcess(reactor, executable, args, timeout=timeout).addCallback(done)
 
 
 def makeTestClip(reactor, ffmpegPath):
