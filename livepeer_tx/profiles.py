@@ -12,6 +12,21 @@ from dataclasses import asdict, dataclass
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 
 
+# go-livepeer's common.HTTPTimeout: the floor of the per-segment deadline.
+MIN_SEGMENT_TIMEOUT = 8.0
+# A duration of 0 means "2 s" to go-livepeer receivers.
+DEFAULT_DURATION_MS = 2000
+
+
+def segmentTimeout(durationMs):
+    """
+    go-livepeer's deadline for a whole segment exchange: max(8 s, 4 x
+    duration), a missing duration counting as L{DEFAULT_DURATION_MS}.
+    """
+    seconds = (durationMs or DEFAULT_DURATION_MS) / 1000.0
+    return max(MIN_SEGMENT_TIMEOUT, 4 * seconds)
+
+
 class ProfileError(ValueError):
     """
     A profile cannot be honoured; the message is go-livepeer's error text.

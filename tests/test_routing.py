@@ -417,3 +417,15 @@ def test_no_bookkeeping_left_for_refused_or_orphaned_sessions():
     pool.select("from-source", source="10.1.1.1")
     pool.remove(pool.transcoders[0])
     assert pool._sessionSource == {} and pool._sourceSessions == {}
+
+
+@pytest.mark.parametrize("durationMs, expected", [(0, 8.0), (2000, 8.0), (2500, 10.0), (5000, 20.0), (600_000, 60.0)])
+def test_taskTimeoutIsTheGatewaysDeadlineCapped(durationMs, expected):
+    """
+    The orchestrator works on a segment for the gateway's deadline (the same
+    L{segmentTimeout} as the push client), capped at L{MAX_TASK_SECONDS}.
+    """
+    from livepeer_tx.profiles import segmentTimeout
+
+    job = SegmentJob("s", 1, b"x", [], durationMs=durationMs)
+    assert job.timeout == expected == min(MAX_TASK_SECONDS, segmentTimeout(durationMs))

@@ -49,16 +49,13 @@ from zope.interface import implementer
 
 from livepeer_tx.addresses import formatHostPort, parseHostPort
 from livepeer_tx.gateway.grpcclient import GRPCUnavailable, unaryCall
+from livepeer_tx.profiles import segmentTimeout
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 from livepeer_tx.rpc.wire import GRPCError, StatusCode
 from livepeer_tx.web import BytesProducer
 
 DEFAULT_ORCHESTRATOR_PORT = 8935
 SEGMENT_CONTENT_TYPE = "video/MP2T"
-# go-livepeer's common.HTTPTimeout: the floor of the per-segment deadline.
-MIN_SEGMENT_TIMEOUT = 8.0
-# A duration of 0 means "2 s" to go-livepeer receivers.
-DEFAULT_DURATION_MS = 2000
 CONNECT_TIMEOUT = 5
 GET_ORCHESTRATOR = "/net.Orchestrator/GetOrchestrator"
 # go-livepeer's GRPCTimeout, the gateway's limit on a GetOrchestrator call.
@@ -175,14 +172,6 @@ def parseOrchAddr(text):
         scheme, text = "http", text[len("http://"):]
     host, port = parseHostPort(text, "127.0.0.1", DEFAULT_ORCHESTRATOR_PORT)
     return scheme, host, port
-
-
-def segmentTimeout(durationMs):
-    """
-    go-livepeer's deadline for a whole segment exchange: max(8 s, 4 x duration).
-    """
-    seconds = (durationMs or DEFAULT_DURATION_MS) / 1000.0
-    return max(MIN_SEGMENT_TIMEOUT, 4 * seconds)
 
 
 def _profilesField(profiles):

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from livepeer_tx.orchestrator.routing import (
     FAILURE_BAD_RESULT, FAILURE_ERROR, FAILURE_LOST, FAILURE_TIMEOUT, RoutingError,
 )
+from livepeer_tx.profiles import DEFAULT_DURATION_MS, segmentTimeout
 
 TOO_LONG = "Remote transcoder took too long"
 MISMATCHED = "MismatchedSegments"
@@ -64,7 +65,7 @@ class SegmentJob:
     seq: int
     data: bytes
     profiles: list
-    durationMs: int = 2000
+    durationMs: int = DEFAULT_DURATION_MS
     source: str = None
 
     @property
@@ -73,7 +74,7 @@ class SegmentJob:
         How long the orchestrator works on it: go-livepeer's max(8 s, 4 x
         duration), capped at L{MAX_TASK_SECONDS}.
         """
-        return min(MAX_TASK_SECONDS, max(8.0, 4 * (self.durationMs or 2000) / 1000.0))
+        return min(MAX_TASK_SECONDS, segmentTimeout(self.durationMs))
 
 
 @dataclass
