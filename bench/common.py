@@ -127,7 +127,7 @@ def raiseFileLimit(wanted):
 
 def readSecret(path):
     """
-    The shared secret from the file L{livepeer_tx.localnodes.LocalNodes} wrote.
+    The shared secret from the file L{tests.localnodes.LocalNodes} wrote.
     """
     with open(path) as f:
         return f.read().strip()
@@ -203,7 +203,7 @@ def fakeTranscoderFactory(reactor, orchestrator, secret, capacity, echo=True):
     A WebSocket client factory for L{FakeTranscoderProtocol}s, with the
     handshake headers of the transcoder protocol.
 
-    @param orchestrator: an L{livepeer_tx.localnodes.OrchestratorNode}.
+    @param orchestrator: an L{tests.localnodes.OrchestratorNode}.
     """
     url = f"wss://{orchestrator.serviceAddr}/{wsproto.RESOURCE_PATH.decode()}"
     factory = WebSocketClientFactory(

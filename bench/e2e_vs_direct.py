@@ -4,7 +4,7 @@ against running the transcoder's own FFmpeg command on the same input directly.
 
 A 2 s 1080p30 H.264/AAC MPEG-TS clip is generated; a real orchestrator and a
 real CPU transcoder run as C{twistd -n} processes on 127.0.0.1
-(L{livepeer_tx.localnodes.LocalNodes}); segments are pushed one after the other
+(L{tests.localnodes.LocalNodes}); segments are pushed one after the other
 with L{livepeer_tx.gateway.push.SegmentPusher} (upload, transcode, rendition
 downloads). The direct runs execute the command built by
 L{livepeer_tx.transcoder.ffmpeg.buildCommand} for the same input and ladder.
@@ -33,7 +33,7 @@ from twisted.internet.threads import deferToThreadPool  # noqa: E402
 from twisted.internet.utils import getProcessOutputAndValue  # noqa: E402
 
 from livepeer_tx.gateway.push import SegmentPusher  # noqa: E402
-from livepeer_tx.localnodes import REGISTRATION_LOG, LocalNodes  # noqa: E402
+from tests.localnodes import REGISTRATION_LOG, LocalNodes  # noqa: E402
 from livepeer_tx.transcoder.ffmpeg import buildCommand, findFFmpeg  # noqa: E402
 from tests.media import makeClip  # noqa: E402
 

@@ -37,7 +37,7 @@ from twisted.internet import task  # noqa: E402
 from twisted.internet.threads import deferToThreadPool  # noqa: E402
 
 from e2e import HTTP2Client, getOrchestrator, grpcChannel, segmentHeaders, tlsContext, unaryMethod  # noqa: E402
-from livepeer_tx.localnodes import LocalNodes  # noqa: E402
+from tests.localnodes import LocalNodes  # noqa: E402
 from livepeer_tx.orchestrator.orchservice import GET_ORCHESTRATOR  # noqa: E402
 from livepeer_tx.proto import lp_rpc_pb2 as pb  # noqa: E402
 

@@ -2,7 +2,7 @@
 Benchmark 3: the orchestrator's memory per idle registered transcoder.
 
 A real orchestrator runs as a C{twistd -n} process on 127.0.0.1
-(L{livepeer_tx.localnodes.LocalNodes}). This process then opens 500
+(L{tests.localnodes.LocalNodes}). This process then opens 500
 transcoder connections to it: lightweight WebSocket clients speaking the
 transcoder protocol over TLS (pinned to the orchestrator's certificate), each
 registering with capacity 1 and then staying idle (answering the
@@ -30,7 +30,7 @@ from twisted.internet import task  # noqa: E402
 from twisted.internet.defer import Deferred, gatherResults  # noqa: E402
 from twisted.internet.threads import deferToThreadPool  # noqa: E402
 
-from livepeer_tx.localnodes import LocalNodes  # noqa: E402
+from tests.localnodes import LocalNodes  # noqa: E402
 
 TARGET_KB = 100.0
 BATCH = 25

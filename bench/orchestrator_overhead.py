@@ -3,7 +3,7 @@ Benchmark 2: the orchestrator's overhead per segment, p50 and p99, with 1, 8
 and 32 concurrent streams of 2 MB segments over loopback TLS.
 
 A real orchestrator runs as a C{twistd -n} process on 127.0.0.1
-(L{livepeer_tx.localnodes.LocalNodes}). The transcoder is a fake-work one
+(L{tests.localnodes.LocalNodes}). The transcoder is a fake-work one
 inside this process: a WebSocket client speaking the transcoder protocol
 (L{livepeer_tx.wsproto}; TLS pinned to the orchestrator's certificate) that
 answers each C{transcode} at once with one rendition of the segment's size and
@@ -42,7 +42,7 @@ from twisted.internet.defer import Deferred, gatherResults  # noqa: E402
 from twisted.internet.threads import deferToThreadPool  # noqa: E402
 
 from livepeer_tx.gateway.push import SegmentPusher  # noqa: E402
-from livepeer_tx.localnodes import LocalNodes  # noqa: E402
+from tests.localnodes import LocalNodes  # noqa: E402
 from livepeer_tx.profiles import parsePresetList  # noqa: E402
 
 SEGMENT_BYTES = 2 * 1024 * 1024

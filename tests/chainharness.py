@@ -40,7 +40,7 @@ from eth_account.messages import encode_defunct
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 
-from livepeer_tx.localnodes import freePort
+from localnodes import freePort
 
 ROOT = Path(__file__).resolve().parent.parent
 ANVIL_PATH = ROOT / "node_modules" / ".bin" / "anvil"

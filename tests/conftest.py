@@ -16,7 +16,7 @@ def nodes(tmp_path):
     """
     A L{LocalNodes} in a temporary directory; every node is stopped afterwards.
     """
-    from livepeer_tx.localnodes import LocalNodes
+    from localnodes import LocalNodes
 
     with LocalNodes(str(tmp_path / "nodes")) as local:
         yield local

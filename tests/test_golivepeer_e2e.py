@@ -29,7 +29,7 @@ from e2e import (
     HTTP2Client, getOrchestrator, grpcChannel, mintToken, segmentHeader, tlsContext, transcodeResult, unaryMethod,
 )
 from livepeer_tx.capabilities import MPEG7_SIGNATURE, SEGMENT_SLICING, capabilitiesOf, parseVersion
-from livepeer_tx.localnodes import LocalNodes
+from localnodes import LocalNodes
 from livepeer_tx.orchestrator.grpctranscoders import REGISTER_TRANSCODER
 from livepeer_tx.orchestrator.orchservice import END_TRANSCODING_SESSION, GET_ORCHESTRATOR, PING
 from livepeer_tx.profiles import PRESETS

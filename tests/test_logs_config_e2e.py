@@ -16,7 +16,7 @@ import urllib.request
 
 from e2e import RawWebSocket
 
-from livepeer_tx.localnodes import REGISTRATION_LOG, LocalNodes, OrchestratorNode
+from localnodes import REGISTRATION_LOG, LocalNodes, LocalOrchestratorNode
 
 REFUSED = re.compile(rb"Refused a request from (127\.\d+\.\d+\.\d+):\d+: 400 malformed header line")
 FILE_LINE = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[[^\]]+\] ")
@@ -83,7 +83,7 @@ def startFileLoggingOrchestrator(nodes, logPath, **options):
     argv = nodes.twistdCommand("livepeer-orchestrator", options)
     argv.insert(argv.index("--pidfile=") + 1, f"--logfile={logPath}")
     node = nodes.startProcess("orchestrator-file", argv, dataDir=dataDir, cliAddr=options["cliAddr"],
-                              nodeClass=OrchestratorNode, serviceAddr=options["serviceAddr"],
+                              nodeClass=LocalOrchestratorNode, serviceAddr=options["serviceAddr"],
                               secretPath=nodes.secretPath)
     nodes.waitUntilReady(node)
     return node, cliPort
@@ -207,7 +207,7 @@ def test_go_livepeer_config_files_and_lp_variables(tmp_path):
         ]))
         orchestrator = nodes.startProcess(
             "orchestrator-config", nodes.twistdCommand("livepeer-orchestrator", {"config": orchestratorConfig}),
-            dataDir=str(orchestratorData), cliAddr=f"127.0.0.1:{cliPort}", nodeClass=OrchestratorNode,
+            dataDir=str(orchestratorData), cliAddr=f"127.0.0.1:{cliPort}", nodeClass=LocalOrchestratorNode,
             serviceAddr=f"127.0.0.1:{port}", secretPath=nodes.secretPath)
         nodes.waitUntilReady(orchestrator)
         with urllib.request.urlopen(f"http://127.0.0.1:{cliPort}/metrics", timeout=10) as response:

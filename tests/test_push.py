@@ -1,7 +1,7 @@
 """
 Tests for the gateway side: segment headers, the segmenter, SegmentPusher
 against a real TLS server on 127.0.0.1, the C{livepeer-tx} command and the
-process handling of L{livepeer_tx.localnodes}.
+process handling of L{livepeer_tx.gateway.launcher}.
 """
 
 import base64
@@ -44,7 +44,7 @@ from livepeer_tx.gateway.segmenter import (
     readSegmentList,
     segmentFile,
 )
-from livepeer_tx.localnodes import LocalNodes, NodeError, optionArguments
+from localnodes import LocalNodes, NodeError, optionArguments
 from livepeer_tx.profiles import PRESETS, Profile, parsePresetList, profilesFromSegData
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 from livepeer_tx.rpc import GRPCError, ServiceRegistry, StatusCode, channelFactory

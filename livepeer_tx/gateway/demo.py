@@ -2,7 +2,7 @@
 C{livepeer-tx demo}: the README quick start in one command.
 
 It generates a test clip, starts an orchestrator and a transcoder on this
-machine with L{livepeer_tx.localnodes.LocalNodes}, pushes the clip through them
+machine with L{livepeer_tx.gateway.launcher.NodeLauncher}, pushes the clip through them
 with L{livepeer_tx.gateway.push.SegmentPusher}, writes the renditions and stops
 both nodes.
 """
@@ -25,7 +25,7 @@ from livepeer_tx.gateway.push import (
     writeRenditions,
 )
 from livepeer_tx.gateway.segmenter import findFFmpegExecutable, generateTestClip, segmentFile
-from livepeer_tx.localnodes import REGISTRATION_LOG, LocalNodes
+from livepeer_tx.gateway.launcher import REGISTRATION_LOG, NodeLauncher
 from livepeer_tx.processes import runProcess
 from livepeer_tx.profiles import parsePresetList
 
@@ -74,7 +74,7 @@ async def runDemo(reactor, args, stream=None):
     outDir = os.path.abspath(args.out)
     profiles = parsePresetList(DEMO_PROFILES)
     pool = reactor.getThreadPool()
-    nodes = LocalNodes(workDir)
+    nodes = NodeLauncher(workDir)
     # On Ctrl-C, stop the nodes first: waits on their logs then end at once.
     stopTrigger = reactor.addSystemEventTrigger("before", "shutdown", nodes.stopAll, 3.0)
     ok = False

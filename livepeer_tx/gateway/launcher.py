@@ -1,17 +1,17 @@
+# -*- test-case-name: tests.test_push -*-
 """
-Start orchestrator and transcoder processes on this machine, for the demo, the
-end-to-end tests and the benchmarks.
+Start orchestrator and transcoder processes on this machine: what
+C{livepeer-tx demo} runs (the end-to-end tests and the benchmarks build their
+harness, C{tests/localnodes.py}, on it).
 
-This module is synchronous on purpose (C{subprocess}, polling, C{urllib}): it
-drives separate processes from test code or from a thread, never from inside a
-running reactor. Every process runs C{twistd -n} with the project's plugins,
-listens on free ports of 127.0.0.1, logs to its own file and lives in its own
-process group, so that L{LocalNodes.stopAll} leaves nothing behind (FFmpeg
-children included).
+This module is synchronous on purpose (C{subprocess}, polling): it drives
+separate processes from a thread, never from inside a running reactor. Every
+process runs C{twistd -n} with the project's plugins, listens on free ports
+of 127.0.0.1, logs to its own file and lives in its own process group, so
+that L{NodeLauncher.stopAll} leaves nothing behind (FFmpeg children included).
 """
 
 import atexit
-import json
 import os
 import re
 import signal
@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import livepeer_tx
 from livepeer_tx.tls import CERT_FILENAME, certificateFingerprint, clientTLSOptions
@@ -192,14 +191,6 @@ class Node:
                 raise self._failure(f"did not listen on {host}:{port} within {timeout:g} s")
             time.sleep(0.05)
 
-    def cliStatus(self, timeout=5.0):
-        """
-        C{GET /status} on the CLI port, decoded from JSON.
-        """
-        if self.cliAddr is None:
-            raise NodeError(f"{self.name} has no CLI address")
-        with urllib.request.urlopen(f"http://{self.cliAddr}/status", timeout=timeout) as response:
-            return json.loads(response.read())
 
     def stop(self, timeout=10.0):
         """
@@ -221,18 +212,6 @@ class Node:
         self._closeLog()
         return self.process.returncode
 
-    def kill(self):
-        """
-        SIGKILL the process and its process group at once, as a crash would.
-
-        @return: the exit status.
-        """
-        if self.process is None:
-            return None
-        self._killGroup()
-        self.process.wait()
-        self._closeLog()
-        return self.process.returncode
 
     def _killGroup(self):
         # Once the leader is reaped its id may be reused: kill the group only once.
@@ -321,35 +300,21 @@ class OrchestratorNode(Node):
         """
         return clientTLSOptions(self.host, fingerprint=self.fingerprintBytes)
 
-    def waitForTranscoders(self, count, timeout=30.0):
-        """
-        Wait until the CLI C{/status} reports at least C{count} transcoders.
-
-        @return: the status dict.
-        @raise NodeError: on timeout or when the process exits.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.running:
-                raise self._failure(f"exited with status {self.process.returncode}")
-            try:
-                status = self.cliStatus()
-                if status.get("numTranscoders", len(status.get("transcoders", []))) >= count:
-                    return status
-            except (OSError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise self._failure(f"fewer than {count} transcoders after {timeout:g} s")
-            time.sleep(0.1)
 
 
-class LocalNodes:
+class NodeLauncher:
     """
     Orchestrators and transcoders started on 127.0.0.1 under one work directory.
 
     Use as a context manager, or call L{stopAll}; processes still running when
     the interpreter exits are stopped too.
+
+    @cvar orchestratorClass: the L{OrchestratorNode} class orchestrators get.
+    @cvar nodeClass: the L{Node} class every other process gets.
     """
+
+    orchestratorClass = OrchestratorNode
+    nodeClass = Node
 
     def __init__(self, workDir, python=None, env=None, secret=None):
         """
@@ -414,10 +379,12 @@ class LocalNodes:
         """
         return [self.python, "-c", _TWISTD, "-n", "--pidfile=", plugin] + optionArguments(options)
 
-    def startProcess(self, name, argv, dataDir=None, cliAddr=None, nodeClass=Node, **nodeArgs):
+    def startProcess(self, name, argv, dataDir=None, cliAddr=None, nodeClass=None, **nodeArgs):
         """
-        Start any command as a managed L{Node} logging to C{<workDir>/<name>.log}.
+        Start any command as a managed L{Node} (a C{nodeClass}, by default
+        L{NodeLauncher.nodeClass}) logging to C{<workDir>/<name>.log}.
         """
+        nodeClass = nodeClass or self.nodeClass
         dataDir = dataDir or os.path.join(self.workDir, name)
         os.makedirs(dataDir, mode=0o700, exist_ok=True)
         logPath = os.path.join(self.workDir, f"{name}.log")
@@ -455,7 +422,7 @@ class LocalNodes:
             self.twistdCommand("livepeer-orchestrator", options),
             dataDir=options["dataDir"],
             cliAddr=options["cliAddr"],
-            nodeClass=OrchestratorNode,
+            nodeClass=self.orchestratorClass,
             serviceAddr=options["serviceAddr"],
             secretPath=options["orchSecret"],
             certPath=options.get("tlsCert"),
@@ -487,8 +454,7 @@ class LocalNodes:
 
         @param maxSessions: the capacity it registers with.
         @param wait: wait until its CLI port accepts connections (registration
-            itself is not waited for: see L{OrchestratorNode.waitForTranscoders}
-            or L{REGISTRATION_LOG}).
+            itself is not waited for: see L{REGISTRATION_LOG}).
         @return: a L{Node}.
         """
         name = self._nextName("transcoder")
@@ -540,7 +506,7 @@ class LocalNodes:
 
 
 __all__ = [
-    "LocalNodes",
+    "NodeLauncher",
     "Node",
     "OrchestratorNode",
     "NodeError",

@@ -1,0 +1,101 @@
+# -*- test-case-name: tests.test_push -*-
+"""
+Real orchestrator and transcoder processes for the end-to-end tests and the
+benchmarks: the demo's L{NodeLauncher}, with what only tests need on top
+(the CLI C{/status}, waiting for registered transcoders, a crash by
+SIGKILL).
+"""
+
+import json
+import time
+import urllib.request
+
+from livepeer_tx.gateway.launcher import (
+    PROJECT_ROOT,
+    REGISTRATION_LOG,
+    Node,
+    NodeError,
+    NodeLauncher,
+    OrchestratorNode,
+    freePort,
+    optionArguments,
+)
+
+
+class LocalNode(Node):
+    """
+    A node a test can query on its CLI port and crash.
+    """
+
+    def cliStatus(self, timeout=5.0):
+        """
+        C{GET /status} on the CLI port, decoded from JSON.
+        """
+        if self.cliAddr is None:
+            raise NodeError(f"{self.name} has no CLI address")
+        with urllib.request.urlopen(f"http://{self.cliAddr}/status", timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def kill(self):
+        """
+        SIGKILL the process and its process group at once, as a crash would.
+
+        @return: the exit status.
+        """
+        if self.process is None:
+            return None
+        self._killGroup()
+        self.process.wait()
+        self._closeLog()
+        return self.process.returncode
+
+
+class LocalOrchestratorNode(OrchestratorNode, LocalNode):
+    """
+    An orchestrator a test can wait on for its transcoders.
+    """
+
+    def waitForTranscoders(self, count, timeout=30.0):
+        """
+        Wait until the CLI C{/status} reports at least C{count} transcoders.
+
+        @return: the status dict.
+        @raise NodeError: on timeout or when the process exits.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.running:
+                raise self._failure(f"exited with status {self.process.returncode}")
+            try:
+                status = self.cliStatus()
+                if status.get("numTranscoders", len(status.get("transcoders", []))) >= count:
+                    return status
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise self._failure(f"fewer than {count} transcoders after {timeout:g} s")
+            time.sleep(0.1)
+
+
+class LocalNodes(NodeLauncher):
+    """
+    A L{NodeLauncher} whose nodes are L{LocalNode}s and
+    L{LocalOrchestratorNode}s.
+    """
+
+    orchestratorClass = LocalOrchestratorNode
+    nodeClass = LocalNode
+
+
+__all__ = [
+    "LocalNode",
+    "LocalNodes",
+    "LocalOrchestratorNode",
+    "Node",
+    "NodeError",
+    "OrchestratorNode",
+    "PROJECT_ROOT",
+    "REGISTRATION_LOG",
+    "freePort",
+    "optionArguments",
+]
