@@ -29,6 +29,11 @@ from memorywire import (  # noqa: F401 (events is a fixture)
 )
 
 
+# The transcoder pings every 10 s and waits 10 s for the pong (see
+# OrchestratorLink.webSocketFactory).
+DEAD_PEER_SECONDS = 20.0
+
+
 def fixedBackoff():
     """
     The transcoder's backoff with its jitter pinned to the middle: delays
@@ -389,3 +394,46 @@ def test_malformed_websocket_input_closes_only_its_sender(events):
     d = harness.app.dispatcher.transcode(SegmentJob("still-serving", 0, SEGMENT, PROFILES, 2000))
     harness.flush()
     assert outcome(d).attempts == 1
+
+
+def freeze(pump):
+    """
+    One step of a connection whose far end stopped (a frozen process or a
+    dead path): nothing written arrives, and each side sees only its own
+    side's close.
+    """
+    pump.serverIO.getOutBuffer()
+    pump.clientIO.getOutBuffer()
+    for transport in (pump.clientIO, pump.serverIO):
+        if transport.disconnecting and not transport.disconnected:
+            transport.disconnected = True
+            transport.reportDisconnect()
+
+
+def test_a_silent_orchestrator_is_found_by_pings_and_the_link_reconnects(events):
+    """
+    When the orchestrator stops answering, the transcoder's own pings find
+    it dead within their interval plus timeout (20 s); the link unregisters
+    and reconnects after the first backoff step, and registers again.
+    """
+    clock = MemoryReactorClock()
+    harness = Harness(clock=clock)
+    link = harness.link(Secret(literal=SECRET), backoff=fixedBackoff())
+    link.startService()
+    harness.flush()
+    assert link.isRegistered
+    silent = harness.pumps.pop()
+    for _ in range(int(DEAD_PEER_SECONDS)):
+        clock.advance(1)
+        freeze(silent)
+        if not link.isRegistered:
+            break
+    assert not link.isRegistered and link.protocol is None
+    assert clock.seconds() <= DEAD_PEER_SECONDS
+    unregistered, = named(events, "Unregistering transcoder: {reason} (code {code})")
+    assert unregistered["code"] == 1006 and "ping timeout" in unregistered["reason"]
+    assert retries(events) == [0.5]
+    clock.advance(0.5)
+    harness.flush()
+    assert link.isRegistered
+    assert len(named(events, "Successful transcoder registration orchestrator=")) == 2
