@@ -56,6 +56,40 @@ class OrchestratorMetrics:
             "livepeer_transcoder_registrations_refused", "Refused transcoder registrations", ["reason"], registry=r)
 
 
+class ChainMetrics:
+    """
+    An on-chain orchestrator's reward, payment and redemption metrics, in
+    the node's registry (served by its C{/metrics}).
+
+    @ivar lastRewardRound: the last round reward was called for.
+    @ivar rewardCallErrors: failed attempts to call reward.
+    @ivar ethBalance: the account's ETH balance in wei.
+    @ivar ticketsReceived: payment tickets received.
+    @ivar winningTicketsReceived: winning tickets received.
+    @ivar paymentErrors: refused payments.
+    @ivar valueRedeemed: wei received from redeemed winning tickets.
+    @ivar redemptionErrors: failed ticket redemptions.
+    """
+
+    def __init__(self, registry=None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.lastRewardRound = Gauge(
+            "livepeer_last_reward_round", "The last round for which reward was called (from the chain)",
+            registry=r)
+        self.rewardCallErrors = Counter("livepeer_reward_call_errors", "Failed attempts to call reward", registry=r)
+        self.ethBalance = Gauge(
+            "livepeer_eth_balance_wei", "ETH balance of the orchestrator account, in wei", registry=r)
+        self.ticketsReceived = Counter("livepeer_tickets_recv", "Payment tickets received", registry=r)
+        self.winningTicketsReceived = Counter(
+            "livepeer_winning_tickets_recv", "Winning tickets received", registry=r)
+        self.paymentErrors = Counter("livepeer_payment_recv_errors", "Refused payments", registry=r)
+        self.valueRedeemed = Counter(
+            "livepeer_value_redeemed", "Wei received from redeemed winning tickets", registry=r)
+        self.redemptionErrors = Counter(
+            "livepeer_ticket_redemption_errors", "Failed ticket redemptions", registry=r)
+
+
 class _TranscoderFailures:
     """
     C{livepeer_transcoder_failures_total{kind}}: failed task attempts, read

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from eth_account import Account
+from prometheus_client import REGISTRY, CollectorRegistry
 from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python import usage
@@ -136,7 +137,8 @@ class ServiceTests(ChainTestCase):
             "--ethKeystorePath", keys, "--ethPassword", writePassword(directory),
             "--pricePerUnit", "1", "--rewardInterval", "0.1", "--blockPollingInterval", "0.1",
         )
-        service, payments = makeChainService(options, reactor, directory)
+        registry = CollectorRegistry()
+        service, payments = makeChainService(options, reactor, directory, registry)
         self.assertIsInstance(payments, TicketPayments)
         service.startService()
         self.addCleanup(service.stopService)
@@ -145,6 +147,11 @@ class ServiceTests(ChainTestCase):
         self.assertEqual(self.lastRewardRound(), current)
         self.assertIsNotNone(service.redeemer)
         self.assertEqual(service.watcher.currentRound, current)
+        # The node's metrics, in the node's registry (not the process-wide one).
+        self.assertIs(service.reward.metrics, payments.metrics)
+        self.assertIs(service.redeemer.metrics, payments.metrics)
+        self.assertEqual(registry.get_sample_value("livepeer_last_reward_round"), current)
+        self.assertIsNone(REGISTRY.get_sample_value("livepeer_last_reward_round"))
 
 
 SECRET_PATH = "/v2/sEcReTkEy0123456789"

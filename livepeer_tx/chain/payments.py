@@ -6,13 +6,13 @@ probabilistic micropayment tickets (off-chain, L{livepeer_tx.payments}).
 
 from fractions import Fraction
 
-from prometheus_client import Counter
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from livepeer_tx.interfaces import IPaymentProcessor
+from livepeer_tx.metrics import ChainMetrics
 from livepeer_tx.payments import PaymentError
 
 from eth_utils import to_checksum_address
@@ -21,10 +21,6 @@ from .redemption import PendingTicket
 from .rpc import RpcError, RpcTransportError
 from .tickets import Ticket, TicketError, SenderInfo, bytesInt, expectedValue
 from .watcher import ChainNotReady
-
-TICKETS_RECEIVED = Counter("livepeer_tickets_recv", "Payment tickets received")
-WINNING_TICKETS_RECEIVED = Counter("livepeer_winning_tickets_recv", "Winning tickets received")
-PAYMENT_ERRORS = Counter("livepeer_payment_recv_errors", "Refused payments")
 
 CHAIN_UNAVAILABLE = "chain node unavailable"
 
@@ -43,12 +39,13 @@ class TicketPayments:
 
     @ivar price: wei per pixel (a L{Fraction}).
     @ivar balances: session id → credit in wei (a L{Fraction}).
+    @ivar metrics: the L{ChainMetrics} it counts tickets and refusals in.
     """
 
     _log = Logger()
 
     def __init__(self, contracts, recipient, watcher, store, price, redeemGas=1_200_000,
-                 reactor=None, chainTimeout=5.0, balanceTTL=600.0):
+                 reactor=None, chainTimeout=5.0, balanceTTL=600.0, metrics=None):
         self._contracts = contracts
         self.recipient = recipient
         self._watcher = watcher
@@ -60,6 +57,7 @@ class TicketPayments:
         self._reactor = reactor if reactor is not None else watcher.reactor
         self.chainTimeout = chainTimeout
         self.balanceTTL = balanceTTL
+        self.metrics = metrics if metrics is not None else ChainMetrics()
         watcher.addListener(self._chainPolled)
 
     def _chainPolled(self, watcher):
@@ -90,7 +88,7 @@ class TicketPayments:
         try:
             return await d
         except (RpcError, RpcTransportError, ChainNotReady, DeferredTimeout) as e:
-            PAYMENT_ERRORS.inc()
+            self.metrics.paymentErrors.inc()
             self._log.warn(
                 "Cannot take payment: " + CHAIN_UNAVAILABLE + " ({what}: {error})",
                 what=what,
@@ -123,10 +121,10 @@ class TicketPayments:
                               self._watcher.whenReady(self.chainTimeout))
         sender = bytes(payment.sender)
         if len(sender) != 20:
-            PAYMENT_ERRORS.inc()
+            self.metrics.paymentErrors.inc()
             raise PaymentError(400, "invalid ticket sender")
         if not await self._chain("isActiveTranscoder", w.isActive(self.recipient.address)):
-            PAYMENT_ERRORS.inc()
+            self.metrics.paymentErrors.inc()
             raise PaymentError(
                 400,
                 f"orchestrator {to_checksum_address(self.recipient.address)} is inactive in round "
@@ -146,7 +144,7 @@ class TicketPayments:
         credit = Fraction(0)
         winners = []
         for senderParams in payment.ticket_sender_params:
-            TICKETS_RECEIVED.inc()
+            self.metrics.ticketsReceived.inc()
             ticket = Ticket.fromParams(params, sender, senderParams.sender_nonce, expiration)
             try:
                 won, rand = self.recipient.validate(
@@ -178,7 +176,7 @@ class TicketPayments:
             if error is None:
                 credit += expectedValue(ticket.faceValue, ticket.winProb)
             if won:
-                WINNING_TICKETS_RECEIVED.inc()
+                self.metrics.winningTicketsReceived.inc()
                 self._log.info(
                     "Received winning ticket sessionID={session} faceValue={faceValue}",
                     session=sessionId,
@@ -194,7 +192,7 @@ class TicketPayments:
             self.balances[sessionId] = self.balances.get(sessionId, Fraction(0)) + credit
             self._touch(sessionId)
         if error is not None:
-            PAYMENT_ERRORS.inc()
+            self.metrics.paymentErrors.inc()
             raise PaymentError(400, error.message)
 
     def checkBalance(self, sessionId):

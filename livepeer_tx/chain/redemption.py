@@ -11,19 +11,17 @@ import json
 import os
 import time
 
-from prometheus_client import Counter
 from twisted.internet.defer import DeferredLock, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+
+from livepeer_tx.metrics import ChainMetrics
 
 from .contracts import WINNING_TICKET_REDEEMED_EVENT, WINNING_TICKET_TRANSFER_EVENT
 from .periodic import PeriodicService
 from .rpc import RpcError, RpcTransportError
 from .tickets import Ticket, appendDurably, replaceDurably
 from .transactions import GasPriceTooHigh, TransactionFailed, TransactionTimeout
-
-VALUE_REDEEMED = Counter("livepeer_value_redeemed", "Wei received from redeemed winning tickets")
-REDEMPTION_ERRORS = Counter("livepeer_ticket_redemption_errors", "Failed ticket redemptions")
 
 STORE_FILE = "winning-tickets.jsonl"
 
@@ -197,13 +195,15 @@ class Redeemer(PeriodicService):
 
     @ivar redeemGas: the gas a redemption is assumed to cost, to judge whether
         a ticket or the sender's funds are worth it.
+    @ivar metrics: the L{ChainMetrics} it counts redeemed value and errors in.
     """
 
     _log = Logger()
 
     def __init__(self, reactor, contracts, transactions, store, watcher, interval=5.0,
-                 redeemGas=1_200_000):
+                 redeemGas=1_200_000, metrics=None):
         super().__init__(reactor, interval)
+        self.metrics = metrics if metrics is not None else ChainMetrics()
         self._contracts = contracts
         self._tx = transactions
         self.store = store
@@ -239,7 +239,7 @@ class Redeemer(PeriodicService):
             try:
                 outcome = await self._redeem(pending)
             except (RpcError, RpcTransportError, TransactionTimeout) as e:
-                REDEMPTION_ERRORS.inc()
+                self.metrics.redemptionErrors.inc()
                 self._log.warn(
                     "Cannot redeem ticket {id} yet, will retry: {error}", id=pending.id, error=str(e)
                 )
@@ -280,20 +280,20 @@ class Redeemer(PeriodicService):
             self._log.info("Not redeeming ticket {id} yet: {error}", id=pending.id, error=str(e))
             return None
         except TransactionFailed as e:
-            REDEMPTION_ERRORS.inc()
+            self.metrics.redemptionErrors.inc()
             return await self._finish(pending, FAILED, str(e))
         except RpcError as e:
             outcome = NON_RETRYABLE.get(e.revertReason)
             if outcome is None:
                 raise
-            REDEMPTION_ERRORS.inc()
+            self.metrics.redemptionErrors.inc()
             return await self._finish(pending, outcome, e.revertReason)
         redeemed = WINNING_TICKET_REDEEMED_EVENT.find(receipt, tb.address)
         if not redeemed:
-            REDEMPTION_ERRORS.inc()
+            self.metrics.redemptionErrors.inc()
             return await self._finish(pending, FAILED, "no WinningTicketRedeemed event")
         amount = sum(v[2] for v in WINNING_TICKET_TRANSFER_EVENT.find(receipt, tb.address))
-        VALUE_REDEEMED.inc(amount)
+        self.metrics.valueRedeemed.inc(amount)
         self._log.info(
             "Redeemed winning ticket {id}: {amount} wei (face value {faceValue}), tx {hash}",
             id=pending.id,

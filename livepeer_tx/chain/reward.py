@@ -7,19 +7,14 @@ round was rewarded. A pre-flight C{eth_call} classifies the revert reasons
 before any gas is spent.
 """
 
-from prometheus_client import Counter, Gauge
 from twisted.logger import Logger
+
+from livepeer_tx.metrics import ChainMetrics
 
 from .contracts import REWARD_EVENT
 from .periodic import PeriodicService
 from .rpc import RpcError, RpcTransportError, fromHex
 from .transactions import GasPriceTooHigh, TransactionFailed, feePaid
-
-LAST_REWARD_ROUND = Gauge(
-    "livepeer_last_reward_round", "The last round for which reward was called (from the chain)"
-)
-REWARD_CALL_ERRORS = Counter("livepeer_reward_call_errors", "Failed attempts to call reward")
-ETH_BALANCE = Gauge("livepeer_eth_balance_wei", "ETH balance of the orchestrator account, in wei")
 
 ALREADY_CALLED = "caller has already called reward for the current round"
 NOT_ACTIVE = "caller must be an active transcoder"
@@ -36,6 +31,7 @@ class RewardService(PeriodicService):
     @ivar state: a short word for the last tick's outcome (for tests and status):
         C{rewarded}, C{done}, C{paused}, C{notInitialized}, C{initializing},
         C{notActive}, C{gasTooHigh}, C{pendingTransactions}, C{error}.
+    @ivar metrics: the L{ChainMetrics} it counts calls, rounds and the balance in.
     """
 
     _log = Logger()
@@ -49,8 +45,10 @@ class RewardService(PeriodicService):
         initializeRound=False,
         initializeGrace=60.0,
         pausedBackoff=(15.0, 600.0),
+        metrics=None,
     ):
         super().__init__(reactor, interval)
+        self.metrics = metrics if metrics is not None else ChainMetrics()
         self._contracts = contracts
         self._tx = transactions
         self.address = transactions.address
@@ -75,7 +73,7 @@ class RewardService(PeriodicService):
         """
         Count and log a failed check; the next tick tries again.
         """
-        REWARD_CALL_ERRORS.inc()
+        self.metrics.rewardCallErrors.inc()
         self.state = "error"
         self._log.failure("Reward check failed; will retry", failure)
 
@@ -99,7 +97,7 @@ class RewardService(PeriodicService):
         try:
             self.state = await self._check()
         except (RpcError, RpcTransportError) as e:
-            REWARD_CALL_ERRORS.inc()
+            self.metrics.rewardCallErrors.inc()
             self.state = "error"
             self._log.warn("Reward check: RPC error, will retry: {error}", error=str(e))
         await self._updateBalance()
@@ -107,7 +105,7 @@ class RewardService(PeriodicService):
 
     async def _updateBalance(self):
         try:
-            ETH_BALANCE.set(await self._contracts.rpc.getBalance(self.address))
+            self.metrics.ethBalance.set(await self._contracts.rpc.getBalance(self.address))
         except (RpcError, RpcTransportError):
             pass
 
@@ -163,7 +161,7 @@ class RewardService(PeriodicService):
 
     def _recordRewarded(self, lastRewardRound):
         self.lastRewardRound = lastRewardRound
-        LAST_REWARD_ROUND.set(lastRewardRound)
+        self.metrics.lastRewardRound.set(lastRewardRound)
 
     async def _notInitialized(self, currentRound):
         since = self._uninitializedSince.setdefault(currentRound, self._reactor.seconds())
@@ -222,7 +220,7 @@ class RewardService(PeriodicService):
             return "notInitialized"
         if reason == PAUSED:
             return self._paused()
-        REWARD_CALL_ERRORS.inc()
+        self.metrics.rewardCallErrors.inc()
         self._log.error(
             "Error trying to call reward for round {round} err={error!r}",
             round=currentRound,
@@ -252,7 +250,7 @@ class RewardService(PeriodicService):
         except TransactionFailed as e:
             # Mined but reverted, e.g. the round turned between check and
             # inclusion; the next tick re-reads the chain.
-            REWARD_CALL_ERRORS.inc()
+            self.metrics.rewardCallErrors.inc()
             self._log.error(
                 "Error trying to call reward for round {round} err={error!r}",
                 round=currentRound,
@@ -265,7 +263,7 @@ class RewardService(PeriodicService):
             if values[0].lower() == self.address.lower()
         ]
         if not events:
-            REWARD_CALL_ERRORS.inc()
+            self.metrics.rewardCallErrors.inc()
             self._log.error(
                 "Reward transaction {hash} for round {round} succeeded without a Reward event",
                 hash=receipt["transactionHash"],

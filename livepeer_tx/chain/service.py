@@ -14,6 +14,7 @@ from .contracts import LivepeerContracts
 from .identity import NodeSigner
 from .keystore import loadAccount
 from livepeer_tx.chainoptions import isOnChain
+from livepeer_tx.metrics import ChainMetrics
 from livepeer_tx.payments import OffchainPayments
 
 from .payments import TicketPayments
@@ -36,12 +37,14 @@ class ChainService(MultiService):
     @ivar transactions: the account's L{TransactionManager} (once set up).
     @ivar reward: the L{RewardService}, or L{None} when reward is off.
     @ivar redeemer: the L{Redeemer} (once set up).
+    @ivar metrics: the L{ChainMetrics} its services count in.
     """
 
     _log = Logger()
 
-    def __init__(self, reactor, config, account, rpc, contracts, watcher, store, setupRetry=5.0):
+    def __init__(self, reactor, config, account, rpc, contracts, watcher, store, setupRetry=5.0, metrics=None):
         MultiService.__init__(self)
+        self.metrics = metrics if metrics is not None else ChainMetrics()
         self._reactor = reactor
         self._config = config
         self.account = account
@@ -97,7 +100,7 @@ class ChainService(MultiService):
         )
         self.redeemer = Redeemer(
             self._reactor, self.contracts, self.transactions, self.store, self.watcher,
-            interval=c["blockPollingInterval"], redeemGas=c["redeemGas"],
+            interval=c["blockPollingInterval"], redeemGas=c["redeemGas"], metrics=self.metrics,
         )
         self.redeemer.setServiceParent(self)
         rewardOn = c["reward"] == "on" or (c["reward"] == "auto" and status == 1)
@@ -112,7 +115,7 @@ class ChainService(MultiService):
             self.reward = RewardService(
                 self._reactor, self.contracts, self.transactions,
                 interval=c["rewardInterval"], initializeRound=bool(c.get("initializeRound")),
-                initializeGrace=c["initializeRoundGrace"],
+                initializeGrace=c["initializeRoundGrace"], metrics=self.metrics,
             )
             self.reward.setServiceParent(self)
 
@@ -130,12 +133,13 @@ class ChainService(MultiService):
         return d
 
 
-def makeChainService(config, reactor, dataDir):
+def makeChainService(config, reactor, dataDir, registry=None):
     """
     Build the on-chain services from validated options.
 
     @param config: options checked by L{livepeer_tx.chainoptions.validateChainOptions}.
     @param dataDir: where the recipientRand key and the winning-ticket queue live.
+    @param registry: the node's Prometheus registry, for L{ChainMetrics}.
     @return: C{(service, payments)}; off-chain C{(None, OffchainPayments())}.
     """
     if not isOnChain(config):
@@ -150,8 +154,9 @@ def makeChainService(config, reactor, dataDir):
         nonces=SeenNonces(reactor, os.path.join(dataDir, NONCES_FILE)),
     )
     price = Fraction(config["pricePerUnit"], config["pixelsPerUnit"])
+    metrics = ChainMetrics(registry)
     payments = TicketPayments(
-        contracts, recipient, watcher, store, price, redeemGas=config["redeemGas"], reactor=reactor
+        contracts, recipient, watcher, store, price, redeemGas=config["redeemGas"], reactor=reactor, metrics=metrics
     )
-    service = ChainService(reactor, config, account, rpc, contracts, watcher, store)
+    service = ChainService(reactor, config, account, rpc, contracts, watcher, store, metrics=metrics)
     return service, payments

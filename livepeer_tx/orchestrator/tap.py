@@ -255,7 +255,7 @@ def makeService(config, reactor=None):
     app = Orchestrator(reactor, serviceURL, maxSessions=config["maxSessionsLimit"],
                        maxSessionsPerAddress=config["maxSessionsPerAddressLimit"])
     app.setServiceParent(parent)
-    chainService, payments = _makePayments(config, reactor, dataDir)
+    chainService, payments = _makePayments(config, reactor, dataDir, app.metrics.registry)
     if chainService is not None:
         chainService.setServiceParent(parent)
 
@@ -299,13 +299,13 @@ def makeService(config, reactor=None):
     return parent
 
 
-def _makePayments(config, reactor, dataDir):
+def _makePayments(config, reactor, dataDir, registry):
     """
     The chain service and payment processor the options choose.
 
     Only an on-chain orchestrator imports L{livepeer_tx.chain} (eth-abi,
     eth-account): off-chain, payments are L{OffchainPayments} and there is
-    no chain service.
+    no chain service. On chain, its metrics go in C{registry}, the node's.
 
     @return: C{(chainService, payments)}; C{chainService} is L{None}
         off-chain.
@@ -314,7 +314,7 @@ def _makePayments(config, reactor, dataDir):
         return None, OffchainPayments()
     from livepeer_tx.chain.service import makeChainService
 
-    return makeChainService(config, reactor, dataDir)
+    return makeChainService(config, reactor, dataDir, registry)
 
 
 def _addOperations(reactor, parent, app, secret, serverTLS, config):
