@@ -14,7 +14,7 @@ import pytest
 
 from e2e import getOrchestrator, getURL, mintToken, postSegment, push, sessionToken, transcodeResult
 from livepeer_tx.profiles import PRESETS
-from media import ffprobePath, makeClip, probe
+from media import ffprobePath, probe
 
 REGISTERED = r"Successful transcoder registration transcoder=127\.0\.0\.1:\d+ capacity={}"
 
@@ -27,14 +27,30 @@ def transcoderStartupFailure(node, timeout=30):
     return node.process.returncode
 
 
-def heavySegment(tmp_path):
+def gatedFFmpeg(directory):
     """
-    A 3 s 1080p segment: long enough to act on a transcoder mid-transcode.
+    An FFmpeg that holds every run while a gate file exists, and the gate's
+    path: a segment a transcoder has started stays in progress until the
+    test removes the gate, however fast or slow the machine.
     """
-    path = str(tmp_path / "heavy.ts")
-    makeClip(path, 1920, 1080, seconds=3, fps=30)
-    with open(path, "rb") as f:
-        return f.read()
+    import shlex
+
+    from livepeer_tx.transcoder.ffmpeg import findFFmpeg
+
+    gate = os.path.join(str(directory), "ffmpeg-gate")
+    path = os.path.join(str(directory), "gated-ffmpeg")
+    with open(path, "w") as f:
+        f.write(f"#!/bin/sh\nwhile [ -e {shlex.quote(gate)} ]; do sleep 0.02; done\n"
+                f"exec {shlex.quote(findFFmpeg())} \"$@\"\n")
+    os.chmod(path, 0o755)
+    return path, gate
+
+
+def closeGate(gate):
+    """
+    Hold every FFmpeg run of the L{gatedFFmpeg} from now on.
+    """
+    open(gate, "w").close()
 
 
 def transcoderThatStarted(transcoders, timeout=30):
@@ -192,26 +208,28 @@ def test_session_affinity(nodes, segment2s):
     assert len(used) == 1
 
 
-def test_transcoder_killed_mid_segment(nodes, tmp_path):
+def test_transcoder_killed_mid_segment(nodes, segment2s, tmp_path):
     """
     A transcoder killed while it holds a segment: the segment is transcoded
     by the other transcoder and the gateway gets its renditions.
     """
-    heavy = heavySegment(tmp_path)
+    ffmpeg, gate = gatedFFmpeg(tmp_path)
     orchestrator = nodes.startOrchestrator()
-    transcoders = [nodes.startTranscoder(orchestrator, maxSessions=1) for _ in range(2)]
+    transcoders = [nodes.startTranscoder(orchestrator, maxSessions=1, ffmpeg=ffmpeg) for _ in range(2)]
     orchestrator.waitForTranscoders(2)
+    closeGate(gate)
     outcome = {}
 
     def send():
         outcome["response"] = postSegment(
-            orchestrator, heavy, manifestId=b"victim", durationMs=3000,
+            orchestrator, segment2s, manifestId=b"victim", durationMs=2000,
             profiles=("P720p30fps16x9", "P360p30fps16x9", "P240p30fps16x9"))
 
     sender = threading.Thread(target=send)
     sender.start()
     victim = transcoderThatStarted(transcoders)
     victim.kill()
+    os.remove(gate)
     sender.join(60)
     status, body = outcome["response"]
     result = transcodeResult(body)
@@ -361,7 +379,7 @@ def ffmpegChildren(node, timeout=30):
     raise AssertionError("FFmpeg was not running")
 
 
-def test_transcoder_shutdown_leaves_no_ffmpeg_or_files(nodes, tmp_path):
+def test_transcoder_shutdown_leaves_no_ffmpeg_or_files(nodes, segment2s, tmp_path):
     """
     A second SIGTERM while a segment is transcoding (the first one started a
     drain that waits for it): FFmpeg is killed and reaped, the work
@@ -369,12 +387,13 @@ def test_transcoder_shutdown_leaves_no_ffmpeg_or_files(nodes, tmp_path):
     """
     import signal
 
-    heavy = heavySegment(tmp_path)
+    ffmpeg, gate = gatedFFmpeg(tmp_path)
     orchestrator = nodes.startOrchestrator()
-    transcoder = nodes.startTranscoder(orchestrator, maxSessions=1)
+    transcoder = nodes.startTranscoder(orchestrator, maxSessions=1, ffmpeg=ffmpeg)
     orchestrator.waitForTranscoders(1)
+    closeGate(gate)
     sender = threading.Thread(target=lambda: postSegment(
-        orchestrator, heavy, durationMs=3000, profiles=("P720p30fps16x9", "P360p30fps16x9")))
+        orchestrator, segment2s, durationMs=2000, profiles=("P720p30fps16x9", "P360p30fps16x9")))
     sender.start()
     transcoder.waitForLog(r"Transcoding taskId=")
     children = ffmpegChildren(transcoder)
