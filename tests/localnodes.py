@@ -7,6 +7,9 @@ SIGKILL).
 """
 
 import json
+import os
+import shlex
+import stat
 import time
 import urllib.request
 
@@ -20,6 +23,26 @@ from livepeer_tx.gateway.launcher import (
     freePort,
     optionArguments,
 )
+from livepeer_tx.transcoder.ffmpeg import findFFmpeg
+
+
+def gatedFFmpeg(directory, name="gated"):
+    """
+    An FFmpeg (for a transcoder's C{--ffmpeg}) that waits while its gate
+    file exists, so a test can hold a segment in progress for as long as it
+    needs, however fast or slow the machine: create the gate once the
+    transcoder has registered (its start-up test runs FFmpeg too), remove
+    it to let the segment through.
+
+    @return: C{(path of the wrapper, path of the gate file)}.
+    """
+    gate = os.path.join(directory, f"{name}.hold")
+    wrapper = os.path.join(directory, f"{name}-ffmpeg")
+    with open(wrapper, "w") as f:
+        f.write(f"#!/bin/sh\nwhile [ -e {shlex.quote(gate)} ]; do sleep 0.05; done\n"
+                f"exec {shlex.quote(findFFmpeg())} \"$@\"\n")
+    os.chmod(wrapper, stat.S_IRWXU)
+    return wrapper, gate
 
 
 class LocalNode(Node):
@@ -97,5 +120,6 @@ __all__ = [
     "PROJECT_ROOT",
     "REGISTRATION_LOG",
     "freePort",
+    "gatedFFmpeg",
     "optionArguments",
 ]

@@ -14,6 +14,7 @@ import pytest
 
 from e2e import getOrchestrator, getURL, mintToken, postSegment, push, sessionToken, transcodeResult
 from livepeer_tx.profiles import PRESETS
+from localnodes import gatedFFmpeg
 from media import ffprobePath, probe
 
 REGISTERED = r"Successful transcoder registration transcoder=127\.0\.0\.1:\d+ capacity={}"
@@ -26,31 +27,6 @@ def transcoderStartupFailure(node, timeout=30):
     node.process.wait(timeout)
     return node.process.returncode
 
-
-def gatedFFmpeg(directory):
-    """
-    An FFmpeg that holds every run while a gate file exists, and the gate's
-    path: a segment a transcoder has started stays in progress until the
-    test removes the gate, however fast or slow the machine.
-    """
-    import shlex
-
-    from livepeer_tx.transcoder.ffmpeg import findFFmpeg
-
-    gate = os.path.join(str(directory), "ffmpeg-gate")
-    path = os.path.join(str(directory), "gated-ffmpeg")
-    with open(path, "w") as f:
-        f.write(f"#!/bin/sh\nwhile [ -e {shlex.quote(gate)} ]; do sleep 0.02; done\n"
-                f"exec {shlex.quote(findFFmpeg())} \"$@\"\n")
-    os.chmod(path, 0o755)
-    return path, gate
-
-
-def closeGate(gate):
-    """
-    Hold every FFmpeg run of the L{gatedFFmpeg} from now on.
-    """
-    open(gate, "w").close()
 
 
 def transcoderThatStarted(transcoders, timeout=30):
@@ -213,11 +189,11 @@ def test_transcoder_killed_mid_segment(nodes, segment2s, tmp_path):
     A transcoder killed while it holds a segment: the segment is transcoded
     by the other transcoder and the gateway gets its renditions.
     """
-    ffmpeg, gate = gatedFFmpeg(tmp_path)
+    ffmpeg, gate = gatedFFmpeg(str(tmp_path))
     orchestrator = nodes.startOrchestrator()
     transcoders = [nodes.startTranscoder(orchestrator, maxSessions=1, ffmpeg=ffmpeg) for _ in range(2)]
     orchestrator.waitForTranscoders(2)
-    closeGate(gate)
+    open(gate, "w").close()  # FFmpeg runs wait from now on
     outcome = {}
 
     def send():
@@ -387,11 +363,11 @@ def test_transcoder_shutdown_leaves_no_ffmpeg_or_files(nodes, segment2s, tmp_pat
     """
     import signal
 
-    ffmpeg, gate = gatedFFmpeg(tmp_path)
+    ffmpeg, gate = gatedFFmpeg(str(tmp_path))
     orchestrator = nodes.startOrchestrator()
     transcoder = nodes.startTranscoder(orchestrator, maxSessions=1, ffmpeg=ffmpeg)
     orchestrator.waitForTranscoders(1)
-    closeGate(gate)
+    open(gate, "w").close()  # FFmpeg runs wait from now on
     sender = threading.Thread(target=lambda: postSegment(
         orchestrator, segment2s, durationMs=2000, profiles=("P720p30fps16x9", "P360p30fps16x9")))
     sender.start()

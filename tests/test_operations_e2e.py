@@ -15,13 +15,13 @@ import http.client
 import os
 import signal
 import ssl
-import stat
 import threading
 
 import grpc
 from e2e import getURL, postSegment, transcodeResult
 from livepeer_tx.tls import certificateFingerprint, createSelfSigned
-from livepeer_tx.transcoder.ffmpeg import findFFmpeg
+from localnodes import gatedFFmpeg
+
 
 def writeAtomically(path, data, mode=0o600):
     """
@@ -99,21 +99,6 @@ class GatewayStream(threading.Thread):
             self.served[seq] = orchestrator.name
             return
         self.lost[seq] = "no orchestrator took it"
-
-
-def gatedFFmpeg(directory, name):
-    """
-    An FFmpeg that waits while its gate file exists, so a test can hold a
-    segment in progress for as long as it needs.
-
-    @return: C{(path of the wrapper, path of the gate file)}.
-    """
-    gate = os.path.join(directory, f"{name}.hold")
-    wrapper = os.path.join(directory, f"{name}-ffmpeg")
-    with open(wrapper, "w") as f:
-        f.write(f"#!/bin/sh\nwhile [ -e '{gate}' ]; do sleep 0.05; done\nexec '{findFFmpeg()}' \"$@\"\n")
-    os.chmod(wrapper, stat.S_IRWXU)
-    return wrapper, gate
 
 
 def servedFingerprint(orchestrator):
