@@ -23,6 +23,36 @@ class ActionError(Exception):
     """
 
 
+def drainActions(getDrain, status):
+    """
+    A node's C{POST /drain} and C{POST /resume}, for L{addActions}: both
+    answer the node's status, or refuse with L{ActionError} when there is
+    no drain, nothing to resume, or the drain leads to a stop.
+
+    @param getDrain: returns the node's L{livepeer_tx.lifecycle.Drain}, or
+        L{None} while it has none.
+    @param status: returns the node's status (the answer).
+    @return: the C{drain} and C{resume} entries of an actions mapping.
+    """
+
+    def drain(fields):
+        current = getDrain()
+        if current is None:
+            raise ActionError("draining is not available")
+        current.start("POST /drain")
+        return status()
+
+    def resume(fields):
+        current = getDrain()
+        if current is None or not current.active:
+            raise ActionError("not draining")
+        if not current.resume():
+            raise ActionError("stopping: a drain before a stop cannot be resumed")
+        return status()
+
+    return {"drain": drain, "resume": resume}
+
+
 def parseMaxSessions(text, allowAuto):
     """
     A C{maxSessions} value: a whole number from 1 to L{MAX_SESSIONS_LIMIT},

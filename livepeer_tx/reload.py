@@ -21,6 +21,22 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 
+def reloadAll(log, reason, steps):
+    """
+    Run a daemon's reload: each step in order, then one summary line.
+
+    @param log: the daemon's reloader's L{Logger}.
+    @param reason: what asked for the reload (C{SIGHUP}), for the line.
+    @param steps: C{(what, step)} pairs; C{step()} reloads C{what} and
+        returns a word or two on what happened.
+    @return: a dict of C{what} to its outcome (for the line and tests).
+    """
+    summary = {what: step() for what, step in steps}
+    log.info("Reloaded ({reason}): {summary}", reason=reason,
+             summary=", ".join(f"{what} {outcome}" for what, outcome in summary.items()))
+    return summary
+
+
 def rereadFunction(config):
     """
     The C{readConfig} of parsed options C{config}: its C{reread} method, or

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.web import resource
 
 from livepeer_tx import __version__
-from livepeer_tx.admin import ActionError, HealthResource, addActions, parseMaxSessions
+from livepeer_tx.admin import HealthResource, addActions, drainActions, parseMaxSessions
 from livepeer_tx.ethaddress import checksumAddress
 from livepeer_tx.metrics import OrchestratorMetrics
 from livepeer_tx.orchestrator.authtoken import KEY_BYTES, AuthTokens
@@ -332,21 +332,8 @@ class Orchestrator(service.MultiService):
         C{POST /setMaxSessions}.
         """
         root = makeCLIRoot(self.fullStatus, self.metrics.registry if monitor else None)
-        return addActions(root, {"drain": self._drainAction, "resume": self._resumeAction,
+        return addActions(root, {**drainActions(lambda: self.drain, self.fullStatus),
                                  "setMaxSessions": self._setMaxSessionsAction})
-
-    def _drainAction(self, fields):
-        if self.drain is None:
-            raise ActionError("draining is not available")
-        self.drain.start("POST /drain")
-        return self.fullStatus()
-
-    def _resumeAction(self, fields):
-        if self.drain is None or not self.drain.active:
-            raise ActionError("not draining")
-        if not self.drain.resume():
-            raise ActionError("stopping: a drain before a stop cannot be resumed")
-        return self.fullStatus()
 
     def _setMaxSessionsAction(self, fields):
         limit = parseMaxSessions(fields.get("maxSessions"), allowAuto=True)

@@ -9,6 +9,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from livepeer_tx.orchestrator.routing import RETIRING_SECRET
+from livepeer_tx.reload import reloadAll
 from livepeer_tx.secret import SecretFileError
 from livepeer_tx.tls import CertificateError, formatFingerprint
 
@@ -164,14 +165,11 @@ class OrchestratorReloader:
 
         @return: a dict of what happened to each (for the summary line and tests).
         """
-        summary = {
-            "configuration": self._options.reload(),
-            "secret": self._reloadSecret(),
-            "TLS certificate": self._reloadTLS(),
-        }
-        self._log.info("Reloaded ({reason}): {summary}", reason=reason,
-                       summary=", ".join(f"{what} {outcome}" for what, outcome in summary.items()))
-        return summary
+        return reloadAll(self._log, reason, [
+            ("configuration", self._options.reload),
+            ("secret", self._reloadSecret),
+            ("TLS certificate", self._reloadTLS),
+        ])
 
     def _reloadSecret(self):
         if self._secret.isLiteral:

@@ -4,12 +4,10 @@ C{twistd livepeer-orchestrator}: options and service assembly.
 """
 
 import os
-import signal
 import socket
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.endpoints import quoteStringArgument
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -17,10 +15,10 @@ from livepeer_tx import __version__
 from livepeer_tx.addresses import formatHostPort, parseHostPort
 from livepeer_tx.chainoptions import CHAIN_OPT_FLAGS, CHAIN_OPT_PARAMETERS, isOnChain, validateChainOptions
 from livepeer_tx.goflags import FixedBoolean, GoFlagOptions
-from livepeer_tx.lifecycle import preventCoreDumps
 from livepeer_tx.limits import ConnectionLimiter, HTTPLimits, UploadBudget
 from livepeer_tx.payments import OffchainPayments
 from livepeer_tx.secret import Secret, SecretFileError
+from livepeer_tx.taps import cliPortService, makeSignalService, prepareNode
 from livepeer_tx.tls import CertificateError, ServerCertificate
 from livepeer_tx.web import BoundedSite, ConnectionCapFactory, HTTPEdgeMetrics
 
@@ -231,10 +229,7 @@ def makeService(config, reactor=None):
     from livepeer_tx.orchestrator.authtoken import AuthTokens
     from livepeer_tx.orchestrator.ingress import sourceOf
 
-    preventCoreDumps()
-    secret = config["secret"]
-    if secret.isLiteral:
-        _log.warn("--orchSecret was given as a literal: it is visible in the process list; use a file (mode 600)")
+    secret = prepareNode(config, _log)
     dataDir = config["dataDir"]
     os.makedirs(dataDir, mode=0o700, exist_ok=True)
     try:
@@ -287,9 +282,7 @@ def makeService(config, reactor=None):
     publicEndpoint = serverTLS.endpoint(reactor, config["listenPort"], config["listenHost"])
     StreamServerEndpointService(publicEndpoint, publicFactory).setServiceParent(parent)
 
-    cliSite = BoundedSite(app.makeCLIRoot(config["monitor"]), maxBodyBytes=64 * 1024)
-    cliEndpoint = f"tcp:{config['cliPort']}:interface={quoteStringArgument(config['cliHost'])}"
-    strports.service(cliEndpoint, cliSite, reactor=reactor).setServiceParent(parent)
+    cliPortService(reactor, config, app.makeCLIRoot(config["monitor"])).setServiceParent(parent)
     _addOperations(reactor, parent, app, secret, serverTLS, config)
 
     _log.info("***Livepeer Running in Orchestrator Mode*** version={version}", version=__version__)
@@ -325,7 +318,6 @@ def _addOperations(reactor, parent, app, secret, serverTLS, config):
     from livepeer_tx.lifecycle import Drain
     from livepeer_tx.orchestrator.reload import OrchestratorReloader, SecretRotation
     from livepeer_tx.reload import OptionsReload, rereadFunction
-    from livepeer_tx.signals import GracefulStop, SignalService
 
     app.drain = Drain(reactor, app, config["drainSeconds"])
     rotation = SecretRotation(app, reactor, config["rotationGraceSeconds"])
@@ -337,10 +329,4 @@ def _addOperations(reactor, parent, app, secret, serverTLS, config):
         "secretRotationGrace": lambda new: setattr(rotation, "grace", new["rotationGraceSeconds"]),
     })
     reloader = OrchestratorReloader(app, secret, serverTLS, rotation, options)
-    graceful = GracefulStop(reactor, app.drain)
-    signals = SignalService(reactor)
-    signals.addHandler(signal.SIGHUP, reloader.reload)
-    signals.addHandler(signal.SIGUSR2, lambda: _log.info("Status: {line}", line=app.statusLine()))
-    signals.addHandler(signal.SIGTERM, lambda: graceful.stop("SIGTERM"))
-    signals.addHandler(signal.SIGINT, lambda: graceful.stop("SIGINT"))
-    signals.setServiceParent(parent)
+    makeSignalService(reactor, _log, reloader.reload, app.statusLine, app.drain).setServiceParent(parent)

@@ -6,6 +6,7 @@ the secret file and the certificate it trusts the orchestrator with.
 
 from twisted.logger import Logger
 
+from livepeer_tx.reload import reloadAll
 from livepeer_tx.secret import SecretFileError
 
 
@@ -41,14 +42,11 @@ class TranscoderReloader:
 
         @return: a dict of what happened to each.
         """
-        summary = {
-            "configuration": self._options.reload(),
-            "secret": self._reloadSecret(),
-            "orchestrator certificate": self._reloadTLS(),
-        }
-        self._log.info("Reloaded ({reason}): {summary}", reason=reason,
-                       summary=", ".join(f"{what} {outcome}" for what, outcome in summary.items()))
-        return summary
+        return reloadAll(self._log, reason, [
+            ("configuration", self._options.reload),
+            ("secret", self._reloadSecret),
+            ("orchestrator certificate", self._reloadTLS),
+        ])
 
     def _reloadSecret(self):
         if self._secret.isLiteral:

@@ -4,20 +4,19 @@ C{twistd livepeer-transcoder}: options and service assembly.
 """
 
 import os
-import signal
 
-from twisted.application import service, strports
-from twisted.internet.endpoints import quoteStringArgument
+from twisted.application import service
 from twisted.logger import Logger
 from twisted.python import usage
 
 from livepeer_tx import __version__
 from livepeer_tx.addresses import formatHostPort, parseHostPort
-from livepeer_tx.admin import ActionError, parseMaxSessions
+from livepeer_tx.admin import addActions, drainActions, parseMaxSessions
 from livepeer_tx.chainoptions import ETH_OPTION_NAMES
 from livepeer_tx.goflags import FixedBoolean, GoFlagOptions
-from livepeer_tx.lifecycle import preventCoreDumps, stopWithStatus
+from livepeer_tx.lifecycle import stopWithStatus
 from livepeer_tx.secret import Secret, SecretFileError
+from livepeer_tx.taps import cliPortService, makeSignalService, prepareNode
 from livepeer_tx.tls import clientTLSOptions, parseFingerprint
 
 _log = Logger()
@@ -306,17 +305,12 @@ def makeService(config, reactor=None):
     from livepeer_tx.transcoder.client import OrchestratorLink
     from livepeer_tx.transcoder.ffmpeg import FFmpegTranscoder
     from livepeer_tx.transcoder.worker import TranscodeWorker
-    from livepeer_tx.admin import addActions
     from livepeer_tx.lifecycle import Drain
     from livepeer_tx.reload import OptionsReload, rereadFunction
-    from livepeer_tx.signals import GracefulStop, SignalService
     from livepeer_tx.transcoder.reload import TranscoderReloader
-    from livepeer_tx.web import BoundedSite, makeCLIRoot
+    from livepeer_tx.web import makeCLIRoot
 
-    preventCoreDumps()
-    secret = config["secret"]
-    if secret.isLiteral:
-        _log.warn("--orchSecret was given as a literal: it is visible in the process list; use a file (mode 600)")
+    secret = prepareNode(config, _log)
     if config["orchInsecure"]:
         _log.warn("!!! --orchInsecure: the orchestrator's TLS certificate is NOT verified; anyone on the network "
                   "path can impersonate it and receive the secret !!!")
@@ -345,42 +339,21 @@ def makeService(config, reactor=None):
 
     node = TranscoderNode(reactor, config, transcoder, makeLink, ffmpegPath, makeTLSOptions())
     node.drain = Drain(reactor, node, config["drainSeconds"])
-    signals = SignalService(reactor)
-    signals.setServiceParent(node)
     options = OptionsReload(rereadFunction(config), config, {
         "maxSessions": lambda new: node.setCapacity(new["capacity"], "the configuration"),
         "drainTimeout": lambda new: setattr(node.drain, "timeout", new["drainSeconds"]),
     })
     reloader = TranscoderReloader(node, secret, makeTLSOptions if config["orchCert"] else None, options)
-    signals.addHandler(signal.SIGHUP, reloader.reload)
-    signals.addHandler(signal.SIGUSR2, lambda: _log.info("Status: {line}", line=node.statusLine()))
-    graceful = GracefulStop(reactor, node.drain)
-    signals.addHandler(signal.SIGTERM, lambda: graceful.stop("SIGTERM"))
-    signals.addHandler(signal.SIGINT, lambda: graceful.stop("SIGINT"))
+    makeSignalService(reactor, _log, reloader.reload, node.statusLine, node.drain).setServiceParent(node)
 
     cliRoot = makeCLIRoot(node.status, registry if config["monitor"] else None)
-    addActions(cliRoot, {"drain": lambda fields: _drainAction(node), "resume": lambda fields: _resumeAction(node),
+    addActions(cliRoot, {**drainActions(lambda: node.drain, node.status),
                          "setMaxSessions": lambda fields: _setMaxSessionsAction(node, fields)})
-    cliSite = BoundedSite(cliRoot, maxBodyBytes=64 * 1024)
-    cliEndpoint = f"tcp:{config['cliPort']}:interface={quoteStringArgument(config['cliHost'])}"
-    strports.service(cliEndpoint, cliSite, reactor=reactor).setServiceParent(node)
+    cliPortService(reactor, config, cliRoot).setServiceParent(node)
     _log.info("Livepeer Node version: {version}; FFmpeg {ffmpeg}; work dir {workDir}",
               version=__version__, ffmpeg=ffmpegPath, workDir=workDir)
     _log.info("CLI server listening on {addr}", addr=formatHostPort(config["cliHost"], config["cliPort"]))
     return node
-
-
-def _drainAction(node):
-    node.drain.start("POST /drain")
-    return node.status()
-
-
-def _resumeAction(node):
-    if not node.drain.active:
-        raise ActionError("not draining")
-    if not node.drain.resume():
-        raise ActionError("stopping: a drain before a stop cannot be resumed")
-    return node.status()
 
 
 def _setMaxSessionsAction(node, fields):
