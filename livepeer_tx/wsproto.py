@@ -176,6 +176,29 @@ _PATH = re.compile(r"(?:^|(?<=[\s'\"(\[=,;]))(?:~|\.{1,2})?/[^\s'\"()\[\],;:]+")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069]+")
 
 
+def dispatchMessage(target, payload, isBinary, expected=None):
+    """
+    Decode one WebSocket message (a media frame when binary, else a control
+    message) and call C{target.handle_<type>(header, parts)}.
+
+    @param expected: the only type accepted now, or L{None} for any.
+    @raise ProtocolError: the message cannot be decoded, is not the
+        expected type, or has a type C{target} does not handle (or what the
+        handler raises).
+    """
+    if isBinary:
+        header, parts = decodeMedia(payload)
+    else:
+        header, parts = decodeControl(payload), []
+    kind = header["type"]
+    if expected is not None and kind != expected:
+        raise ProtocolError(f"expected {expected!r}, got {kind!r}")
+    handler = getattr(target, "handle_" + kind, None)
+    if handler is None:
+        raise ProtocolError(f"unknown message type {kind!r}")
+    handler(header, parts)
+
+
 def cleanErrorText(text, default="transcoding failed", maxLength=MAX_ERROR_TEXT):
     """
     An error text fit to travel to the other side and on to a gateway:

@@ -337,3 +337,28 @@ def test_refuseSharedFile_names_the_file_and_mode(mode):
     assert str(caught.value) == (
         f"refusing TLS key /k.pem: it is accessible by group or others (mode {mode:04o}); run chmod 600 on it")
     refuseSharedFile("TLS key /k.pem", 0o100600, OSError)
+
+
+def test_dispatchMessage_calls_the_handler_of_the_type():
+    """
+    A control message goes to C{handle_<type>} with no parts and a media
+    frame with its parts; an unexpected or unknown type is a protocol error
+    and calls nothing.
+    """
+    calls = []
+
+    class Target:
+        def handle_ping(self, header, parts):
+            calls.append((header["type"], parts))
+
+        def handle_media(self, header, parts):
+            calls.append((header["type"], parts))
+
+    wsproto.dispatchMessage(Target(), wsproto.encodeControl("ping"), False)
+    wsproto.dispatchMessage(Target(), wsproto.encodeMedia({"type": "media"}, [b"ab", b"c"]), True)
+    assert calls == [("ping", []), ("media", [b"ab", b"c"])]
+    with pytest.raises(wsproto.ProtocolError, match="expected 'register', got 'ping'"):
+        wsproto.dispatchMessage(Target(), wsproto.encodeControl("ping"), False, expected="register")
+    with pytest.raises(wsproto.ProtocolError, match="unknown message type 'nope'"):
+        wsproto.dispatchMessage(Target(), wsproto.encodeControl("nope"), False)
+    assert len(calls) == 2

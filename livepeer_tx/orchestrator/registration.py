@@ -313,17 +313,7 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
         if self.state != self.STATE_OPEN:
             return
         try:
-            if isBinary:
-                header, parts = wsproto.decodeMedia(payload)
-            else:
-                header, parts = wsproto.decodeControl(payload), []
-            kind = header["type"]
-            if self.transcoder is None and kind != "register":
-                raise wsproto.ProtocolError(f"expected 'register', got {kind!r}")
-            handler = getattr(self, "handle_" + kind, None)
-            if handler is None:
-                raise wsproto.ProtocolError(f"unknown message type {kind!r}")
-            handler(header, parts)
+            wsproto.dispatchMessage(self, payload, isBinary, expected="register" if self.transcoder is None else None)
         except wsproto.ProtocolError as e:
             self._protocolError(str(e))
         except Exception:

@@ -106,14 +106,7 @@ class TranscoderClientProtocol(wsproto.MessageLimits, WebSocketClientProtocol):
         if self.state != self.STATE_OPEN:
             return
         try:
-            if isBinary:
-                header, parts = wsproto.decodeMedia(payload)
-            else:
-                header, parts = wsproto.decodeControl(payload), []
-            handler = getattr(self, "handle_" + header["type"], None)
-            if handler is None:
-                raise wsproto.ProtocolError(f"unknown message type {header['type']!r}")
-            handler(header, parts)
+            wsproto.dispatchMessage(self, payload, isBinary)
         except (wsproto.ProtocolError, KeyError, TypeError, ValueError) as e:
             self._log.error("Protocol error from orchestrator: {reason}", reason=str(e))
             self.sendClose(wsproto.CLOSE_PROTOCOL_ERROR, str(e)[:120])
