@@ -125,13 +125,7 @@ class RewardService(PeriodicService):
         if not await rm.call("currentRoundInitialized"):
             return await self._notInitialized(currentRound)
         if not await bm.call("isActiveTranscoder", self.address):
-            self._sayOnce(
-                ("notActive", currentRound),
-                "info",
-                "Not an active transcoder in round {round}; not calling reward this round",
-                round=currentRound,
-            )
-            return "notActive"
+            return self._notActive(currentRound)
         pending = await self._contracts.rpc.getTransactionCount(self.address, "pending")
         mined = await self._contracts.rpc.getTransactionCount(self.address, "latest")
         if pending > mined:
@@ -204,18 +198,21 @@ class RewardService(PeriodicService):
         )
         return "initializing"
 
+    def _notActive(self, currentRound):
+        self._sayOnce(
+            ("notActive", currentRound),
+            "info",
+            "Not an active transcoder in round {round}; not calling reward this round",
+            round=currentRound,
+        )
+        return "notActive"
+
     def _classifyRevert(self, error, currentRound):
         reason = error.revertReason
         if reason == ALREADY_CALLED:
             return "done"
         if reason == NOT_ACTIVE:
-            self._sayOnce(
-                ("notActive", currentRound),
-                "info",
-                "Not an active transcoder in round {round}; not calling reward this round",
-                round=currentRound,
-            )
-            return "notActive"
+            return self._notActive(currentRound)
         if reason == NOT_INITIALIZED:
             return "notInitialized"
         if reason == PAUSED:
