@@ -20,6 +20,8 @@ configuration is left alone, so a value set at run time (C{POST
 from twisted.logger import Logger
 from twisted.python import usage
 
+from livepeer_tx.secret import SecretFileError
+
 
 def reloadAll(log, reason, steps):
     """
@@ -35,6 +37,37 @@ def reloadAll(log, reason, steps):
     log.info("Reloaded ({reason}): {summary}", reason=reason,
              summary=", ".join(f"{what} {outcome}" for what, outcome in summary.items()))
     return summary
+
+
+def secretTag(secret):
+    """
+    The L{Secret.currentTag<livepeer_tx.secret.Secret.currentTag>} of
+    C{secret}, or L{None} when its file cannot be used now.
+    """
+    try:
+        return secret.currentTag()
+    except SecretFileError:
+        return None
+
+
+def rereadSecret(secret, log, errorConsequence=""):
+    """
+    Re-read a secret for a reload.
+
+    @param log: the reloader's L{Logger}, for the error line.
+    @param errorConsequence: what the error line adds after the error
+        (e.g. C{"; registrations are refused until it is fixed"}).
+    @return: C{(tag, None)} with the secret's current tag, or C{(None,
+        outcome)}: C{"not a file"} for a literal secret, C{"error"} (logged)
+        when its file cannot be used.
+    """
+    if secret.isLiteral:
+        return None, "not a file"
+    try:
+        return secret.currentTag(), None
+    except SecretFileError as e:
+        log.error("Reload: {error}" + errorConsequence, error=str(e))
+        return None, "error"
 
 
 def rereadFunction(config):

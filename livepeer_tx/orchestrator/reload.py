@@ -9,8 +9,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from livepeer_tx.orchestrator.routing import RETIRING_SECRET
-from livepeer_tx.reload import reloadAll
-from livepeer_tx.secret import SecretFileError
+from livepeer_tx.reload import reloadAll, rereadSecret, secretTag
 from livepeer_tx.tls import CertificateError, formatFingerprint
 
 # With a grace period, how long to wait for a retired transcoder to come back
@@ -154,10 +153,7 @@ class OrchestratorReloader:
         self._serverTLS = serverTLS
         self._rotation = rotation
         self._options = options
-        try:
-            self._secretTag = secret.currentTag()
-        except SecretFileError:
-            self._secretTag = None
+        self._secretTag = secretTag(secret)
 
     def reload(self, reason="SIGHUP"):
         """
@@ -172,13 +168,9 @@ class OrchestratorReloader:
         ])
 
     def _reloadSecret(self):
-        if self._secret.isLiteral:
-            return "not a file"
-        try:
-            tag = self._secret.currentTag()
-        except SecretFileError as e:
-            self._log.error("Reload: {error}; registrations are refused until it is fixed", error=str(e))
-            return "error"
+        tag, outcome = rereadSecret(self._secret, self._log, "; registrations are refused until it is fixed")
+        if outcome is not None:
+            return outcome
         changed, self._secretTag = tag != self._secretTag, tag
         if changed:
             self._log.info("Reload: the secret in {path} changed", path=self._secret.path)

@@ -6,8 +6,7 @@ the secret file and the certificate it trusts the orchestrator with.
 
 from twisted.logger import Logger
 
-from livepeer_tx.reload import reloadAll
-from livepeer_tx.secret import SecretFileError
+from livepeer_tx.reload import reloadAll, rereadSecret, secretTag
 
 
 class TranscoderReloader:
@@ -31,10 +30,7 @@ class TranscoderReloader:
         self._secret = secret
         self._makeTLSOptions = makeTLSOptions
         self._options = options
-        try:
-            self._secretTag = secret.currentTag()
-        except SecretFileError:
-            self._secretTag = None
+        self._secretTag = secretTag(secret)
 
     def reload(self, reason="SIGHUP"):
         """
@@ -49,13 +45,9 @@ class TranscoderReloader:
         ])
 
     def _reloadSecret(self):
-        if self._secret.isLiteral:
-            return "not a file"
-        try:
-            tag = self._secret.currentTag()
-        except SecretFileError as e:
-            self._log.error("Reload: {error}", error=str(e))
-            return "error"
+        tag, outcome = rereadSecret(self._secret, self._log)
+        if outcome is not None:
+            return outcome
         if tag == self._secretTag:
             return "unchanged"
         self._secretTag = tag
