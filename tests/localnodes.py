@@ -8,8 +8,11 @@ SIGKILL).
 
 import json
 import os
+import re
 import shlex
+import signal
 import stat
+import subprocess
 import time
 import urllib.request
 
@@ -45,10 +48,37 @@ def gatedFFmpeg(directory, name="gated"):
     return wrapper, gate
 
 
+_DRAINING = re.compile(r"Draining \(SIGTERM\)")
+
+
 class LocalNode(Node):
     """
-    A node a test can query on its CLI port and crash.
+    A node a test can query on its CLI port, crash, and stop without
+    waiting for its drain.
     """
+
+    def skipDrain(self, timeout=10.0):
+        """
+        Send SIGTERM, and once the node has started draining, SIGTERM again:
+        it stops at once instead of waiting for its work (an orchestrator
+        waits for renditions nobody will download). Does nothing to a node
+        that is not running; returns once the node exited (or C{timeout}
+        seconds later: L{Node.stop} then kills it).
+        """
+        if not self.running:
+            return
+        offset = self.logOffset()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.waitForLog(_DRAINING, timeout, since=offset)
+        except NodeError:
+            return
+        if self.running:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
 
     def cliStatus(self, timeout=5.0):
         """
@@ -108,6 +138,17 @@ class LocalNodes(NodeLauncher):
 
     orchestratorClass = LocalOrchestratorNode
     nodeClass = LocalNode
+
+    def stopAll(self, timeout=10.0):
+        """
+        Stop every node, transcoders first, without waiting for drains (the
+        tests that check drains stop their nodes themselves).
+
+        @return: a dict of node name to exit status.
+        """
+        for node in sorted(self.nodes, key=lambda n: isinstance(n, OrchestratorNode)):
+            node.skipDrain(timeout)
+        return super().stopAll(timeout)
 
 
 __all__ = [
