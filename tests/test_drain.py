@@ -24,7 +24,7 @@ from livepeer_tx.transcoder import tap as transcoderTap
 from livepeer_tx.transcoder.client import TranscoderClientProtocol
 from livepeer_tx.transcoder.worker import TranscodeWorker
 
-from test_hostile_transcoder import (  # noqa: F401 (events is a fixture)
+from memorywire import (  # noqa: F401 (events is a fixture)
     PROFILES, Harness, HangingEngine, events, outcome, output, texts,
 )
 

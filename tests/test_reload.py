@@ -29,7 +29,7 @@ from livepeer_tx.transcoder.client import OrchestratorLink
 from livepeer_tx.transcoder.reload import TranscoderReloader
 from livepeer_tx.transcoder.worker import TranscodeWorker
 
-from test_hostile_transcoder import (  # noqa: F401 (events is a fixture)
+from memorywire import (  # noqa: F401 (events is a fixture)
     PROFILES, SECRET, Harness, HangingEngine, events, outcome, output, texts,
 )
 
@@ -207,8 +207,8 @@ def test_server_tls_reload_swaps_the_pair_for_new_connections(tmp_path):
 
 class RotationHarness(Harness):
     """
-    The in-memory orchestrator of test_hostile_transcoder, with its secret
-    in a file, and its reloader.
+    The in-memory orchestrator of L{memorywire.Harness}, with its secret in
+    a file, and its reloader.
     """
 
     def __init__(self, path, grace=0.0, **options):
