@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_units -*-
+# -*- test-case-name: tests.test_units,tests.test_memory_link,tests.test_hostile_transcoder -*-
 """
 The transcoder's connection to its orchestrator: registration over a
 WebSocket, work in binary frames, and reconnection with backoff.
