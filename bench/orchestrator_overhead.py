@@ -25,6 +25,7 @@ downloads come after the TranscodeResult and are shown separately.
 
 import argparse
 import os
+import pstats
 import shutil
 import sys
 import tempfile
@@ -34,8 +35,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import (  # noqa: E402
     PROJECT_ROOT, connectFakeTranscoder, cpuSeconds, fakeTranscoderFactory, median, p50p99, printHeader, printTable,
-    raiseFileLimit, readSecret, verdict,
+    raiseFileLimit, readSecret, rssKB, verdict,
 )
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 from eth_utils import keccak  # noqa: E402
 from twisted.internet import task  # noqa: E402
 from twisted.internet.defer import Deferred, gatherResults  # noqa: E402
@@ -48,7 +50,10 @@ from livepeer_tx.profiles import parsePresetList  # noqa: E402
 SEGMENT_BYTES = 2 * 1024 * 1024
 TARGET_P50_MS = 5.0
 TARGET_P99_MS = 25.0
-CAPACITY = 64
+TARGET_FLOOR_RATIO = 1.5
+KNEE_P99_MS = 50.0
+# Sessions outlive their level: room for every stream of every level.
+CAPACITY = 256
 
 
 def gatewayHashSeconds(data, rounds=10):
@@ -61,6 +66,37 @@ def gatewayHashSeconds(data, rounds=10):
         keccak(data)
         times.append(time.perf_counter() - started)
     return median(times)
+
+
+def floorSeconds(data, rounds=10):
+    """
+    The CPU time, on this thread, of the work no orchestrator can avoid for
+    one segment: keccak-256 of C{data} (go-livepeer's hash check) and
+    AES-128-GCM over four times its size (TLS in from the gateway, out to the
+    transcoder, back from it, out again on the download).
+
+    @return: C{(keccak seconds, AES-GCM seconds)}, each the median of
+        C{rounds}.
+    """
+    aead = AESGCM(AESGCM.generate_key(bit_length=128))
+    nonce = os.urandom(12)
+    hashTimes, aesTimes = [], []
+    for _ in range(rounds):
+        started = time.thread_time()
+        keccak(data)
+        hashed = time.thread_time()
+        for _ in range(4):
+            aead.encrypt(nonce, data, None)
+        hashTimes.append(hashed - started)
+        aesTimes.append(time.thread_time() - hashed)
+    return median(hashTimes), median(aesTimes)
+
+
+def loadAverage():
+    """
+    The 1-minute load average and the CPU count, for the record.
+    """
+    return f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
 
 
 async def runLevel(reactor, orchestrator, factory, profiles, data, streams, perStream, period):
@@ -99,13 +135,42 @@ async def runLevel(reactor, orchestrator, factory, profiles, data, streams, perS
             await pusher.close()
 
     started = time.perf_counter()
+    rssBefore = resetPeakRSS(orchestrator.pid)
     orchestratorCPU, benchCPU = cpuSeconds(orchestrator.pid), cpuSeconds(os.getpid())
     await gatherResults([Deferred.fromCoroutine(stream(i)) for i in range(streams)], consumeErrors=True)
     figures["wall"] = time.perf_counter() - started
+    figures["rssGrowthKB"] = peakRSSKB(orchestrator.pid) - rssBefore if rssBefore is not None else None
     pushed = streams * (perStream + 1)
     figures["orchestratorCPU"] = (cpuSeconds(orchestrator.pid) - orchestratorCPU) / pushed
     figures["benchCPU"] = (cpuSeconds(os.getpid()) - benchCPU) / pushed
     return figures
+
+
+def resetPeakRSS(pid):
+    """
+    Reset process C{pid}'s peak RSS (C{VmHWM}) to its current RSS through
+    C{/proc/<pid>/clear_refs}.
+
+    @return: the RSS in kB after the reset, or L{None} where the kernel does
+        not allow it.
+    """
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return rssKB(pid)
+
+
+def peakRSSKB(pid):
+    """
+    C{VmHWM} (peak RSS) of process C{pid} in kB.
+    """
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise ValueError(f"no VmHWM for pid {pid}")
 
 
 MODES = {
@@ -115,14 +180,15 @@ MODES = {
 }
 
 
-def levelRow(streams, figures, hashSeconds):
+def levelRow(streams, figures, hashSeconds, floor):
     """
-    One table row for a concurrency level's figures.
+    One table row for a concurrency level's figures; C{floor} is the
+    unavoidable CPU seconds per segment (L{floorSeconds}, summed).
     """
     overheads = [(t - w) * 1000 for t, w in zip(figures["toResult"], figures["work"])]
     count = len(overheads)
     if not count:
-        return [str(streams), "0", str(figures["failed"])] + ["-"] * 9 + ["MISSED (no figure)"]
+        return [str(streams), "0", str(figures["failed"])] + ["-"] * 12 + ["MISSED (no figure)"]
     net = [o - hashSeconds * 1000 for o in overheads]
     p50, p99 = p50p99(overheads)
     n50, n99 = p50p99(net)
@@ -132,8 +198,47 @@ def levelRow(streams, figures, hashSeconds):
         f"{median(figures['work']) * 1000:.2f}", f"{median(figures['downloads']) * 1000:.1f}",
         f"{count / figures['wall']:.1f}",
         f"{figures['orchestratorCPU'] * 1000:.1f}", f"{figures['benchCPU'] * 1000:.1f}",
+        f"{figures['orchestratorCPU'] / floor:.2f}",
+        "-" if figures["rssGrowthKB"] is None else f"{figures['rssGrowthKB'] / 1024:.1f}",
+        f"{figures['rssGrowthKB'] * 1024 / (streams * SEGMENT_BYTES):.2f}" if figures["rssGrowthKB"] else "-",
         verdict(n50, TARGET_P50_MS) + "/" + verdict(n99, TARGET_P99_MS),
     ]
+
+
+class ProfiledNodes(LocalNodes):
+    """
+    L{LocalNodes} whose twistd processes run under twistd's own cProfile
+    (C{--profile --profiler=cprofile --savestats}), the statistics written to
+    C{<profileDir>/<plugin>.pstats} when the process stops.
+    """
+
+    def __init__(self, workDir, profileDir):
+        super().__init__(workDir)
+        self.profileDir = profileDir
+
+    def twistdCommand(self, plugin, options):
+        """
+        The usual command with twistd's profiling options before the plugin.
+        """
+        command = super().twistdCommand(plugin, options)
+        at = command.index(plugin)
+        path = os.path.join(self.profileDir, f"{plugin}.pstats")
+        return command[:at] + [f"--profile={path}", "--profiler=cprofile", "--savestats"] + command[at:]
+
+
+def printProfile(path, entries=25):
+    """
+    Print the top C{entries} functions of a cProfile statistics file, by
+    their own time and by cumulative time.
+    """
+    if not os.path.exists(path):
+        print(f"no profile at {path} (the orchestrator did not stop cleanly)")
+        return
+    for order in ("tottime", "cumulative"):
+        print()
+        print(f"[orchestrator profile, top {entries} by {order}]")
+        pstats.Stats(path, stream=sys.stdout).strip_dirs().sort_stats(order).print_stats(entries)
+    sys.stdout.flush()
 
 
 async def main(reactor, args):
@@ -147,10 +252,12 @@ async def main(reactor, args):
     profiles = parsePresetList("P240p30fps16x9")
     data = os.urandom(SEGMENT_BYTES)
     hashSeconds = gatewayHashSeconds(data)
+    floorHash, floorAES = floorSeconds(data)
+    floor = floorHash + floorAES
     workDir = tempfile.mkdtemp(prefix="bench-overhead-")
     pool = reactor.getThreadPool()
-    nodes = LocalNodes(workDir)
-    tables = {}
+    nodes = ProfiledNodes(workDir, args.profile) if args.profile else LocalNodes(workDir)
+    tables, nets = {}, {}
     try:
         # Every stream comes from this one address: let it hold them all.
         orchestrator = await deferToThreadPool(
@@ -160,8 +267,11 @@ async def main(reactor, args):
         protocol = await connectFakeTranscoder(reactor, orchestrator, factory)
         print("transcoder: fake-work WebSocket client in this process (transcoder protocol over TLS, "
               f"capacity {CAPACITY}, no FFmpeg); it echoes one {SEGMENT_BYTES // 1024} KiB rendition per segment")
-        print(f"orchestrator: real twistd process pid {orchestrator.pid}, {orchestrator.publicUrl}")
+        print(f"orchestrator: real twistd process pid {orchestrator.pid}, {orchestrator.publicUrl}"
+              + (f", under cProfile ({args.profile})" if args.profile else ""))
         print(f"gateway-side keccak-256 of a 2 MiB segment: {hashSeconds * 1000:.1f} ms (median of 10)")
+        print(f"floor (CPU of this thread, median of 10): keccak-256 of the segment {floorHash * 1000:.1f} ms + "
+              f"AES-128-GCM of 4 x 2 MiB {floorAES * 1000:.1f} ms = {floor * 1000:.1f} ms; {loadAverage()}")
         print("live: each stream sends one 2 s segment every 2 s, starts spread over 2 s; "
               "back-to-back: each stream sends its next segment as soon as the previous one is done. "
               "One warm-up segment per stream is not counted.", flush=True)
@@ -172,12 +282,16 @@ async def main(reactor, args):
                 perStream = perStreamFor(streams)
                 figures = await runLevel(
                     reactor, orchestrator, factory, profiles, data, streams, perStream, period)
-                rows.append(levelRow(streams, figures, hashSeconds))
+                rows.append(levelRow(streams, figures, hashSeconds, floor))
+                net = [(t - w - hashSeconds) * 1000 for t, w in zip(figures["toResult"], figures["work"])]
+                nets[mode, streams] = p50p99(net) if net else (None, None)
                 print(f"  {mode}, {streams} stream(s): {len(figures['toResult'])} timed segments "
-                      f"in {figures['wall']:.1f} s", flush=True)
+                      f"in {figures['wall']:.1f} s; {loadAverage()}", flush=True)
         protocol.sendClose()
     finally:
         await deferToThreadPool(reactor, pool, nodes.close)
+        if args.profile:
+            printProfile(os.path.join(args.profile, "livepeer-orchestrator.pstats"))
         shutil.rmtree(workDir, ignore_errors=True)
 
     for mode, rows in tables.items():
@@ -185,7 +299,8 @@ async def main(reactor, args):
         print(f"[{mode}]")
         printTable(
             ["streams", "segments", "failed", "p50 ms", "p99 ms", "net p50 ms", "net p99 ms", "work p50 ms",
-             "download p50 ms", "seg/s", "orch CPU ms/seg", "bench CPU ms/seg", "p50/p99 vs target"],
+             "download p50 ms", "seg/s", "orch CPU ms/seg", "bench CPU ms/seg", "orch CPU / floor",
+             "peak RSS growth MiB", "growth / bytes in", "p50/p99 vs target"],
             rows,
         )
     print()
@@ -194,6 +309,23 @@ async def main(reactor, args):
           f"targets p50 <= {TARGET_P50_MS:g} ms, p99 <= {TARGET_P99_MS:g} ms (verdict on net figures).")
     print("CPU ms/seg: CPU time used per pushed segment (warm-ups and downloads included) by the orchestrator "
           "process and by this bench process (gateways + fake transcoder); both share this machine's CPUs.")
+    print(f"orch CPU / floor: the orchestrator's CPU per segment over the floor ({floor * 1000:.1f} ms, "
+          f"keccak-256 + 4 x AES-128-GCM of the segment, measured above); target <= {TARGET_FLOOR_RATIO:g}.")
+    print("peak RSS growth: the orchestrator's VmHWM during the level minus its VmRSS before (reset through "
+          "/proc/<pid>/clear_refs); growth / bytes in: that over streams x 2 MiB (target <= 3 at 32 streams).")
+    for mode in tables:
+        one = nets.get((mode, 1), (None, None))[0]
+        if one is not None:
+            print(f"{mode}: net p50 at 1 stream {one:.1f} ms vs floor + 5 ms = {floor * 1000 + 5:.1f} ms: "
+                  f"{verdict(one, floor * 1000 + 5)}")
+        passed = [n for n in levels if nets.get((mode, n), (None, None))[1] is not None
+                  and nets[mode, n][1] > KNEE_P99_MS]
+        if passed:
+            print(f"{mode}: net p99 first passes {KNEE_P99_MS:g} ms at {passed[0]} streams "
+                  f"({passed[0] / os.cpu_count():g} per core)")
+        else:
+            print(f"{mode}: net p99 stays under {KNEE_P99_MS:g} ms up to {max(levels)} streams "
+                  f"({max(levels) / os.cpu_count():g} per core)")
 
 
 def parseArguments(argv):
@@ -205,6 +337,9 @@ def parseArguments(argv):
     parser.add_argument("--modes", default="live,back-to-back",
                         help="comma-separated: live (paced, one segment per 2 s per stream) and/or "
                              "back-to-back (saturation) [live,back-to-back]")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="run the orchestrator under cProfile, write its statistics to DIR and print the top "
+                             "entries (the figures are then inflated by the profiler)")
     return parser.parse_args(argv)
 
 

@@ -11,6 +11,8 @@ applies them to connections.
 """
 
 import json
+import threading
+from functools import partial
 from io import BytesIO
 
 import h2.errors
@@ -20,11 +22,13 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.twisted import MetricsResource
 from twisted.internet.defer import succeed
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.internet.interfaces import IProtocolNegotiationFactory, IReactorCore, IReactorFromThreads
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols import policies
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.web import http, resource, server
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
@@ -45,6 +49,14 @@ MALFORMED_BODY = "malformed chunked body"
 BODY_TOO_LARGE = "request body too large"
 UPLOAD_MEMORY_FULL = "upload memory budget exhausted"
 RETRY_AFTER_SECONDS = 5
+
+#: Body bytes handed to a hashing thread at once: large enough that the
+#: hand-off costs little next to the hash, small enough to overlap the upload.
+HASH_BATCH_BYTES = 256 * 1024
+
+#: Threads hashing request bodies (pycryptodome's keccak runs without the
+#: GIL, so they use the cores the reactor thread does not).
+HASH_THREADS = 2
 
 
 def describeAddress(address):
@@ -353,6 +365,80 @@ class HardenedHTTPChannel(http.HTTPChannel):
             self.transport.abortConnection()
 
 
+def _daemonThread(*args, **kwargs):
+    thread = threading.Thread(*args, **kwargs)
+    thread.daemon = True
+    return thread
+
+
+class _HashThreadPool(ThreadPool):
+    """
+    A thread pool whose threads never keep the interpreter alive (the site
+    stops it at the reactor's shutdown; a process that never runs its
+    reactor, as a test, must still exit).
+    """
+
+    threadFactory = staticmethod(_daemonThread)
+
+
+def _hashPieces(hasher, pieces):
+    for piece in pieces:
+        hasher.update(piece)
+
+
+class BodyKeccak:
+    """
+    The keccak-256 of a request body fed in the pieces it arrives in.
+
+    With C{run} (a function that runs C{f(*args)} on another thread and
+    returns a L{Deferred} of its result), pieces are kept as they are (no
+    copy) until at least C{batchBytes} wait, then hashed on another thread,
+    one batch after the other; pycryptodome's keccak releases the GIL, so
+    the reactor thread goes on meanwhile. Without C{run} each piece is hashed
+    at once.
+    """
+
+    def __init__(self, run=None, batchBytes=HASH_BATCH_BYTES):
+        # pycryptodome's own object: eth_hash's wrapper keeps every part
+        # it is given (for copy()), which would hold the body twice.
+        self._hasher = keccak.new(digest_bits=256)
+        self._run = run
+        self._batchBytes = batchBytes
+        self._pieces = []
+        self._waiting = 0
+        self._last = None
+
+    def update(self, data):
+        """
+        Add the body's next piece.
+        """
+        if self._run is None:
+            self._hasher.update(data)
+            return
+        self._pieces.append(data)
+        self._waiting += len(data)
+        if self._waiting >= self._batchBytes:
+            self._dispatch()
+
+    def _dispatch(self):
+        pieces, self._pieces, self._waiting = self._pieces, [], 0
+        run = partial(self._run, _hashPieces, self._hasher, pieces)
+        self._last = run() if self._last is None else self._last.addCallback(lambda _: run())
+
+    def digestLater(self):
+        """
+        The digest of everything given to L{update}, once it is all hashed;
+        call once, after the last piece.
+
+        @return: a L{Deferred} firing with the 32-byte digest.
+        """
+        if self._pieces:
+            self._dispatch()
+        if self._last is None:
+            return succeed(self._hasher.digest())
+        return self._last.addCallback(lambda _: self._hasher.digest())
+
+
 class BoundedRequest(server.Request):
     """
     A request whose body is bounded before it is read, over HTTP/1.1 or
@@ -373,10 +459,11 @@ class BoundedRequest(server.Request):
 
     Bodies are kept in memory (the budget bounds them); reading the whole body
     from C{content} returns it without a copy. On a site with C{hashBodies},
-    the body's keccak-256 is computed as it arrives, so checking a segment's
-    hash costs nothing once it is in.
+    the body's keccak-256 is computed as it arrives, off the reactor thread
+    where the site's reactor runs threads, so checking a segment's hash costs
+    the reactor nothing once it is in.
 
-    @ivar bodyKeccak: the running keccak-256 of the body, or L{None}.
+    @ivar bodyKeccak: the body's L{BodyKeccak}, or L{None}.
     @ivar refused: whether the request was refused before its body was read.
     """
 
@@ -430,9 +517,7 @@ class BoundedRequest(server.Request):
         if isHTTP2(self):
             self._startStreamDeadlines(site, length)
         if getattr(site, "hashBodies", False):
-            # pycryptodome's own object: eth_hash's wrapper keeps every part
-            # it is given (for copy()), which would hold the body twice.
-            self.bodyKeccak = keccak.new(digest_bits=256)
+            self.bodyKeccak = site.bodyHasher()
         self.content = BytesIO()
 
     def handleContentChunk(self, data):
@@ -727,8 +812,11 @@ class BoundedSite(server.Site):
     @param grpcRegistry: a L{livepeer_tx.rpc.ServiceRegistry} to serve over
         HTTP/2, or L{None} for HTTP/1.1 only.
     @param grpcSettings: the L{livepeer_tx.rpc.GRPCSettings} of its calls.
-    @ivar hashBodies: compute each request body's keccak-256 as it arrives.
+    @ivar hashBodies: compute each request body's keccak-256 as it arrives
+        (see L{bodyHasher}).
     """
+
+    _hashRun = None
 
     requestFactory = BoundedRequest
 
@@ -749,6 +837,24 @@ class BoundedSite(server.Site):
         if grpcRegistry is not None:
             self.protocol = channelFactory(grpcRegistry, http11Channel=HardenedHTTPChannel, settings=grpcSettings,
                                            http2Connection=HardenedH2Connection)
+
+    def bodyHasher(self):
+        """
+        A new L{BodyKeccak} for a request body: hashed on this site's
+        L{HASH_THREADS} hashing threads (started on first use, stopped at
+        the reactor's shutdown) where its reactor runs threads, else on the
+        reactor thread.
+        """
+        if self._hashRun is None:
+            reactor = self.reactor
+            if IReactorFromThreads.providedBy(reactor) and IReactorCore.providedBy(reactor):
+                pool = _HashThreadPool(0, HASH_THREADS, name="keccak")
+                pool.start()
+                reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+                self._hashRun = partial(deferToThreadPool, reactor, pool)
+            else:
+                self._hashRun = False
+        return BodyKeccak(self._hashRun or None)
 
     def maxBodyBytesFor(self, path):
         """

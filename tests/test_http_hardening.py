@@ -8,6 +8,7 @@ budget. The limit classes are tested on their own with a clock.
 import pytest
 from eth_utils import keccak
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import AccumulatingProtocol, EventLoggingObserver, MemoryReactorClock, StringTransport
@@ -20,7 +21,7 @@ from livepeer_tx.limits import (
     ADDRESS_CAP, CLOSE_TOO_SLOW, HEADERS_TOO_SLOW, REQUEST_TOO_LONG, TOTAL_CAP, UPLOAD_TOO_SLOW,
     ConnectionDeadlines, ConnectionLimiter, HTTPLimits, LogThrottle, UploadBudget, UploadRefused,
 )
-from livepeer_tx.web import BoundedSite, ConnectionCapFactory, HTTPEdgeMetrics
+from livepeer_tx.web import BodyKeccak, BoundedSite, ConnectionCapFactory, HTTPEdgeMetrics
 
 LIMITS = HTTPLimits(headerTimeout=20.0, idleTimeout=60.0, minUploadRate=1000.0, uploadRateGrace=2.0,
                     maxRequestSeconds=600.0, closeGrace=10.0, refusalGrace=1.0)
@@ -321,10 +322,46 @@ def test_body_is_kept_hashed_and_read_without_a_copy():
     connection.send(b"POST /x HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body), body[:5000], body[5000:])
     request = root.requests[0]
     assert root.bodies == [body]
-    assert request.bodyKeccak.digest() == keccak(body)
+    digests = []
+    request.bodyKeccak.digestLater().addCallback(digests.append)
+    assert digests == [keccak(body)]
     request.content.seek(0)
     whole = request.content.read()
     assert whole is request.content.getvalue()
+
+
+def test_body_hash_runs_in_ordered_batches_off_the_caller():
+    """
+    With a runner, the pieces wait (not copied) until a batch is full, each
+    batch is handed over only after the one before it finished, and the
+    digest comes once the last one has run.
+    """
+    jobs = []
+
+    def run(f, *args):
+        d = Deferred()
+        jobs.append((f, args, d))
+        return d
+
+    def finish(job):
+        f, args, d = job
+        d.callback(f(*args))
+
+    pieces = [bytes([n]) * 300 for n in range(7)]
+    hasher = BodyKeccak(run, batchBytes=1000)
+    for piece in pieces[:4]:
+        hasher.update(piece)
+    assert len(jobs) == 1
+    assert all(a is b for a, b in zip(jobs[0][1][1], pieces[:4]))
+    for piece in pieces[4:]:
+        hasher.update(piece)
+    digests = []
+    hasher.digestLater().addCallback(digests.append)
+    assert len(jobs) == 1
+    finish(jobs[0])
+    assert len(jobs) == 2 and digests == []
+    finish(jobs[1])
+    assert digests == [keccak(b"".join(pieces))]
 
 
 def test_upload_budget_refuses_with_503_and_releases(logEvents):

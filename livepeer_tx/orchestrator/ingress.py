@@ -185,8 +185,8 @@ class SegmentSubmission:
     @ivar source: what admission counts it against (see L{sourceOf}).
     @ivar peer: the gateway's C{host:port}, for log lines.
     @ivar contentType: the request's content type, as text.
-    @ivar bodyDigest: the body's keccak-256 if computed as it arrived, else
-        L{None}.
+    @ivar bodyDigest: the body's keccak-256 if computed as it arrived (or a
+        L{Deferred} of it, hashed off the reactor thread), else L{None}.
     """
 
     segmentHeader: object
@@ -349,7 +349,11 @@ class SegmentService:
         body = submission.body
         if len(body) > self.maxSegmentBytes:
             raise SegmentRejected(413, f"segment larger than {self.maxSegmentBytes} bytes", REJECTED_SIZE)
-        digest = submission.bodyDigest if submission.bodyDigest is not None else keccak(body)
+        digest = submission.bodyDigest
+        if digest is None:
+            digest = keccak(body)
+        elif isinstance(digest, defer.Deferred):
+            digest = await digest
         if digest != segData.hash:
             raise SegmentRejected(403, "Forbidden", REJECTED_HASH)
         return _CheckedSegment(segData, profiles, sessionId, limitedSource, info)
@@ -450,7 +454,7 @@ class SegmentResource(resource.Resource):
             source=sourceOf(request.getClientAddress()),
             peer=_peer(request),
             contentType=(request.getHeader(CONTENT_TYPE_HEADER) or b"").decode("latin-1"),
-            bodyDigest=bodyKeccak.digest() if bodyKeccak is not None else None,
+            bodyDigest=bodyKeccak.digestLater() if bodyKeccak is not None else None,
         )
         finished = []
         request.notifyFinish().addBoth(finished.append)
