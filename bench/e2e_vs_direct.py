@@ -11,7 +11,13 @@ L{livepeer_tx.transcoder.ffmpeg.buildCommand} for the same input and ladder.
 Runs are interleaved (direct, pushed, direct, pushed, ...) after one warm-up
 of each. Prints the medians and their ratio (target <= 1.10).
 
-    .venv/bin/python bench/e2e_vs_direct.py [--segments 5]
+    .venv/bin/python bench/e2e_vs_direct.py [--segments 5] [--wan]
+
+With C{--wan} the gateway's and the transcoder's connections to the
+orchestrator go through shaping relays (L{shaping.ShapingRelay}; the
+orchestrator advertises the gateway relay's address, so rendition downloads
+cross that link too), and each interleaved round pushes the segment once
+with the relays shaping and once with them passing bytes straight through.
 """
 
 import argparse
@@ -27,17 +33,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
     LADDER, PROJECT_ROOT, ladder, median, printHeader, printTable, verdict,
 )
+from shaping import Shape, ShapingRelay  # noqa: E402
 from twisted.internet import task  # noqa: E402
 from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.internet.threads import deferToThreadPool  # noqa: E402
 from twisted.internet.utils import getProcessOutputAndValue  # noqa: E402
 
 from livepeer_tx.gateway.push import SegmentPusher  # noqa: E402
-from tests.localnodes import REGISTRATION_LOG, LocalNodes  # noqa: E402
+from tests.localnodes import REGISTRATION_LOG, LocalNodes, freePort  # noqa: E402
 from livepeer_tx.transcoder.ffmpeg import buildCommand, findFFmpeg  # noqa: E402
 from tests.media import makeClip  # noqa: E402
 
 TARGET_RATIO = 1.10
+#: The WAN links of --wan (issue 10): gateway <-> orchestrator and
+#: orchestrator <-> transcoder, (Mbit/s, one-way ms) each way.
+GATEWAY_LINK = (100, 20)
+TRANSCODER_LINK = (50, 30)
+TARGET_WAN_STREAMING_RATIO = 1.15
 _DONE = re.compile(r"Transcoding done for taskId=(\d+) dur=([0-9.]+)s")
 
 
@@ -78,8 +90,31 @@ async def main(reactor, args):
             data = f.read()
         print(f"source: 2 s 1920x1080 30 fps H.264 + AAC, {len(data)} bytes; ladder {LADDER}; "
               f"FFmpeg {ffmpegPath}")
-        orchestrator = await deferToThreadPool(reactor, pool, nodes.startOrchestrator)
-        transcoder = await deferToThreadPool(reactor, pool, nodes.startTranscoder, orchestrator, 1)
+        relays = []
+        if args.wan:
+            # The orchestrator listens on one port and advertises the gateway
+            # relay's (so the rendition downloads cross the link too); the
+            # transcoder dials the transcoder relay.
+            listenPort = freePort()
+            gatewayRelay = ShapingRelay(reactor, "127.0.0.1", listenPort, Shape.mbit(*GATEWAY_LINK),
+                                        Shape.mbit(*GATEWAY_LINK))
+            transcoderRelay = ShapingRelay(reactor, "127.0.0.1", listenPort, Shape.mbit(*TRANSCODER_LINK),
+                                           Shape.mbit(*TRANSCODER_LINK))
+            relays = [gatewayRelay, transcoderRelay]
+            gatewayPort = (await gatewayRelay.listen()).getHost().port
+            transcoderPort = (await transcoderRelay.listen()).getHost().port
+            orchestrator = await deferToThreadPool(
+                reactor, pool, lambda: nodes.startOrchestrator(
+                    serviceAddr=f"127.0.0.1:{gatewayPort}", httpAddr=f"127.0.0.1:{listenPort}"))
+            transcoder = await deferToThreadPool(
+                reactor, pool, lambda: nodes.startTranscoder(orchestrator, 1, orchAddr=f"127.0.0.1:{transcoderPort}"))
+            print(f"WAN: gateway <-> orchestrator {GATEWAY_LINK[0]} Mbit/s, {GATEWAY_LINK[1]} ms one way; "
+                  f"orchestrator <-> transcoder {TRANSCODER_LINK[0]} Mbit/s, {TRANSCODER_LINK[1]} ms one way "
+                  "(bench/shaping.py relays in this process); each pushed run is done once shaped and once "
+                  "through the same relays unshaped")
+        else:
+            orchestrator = await deferToThreadPool(reactor, pool, nodes.startOrchestrator)
+            transcoder = await deferToThreadPool(reactor, pool, nodes.startTranscoder, orchestrator, 1)
         await deferToThreadPool(reactor, pool, orchestrator.waitForLog, REGISTRATION_LOG, 60.0)
         pusher = SegmentPusher(reactor, orchestrator.serviceAddr, orchestrator.clientTLSOptions(), profiles,
                                "bench-e2e", timeout=60)
@@ -91,10 +126,22 @@ async def main(reactor, args):
                 raise RuntimeError(f"segment {seq} failed: {result.error}")
             return result
 
+        def shaping(enabled):
+            for relay in relays:
+                relay.setEnabled(enabled)
+
+        unshaped = []
         await runDirect(reactor, ffmpegPath, clip, profiles, workDir)
         await pushOne(0)
-        for seq in range(1, args.segments + 1):
+        seq = 0
+        for _ in range(args.segments):
             direct.append(await runDirect(reactor, ffmpegPath, clip, profiles, workDir))
+            if relays:
+                shaping(False)
+                seq += 1
+                unshaped.append((await pushOne(seq)).latency)
+                shaping(True)
+            seq += 1
             result = await pushOne(seq)
             pushed.append(result.latency)
             uploads.append(result.uploadSeconds)
@@ -107,13 +154,16 @@ async def main(reactor, args):
 
     directMedian, pushedMedian = median(direct), median(pushed)
     ratio = pushedMedian / directMedian
+    unshapedRows = [["pushed through the relays, unshaped", f"{median(unshaped):.3f}", f"{min(unshaped):.3f}",
+                     f"{max(unshaped):.3f}"]] if unshaped else []
     print()
     printTable(
         ["measure", f"median of {args.segments} (s)", "min (s)", "max (s)"],
         [
             ["FFmpeg run directly", f"{directMedian:.3f}", f"{min(direct):.3f}", f"{max(direct):.3f}"],
-            ["pushed end to end (SegmentPusher)", f"{pushedMedian:.3f}", f"{min(pushed):.3f}",
-             f"{max(pushed):.3f}"],
+            *unshapedRows,
+            ["pushed end to end (SegmentPusher)" + (", WAN-shaped" if args.wan else ""), f"{pushedMedian:.3f}",
+             f"{min(pushed):.3f}", f"{max(pushed):.3f}"],
             ["  of which: FFmpeg in the transcoder (its log)", f"{median(inside):.3f}" if inside else "-",
              f"{min(inside):.3f}" if inside else "-", f"{max(inside):.3f}" if inside else "-"],
             ["  of which: upload (until the 200 headers)", f"{median(uploads):.3f}", f"{min(uploads):.3f}",
@@ -123,8 +173,14 @@ async def main(reactor, args):
         ],
     )
     print()
-    print(f"ratio end-to-end / direct = {ratio:.3f}  (target <= {TARGET_RATIO:.2f}): "
-          f"{verdict(ratio, TARGET_RATIO)}")
+    if args.wan:
+        print(f"unshaped (same relays) / direct = {median(unshaped) / directMedian:.3f}")
+        print(f"WAN store-and-forward: end-to-end / direct = {ratio:.3f}  (the streaming path's target is "
+              f"<= {TARGET_WAN_STREAMING_RATIO:.2f}; the streaming path is not built yet, so only "
+              "store-and-forward is measured)")
+    else:
+        print(f"ratio end-to-end / direct = {ratio:.3f}  (target <= {TARGET_RATIO:.2f}): "
+              f"{verdict(ratio, TARGET_RATIO)}")
 
 
 def parseArguments(argv):
@@ -133,6 +189,10 @@ def parseArguments(argv):
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--segments", type=int, default=5, help="timed segments (and direct runs) [5]")
+    parser.add_argument("--wan", action="store_true",
+                        help="put shaping relays (bench/shaping.py) on the gateway and transcoder links: "
+                             f"{GATEWAY_LINK[0]} Mbit/s {GATEWAY_LINK[1]} ms and {TRANSCODER_LINK[0]} Mbit/s "
+                             f"{TRANSCODER_LINK[1]} ms one way")
     return parser.parse_args(argv)
 
 
