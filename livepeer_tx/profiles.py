@@ -115,7 +115,7 @@ class Profile:
                 encoderProfile=str(data.get("encoderProfile", "")),
                 gop=int(data.get("gop", 0)),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
             raise ProfileError(f"invalid profile: {e}") from None
         profile.validate()
         return profile

@@ -15,6 +15,7 @@ whatever the interpreter's recursion limit is.
 """
 
 import json
+import math
 import re
 import struct
 from itertools import accumulate
@@ -108,6 +109,13 @@ def _refuseConstant(name):
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _finiteFloat(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} overflows a float")
+    return value
+
+
 def decodeControl(payload, maxBytes=MAX_CONTROL_BYTES, what="control message"):
     """
     Decode a text-frame control message (or a binary frame's header).
@@ -118,7 +126,8 @@ def decodeControl(payload, maxBytes=MAX_CONTROL_BYTES, what="control message"):
     """
     checkJSONBounds(payload, maxBytes, what=what)
     try:
-        message = json.loads(bytes(payload).decode("utf-8"), parse_constant=_refuseConstant)
+        message = json.loads(bytes(payload).decode("utf-8"), parse_constant=_refuseConstant,
+                             parse_float=_finiteFloat)
     except (UnicodeDecodeError, ValueError) as e:
         raise ProtocolError(f"{what} is not JSON: {e}") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
