@@ -126,7 +126,7 @@ def findFFmpeg(explicit=None):
 
     @param explicit: a path given by the operator, used if not L{None}.
     @return: the explicit path; else C{ffmpeg} on C{PATH}; else the binary of
-        the C{imageio-ffmpeg} wheel.
+        the C{imageio-ffmpeg} wheel (the C{bundled-ffmpeg} extra), if installed.
     @raise FFmpegNotFound: the explicit path is not an executable file, or
         no FFmpeg is available at all.
     """

@@ -62,7 +62,7 @@ class Options(GoFlagOptions):
          "or a literal (visible in the process list)."],
         ["maxSessions", None, "10", "Capacity announced to the orchestrator: segments transcoded at once."],
         ["nvidia", None, None, "Comma list of NVIDIA GPU ids, or 'all'. Absent: transcode on the CPU (libx264)."],
-        ["ffmpeg", None, None, "FFmpeg binary [default: ffmpeg on PATH, else the one shipped by imageio-ffmpeg]."],
+        ["ffmpeg", None, None, "FFmpeg binary [default: ffmpeg on PATH, else the imageio-ffmpeg one where the bundled-ffmpeg extra is installed]."],
         ["dataDir", None, None, "Directory for work files [default: ~/.lpData/transcoder]."],
         ["cliAddr", None, DEFAULT_CLI_ADDR, "Address of the local CLI port (/status, /metrics)."],
         ["orchCert", None, None, "PEM certificate or CA to trust for the orchestrator instead of the system store."],
