@@ -38,7 +38,7 @@ from livepeer_tx.limits import (
     CLOSE_TOO_SLOW, HEADERS_TOO_SLOW, REQUEST_TOO_LONG, TOTAL_CAP, UPLOAD_TOO_SLOW, ConnectionDeadlines,
     HTTPLimits, LogThrottle, UploadRefused,
 )
-from livepeer_tx.rpc import ALPN_PROTOCOLS, GRPCH2Connection, channelFactory, isHTTP2, refuseRequest
+from livepeer_tx.rpc import ALPN_PROTOCOLS, GRPCH2Connection, GRPCSettings, channelFactory, isHTTP2, refuseRequest
 
 MALFORMED_REQUEST_LINE = "malformed request line"
 MALFORMED_HEADER = "malformed header line"
@@ -811,7 +811,10 @@ class BoundedSite(server.Site):
         larger or must be smaller than C{maxBodyBytes}, to their limit.
     @param grpcRegistry: a L{livepeer_tx.rpc.ServiceRegistry} to serve over
         HTTP/2, or L{None} for HTTP/1.1 only.
-    @param grpcSettings: the L{livepeer_tx.rpc.GRPCSettings} of its calls.
+    @param grpcSettings: the L{livepeer_tx.rpc.GRPCSettings} of its calls;
+        by default a call's request message must arrive within the limits'
+        C{headerTimeout} and, while it arrives, holds its declared length of
+        the C{uploadBudget}.
     @ivar hashBodies: compute each request body's keccak-256 as it arrives
         (see L{bodyHasher}).
     """
@@ -835,8 +838,23 @@ class BoundedSite(server.Site):
         self.metrics = metrics
         self.sourceOf = sourceOf
         if grpcRegistry is not None:
+            if grpcSettings is None:
+                grpcSettings = GRPCSettings(messageTimeout=self.limits.headerTimeout,
+                                            reserveMessage=self._reserveMessage if uploadBudget is not None else None)
             self.protocol = channelFactory(grpcRegistry, http11Channel=HardenedHTTPChannel, settings=grpcSettings,
                                            http2Connection=HardenedH2Connection)
+
+    def _reserveMessage(self, peer, size):
+        """
+        Reserve a gRPC request message's C{size} bytes from C{peer} in the
+        upload budget (its text on refusal: the call ends with it).
+        """
+        try:
+            return self.uploadBudget.reserve(self.sourceOf(peer), size)
+        except UploadRefused:
+            if self.metrics is not None:
+                self.metrics.requestsRefused.labels(reason=UPLOAD_MEMORY_FULL).inc()
+            raise
 
     def bodyHasher(self):
         """

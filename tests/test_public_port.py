@@ -30,10 +30,11 @@ from livepeer_tx.orchestrator.routing import RemoteTranscoder
 from livepeer_tx.profiles import PRESETS
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 from livepeer_tx.rpc import ALPN_PROTOCOLS, ServiceRegistry, StatusCode
+from livepeer_tx.rpc.wire import frameMessage
 from livepeer_tx.secret import Secret
 from livepeer_tx.web import BoundedSite, FrameSizeGuard, HardenedH2Connection, HTTPEdgeMetrics
 from e2e import segmentHeader, transcodeResult
-from test_grpc_h2 import Client
+from test_grpc_h2 import TRANSCODE, Client, Lab
 from test_grpc_transcoders import multipart, resultHeaders
 from test_ingress import AnsweringLink
 
@@ -511,3 +512,65 @@ def test_frame_size_guard_follows_frames_across_reads():
             assert ok, index
     assert not ok
     assert FrameSizeGuard().feed(stream[:-9], 0x4000)
+
+
+# gRPC request messages on the public port: bounded in time and in memory like request bodies.
+
+
+def test_stalled_grpc_request_message_ends_at_the_header_deadline_and_frees_the_connection():
+    """
+    A gRPC call whose request message stops arriving (a slowloris on
+    HTTP/2) ends with DEADLINE_EXCEEDED after --headerTimeout whatever PINGs
+    keep coming; with its stream gone the connection's idle timeout runs
+    again, and a whole call on the same connection still succeeds.
+    """
+    site, clock = makeSite(registry=Lab().registry())
+    client = PortClient(site, clock)
+    stalled = client.start(TRANSCODE)
+    client.conn.send_data(stalled, frameMessage(b"\x0a" * 500)[:200])
+    client.pump()
+    clock.advance(LIMITS.headerTimeout - 1)
+    client.conn.ping(b"12345678")
+    client.pump()
+    assert client.response(stalled).trailers is None and client.response(stalled).headers is None
+    clock.advance(1)
+    client.pump()
+    answer = client.response(stalled)
+    assert answer.status == StatusCode.DEADLINE_EXCEEDED and "did not arrive within 20 seconds" in answer.message
+    assert client.server.streams == {}
+    whole = client.call(TRANSCODE, pb.SegData(manifestId=b"fine", seq=3))
+    assert client.response(whole).status == StatusCode.OK
+    clock.advance(LIMITS.idleTimeout)
+    assert client.transport.disconnecting
+
+
+def test_grpc_request_messages_hold_the_upload_budget_while_they_arrive():
+    """
+    A gRPC request message kept across reads reserves its declared length
+    in the upload budget, per source address like HTTP bodies: one that
+    does not fit ends with RESOURCE_EXHAUSTED before more of it is kept;
+    the bytes come back when the message is complete or its stream is reset.
+    """
+    budget = UploadBudget(total=100_000, perAddress=1500)
+    site, clock = makeSite(registry=Lab().registry(), budget=budget)
+    client = PortClient(site, clock)
+    message = pb.SegData(manifestId=b"big", hash=b"h" * 990).SerializeToString()
+    first = client.start(TRANSCODE)
+    client.conn.send_data(first, frameMessage(message)[:100])
+    client.pump()
+    assert budget.heldBy("192.0.2.7") == len(message)
+    second = client.start(TRANSCODE)
+    client.conn.send_data(second, frameMessage(message)[:100])
+    client.pump()
+    answer = client.response(second)
+    assert answer.status == StatusCode.RESOURCE_EXHAUSTED and "allowed per address" in answer.message
+    assert refusedCount(site, "upload memory budget exhausted") == 1
+    assert budget.heldBy("192.0.2.7") == len(message)
+    client.conn.reset_stream(first)
+    client.pump()
+    assert budget.held == 0
+    whole = client.start(TRANSCODE)
+    client.sendData(whole, frameMessage(message)[:100])
+    assert budget.held == len(message)
+    client.sendData(whole, frameMessage(message)[100:], endStream=True)
+    assert client.response(whole).status == StatusCode.OK and budget.held == 0

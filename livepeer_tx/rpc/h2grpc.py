@@ -106,12 +106,24 @@ class GRPCSettings:
         is open, before a keepalive PING; L{None} for no PINGs.
     @ivar pingTimeout: seconds a PING may go unanswered (nothing at all
         received) before the connection is closed.
+    @ivar messageTimeout: seconds from a call's headers by which its request
+        message must have arrived whole, or L{None} for no limit; a call
+        still waiting for it then ends with DEADLINE_EXCEEDED (a stalled
+        upload holds neither its stream nor, with it, its connection).
+    @ivar reserveMessage: L{None}, or a function called with the peer's
+        address and a request message's declared length once the message is
+        kept across reads; it returns an object whose C{release()} gives the
+        bytes back when the message is complete or the call ends, or raises
+        with a reason, and the call ends with RESOURCE_EXHAUSTED and that
+        reason (an upload memory budget).
     """
 
     maxReceiveMessageBytes: int = DEFAULT_MAX_RECEIVE_MESSAGE_BYTES
     maxQueuedBytes: int = 16 * 1024 * 1024
     pingInterval: float = 30.0
     pingTimeout: float = 20.0
+    messageTimeout: float | None = None
+    reserveMessage: object = None
 
 
 class ServerCall:
@@ -197,6 +209,8 @@ class GRPCStream:
         self._settings = settings
         self._clock = clock
         self._reader = MessageReader(settings.maxReceiveMessageBytes)
+        self._messageReservation = None
+        self._messageDeadlineCall = None
         self._path = ""
         self._method = None
         self._call = None
@@ -261,6 +275,8 @@ class GRPCStream:
             return
         streaming = self._method.kind is MethodKind.SERVER_STREAMING
         self._call = ServerCall(self, self._path, metadata, self._connection.getPeer(), deadline, streaming)
+        if self._settings.messageTimeout is not None:
+            self._messageDeadlineCall = self._clock.callLater(self._settings.messageTimeout, self._messageLate)
 
     # What the connection calls, as it would on Twisted's H2Stream.
 
@@ -277,10 +293,35 @@ class GRPCStream:
         except GRPCError as e:
             self._end(e.code, e.message)
             return
+        if not self._reserveMessage():
+            return
         for message in messages:
             if self._finished:
                 return
             self._messageReceived(message)
+        if self._finished:
+            return
+        if not self._reader.inMessage and self._messageReservation is not None:
+            self._messageReservation.release()
+            self._messageReservation = None
+
+    def _reserveMessage(self):
+        """
+        Reserve a message kept across reads (see
+        L{GRPCSettings.reserveMessage}); end the call if it does not fit.
+
+        @return: whether the call goes on.
+        """
+        length = self._reader.declaredLength
+        reserve = self._settings.reserveMessage
+        if reserve is None or self._messageReservation is not None or not length:
+            return True
+        try:
+            self._messageReservation = reserve(self._connection.getPeer(), length)
+        except Exception as e:
+            self._end(StatusCode.RESOURCE_EXHAUSTED, f"grpc: {e}")
+            return False
+        return True
 
     def requestComplete(self):
         """
@@ -301,6 +342,7 @@ class GRPCStream:
         self._closed = True
         self._finished = True
         self._cancelDeadline()
+        self._dropRequest()
         self._outbound.clear()
         self._queuedBytes = 0
         self._releaseSendWaiters(False)
@@ -323,6 +365,9 @@ class GRPCStream:
     # The call.
 
     def _messageReceived(self, message):
+        if self._messageDeadlineCall is not None:
+            self._messageDeadlineCall.cancel()
+            self._messageDeadlineCall = None
         if self._requestSeen:
             self._end(StatusCode.INTERNAL, "grpc: more than one request message for a unary or server-streaming method")
             return
@@ -373,6 +418,24 @@ class GRPCStream:
         if running is not None:
             running.cancel()
 
+    def _messageLate(self):
+        self._messageDeadlineCall = None
+        self._end(StatusCode.DEADLINE_EXCEEDED,
+                  f"grpc: the request message did not arrive within {self._settings.messageTimeout:g} seconds")
+
+    def _dropRequest(self):
+        """
+        Forget the request message being received: its deadline, its
+        reserved bytes and what arrived of it.
+        """
+        if self._messageDeadlineCall is not None:
+            self._messageDeadlineCall.cancel()
+            self._messageDeadlineCall = None
+        if self._messageReservation is not None:
+            self._messageReservation.release()
+            self._messageReservation = None
+        self._reader = None
+
     def _cancelDeadline(self):
         if self._deadlineCall is not None:
             self._deadlineCall.cancel()
@@ -410,6 +473,7 @@ class GRPCStream:
             return
         self._finished = True
         self._cancelDeadline()
+        self._dropRequest()
         trailers = [(b"grpc-status", b"%d" % code)]
         if message:
             trailers.append((b"grpc-message", encodeStatusMessage(message)))

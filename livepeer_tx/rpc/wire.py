@@ -103,6 +103,14 @@ class MessageReader:
         self._received = 0
 
     @property
+    def declaredLength(self):
+        """
+        The length the message being received declared in its prefix, or
+        L{None} between messages and while the prefix is incomplete.
+        """
+        return self._length
+
+    @property
     def inMessage(self):
         """
         Whether part of a message has arrived and the rest has not.
