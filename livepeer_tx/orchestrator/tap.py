@@ -105,7 +105,7 @@ class Options(GoFlagOptions):
          "Cap on concurrent public-port connections from one IP address (an IPv6 /64 counts as one)."],
         ["headerTimeout", None, "20",
          "Seconds a client has to send a request line and all its headers, from the request's first byte "
-         "(408 after)."],
+         "(408 after), or a gRPC call its request message (DEADLINE_EXCEEDED after)."],
         ["idleTimeout", None, "60", "Seconds an idle public-port connection (no request in progress) stays open."],
         ["minUploadRate", None, "16384",
          "Bytes per second a request body must average, after a 10 s grace (408 and the connection closed below)."],
