@@ -45,7 +45,9 @@ from livepeer_tx import wsproto
 from livepeer_tx.addresses import formatHostPort
 from livepeer_tx.interfaces import ITranscoderLink
 from livepeer_tx.orchestrator.dispatch import Rendition
-from livepeer_tx.orchestrator.registration import SECRET_ROTATED, SERVICE_UNAVAILABLE, TOO_MANY_ATTEMPTS, UNAUTHORIZED
+from livepeer_tx.orchestrator.registration import (
+    MAX_PIXELS, MAX_RENDITIONS, SECRET_ROTATED, SERVICE_UNAVAILABLE, TOO_MANY_ATTEMPTS, UNAUTHORIZED,
+)
 from livepeer_tx.orchestrator.routing import RemoteTranscoder
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 from livepeer_tx.rpc import GRPCError, StatusCode
@@ -72,12 +74,8 @@ UNKNOWN_PERCEPTUAL_HASH = "Unknown perceptual hash"
 LEGACY_PROFILES = b"invalid"
 OFFCHAIN_ORCH_ID = "offchain"
 
-# Bounds of what a transcoder sends. They are the bounds of our WebSocket
-# results (registration.parseResult: MAX_RENDITIONS, MAX_PIXELS); once that
-# validation lands, L{checkPixelCount} and the rendition count check are the
-# ones to share with it.
-MAX_RENDITIONS = 256
-MAX_PIXELS = 2**50
+# Bounds of what a transcoder sends: those of our WebSocket results
+# (registration.parseResult), and a multipart body's own.
 MAX_RESULT_PARTS = 2 * MAX_RENDITIONS + 16
 MAX_PART_HEADER_BYTES = 8 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024
