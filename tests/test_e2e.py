@@ -219,20 +219,24 @@ def test_transcoder_killed_mid_segment(nodes, segment2s, tmp_path):
 def test_orchestrator_restart_transcoders_come_back(nodes, segment2s):
     """
     After an orchestrator restart, transcoders reconnect by themselves (the
-    certificate is kept, so the pinned fingerprint still matches).
+    certificate is kept, so the pinned fingerprint still matches), and a
+    gateway's auth token from before the restart is still good (its key is
+    kept in the data directory).
     """
     orchestrator = nodes.startOrchestrator()
     transcoder = nodes.startTranscoder(orchestrator, maxSessions=2)
     orchestrator.waitForTranscoders(1)
     fingerprint = orchestrator.fingerprint
+    tokenBefore = getOrchestrator(orchestrator).auth_token
     orchestrator.stop()
     transcoder.waitForLog(r"Unregistering transcoder: orchestrator shutting down \(code 4003\)")
     orchestrator.restart()
     nodes.waitUntilReady(orchestrator)
     assert orchestrator.fingerprint == fingerprint
     orchestrator.waitForTranscoders(1, timeout=30)
-    status, body = postSegment(orchestrator, segment2s, manifestId=b"after-restart")
+    status, body = postSegment(orchestrator, segment2s, manifestId=b"after-restart", authToken=tokenBefore)
     assert status == 200 and transcodeResult(body).WhichOneof("result") == "data"
+    assert transcodeResult(body).info.auth_token.session_id == tokenBefore.session_id
     assert transcoder.running
 
 
