@@ -744,16 +744,20 @@ def test_request_split_over_many_data_frames():
 
 def test_second_request_message_in_the_same_frame_is_refused():
     """
-    Unary and server-streaming methods take exactly one request message.
+    Unary and server-streaming methods take exactly one request message; the
+    handler already running for the first is cancelled (a stock
+    transcoder's RegisterTranscoder would otherwise stay registered with its
+    call over).
     """
     lab = Lab()
     client = Client(lab.registry())
     streamID = client.start(TRANSCODE)
-    message = frameMessage(pb.SegData(manifestId=b"later").SerializeToString())
+    message = frameMessage(pb.SegData(manifestId=b"later", seq=7).SerializeToString())
     client.sendData(streamID, message + message, endStream=True)
     answer = client.response(streamID)
     assert answer.status == StatusCode.INTERNAL and "more than one" in answer.message
-    assert lab.cancellations == []  # the handler's result is simply ignored
+    assert lab.cancellations == [7] and lab.calls[0][1].cancelCode == StatusCode.CANCELLED
+    assertForgotten(client.server)
 
 
 def test_large_request_is_acknowledged_as_it_is_read():

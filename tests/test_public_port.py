@@ -574,3 +574,50 @@ def test_grpc_request_messages_hold_the_upload_budget_while_they_arrive():
     assert budget.held == len(message)
     client.sendData(whole, frameMessage(message)[100:], endStream=True)
     assert client.response(whole).status == StatusCode.OK and budget.held == 0
+
+
+def test_second_register_message_leaves_no_transcoder_registered():
+    """
+    A RegisterTranscoder call that sends a second request message ends with
+    INTERNAL, and the transcoder its first message registered leaves the
+    pool with it (it stayed, unreachable, and drew segments).
+    """
+    port = Port()
+    client = port.client()
+    message = frameMessage(pb.RegisterRequest(secret=SECRET, capacity=1).SerializeToString())
+    streamID = client.start(REGISTER_TRANSCODER)
+    client.sendData(streamID, message + message, endStream=True)
+    answer = client.response(streamID)
+    assert answer.status == StatusCode.INTERNAL and "more than one" in answer.message
+    assert port.app.pool.transcoders == []
+
+
+@pytest.mark.parametrize("path", [GET_ORCHESTRATOR, "/segment"])
+def test_request_reset_in_the_same_read_is_dropped_without_an_error(path, logEvents):
+    """
+    A client that sends a whole request and resets it in one read (h2 has
+    closed the stream before Twisted hands on the request): nothing is run
+    or written for it, nothing is logged as a failure, and the next stream
+    on the connection is served.
+    """
+    port = Port()
+    port.addTranscoder()
+    client = port.client()
+    body = b"\x47" * 700
+    if path == "/segment":
+        headers = [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"o"), (b":path", b"/segment"),
+                   (b"livepeer-segment", segmentHeader(body).encode()), (b"livepeer-payment", b"")]
+        streamID = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(streamID, headers)
+        client.conn.send_data(streamID, body, end_stream=True)
+    else:
+        streamID = client.start(GET_ORCHESTRATOR)
+        client.conn.send_data(streamID, frameMessage(b"\xff\xff"), end_stream=True)
+    client.conn.reset_stream(streamID)
+    following = client.start(GET_ORCHESTRATOR)
+    client.conn.send_data(following, frameMessage(pb.OrchestratorRequest().SerializeToString()), end_stream=True)
+    client.pump()
+    assert [e for e in logEvents if "log_failure" in e] == []
+    assert client.response(streamID).headers is None and port.link.tasks == []
+    [info] = client.response(following).messages(pb.OrchestratorInfo)
+    assert info.transcoder == "https://orch.example:8935"

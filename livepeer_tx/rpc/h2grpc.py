@@ -467,13 +467,19 @@ class GRPCStream:
 
     def _end(self, code, message):
         """
-        Decide the call's status: the trailers follow whatever is queued.
+        Decide the call's status: the trailers follow whatever is queued. A
+        handler still running (the call ends for a protocol error, say a
+        second request message) is cancelled: nothing it sends would arrive.
         """
         if self._finished:
             return
         self._finished = True
         self._cancelDeadline()
         self._dropRequest()
+        running, self._running = self._running, None
+        if running is not None:
+            self._call._cancel(StatusCode.CANCELLED)
+            running.cancel()
         trailers = [(b"grpc-status", b"%d" % code)]
         if message:
             trailers.append((b"grpc-message", encodeStatusMessage(message)))
@@ -506,6 +512,12 @@ class GRPCStream:
         if self._closed or not connection.writable():
             return
         state = connection.conn
+        if self.streamID not in state.streams:
+            # h2 closed and forgot the stream in frames that Twisted has not
+            # handed on yet (a request reset in the same read): its
+            # StreamReset event cancels the call.
+            self._closed = True
+            return
         try:
             if self._outbound and not self._headersSent:
                 state.send_headers(self.streamID, _RESPONSE_HEADERS)
@@ -618,7 +630,18 @@ class GRPCH2Connection(H2Connection):
         super().resumeProducing()
         self._flushGRPCStreams()
 
+    def _closedAlready(self, streamID):
+        """
+        Whether h2 has closed the stream already: the client reset it in
+        frames that h2 has read and Twisted has not handed on yet (its
+        StreamReset event follows). Nothing may be written to it any more.
+        """
+        state = self.conn.streams.get(streamID)
+        return state is None or state.closed
+
     def _requestReceived(self, event):
+        if self._closedAlready(event.stream_id):
+            return
         headers = event.headers
         contentType = next((value for name, value in headers if name == b"content-type"), None)
         if not isGRPCContentType(contentType):
@@ -646,13 +669,13 @@ class GRPCH2Connection(H2Connection):
         stream.start()
 
     def _requestDataReceived(self, event):
-        if event.stream_id not in self.streams:
+        if event.stream_id not in self.streams or self._closedAlready(event.stream_id):
             self.openStreamWindow(event.stream_id, event.flow_controlled_length)
             return
         super()._requestDataReceived(event)
 
     def _requestEnded(self, event):
-        if event.stream_id not in self.streams:
+        if event.stream_id not in self.streams or self._closedAlready(event.stream_id):
             return
         super()._requestEnded(event)
 
