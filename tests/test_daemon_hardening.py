@@ -4,6 +4,7 @@ secret or keys, and unusable key files refused as usage errors.
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -86,3 +87,22 @@ def test_twistd_reports_a_readable_key_without_a_traceback(tmp_path, nodes):
     assert "accessible by group or others" in output
     assert "Traceback" not in output
     assert finished.returncode != 0
+
+
+@pytest.mark.parametrize("name", ["orchestrator", "transcoder"])
+def test_units_allow_no_core_and_enough_descriptors(name):
+    """
+    Issue 7: systemd's default of 1024 descriptors was filled by a thousand
+    leaked sockets, and a core dump held the secret. Both units set
+    C{LimitCORE=0} and a C{LimitNOFILE} well above the orchestrator's
+    default C{--maxConnections}, so the connection cap is reached first.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "etc", "systemd", f"livepeer-{name}.service")) as f:
+        unit = f.read()
+    assert re.search(r"^LimitCORE=0$", unit, re.M)
+    descriptors = int(re.search(r"^LimitNOFILE=(\d+)$", unit, re.M).group(1))
+    options = orchestratorTap.Options()
+    maxConnections = int(next(default for longName, _, default, *_ in options.optParameters
+                              if longName == "maxConnections"))
+    assert descriptors >= 4 * maxConnections
