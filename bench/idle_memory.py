@@ -72,7 +72,10 @@ async def main(reactor, args):
     pool = reactor.getThreadPool()
     nodes = LocalNodes(workDir)
     try:
-        orchestrator = await deferToThreadPool(reactor, pool, nodes.startOrchestrator)
+        # All the transcoders come from 127.0.0.1: let it hold them all
+        # (the default cap is 256 connections per address).
+        orchestrator = await deferToThreadPool(
+            reactor, pool, lambda: nodes.startOrchestrator(maxConnectionsPerAddress=args.transcoders + 16))
         print(f"orchestrator: real twistd process pid {orchestrator.pid}, {orchestrator.publicUrl}; "
               f"RLIMIT_NOFILE soft limit {limit}")
         print("transcoders: WebSocket clients in this process (transcoder protocol over TLS, capacity 1 each, "

@@ -215,6 +215,7 @@ class ProfiledNodes(LocalNodes):
     def __init__(self, workDir, profileDir):
         super().__init__(workDir)
         self.profileDir = profileDir
+        os.makedirs(profileDir, exist_ok=True)
 
     def twistdCommand(self, plugin, options):
         """
