@@ -442,6 +442,27 @@ def test_pipeline_without_http():
     assert transcodeResult(outcome[0].body).WhichOneof("result") == "data"
 
 
+def test_hash_check_waits_for_a_digest_computed_elsewhere():
+    """
+    A digest still being computed (off the reactor thread) holds the upload
+    until it comes: the wrong one is refused with 403 and nothing accepted,
+    the right one lets the segment through.
+    """
+    app, resource, link = withTranscoder()
+    service = resource.service
+    wrong, right = Deferred(), Deferred()
+    outcome, accepted = submit(service, customSegment(), bodyDigest=wrong)
+    assert outcome == [] and accepted == []
+    wrong.callback(keccak(b"other bytes"))
+    assert (outcome[0].status, outcome[0].body, accepted) == (403, b"Forbidden\n", [])
+    outcome, accepted = submit(service, customSegment(), bodyDigest=right)
+    assert outcome == [] and accepted == []
+    right.callback(keccak(BODY))
+    assert accepted == [True] and not outcome
+    answer(app, link)
+    assert outcome[0].status == 200
+
+
 def test_end_transcoding_session_frees_it_and_tells_the_transcoder():
     """
     EndTranscodingSession's effect: the session is released (its slot free
