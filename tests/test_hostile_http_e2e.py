@@ -13,7 +13,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from e2e import getURL, mintToken, postSegment, tlsContext
+from e2e import getURL, mintToken, postSegment, tlsContext, transcodeResult
 
 ATTACK = [b"GET /healthz HTTP/1.1\r\n", b"Host: orchestrator\r\n", b"a header line without a colon\r\n",
           b"Connection: close\r\n", b"\r\n", b"x" * 40_000]
@@ -103,7 +103,22 @@ def readUntilClosed(sock, timeout):
         received += chunk
 
 
-def test_malformed_header_flood_leaks_no_descriptors(nodes):
+def assertStillServing(nodes, orchestrator, segment, baseline):
+    """
+    Descriptors back near C{baseline}; a transcoder registers and a
+    gateway's segment is transcoded.
+    """
+    waitUntil(lambda: openDescriptors(orchestrator) <= baseline + 2, 30, f"descriptors back to {baseline}")
+    offset = orchestrator.logOffset()
+    nodes.startTranscoder(orchestrator, maxSessions=1)
+    orchestrator.waitForLog(r"Successful transcoder registration", since=offset)
+    status, body = postSegment(orchestrator, segment, manifestId=b"after-attack")
+    assert status == 200
+    result = transcodeResult(body)
+    assert not result.error and len(result.data.segments) == 1
+
+
+def test_malformed_header_flood_leaks_no_descriptors(nodes, segment2s):
     """
     Issue 7 item 1: a request with a header line without a colon, then
     Connection: close and 40,000 more bytes over TLS, then close, left one
@@ -134,17 +149,18 @@ def test_malformed_header_flood_leaks_no_descriptors(nodes):
     assert log.count("400 malformed header line") == ATTACKS
     assert "Traceback" not in log and "Unhandled" not in log
     assert getURL(orchestrator, "/healthz")[0] == 200
-    nodes.startTranscoder(orchestrator)
-    orchestrator.waitForTranscoders(1)
+    assertStillServing(nodes, orchestrator, segment2s, baseline)
 
 
-def test_slowloris_is_closed_by_the_header_deadline(nodes):
+def test_slowloris_is_closed_by_the_header_deadline(nodes, segment2s):
     """
     Item 6: a client sending one header line at a time (each resets the idle
     timeout) gets 408 and is closed once its headers take longer than
-    --headerTimeout.
+    --headerTimeout; then a transcoder and a gateway are served.
     """
     orchestrator = nodes.startOrchestrator(headerTimeout=2)
+    assert getURL(orchestrator, "/healthz")[0] == 200
+    baseline = openDescriptors(orchestrator)
     sock = tlsConnect(orchestrator, tlsContext(orchestrator))
     sock.sendall(b"GET /healthz HTTP/1.1\r\n")
     sock.settimeout(0.5)
@@ -163,6 +179,7 @@ def test_slowloris_is_closed_by_the_header_deadline(nodes):
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b"not received within 2 s" in answer
     assert "408 request headers too slow" in orchestrator.logText()
+    assertStillServing(nodes, orchestrator, segment2s, baseline)
 
 
 def test_stalled_upload_is_closed_and_its_memory_returned(nodes):
@@ -205,7 +222,7 @@ def test_stalled_upload_is_closed_and_its_memory_returned(nodes):
     assert "Traceback" not in orchestrator.logText()
 
 
-def test_connection_caps_close_extra_connections(nodes):
+def test_connection_caps_close_extra_connections(nodes, segment2s):
     """
     Item 1: over --maxConnectionsPerAddress a connection is closed at once,
     counted in the metrics and logged once for the burst; a freed place can
@@ -214,6 +231,7 @@ def test_connection_caps_close_extra_connections(nodes):
     orchestrator = nodes.startOrchestrator(maxConnectionsPerAddress=4, monitor=True)
     context = tlsContext(orchestrator)
     waitUntil(lambda: metric(orchestrator, "livepeer_http_connections_open") == 0, 10, "no connection open")
+    baseline = openDescriptors(orchestrator)
     held = [tlsConnect(orchestrator, context) for _ in range(4)]
     refusedCount = 0
     for _ in range(10):
@@ -232,3 +250,4 @@ def test_connection_caps_close_extra_connections(nodes):
     assert getURL(orchestrator, "/healthz")[0] == 200
     for sock in held:
         sock.close()
+    assertStillServing(nodes, orchestrator, segment2s, baseline)
