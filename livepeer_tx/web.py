@@ -557,6 +557,7 @@ class BoundedRequest(server.Request):
         if self.refused:
             return
         if self._streamDeadlines is not None:
+            self._streamDeadlines.headersReceived()
             self._streamDeadlines.bodyFinished()
             self._streamDeadlines.dispatched()
         if isinstance(self.content, BytesIO):
@@ -597,12 +598,17 @@ class BoundedRequest(server.Request):
         self._streamDeadlines = ConnectionDeadlines(site.reactor, limits, self._streamDeadlinePassed)
         if length != 0:
             self._streamDeadlines.bodyStarted()
+        else:
+            # No body declared: the stream must still end (END_STREAM) in time.
+            self._streamDeadlines.requestStarted()
         self.notifyFinish().addBoth(lambda _: self._streamDeadlines.stop())
 
     def _streamDeadlinePassed(self, kind):
         limits = getattr(self._site(), "limits", None) or HTTPLimits()
         if kind == UPLOAD_TOO_SLOW:
             self.refuse(408, kind, f"request body slower than {limits.minUploadRate:g} bytes/s")
+        elif kind == HEADERS_TOO_SLOW:
+            self.refuse(408, kind, f"request declaring no body not ended within {limits.headerTimeout:g} s")
         elif kind == REQUEST_TOO_LONG:
             self._log.info("Resetting a stream from {peer}: a request still running after {seconds:g} s",
                            peer=describeAddress(self.getClientAddress()), seconds=limits.maxRequestSeconds)

@@ -621,3 +621,27 @@ def test_request_reset_in_the_same_read_is_dropped_without_an_error(path, logEve
     assert client.response(streamID).headers is None and port.link.tasks == []
     [info] = client.response(following).messages(pb.OrchestratorInfo)
     assert info.transcoder == "https://orch.example:8935"
+
+
+def test_stream_declaring_no_body_must_still_end_in_time():
+    """
+    A stream with C{content-length: 0} that never sends END_STREAM (no body
+    to measure a rate on) gets 408 after --headerTimeout; its connection's
+    idle timeout then runs again.
+    """
+    site, clock = makeSite(Recorder())
+    client = PortClient(site, clock)
+    streamID = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(streamID, [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"o"),
+                                        (b":path", b"/x"), (b"content-length", b"0")])
+    client.pump()
+    clock.advance(LIMITS.headerTimeout - 1)
+    client.pump()
+    assert client.response(streamID).headers is None
+    clock.advance(1)
+    client.pump()
+    answer = client.response(streamID)
+    assert answer.headers[b":status"] == b"408" and answer.data == b"request declaring no body not ended within 20 s\n"
+    assert refusedCount(site, "request headers too slow") == 1 and site.resource.requests == []
+    clock.advance(LIMITS.idleTimeout)
+    assert client.transport.disconnecting
