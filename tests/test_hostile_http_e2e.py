@@ -212,8 +212,10 @@ def test_stalled_upload_is_closed_and_its_memory_returned(nodes):
     readUntilClosed(stalled, 15)
     stalled.close()
     waitUntil(lambda: metric(orchestrator, "livepeer_http_upload_bytes_held") == 0, 10, "budget released")
-    finalMemory = waitUntil(lambda: (m := residentBytes(orchestrator)) < baselineMemory + 10_000_000 and m,
-                            10, "memory returned")
+    # The allocator may hand pages back late on a loaded machine: allow it
+    # time, and a margin well under the 50 MB the stalled body held.
+    finalMemory = waitUntil(lambda: (m := residentBytes(orchestrator)) < baselineMemory + 15_000_000 and m,
+                            40, "memory returned")
     print(f"resident memory: baseline {baselineMemory}, stalled {peakMemory}, after {finalMemory}")
     # No transcoder: a token from before (GetOrchestrator would refuse) gets a
     # 200 answer with go-livepeer's error.
