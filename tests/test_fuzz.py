@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from eth_utils import keccak
 
 from e2e import RawWebSocket, postSegment, tlsContext, transcodeResult
+from fuzzing import HTTP_BYTES, mutate
 from livepeer_tx.profiles import PRESETS
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 
@@ -72,26 +73,6 @@ def validSegData(rng, body):
     return segData.SerializeToString()
 
 
-def mutate(rng, data):
-    """
-    C{data} with a few random bytes flipped, inserted or deleted.
-    """
-    data = bytearray(data)
-    for _ in range(rng.randrange(1, 6)):
-        if not data:
-            data.append(rng.getrandbits(8))
-            continue
-        position = rng.randrange(len(data))
-        action = rng.randrange(3)
-        if action == 0:
-            data[position] ^= 1 << rng.randrange(8)
-        elif action == 1:
-            data.insert(position, rng.choice(b"\r\n:\x00 \t%/"))
-        else:
-            del data[position]
-    return bytes(data)
-
-
 def httpCase(rng):
     """
     One hostile request, as raw bytes.
@@ -100,7 +81,7 @@ def httpCase(rng):
     segment = validSegData(rng, body)
     segmentHeader = base64.b64encode(segment)
     if rng.random() < 0.2:
-        segmentHeader = mutate(rng, segmentHeader)
+        segmentHeader = mutate(rng, segmentHeader, HTTP_BYTES)
     method = rng.choice([b"POST", b"GET", b"PUT", b"OPTIONS", b"POST" * 50, b"G\x00T", b""])
     path = rng.choice([b"/segment", b"/segment", b"/stream/fuzz/P240p30fps16x9/0.ts", b"/stream/../../etc/passwd",
                        b"/status", b"/healthz", b"/transcoder", b"/" + b"a" * 5000, b"/%00", b"*"])
@@ -124,7 +105,7 @@ def httpCase(rng):
     if rng.random() < 0.1:
         request += rng.choice([b"GET /status HTTP/1.1\r\n\r\n", b"\x00" * rng.randrange(40_000)])
     if rng.random() < 0.25:
-        request = mutate(rng, request)
+        request = mutate(rng, request, HTTP_BYTES)
     if rng.random() < 0.1:
         request = request[: rng.randrange(len(request) + 1)]
     return request
@@ -192,7 +173,7 @@ def sendHostileFrame(rng, client):
     elif kind == 1:
         client.sendText(b"[" * 100_000 + b"]" * 100_000)
     elif kind == 2:
-        client.sendText(mutate(rng, json.dumps({"type": "error", "taskId": 1, "error": "x"}).encode()))
+        client.sendText(mutate(rng, json.dumps({"type": "error", "taskId": 1, "error": "x"}).encode(), HTTP_BYTES))
     elif kind == 3:
         client.sendFrame(rng.choice([0x0, 0x3, 0x7, 0xB, 0xF]), os.urandom(rng.randrange(20)))
     elif kind == 4:

@@ -20,13 +20,13 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
 from e2e import segmentHeader, transcodeResult
+from fuzzing import JSON_BYTES, mutate
 from livepeer_tx.orchestrator.dispatch import Rendition
 from livepeer_tx.orchestrator.grpctranscoders import REGISTER_TRANSCODER
 from livepeer_tx.orchestrator.orchservice import END_TRANSCODING_SESSION, GET_ORCHESTRATOR, PING
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 from livepeer_tx.rpc.wire import frameMessage
 from memorywire import events  # noqa: F401 (a fixture)
-from test_fuzz_transcoder_link import mutate
 from test_grpc_transcoders import multipart, resultHeaders
 from test_public_port import SECRET, Port, getOrchestrator
 
@@ -48,7 +48,7 @@ def grpcRequest(rng):
     ])
     payload = message.SerializeToString()
     if rng.random() < 0.3:
-        payload = mutate(rng, payload)
+        payload = mutate(rng, payload, JSON_BYTES)
     framed = frameMessage(payload)
     if rng.random() < 0.2:
         framed = rng.choice([framed[: rng.randrange(len(framed) + 1)], framed + framed, b"\x01" + framed[1:],
@@ -65,7 +65,7 @@ def httpRequest(rng):
     if kind == 0:
         header = segmentHeader(body, seq=rng.choice([0, -1, 2**62]))
         if rng.random() < 0.3:
-            header = mutate(rng, header.encode()).decode("latin-1")
+            header = mutate(rng, header.encode(), JSON_BYTES).decode("latin-1")
         headers = [(b"livepeer-segment", header.encode("latin-1")), (b"livepeer-payment", b"")]
         return b"/segment", headers, body
     if kind == 1:
@@ -74,7 +74,7 @@ def httpRequest(rng):
                    ("Pixels", rng.choice([1000, -5, 2**70, "x"]))], data)]
         body = multipart(parts)
         if rng.random() < 0.4:
-            body = mutate(rng, body)
+            body = mutate(rng, body, JSON_BYTES)
         headers = [(k.lower().encode(), v.encode()) for k, v in resultHeaders(
             rng.choice([1, 0, -1]), pixels=rng.choice([1, -1, 2**70]), secret=rng.choice([SECRET, "guess"]))]
         return b"/transcodeResults", headers, body
@@ -119,7 +119,7 @@ def deliver(rng, client, corrupt):
     for _ in range(200):
         outbound = client.conn.data_to_send()
         if outbound:
-            client.protocol.dataReceived(mutate(rng, outbound) if corrupt else outbound)
+            client.protocol.dataReceived(mutate(rng, outbound, JSON_BYTES) if corrupt else outbound)
         client.clock.advance(0)
         inbound = client.transport.value()
         client.transport.clear()

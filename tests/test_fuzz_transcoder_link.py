@@ -16,6 +16,7 @@ import struct
 
 import pytest
 
+from fuzzing import JSON_BYTES, mutate
 from livepeer_tx import wsproto
 from livepeer_tx.profiles import PRESETS, Profile, ProfileError
 from memorywire import Harness, events, outcome  # noqa: F401 (events is a fixture)
@@ -43,26 +44,6 @@ def serverFrame(opcode, payload, fin=True, rsv=0, mask=False):
         payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
         header += key
     return header + payload
-
-
-def mutate(rng, data):
-    """
-    C{data} with a few random bytes flipped, inserted or deleted.
-    """
-    data = bytearray(data)
-    for _ in range(rng.randrange(1, 6)):
-        if not data:
-            data.append(rng.getrandbits(8))
-            continue
-        position = rng.randrange(len(data))
-        action = rng.randrange(3)
-        if action == 0:
-            data[position] ^= 1 << rng.randrange(8)
-        elif action == 1:
-            data.insert(position, rng.choice(b'{}[]":,0-e\\'))
-        else:
-            del data[position]
-    return bytes(data)
 
 
 def oddValue(rng):
@@ -129,7 +110,7 @@ def hostileMessage(rng):
         for field in rng.sample(["taskId", "sessionId", "error", "features", "capacity"], rng.randrange(4)):
             control[field] = oddValue(rng)
         text = json.dumps(control).encode()
-        return serverFrame(0x1, mutate(rng, text) if rng.random() < 0.4 else text)
+        return serverFrame(0x1, mutate(rng, text, JSON_BYTES) if rng.random() < 0.4 else text)
     if kind == 3:
         depth = rng.choice([17, 1000, 100_000])
         nested = b"[" * depth + b"]" * depth
