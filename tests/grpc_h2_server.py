@@ -21,13 +21,12 @@ import json
 import sys
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import react
 from twisted.web import resource, server
 
 from livepeer_tx.proto import lp_rpc_pb2 as pb
-from livepeer_tx.rpc import ALPN_PROTOCOLS, GRPCError, ServiceRegistry, StatusCode, channelFactory, refuseRequest
-from livepeer_tx.tls import ServerCertificate
+from livepeer_tx.rpc import GRPCError, ServiceRegistry, StatusCode, refuseRequest
+from tlsgrpcserver import QuietSite, serveAndAnnounce
 
 BODY_LIMIT = 1024 * 1024
 
@@ -132,18 +131,12 @@ class LimitedRequest(server.Request):
             super().requestReceived(command, path, version)
 
 
-class LabSite(server.Site):
+class LabSite(QuietSite):
     """
-    Offers h2 and http/1.1; no access log.
+    A L{QuietSite} whose requests refuse bodies over L{BODY_LIMIT}.
     """
 
     requestFactory = LimitedRequest
-
-    def acceptableProtocols(self):
-        return list(ALPN_PROTOCOLS)
-
-    def log(self, request):
-        pass
 
 
 def main(reactor, dataDir):
@@ -154,16 +147,7 @@ def main(reactor, dataDir):
     root = resource.Resource()
     root.putChild(b"hello", Hello())
     root.putChild(b"cancelled", Cancelled(lab))
-    site = LabSite(root, reactor=reactor)
-    site.protocol = channelFactory(registry)
-    certificate = ServerCertificate.loadOrCreate(dataDir, "localhost")
-    endpoint = serverFromString(reactor, certificate.endpointDescription(0, "127.0.0.1"))
-
-    def listening(port):
-        print(f"listening {port.getHost().port}", flush=True)
-        return Deferred()
-
-    return endpoint.listen(site).addCallback(listening)
+    return serveAndAnnounce(reactor, dataDir, LabSite(root, reactor=reactor), registry)
 
 
 if __name__ == "__main__":

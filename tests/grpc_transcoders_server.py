@@ -22,7 +22,6 @@ import json
 import sys
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import react
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.web import resource, server
@@ -33,9 +32,9 @@ from livepeer_tx.orchestrator.grpctranscoders import RESULTS_PATH, GRPCTranscode
 from livepeer_tx.orchestrator.registration import FailedAttemptLimiter
 from livepeer_tx.orchestrator.store import StreamResource
 from livepeer_tx.profiles import PRESETS
-from livepeer_tx.rpc import ALPN_PROTOCOLS, ServiceRegistry, channelFactory
+from livepeer_tx.rpc import ServiceRegistry
 from livepeer_tx.secret import Secret
-from livepeer_tx.tls import ServerCertificate
+from tlsgrpcserver import QuietSite, serveAndAnnounce
 
 PROFILES = [PRESETS["P240p30fps16x9"], PRESETS["P360p30fps16x9"]]
 MAX_RESULT_BYTES = 64 * 1024 * 1024
@@ -126,18 +125,6 @@ class Transcode(resource.Resource):
         return server.NOT_DONE_YET
 
 
-class PublicSite(server.Site):
-    """
-    Offers h2 and http/1.1; no access log.
-    """
-
-    def acceptableProtocols(self):
-        return list(ALPN_PROTOCOLS)
-
-    def log(self, request):
-        pass
-
-
 def main(reactor, dataDir, secret):
     """
     Serve until terminated.
@@ -154,17 +141,11 @@ def main(reactor, dataDir, secret):
     control.putChild(b"wait", Wait(app))
     control.putChild(b"transcode", Transcode(app))
     root.putChild(b"control", control)
-    site = PublicSite(root, reactor=reactor)
-    site.protocol = channelFactory(registry)
-    certificate = ServerCertificate.loadOrCreate(dataDir, "localhost")
-    endpoint = serverFromString(reactor, certificate.endpointDescription(0, "127.0.0.1"))
 
     def listening(port):
         app.serviceURL = f"https://127.0.0.1:{port.getHost().port}"
-        print(f"listening {port.getHost().port}", flush=True)
-        return Deferred()
 
-    return endpoint.listen(site).addCallback(listening)
+    return serveAndAnnounce(reactor, dataDir, QuietSite(root, reactor=reactor), registry, listening)
 
 
 if __name__ == "__main__":

@@ -13,17 +13,15 @@ assigns N sessions, C{GET /ended} lists the sessions EndTranscodingSession ended
 import json
 import sys
 
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import react
-from twisted.web import resource, server
+from twisted.web import resource
 
 from livepeer_tx.payments import OffchainPayments
 from livepeer_tx.orchestrator.authtoken import AuthTokens
 from livepeer_tx.orchestrator.orchservice import OrchestratorService
 from livepeer_tx.orchestrator.routing import RemoteTranscoder, TranscoderPool
-from livepeer_tx.rpc import ALPN_PROTOCOLS, ServiceRegistry, channelFactory
-from livepeer_tx.tls import ServerCertificate
+from livepeer_tx.rpc import ServiceRegistry
+from tlsgrpcserver import QuietSite, serveAndAnnounce
 
 SERVICE_URI = "https://orch.example:8935"
 
@@ -54,18 +52,6 @@ class Control(resource.Resource):
         return json.dumps(self._ended).encode()
 
 
-class ControlSite(server.Site):
-    """
-    Offers h2 and http/1.1; no access log.
-    """
-
-    def acceptableProtocols(self):
-        return list(ALPN_PROTOCOLS)
-
-    def log(self, request):
-        pass
-
-
 def main(reactor, dataDir):
     pool = TranscoderPool(reactor, maxSessions=2)
     ended = []
@@ -73,16 +59,7 @@ def main(reactor, dataDir):
         pool, AuthTokens.fromDataDir(dataDir), SERVICE_URI, OffchainPayments(), ended.append)
     registry = ServiceRegistry()
     service.register(registry)
-    site = ControlSite(Control(pool, ended), reactor=reactor)
-    site.protocol = channelFactory(registry)
-    certificate = ServerCertificate.loadOrCreate(dataDir, "localhost")
-    endpoint = serverFromString(reactor, certificate.endpointDescription(0, "127.0.0.1"))
-
-    def listening(port):
-        print(f"listening {port.getHost().port}", flush=True)
-        return Deferred()
-
-    return endpoint.listen(site).addCallback(listening)
+    return serveAndAnnounce(reactor, dataDir, QuietSite(Control(pool, ended), reactor=reactor), registry)
 
 
 if __name__ == "__main__":
