@@ -11,29 +11,10 @@ import pytest
 from eth_utils import keccak
 from twisted.logger import globalLogPublisher
 
-from livepeer_tx.orchestrator.dispatch import Rendition
-from livepeer_tx.orchestrator.routing import RemoteTranscoder
 from livepeer_tx.profiles import MAX_PROFILES, PRESETS, Profile, ProfileError
 from livepeer_tx.proto import lp_rpc_pb2 as pb
-from test_ingress import BODY, AnsweringLink, makeOrchestrator, post, response, sessionOf, tokenFor
+from test_ingress import BODY, answer, post, response, sessionOf, tokenFor, withTranscoder
 from e2e import transcodeResult
-
-
-def withTranscoder(capacity=32, **options):
-    app, resource = makeOrchestrator(**options)
-    link = AnsweringLink()
-    app.transcoderRegistered(RemoteTranscoder("10.0.0.1:1", capacity, link=link))
-    return app, resource, link
-
-
-def answer(app, link, taskId=None, data=b"r" * 100, pixels=1000):
-    """
-    Answer a task (the last one sent by default) with one rendition per profile.
-    """
-    taskId, job = next((t, j) for t, j in reversed(link.tasks) if taskId in (None, t))
-    app.dispatcher.taskSucceeded(taskId, [
-        Rendition(p.name, data, pixels=pixels) for p in job.profiles], decodedPixels=1)
-    return job
 
 
 def served(app, resource, link, client="192.0.2.99", manifestId=b"legit", seq=0):

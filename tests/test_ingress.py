@@ -152,6 +152,10 @@ def makeOrchestrator(maxSessions=None, maxSegmentBytes=10_000, payments=None, si
 
 
 def withTranscoder(capacity=32, capabilities=None, **options):
+    """
+    L{makeOrchestrator} with one transcoder registered, answering through an
+    L{AnsweringLink}: the orchestrator, its resource and the link.
+    """
     app, resource = makeOrchestrator(**options)
     link = AnsweringLink()
     app.transcoderRegistered(RemoteTranscoder("10.0.0.1:1", capacity, link=link, capabilities=capabilities))
