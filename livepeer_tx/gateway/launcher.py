@@ -157,18 +157,9 @@ class Node:
         @raise NodeError: on timeout, or when the process exits first.
         """
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
-        while True:
-            match = regex.search(self.logText(), since)
-            if match:
-                return match
-            if not self.running:
-                raise self._failure(
-                    f"exited with status {self.process.returncode} before logging {regex.pattern!r}"
-                )
-            if time.monotonic() > deadline:
-                raise self._failure(f"did not log {regex.pattern!r} within {timeout:g} s")
-            time.sleep(0.05)
+        return self._pollUntil(
+            lambda: regex.search(self.logText(), since), f"logging {regex.pattern!r}", f"log {regex.pattern!r}",
+            timeout)
 
     def waitForPort(self, port, host="127.0.0.1", timeout=30.0):
         """
@@ -176,19 +167,36 @@ class Node:
 
         @raise NodeError: on timeout, or when the process exits first.
         """
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def accepts():
             try:
                 with socket.create_connection((host, port), timeout=1):
-                    return
+                    return True
             except OSError:
-                pass
+                return False
+
+        self._pollUntil(accepts, f"listening on {host}:{port}", f"listen on {host}:{port}", timeout)
+
+    def _pollUntil(self, attempt, before, didNot, timeout):
+        """
+        Call C{attempt} every 50 ms until it returns something true, and
+        return that.
+
+        @param before: what the process did not get to do if it exits first,
+            for the error ("exited with status N before C{before}").
+        @param didNot: what it did not do in time, for the error ("did not
+            C{didNot} within T s").
+        @raise NodeError: on timeout, or when the process exits first.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            result = attempt()
+            if result:
+                return result
             if not self.running:
-                raise self._failure(
-                    f"exited with status {self.process.returncode} before listening on {host}:{port}"
-                )
+                raise self._failure(f"exited with status {self.process.returncode} before {before}")
             if time.monotonic() > deadline:
-                raise self._failure(f"did not listen on {host}:{port} within {timeout:g} s")
+                raise self._failure(f"did not {didNot} within {timeout:g} s")
             time.sleep(0.05)
 
 
