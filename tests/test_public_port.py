@@ -97,6 +97,16 @@ class PortClient(Client):
         self.pump()
         return streamID
 
+    def startPost(self, path, length):
+        """
+        Send the headers of a POST to C{path} declaring C{length} body bytes,
+        leaving the stream open and nothing delivered yet; the stream's ID.
+        """
+        streamID = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(streamID, [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"o"),
+                                          (b":path", path), (b"content-length", b"%d" % length)])
+        return streamID
+
     def http11(self, data):
         self.protocol.dataReceived(data)
         return self.transport.value()
@@ -159,9 +169,7 @@ def test_early_413_over_http2_resets_only_its_stream(logEvents):
     root = Recorder()
     site, clock = makeSite(root)
     client = PortClient(site, clock)
-    streamID = client.conn.get_next_available_stream_id()
-    client.conn.send_headers(streamID, [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"o"),
-                                        (b":path", b"/x"), (b"content-length", b"5000")])
+    streamID = client.startPost(b"/x", 5000)
     client.conn.send_data(streamID, b"x" * 1000)
     client.pump()
     answer = client.response(streamID)
@@ -216,9 +224,7 @@ def test_upload_budget_per_stream_and_released():
     root = Recorder(hold=True)
     site, clock = makeSite(root, budget=budget)
     client = PortClient(site, clock)
-    first = client.conn.get_next_available_stream_id()
-    client.conn.send_headers(first, [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"o"),
-                                     (b":path", b"/x"), (b"content-length", b"1000")])
+    first = client.startPost(b"/x", 1000)
     client.pump()
     assert budget.heldBy("192.0.2.7") == 1000
     second = client.post(b"/x", body=b"b" * 600)
@@ -269,9 +275,7 @@ def test_slow_upload_on_one_stream_gets_408_and_others_go_on():
     root = Recorder()
     site, clock = makeSite(root, budget=budget, maxBodyBytes=100_000)
     client = PortClient(site, clock)
-    slow = client.conn.get_next_available_stream_id()
-    client.conn.send_headers(slow, [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"o"),
-                                    (b":path", b"/x"), (b"content-length", b"50000")])
+    slow = client.startPost(b"/x", 50000)
     client.conn.send_data(slow, b"s" * 100)
     client.pump()
     clock.advance(LIMITS.uploadRateGrace - 0.5)  # within the grace
@@ -631,9 +635,7 @@ def test_stream_declaring_no_body_must_still_end_in_time():
     """
     site, clock = makeSite(Recorder())
     client = PortClient(site, clock)
-    streamID = client.conn.get_next_available_stream_id()
-    client.conn.send_headers(streamID, [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"o"),
-                                        (b":path", b"/x"), (b"content-length", b"0")])
+    streamID = client.startPost(b"/x", 0)
     client.pump()
     clock.advance(LIMITS.headerTimeout - 1)
     client.pump()
