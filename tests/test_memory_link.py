@@ -80,6 +80,20 @@ def registered(harness):
     return [t.address for t in harness.app.pool.transcoders]
 
 
+def refusedLink(directory):
+    """
+    A transcoder link, started in memory, whose secret file in C{directory}
+    holds the wrong secret: its clock, harness, secret file and link.
+    """
+    clock = MemoryReactorClock()
+    harness = Harness(clock=clock)
+    path = secretFile(directory, "not-the-secret")
+    link = harness.link(Secret.fromOption(path), backoff=fixedBackoff())
+    link.startService()
+    harness.flush()
+    return clock, harness, path, link
+
+
 def test_registration_through_the_gate(events):
     """
     A link started with the right secret is admitted by the gate, upgraded,
@@ -105,12 +119,7 @@ def test_wrong_secret_file_retries_slowly_then_picks_up_the_new_file(tmp_path, e
     running, waits the slow rate (30 s +/- 20 %), re-reads the file on the
     next attempt and registers once it holds the right secret.
     """
-    clock = MemoryReactorClock()
-    harness = Harness(clock=clock)
-    path = secretFile(tmp_path, "not-the-secret")
-    link = harness.link(Secret.fromOption(path), backoff=fixedBackoff())
-    link.startService()
-    harness.flush()
+    clock, harness, path, _ = refusedLink(tmp_path)
     refused, = named(events, "Cannot register transcoder=")
     assert refused["err"] == wsproto.INVALID_SECRET
     slow, = named(events, "The orchestrator refused our secret ({error}); will re-read")
@@ -131,12 +140,7 @@ def test_a_reload_retries_at_once_after_a_refusal(tmp_path, events):
     While it waits out the slow rate after a refusal, a reload that
     changed the secret file reconnects at once.
     """
-    clock = MemoryReactorClock()
-    harness = Harness(clock=clock)
-    path = secretFile(tmp_path, "not-the-secret")
-    link = harness.link(Secret.fromOption(path), backoff=fixedBackoff())
-    link.startService()
-    harness.flush()
+    _, harness, path, link = refusedLink(tmp_path)
     assert retries(events) == [30.0]
     rewrite(path, SECRET)
     link.secretChanged()
