@@ -1060,16 +1060,27 @@ def test_refusal_over_http2_of_a_chunked_body():
     assert client.response(client.get(b"/hello")).headers[b":status"] == b"200"
 
 
-def test_refusal_over_http11_writes_the_answer_and_closes():
+def http11Connection(requestFactory):
     """
-    On HTTP/1.1 the same call writes a 413 response and closes the connection.
+    The server protocol for L{Hello} with C{requestFactory}, connected to a
+    C{StringTransport} that negotiated nothing (so HTTP/1.1).
+
+    @return: C{(protocol, transport)}.
     """
     site = QuietSite(Hello(), reactor=Clock())
-    site.requestFactory = LimitedRequest
+    site.requestFactory = requestFactory
     site.protocol = channelFactory(ServiceRegistry())
     protocol = site.buildProtocol(PEER)
     transport = StringTransport(peerAddress=PEER)
     protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_refusal_over_http11_writes_the_answer_and_closes():
+    """
+    On HTTP/1.1 the same call writes a 413 response and closes the connection.
+    """
+    protocol, transport = http11Connection(LimitedRequest)
     protocol.dataReceived(b"POST /hello HTTP/1.1\r\nHost: o\r\nContent-Length: 5000\r\n\r\n" + b"x" * 50)
     answer = transport.value()
     assert answer.startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n")
@@ -1089,12 +1100,7 @@ def test_refusal_over_http11_with_retry_after():
             seen.append(isHTTP2(self))
             super().gotLength(length)
 
-    site = QuietSite(Hello(), reactor=Clock())
-    site.requestFactory = Busy
-    site.protocol = channelFactory(ServiceRegistry())
-    protocol = site.buildProtocol(PEER)
-    transport = StringTransport(peerAddress=PEER)
-    protocol.makeConnection(transport)
+    protocol, transport = http11Connection(Busy)
     protocol.dataReceived(b"POST /hello HTTP/1.1\r\nHost: o\r\nX-Busy: 1\r\nContent-Length: 1\r\n\r\nz")
     head, body = transport.value().split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n") and b"\r\nRetry-After: 7" in head
