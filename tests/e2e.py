@@ -306,6 +306,21 @@ def transcodeResult(body):
     return result
 
 
+
+def assertNewTranscoderServes(nodes, orchestrator, segment, manifestId):
+    """
+    A transcoder started now registers with C{orchestrator}, and a
+    gateway's C{segment} posted under C{manifestId} is transcoded into one
+    rendition.
+    """
+    offset = orchestrator.logOffset()
+    nodes.startTranscoder(orchestrator, maxSessions=1)
+    orchestrator.waitForLog(r"Successful transcoder registration", since=offset)
+    status, body = postSegment(orchestrator, segment, manifestId=manifestId)
+    assert status == 200
+    result = transcodeResult(body)
+    assert not result.error and len(result.data.segments) == 1
+
 def push(orchestrator, path, profiles="P240p30fps16x9,P360p30fps16x9", manifestId=None, out=None,
          concurrency=1, timeout=180):
     """

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from eth_utils import keccak
 
-from e2e import RawWebSocket, postSegment, tlsContext, transcodeResult
+from e2e import RawWebSocket, assertNewTranscoderServes, tlsContext
 from fuzzing import HTTP_BYTES, mutate
 from livepeer_tx.profiles import PRESETS
 from livepeer_tx.proto import lp_rpc_pb2 as pb
@@ -211,10 +211,4 @@ def test_fuzzed_http_and_transcoder_input(nodes, segment2s):
     assert tracebacks == 0, f"seed {SEED}: {tracebacks} tracebacks logged:\n{orchestrator.logTail(60)}"
     assert orchestrator.running
 
-    offset = orchestrator.logOffset()
-    nodes.startTranscoder(orchestrator, maxSessions=1)
-    orchestrator.waitForLog(r"Successful transcoder registration", since=offset)
-    status, body = postSegment(orchestrator, segment2s, manifestId=b"after-fuzz")
-    assert status == 200
-    result = transcodeResult(body)
-    assert not result.error and len(result.data.segments) == 1
+    assertNewTranscoderServes(nodes, orchestrator, segment2s, b"after-fuzz")

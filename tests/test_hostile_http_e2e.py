@@ -13,7 +13,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from e2e import getURL, mintToken, postSegment, tlsContext, transcodeResult
+from e2e import assertNewTranscoderServes, getURL, mintToken, postSegment, tlsContext
 
 ATTACK = [b"GET /healthz HTTP/1.1\r\n", b"Host: orchestrator\r\n", b"a header line without a colon\r\n",
           b"Connection: close\r\n", b"\r\n", b"x" * 40_000]
@@ -109,13 +109,7 @@ def assertStillServing(nodes, orchestrator, segment, baseline):
     gateway's segment is transcoded.
     """
     waitUntil(lambda: openDescriptors(orchestrator) <= baseline + 2, 30, f"descriptors back to {baseline}")
-    offset = orchestrator.logOffset()
-    nodes.startTranscoder(orchestrator, maxSessions=1)
-    orchestrator.waitForLog(r"Successful transcoder registration", since=offset)
-    status, body = postSegment(orchestrator, segment, manifestId=b"after-attack")
-    assert status == 200
-    result = transcodeResult(body)
-    assert not result.error and len(result.data.segments) == 1
+    assertNewTranscoderServes(nodes, orchestrator, segment, b"after-attack")
 
 
 def test_malformed_header_flood_leaks_no_descriptors(nodes, segment2s):
