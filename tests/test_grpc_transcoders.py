@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource
 
 from test_grpc_h2 import Client, QuietSite
+from livepeer_tx.capabilities import DEFAULT_CAPABILITIES, capabilityBitstring
 from livepeer_tx.orchestrator.app import Orchestrator
 from livepeer_tx.orchestrator.dispatch import SegmentJob, TranscodeFailed
 from livepeer_tx.orchestrator.grpctranscoders import (
@@ -45,7 +46,6 @@ from livepeer_tx.profiles import PRESETS
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 from livepeer_tx.rpc import GRPCError, ServiceRegistry, StatusCode, channelFactory
 from livepeer_tx.secret import Secret
-from livepeer_tx.transcoder.client import DEFAULT_CAPABILITIES, capabilityBitstring
 
 SECRET = "orch-secret-for-tests"
 SERVICE_URL = "https://orch.example:8935"

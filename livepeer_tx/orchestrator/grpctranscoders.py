@@ -43,6 +43,10 @@ from zope.interface import implementer
 
 from livepeer_tx import wsproto
 from livepeer_tx.addresses import formatHostPort
+from livepeer_tx.capabilities import (
+    AUTH_TOKEN, DEFAULT_CAPABILITIES, FRACTIONAL_FRAMERATES, GOP, H264, H264_BASELINE, H264_CONSTRAINED_HIGH,
+    H264_HIGH, H264_MAIN, MAX_BITSTRING_WORDS, MAX_CAPACITY_ENTRIES, MP4, MPEGTS, capabilityBitstring,
+)
 from livepeer_tx.interfaces import ITranscoderLink
 from livepeer_tx.orchestrator.dispatch import Rendition
 from livepeer_tx.orchestrator.registration import (
@@ -52,7 +56,6 @@ from livepeer_tx.orchestrator.routing import RemoteTranscoder
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 from livepeer_tx.rpc import GRPCError, StatusCode
 from livepeer_tx.secret import SecretFileError
-from livepeer_tx.transcoder.client import DEFAULT_CAPABILITIES, capabilityBitstring
 
 REGISTER_TRANSCODER = "/net.Transcoder/RegisterTranscoder"
 RESULTS_PATH = b"transcodeResults"  # mounted as /transcodeResults on the public port
@@ -80,20 +83,14 @@ MAX_RESULT_PARTS = 2 * MAX_RENDITIONS + 16
 MAX_PART_HEADER_BYTES = 8 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_CAPACITY = wsproto.MAX_CAPACITY  # what our WebSocket transcoders may announce
-MAX_CAPABILITY_WORDS = 64
-MAX_CAPABILITY_ENTRIES = 1024
 MAX_VERSION_LENGTH = 128
 _TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _VERSION = re.compile(r"^[\x21-\x7e]{1,%d}$" % MAX_VERSION_LENGTH)
 
-# Capability ids (golivepeer-wire.md, 1.3) a job needs for its profiles.
-CAPABILITY_H264 = 0
-CAPABILITY_MPEGTS = 1
-CAPABILITY_MP4 = 2
-CAPABILITY_FRACTIONAL_FRAMERATES = 3
-CAPABILITY_GOP = 11
-CAPABILITY_AUTH_TOKEN = 12
-_ENCODER_PROFILE_CAPABILITIES = {"baseline": 7, "main": 8, "high": 9, "constrained_high": 10}
+# The capability a job needs for each H.264 encoder profile.
+_ENCODER_PROFILE_CAPABILITIES = {
+    "baseline": H264_BASELINE, "main": H264_MAIN, "high": H264_HIGH, "constrained_high": H264_CONSTRAINED_HIGH,
+}
 
 
 def formatPeer(address):
@@ -494,15 +491,15 @@ def jobCapabilities(profiles):
 
     @return: a C{Capabilities} message.
     """
-    needed = {CAPABILITY_H264, CAPABILITY_AUTH_TOKEN}
+    needed = {H264, AUTH_TOKEN}
     for profile in profiles:
-        needed.add(CAPABILITY_MP4 if profile.format == "mp4" else CAPABILITY_MPEGTS)
+        needed.add(MP4 if profile.format == "mp4" else MPEGTS)
         if profile.fpsDen > 1:
-            needed.add(CAPABILITY_FRACTIONAL_FRAMERATES)
+            needed.add(FRACTIONAL_FRAMERATES)
         if profile.encoderProfile:
             needed.add(_ENCODER_PROFILE_CAPABILITIES[profile.encoderProfile])
         if profile.gop:
-            needed.add(CAPABILITY_GOP)
+            needed.add(GOP)
     return pb.Capabilities(bitstring=capabilityBitstring(needed))
 
 
@@ -556,8 +553,8 @@ def describeCapabilities(message):
     if not message.HasField("capabilities"):
         return {"bitstring": capabilityBitstring(DEFAULT_CAPABILITIES), "mandatories": [], "capacities": {}}, ""
     capabilities = message.capabilities
-    if (len(capabilities.bitstring) > MAX_CAPABILITY_WORDS or len(capabilities.mandatories) > MAX_CAPABILITY_WORDS
-            or len(capabilities.capacities) > MAX_CAPABILITY_ENTRIES):
+    if (len(capabilities.bitstring) > MAX_BITSTRING_WORDS or len(capabilities.mandatories) > MAX_BITSTRING_WORDS
+            or len(capabilities.capacities) > MAX_CAPACITY_ENTRIES):
         raise GRPCError(StatusCode.INVALID_ARGUMENT, "capabilities too large")
     version = capabilities.version if _VERSION.match(capabilities.version) else ""
     return {
