@@ -379,9 +379,7 @@ class _Job:
         self._device = device
         self._timeout = timeout
         self._parser = _LogParser()
-        self._stopping = None
         self._cancelled = False
-        self._timer = None
         self._process = None
         self._workDir = None
         self.result = defer.Deferred(self._cancel)
@@ -432,45 +430,29 @@ class _Job:
             # to it, so no path of ours appears in what it logs.
             self._outputNames = [f"out{index}{profile.extension}" for index, profile in enumerate(self._profiles)]
             args = buildCommand(ffmpegPath, INPUT_NAME, self._outputNames, self._profiles, self._device)
-            self._process = ProcessRun(self._reactor, args[0], args[1:], killGrace=KILL_GRACE, path=self._workDir,
-                                       onStderr=self._parser.feed)
+            self._process = ProcessRun(self._reactor, args[0], args[1:], timeout=self._timeout,
+                                       killGrace=KILL_GRACE, path=self._workDir, onStderr=self._parser.feed)
         except Exception as e:
             self._finishWith(Failure(TranscodeError(f"cannot start FFmpeg: {_describeError(e)}")))
             return
         self._process.ended.addCallback(self._ended)
-        self._timer = self._reactor.callLater(self._timeout, self._timedOut)
-
-    def _timedOut(self):
-        self._timer = None
-        self._log.warn("transcode timed out after {timeout}s; stopping FFmpeg", timeout=self._timeout)
-        self._stop("timeout")
 
     def _cancel(self, result):
         self._cancelled = True
-        if self._process is not None and not self._process.ended.called:
-            self._stop("cancel")
+        if self._process is not None:
+            self._process.stop()
         # Deliver the CancelledError only after FFmpeg is reaped and the work
         # files are gone (see _ended).
         result.pause()
 
-    def _stop(self, why):
-        if self._stopping is not None:
-            return
-        self._stopping = why
-        self._process.stop()
-
     def _ended(self, process):
         self._parser.close()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        seconds = process.seconds
         try:
-            outcome = self._outcome(process, seconds)
+            outcome = self._outcome(process)
         except Exception as e:
             outcome = Failure(e)
         if outcome is self._COLLECT:
-            d = self._inThread(self._collect, seconds)
+            d = self._inThread(self._collect, process.seconds)
             d.addBoth(self._finishWith)
         else:
             self._finishWith(outcome)
@@ -491,10 +473,11 @@ class _Job:
 
         d.addCallback(deliver)
 
-    def _outcome(self, process, seconds):
+    def _outcome(self, process):
         if self._cancelled:
             return None
-        if self._stopping == "timeout":
+        if process.timedOut:
+            self._log.warn("transcode timed out after {timeout}s; FFmpeg stopped", timeout=self._timeout)
             return Failure(
                 TranscodeError(f"transcode timed out after {self._timeout:g}s", self._parser.tailText())
             )
