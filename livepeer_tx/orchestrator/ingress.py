@@ -237,7 +237,7 @@ class SegmentService:
     @param payments: the payment processor (off-chain or ticket based).
     @param tokens: the L{livepeer_tx.orchestrator.authtoken.AuthTokens}.
     @param orchestrator: the L{livepeer_tx.orchestrator.orchservice.OrchestratorService}:
-        our C{capabilities()} and C{orchestratorInfo(sender, authToken)}.
+        our C{capabilities()} and C{orchestratorInfo(sender, authToken, capabilities)}.
     @param maxSegmentBytes: larger bodies are refused with 413.
     @param signer: the node's L{livepeer_tx.chain.identity.NodeSigner} on
         chain (segment signatures are then checked and results signed), or
@@ -321,7 +321,7 @@ class SegmentService:
         if self._signer is not None and not self._signer.verify(
                 sender, flattenSegment(segData, profiles), segData.sig):
             raise SegmentRejected(403, SEGMENT_SIGNATURE_ERROR, REJECTED_SIGNATURE)
-        self._checkCapabilities(segData)
+        offered = self._checkCapabilities(segData)
         try:
             sessionId = self._tokens.verifySegment(segData)
         except AuthTokenError as e:
@@ -336,7 +336,7 @@ class SegmentService:
         if submission.contentType.split(";", 1)[0].strip().lower() == SEGMENT_URI_TYPE:
             raise SegmentRejected(400, SEGMENT_URI_REFUSED, REJECTED_CONTENT_TYPE)
         try:
-            info = await self._orchestrator.orchestratorInfo(sender, segData.auth_token)
+            info = await self._orchestrator.orchestratorInfo(sender, segData.auth_token, offered)
         except PaymentError as e:
             self._log.warn("Cannot refresh the OrchestratorInfo of sessionID={sessionId}: {error}",
                            sessionId=sessionId, error=e.message)
@@ -361,7 +361,8 @@ class SegmentService:
     def _checkCapabilities(self, segData):
         # What the job asks for by its fields counts as asked for by its
         # capabilities: a perceptual hash or a clip window we would not honour
-        # must not be silently dropped.
+        # must not be silently dropped. Returns what we offer, for the
+        # answer's OrchestratorInfo.
         offered = self._orchestrator.capabilities()
         offeredIds = capabilitiesOf(offered.bitstring)
         try:
@@ -372,6 +373,7 @@ class SegmentService:
             checkCompatible(segData.capabilities if segData.HasField("capabilities") else None, offered)
         except IncompatibleCapabilities as e:
             raise SegmentRejected(403, e.message, REJECTED_CAPABILITIES) from None
+        return offered
 
     async def _transcode(self, checked, body):
         app = self._app

@@ -157,7 +157,7 @@ class OrchestratorService:
         except PaymentError as e:
             raise GRPCError(StatusCode.UNKNOWN, e.message) from None
 
-    def orchestratorInfo(self, sender, authToken):
+    def orchestratorInfo(self, sender, authToken, capabilities=None):
         """
         An C{OrchestratorInfo} for C{sender} carrying C{authToken}: what
         C{GetOrchestrator} answers, and what every segment's
@@ -166,17 +166,20 @@ class OrchestratorService:
 
         @param sender: the gateway's 20-byte address (zeros when unknown).
         @param authToken: the session's C{AuthToken}.
+        @param capabilities: our L{capabilities} when the caller has just
+            computed them (a segment, checked against them), so that they
+            are not computed again; L{None} to compute them here.
         @return: a Deferred firing with the C{OrchestratorInfo}, or failing
             with L{PaymentError} when no ticket parameters can be made.
         """
-        return Deferred.fromCoroutine(self._orchestratorInfo(sender, authToken))
+        return Deferred.fromCoroutine(self._orchestratorInfo(sender, authToken, capabilities))
 
-    async def _orchestratorInfo(self, sender, authToken):
+    async def _orchestratorInfo(self, sender, authToken, capabilities):
         ticketParams = await self._payments.ticketParams(sender)
         info = pb.OrchestratorInfo(
             transcoder=self.serviceURI,
             address=self.address,
-            capabilities=self.capabilities(),
+            capabilities=self.capabilities() if capabilities is None else capabilities,
             auth_token=authToken,
         )
         if self._signer is not None:
