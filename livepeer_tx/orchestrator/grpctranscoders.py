@@ -802,18 +802,16 @@ class GRPCTranscoderService:
             already, so the caller does not log this failure.
         @raise SecretFileError: the secret cannot be read now (logged here).
         """
-        wasBlocked = self._limiter.isBlocked(host)
         try:
-            matches = self._secret.matches(candidate)
+            matches, wasBlocked, nowBlocked = self._limiter.checkSecret(self._secret, host, candidate)
         except SecretFileError as e:
             self._log.error("Refusing transcoder={transcoder}: the secret cannot be checked: {error}",
                             transcoder=address, error=str(e))
             raise
         if matches:
             return True, False
-        blocked = self._limiter.recordFailure(host)
         self._countRefusal(TOO_MANY_ATTEMPTS if wasBlocked else wsproto.INVALID_SECRET)
-        if blocked and not wasBlocked:
+        if nowBlocked:
             self._log.warn(
                 "Too many failed attempts from {host}: their failures are not logged for {window:g} s "
                 "(a right secret is still admitted)", host=host, window=self._limiter.window)

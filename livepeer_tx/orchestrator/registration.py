@@ -119,6 +119,24 @@ class FailedAttemptLimiter:
             self._failures.popitem(last=False)
         return len(times) >= self.maxFailures
 
+    def checkSecret(self, secret, host, candidate):
+        """
+        Whether C{candidate} is C{secret} (a L{livepeer_tx.secret.Secret},
+        compared in constant time), counting a failure against C{host}: the
+        check every transcoder registration makes, whatever its transport.
+
+        @return: C{(matches, wasBlocked, nowBlocked)}: whether C{host} had
+            used up its failed attempts before this one, and whether this
+            failure used them up.
+        @raise SecretFileError: the secret cannot be read now (nothing is
+            counted).
+        """
+        wasBlocked = self.isBlocked(host)
+        if secret.matches(candidate):
+            return True, wasBlocked, False
+        blocked = self.recordFailure(host)
+        return False, wasBlocked, blocked and not wasBlocked
+
 
 class TranscoderGate(resource.Resource):
     """
@@ -165,20 +183,18 @@ class TranscoderGate(resource.Resource):
                             value=authorization[:64], transcoder=address)
             return self._refuse(request, 401, UNAUTHORIZED)
         credentials = request.getHeader(wsproto.CREDENTIALS_HEADER) or ""
-        wasBlocked = self._limiter.isBlocked(host)
         try:
-            matches = self._secret.matches(credentials)
+            matches, wasBlocked, nowBlocked = self._limiter.checkSecret(self._secret, host, credentials)
         except SecretFileError as e:
             self._log.error("Refusing transcoder={transcoder}: the secret cannot be checked: {error}",
                             transcoder=address, error=str(e))
             return self._refuse(request, 503, SERVICE_UNAVAILABLE)
         if not matches:
-            blocked = self._limiter.recordFailure(host)
             if wasBlocked:
                 return self._refuse(request, 429, TOO_MANY_ATTEMPTS)
             self._log.error("Cannot register transcoder={transcoder} err={err!r}",
                             transcoder=address, err=INVALID_SECRET)
-            if blocked:
+            if nowBlocked:
                 self._log.warn(
                     "Too many failed attempts from {host}: its wrong secrets get 429 for {window:g} s "
                     "(a right secret is still admitted)", host=host, window=self._limiter.window)
