@@ -16,6 +16,7 @@ from livepeer_tx import __version__, wsproto
 from livepeer_tx.addresses import formatHostPort
 from livepeer_tx.lifecycle import stopWithStatus
 from livepeer_tx.profiles import Profile
+from livepeer_tx.reload import secretTag
 from livepeer_tx.secret import SecretFileError
 
 INVALID_SECRET = wsproto.INVALID_SECRET
@@ -508,10 +509,8 @@ class OrchestratorLink(service.Service):
         self._schedule(self.backoff.next())
 
     def _secretChangedSinceAttempt(self):
-        try:
-            return self._secret.currentTag() != self._attemptSecretTag
-        except SecretFileError:
-            return False
+        tag = secretTag(self._secret)
+        return tag is not None and tag != self._attemptSecretTag
 
     def runTask(self, protocol, taskId, sessionId, seq, segment, profiles):
         """
