@@ -42,7 +42,6 @@ from twisted.web import resource
 from zope.interface import implementer
 
 from livepeer_tx import wsproto
-from livepeer_tx.addresses import formatHostPort
 from livepeer_tx.capabilities import (
     AUTH_TOKEN, DEFAULT_CAPABILITIES, FRACTIONAL_FRAMERATES, GOP, H264, H264_BASELINE, H264_CONSTRAINED_HIGH,
     H264_HIGH, H264_MAIN, MAX_BITSTRING_WORDS, MAX_CAPACITY_ENTRIES, MP4, MPEGTS, capabilityBitstring,
@@ -50,7 +49,7 @@ from livepeer_tx.capabilities import (
 from livepeer_tx.interfaces import ITranscoderLink
 from livepeer_tx.orchestrator.dispatch import Rendition
 from livepeer_tx.orchestrator.registration import (
-    MAX_PIXELS, MAX_RENDITIONS, SECRET_ROTATED, SERVICE_UNAVAILABLE, TOO_MANY_ATTEMPTS, UNAUTHORIZED,
+    MAX_PIXELS, MAX_RENDITIONS, SECRET_ROTATED, SERVICE_UNAVAILABLE, TOO_MANY_ATTEMPTS, UNAUTHORIZED, formatPeer,
 )
 from livepeer_tx.orchestrator.routing import RemoteTranscoder
 from livepeer_tx.proto import lp_rpc_pb2 as pb
@@ -91,15 +90,6 @@ _VERSION = re.compile(r"^[\x21-\x7e]{1,%d}$" % MAX_VERSION_LENGTH)
 _ENCODER_PROFILE_CAPABILITIES = {
     "baseline": H264_BASELINE, "main": H264_MAIN, "high": H264_HIGH, "constrained_high": H264_CONSTRAINED_HIGH,
 }
-
-
-def formatPeer(address):
-    """
-    C{ip:port} of a Twisted address, or C{unknown}, as go-livepeer logs a
-    transcoder.
-    """
-    host = getattr(address, "host", None)
-    return "unknown" if host is None else formatHostPort(host, address.port)
 
 
 # The task input store and its resource.

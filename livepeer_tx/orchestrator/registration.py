@@ -171,7 +171,7 @@ class TranscoderGate(resource.Resource):
         """
         peer = request.getClientAddress()
         host = getattr(peer, "host", "unknown")
-        address = _formatPeer(peer)
+        address = formatPeer(peer)
         capacity = parseCapacity(request.getHeader(wsproto.CAPACITY_HEADER))
         self._log.info(
             "Got a RegisterTranscoder request from transcoder={transcoder} capacity={capacity}",
@@ -217,9 +217,13 @@ def parseCapacity(value):
     return int(value)
 
 
-def _formatPeer(peer):
-    host = getattr(peer, "host", None)
-    return "unknown" if host is None else formatHostPort(host, peer.port)
+def formatPeer(address):
+    """
+    C{ip:port} of a Twisted address, or C{unknown}, as go-livepeer logs a
+    transcoder.
+    """
+    host = getattr(address, "host", None)
+    return "unknown" if host is None else formatHostPort(host, address.port)
 
 
 def _count(value, what, limit):
@@ -298,7 +302,7 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
         """
         if wsproto.SUBPROTOCOL not in request.protocols:
             raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, f"subprotocol {wsproto.SUBPROTOCOL} required")
-        self._peerAddress = _formatPeer(self.transport.getPeer())
+        self._peerAddress = formatPeer(self.transport.getPeer())
         self._announcedCapacity = parseCapacity(request.headers.get(wsproto.CAPACITY_HEADER.lower()))
         # Which secret it registered with, to recognise it once the secret changes.
         secret = self.factory.secret
