@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import ssl
-from twisted.internet.endpoints import SSL4ServerEndpoint, quoteStringArgument
+from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -123,11 +123,10 @@ class ServerCertificate:
     @ivar generated: whether this start created a new self-signed certificate.
     """
 
-    def __init__(self, certPath, keyPath, generated=False, chainPath=None):
+    def __init__(self, certPath, keyPath, generated=False):
         self.certPath = certPath
         self.keyPath = keyPath
         self.generated = generated
-        self.chainPath = chainPath
         with open(certPath, "rb") as f:
             self.certPEM = f.read()
         self.fingerprint = certificateFingerprint(self.certPEM)
@@ -164,7 +163,7 @@ class ServerCertificate:
         """
         cls.checkFiles(dataDir, certPath, keyPath)
         if certPath:
-            return cls(certPath, keyPath, chainPath=_writeChain(certPath, dataDir))
+            return cls(certPath, keyPath)
         certPath = os.path.join(dataDir, CERT_FILENAME)
         keyPath = os.path.join(dataDir, KEY_FILENAME)
         if os.path.isfile(certPath) and os.path.isfile(keyPath):
@@ -185,21 +184,6 @@ class ServerCertificate:
         @raise CertificateError: the pair cannot be used.
         """
         return ReloadableServerTLS(self.certPath, self.keyPath)
-
-    def endpointDescription(self, port, interface=""):
-        """
-        A C{strports} server description that serves this chain on C{port}.
-        """
-        parts = [
-            f"ssl:{port}",
-            f"privateKey={quoteStringArgument(self.keyPath)}",
-            f"certKey={quoteStringArgument(self.certPath)}",
-        ]
-        if self.chainPath:
-            parts.append(f"extraCertChain={quoteStringArgument(self.chainPath)}")
-        if interface:
-            parts.append(f"interface={quoteStringArgument(interface)}")
-        return ":".join(parts)
 
 
 def loadServerOptions(certPath, keyPath):
@@ -276,30 +260,6 @@ class ReloadableServerTLS:
         A server endpoint on C{port} serving with this context factory.
         """
         return SSL4ServerEndpoint(reactor, port, self, interface=interface)
-
-
-CHAIN_FILENAME = "served-chain.pem"
-
-
-def _writeChain(certPath, dataDir):
-    """
-    Twisted's C{ssl:} endpoint serves only the first certificate of C{certKey};
-    copy the intermediates after it to C{dataDir} so they are served too.
-
-    @return: the chain file's path, or L{None} when the file holds one certificate.
-    """
-    with open(certPath, "rb") as f:
-        certificates = x509.load_pem_x509_certificates(f.read())
-    chainPath = os.path.join(dataDir, CHAIN_FILENAME)
-    if len(certificates) < 2:
-        if os.path.exists(chainPath):
-            os.remove(chainPath)
-        return None
-    os.makedirs(dataDir, mode=0o700, exist_ok=True)
-    with open(chainPath, "wb") as f:
-        for certificate in certificates[1:]:
-            f.write(certificate.public_bytes(serialization.Encoding.PEM))
-    return chainPath
 
 
 def _checkKeyPermissions(keyPath):

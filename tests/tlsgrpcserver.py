@@ -6,7 +6,6 @@ port of 127.0.0.1 that is announced on stdout.
 """
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
 from twisted.web import server
 
 from livepeer_tx.rpc import ALPN_PROTOCOLS, channelFactory
@@ -34,7 +33,7 @@ def serveAndAnnounce(reactor, dataDir, site, registry, onListening=None):
     """
     site.protocol = channelFactory(registry)
     certificate = ServerCertificate.loadOrCreate(dataDir, "localhost")
-    endpoint = serverFromString(reactor, certificate.endpointDescription(0, "127.0.0.1"))
+    endpoint = certificate.serverTLS().endpoint(reactor, 0, "127.0.0.1")
 
     def listening(port):
         if onListening is not None:
