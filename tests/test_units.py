@@ -12,12 +12,13 @@ from twisted.python import usage
 
 from livepeer_tx import wsproto
 from livepeer_tx.addresses import parseHostPort
+from livepeer_tx.capabilities import capabilityBitstring
 from livepeer_tx.orchestrator import tap as orchestratorTap
 from livepeer_tx.orchestrator.store import RenditionStore
 from livepeer_tx.secret import Secret, SecretFileError
 from livepeer_tx.tls import ServerCertificate, formatFingerprint, parseFingerprint
 from livepeer_tx.transcoder import tap as transcoderTap
-from livepeer_tx.transcoder.client import Backoff, capabilityBitstring
+from livepeer_tx.transcoder.client import Backoff
 from livepeer_tx.transcoder.worker import TranscodeWorker
 
 

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from livepeer_tx import __version__, wsproto
 from livepeer_tx.addresses import formatHostPort
+from livepeer_tx.capabilities import capabilityBitstring
 from livepeer_tx.lifecycle import stopWithStatus
 from livepeer_tx.profiles import Profile
 from livepeer_tx.reload import secretTag
@@ -21,22 +22,6 @@ from livepeer_tx.secret import SecretFileError
 
 INVALID_SECRET = wsproto.INVALID_SECRET
 ZERO_CAPACITY = wsproto.ZERO_CAPACITY
-
-# go-livepeer's default capability set (core/capabilities.go): H.264, MPEG-TS,
-# MP4, fractional frame rates, storage, H.264 profiles, GOP, auth token, MPEG-7
-# signature, segment slicing.
-DEFAULT_CAPABILITIES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 26)
-
-
-def capabilityBitstring(capabilities=DEFAULT_CAPABILITIES):
-    """
-    go-livepeer's capability bitstring: bit i of word i/64 set for capability i.
-    """
-    words = [0] * (max(capabilities) // 64 + 1)
-    for capability in capabilities:
-        words[capability // 64] |= 1 << (capability % 64)
-    return words
-
 
 class Backoff:
     """
