@@ -38,7 +38,9 @@ from livepeer_tx.limits import (
     CLOSE_TOO_SLOW, HEADERS_TOO_SLOW, REQUEST_TOO_LONG, TOTAL_CAP, UPLOAD_TOO_SLOW, ConnectionDeadlines,
     HTTPLimits, LogThrottle, UploadRefused,
 )
-from livepeer_tx.rpc import ALPN_PROTOCOLS, GRPCH2Connection, GRPCSettings, channelFactory, isHTTP2, refuseRequest
+from livepeer_tx.rpc import (
+    ALPN_PROTOCOLS, GRPCH2Connection, GRPCSettings, channelFactory, http11Refusal, isHTTP2, refuseRequest,
+)
 
 MALFORMED_REQUEST_LINE = "malformed request line"
 MALFORMED_HEADER = "malformed header line"
@@ -302,16 +304,7 @@ class HardenedHTTPChannel(http.HTTPChannel):
         """
         if self.closing or self.transport is None:
             return
-        body = ((message or reason) + "\n").encode("utf-8")
-        head = [
-            b"HTTP/1.1 %d %s\r\n" % (code, http.RESPONSES.get(code, b"Error")),
-            b"Content-Type: text/plain; charset=utf-8\r\n",
-            b"Content-Length: %d\r\n" % (len(body),),
-            b"Connection: close\r\n",
-        ]
-        if retryAfter is not None:
-            head.append(b"Retry-After: %d\r\n" % (retryAfter,))
-        self.transport.writeSequence(head + [b"\r\n", body])
+        self.transport.write(http11Refusal(code, (message or reason) + "\n", retryAfter))
         self._log.info("Refused a request from {peer}: {code} {reason}", peer=self._peer(), code=code, reason=reason)
         metrics = self._metrics()
         if metrics is not None:

@@ -14,7 +14,7 @@ from livepeer_tx.rpc.h2grpc import (
     ServerCall,
     channelFactory,
 )
-from livepeer_tx.rpc.refusal import isHTTP2, refuseRequest
+from livepeer_tx.rpc.refusal import http11Refusal, isHTTP2, refuseRequest
 from livepeer_tx.rpc.registry import MethodKind, ServiceRegistry
 from livepeer_tx.rpc.wire import GRPCError, StatusCode
 
@@ -29,6 +29,7 @@ __all__ = [
     "ServiceRegistry",
     "StatusCode",
     "channelFactory",
+    "http11Refusal",
     "isHTTP2",
     "refuseRequest",
 ]

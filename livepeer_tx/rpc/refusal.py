@@ -29,14 +29,30 @@ def refuseRequest(request, code, text, retryAfter=None):
     @param retryAfter: seconds for a C{Retry-After} header, or L{None}.
     """
     body = text.encode("utf-8")
-    headers = [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Content-Length", b"%d" % len(body))]
-    if retryAfter is not None:
-        headers.append((b"Retry-After", b"%d" % retryAfter))
+    headers = _refusalHeaders(body, retryAfter)
     channel = request.channel
     if isinstance(channel, H2Stream):
         _refuseHTTP2(request, channel, code, headers, body)
     else:
-        _refuseHTTP11(channel, code, headers, body)
+        channel.transport.write(_http11Response(code, headers, body))
+        # The channel's loseConnection, not the transport's: the channel is the
+        # transport's producer, and TLS does not close while one is registered.
+        channel.loseConnection()
+
+
+def http11Refusal(code, text, retryAfter=None):
+    """
+    The bytes of the HTTP/1.1 answer L{refuseRequest} writes: status C{code},
+    C{text} as a plain-text body, C{Retry-After} when given, and
+    C{Connection: close}. For a channel refusing before it has a request
+    (a malformed request line); the caller then closes the connection.
+
+    @param code: the HTTP status code.
+    @param text: the body, as text.
+    @param retryAfter: seconds for a C{Retry-After} header, or L{None}.
+    """
+    body = text.encode("utf-8")
+    return _http11Response(code, _refusalHeaders(body, retryAfter), body)
 
 
 def isHTTP2(request):
@@ -47,13 +63,17 @@ def isHTTP2(request):
     return isinstance(request.channel, H2Stream)
 
 
-def _refuseHTTP11(channel, code, headers, body):
+def _refusalHeaders(body, retryAfter):
+    headers = [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Content-Length", b"%d" % len(body))]
+    if retryAfter is not None:
+        headers.append((b"Retry-After", b"%d" % retryAfter))
+    return headers
+
+
+def _http11Response(code, headers, body):
     head = b"HTTP/1.1 %d %s\r\n" % (code, RESPONSES.get(code, b"Error"))
     head += b"".join(b"%s: %s\r\n" % header for header in headers)
-    channel.transport.write(head + b"Connection: close\r\n\r\n" + body)
-    # The channel's loseConnection, not the transport's: the channel is the
-    # transport's producer, and TLS does not close while one is registered.
-    channel.loseConnection()
+    return head + b"Connection: close\r\n\r\n" + body
 
 
 def _refuseHTTP2(request, stream, code, headers, body):
