@@ -152,13 +152,13 @@ class HardenedHTTPChannel(http.HTTPChannel):
         return describeAddress(self.transport.getPeer()) if self.transport is not None else "?"
 
     def _metrics(self):
-        return getattr(self.site, "metrics", None)
+        return self.site.metrics
 
     def connectionMade(self):
         """
         Start the idle timeout, with this site's limits and clock.
         """
-        self._limits = getattr(self.site, "limits", None) or HTTPLimits()
+        self._limits = self.site.limits
         self._deadlines = ConnectionDeadlines(self.site.reactor, self._limits, self._deadlinePassed)
         self._lowerProtocol = _protocolOf(self.transport)
         super().connectionMade()
@@ -473,12 +473,8 @@ class BoundedRequest(server.Request):
         return self.channel.site
 
     def _bodyLimit(self):
-        site = self._site()
-        limitFor = getattr(site, "maxBodyBytesFor", None)
-        if limitFor is not None:
-            path = getattr(self.channel, "path" if isHTTP2(self) else "requestPath", None)
-            return limitFor(path)
-        return getattr(site, "maxBodyBytes", None)
+        path = getattr(self.channel, "path" if isHTTP2(self) else "requestPath", None)
+        return self._site().maxBodyBytesFor(path)
 
     def gotLength(self, length):
         """
@@ -498,18 +494,17 @@ class BoundedRequest(server.Request):
         if limit is not None and length is not None and length > limit:
             self.refuse(413, BODY_TOO_LARGE, f"request body of {length} bytes is larger than {limit} bytes")
             return
-        budget = getattr(site, "uploadBudget", None)
+        budget = site.uploadBudget
         if budget is not None and length != 0:
-            sourceOf = getattr(site, "sourceOf", hostOf)
             try:
-                self._upload = budget.reserve(sourceOf(self.getClientAddress()), length or 0)
+                self._upload = budget.reserve(site.sourceOf(self.getClientAddress()), length or 0)
             except UploadRefused as e:
                 self.refuse(503, UPLOAD_MEMORY_FULL, e.message, retryAfter=RETRY_AFTER_SECONDS)
                 return
             self.notifyFinish().addBoth(lambda _: self.releaseUpload())
         if isHTTP2(self):
             self._startStreamDeadlines(site, length)
-        if getattr(site, "hashBodies", False):
+        if site.hashBodies:
             self.bodyKeccak = site.bodyHasher()
         self.content = BytesIO()
 
@@ -578,7 +573,7 @@ class BoundedRequest(server.Request):
             # It logs, counts, and reads nothing more from the connection.
             channel.refuse(code, reason, message, retryAfter)
             return
-        metrics = getattr(channel.site, "metrics", None)
+        metrics = channel.site.metrics
         # The answer may finish the request (and let go of its channel) at once.
         refuseRequest(self, code, (message or reason) + "\n", retryAfter)
         self._log.info("Refused a request from {peer}: {code} {reason}",
@@ -587,8 +582,7 @@ class BoundedRequest(server.Request):
             metrics.requestsRefused.labels(reason=reason).inc()
 
     def _startStreamDeadlines(self, site, length):
-        limits = getattr(site, "limits", None) or HTTPLimits()
-        self._streamDeadlines = ConnectionDeadlines(site.reactor, limits, self._streamDeadlinePassed)
+        self._streamDeadlines = ConnectionDeadlines(site.reactor, site.limits, self._streamDeadlinePassed)
         if length != 0:
             self._streamDeadlines.bodyStarted()
         else:
@@ -597,7 +591,7 @@ class BoundedRequest(server.Request):
         self.notifyFinish().addBoth(lambda _: self._streamDeadlines.stop())
 
     def _streamDeadlinePassed(self, kind):
-        limits = getattr(self._site(), "limits", None) or HTTPLimits()
+        limits = self._site().limits
         if kind == UPLOAD_TOO_SLOW:
             self.refuse(408, kind, f"request body slower than {limits.minUploadRate:g} bytes/s")
         elif kind == HEADERS_TOO_SLOW:
@@ -701,7 +695,7 @@ class HardenedH2Connection(GRPCH2Connection):
     _frameSizes = None
 
     def _limits(self):
-        return getattr(getattr(self, "site", None), "limits", None) or HTTPLimits()
+        return self.site.limits
 
     def connectionMade(self):
         """
