@@ -10,6 +10,14 @@ from prometheus_client.core import CounterMetricFamily
 _TIME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 6, 8, 12, 20, 30)
 
 
+def _readOnScrape(registry, name, documentation, read):
+    """
+    Add to C{registry} a gauge whose value is C{read()} at each scrape, so
+    that it can never drift from the object it describes.
+    """
+    Gauge(name, documentation, registry=registry).set_function(read)
+
+
 class OrchestratorMetrics:
     """
     The orchestrator's metrics. Gauges about transcoders are read from the pool
@@ -19,18 +27,14 @@ class OrchestratorMetrics:
     def __init__(self, pool, registry=None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        Gauge("livepeer_transcoders_number", "Registered transcoders", registry=r).set_function(
-            lambda: len(pool.transcoders))
-        Gauge("livepeer_transcoders_capacity", "Sum of the transcoders' capacities", registry=r).set_function(
-            lambda: pool.totalCapacity)
-        Gauge("livepeer_transcoders_load", "Sessions assigned to transcoders", registry=r).set_function(
-            lambda: pool.totalLoad)
-        Gauge("livepeer_max_sessions_total", "Current session limit", registry=r).set_function(
-            lambda: pool.sessionLimit)
-        Gauge("livepeer_current_sessions_total", "Sessions now", registry=r).set_function(
-            lambda: pool.sessionCount)
-        Gauge("livepeer_transcoders_cooling_off", "Transcoders out of rotation after repeated failures",
-              registry=r).set_function(lambda: pool.coolingOffCount)
+        _readOnScrape(r, "livepeer_transcoders_number", "Registered transcoders", lambda: len(pool.transcoders))
+        _readOnScrape(r, "livepeer_transcoders_capacity", "Sum of the transcoders' capacities",
+                     lambda: pool.totalCapacity)
+        _readOnScrape(r, "livepeer_transcoders_load", "Sessions assigned to transcoders", lambda: pool.totalLoad)
+        _readOnScrape(r, "livepeer_max_sessions_total", "Current session limit", lambda: pool.sessionLimit)
+        _readOnScrape(r, "livepeer_current_sessions_total", "Sessions now", lambda: pool.sessionCount)
+        _readOnScrape(r, "livepeer_transcoders_cooling_off", "Transcoders out of rotation after repeated failures",
+                     lambda: pool.coolingOffCount)
         r.register(_TranscoderFailures(pool))
         self.segmentsReceived = Counter(
             "livepeer_segment_source_emerged_unprocessed", "Segments received from gateways", registry=r)
@@ -125,12 +129,9 @@ class TranscoderMetrics:
     def __init__(self, worker, registry=None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        Gauge("livepeer_transcoder_sessions_capacity", "maxSessions", registry=r).set_function(
-            lambda: worker.maxSessions)
-        Gauge("livepeer_transcoder_running", "FFmpeg processes running", registry=r).set_function(
-            lambda: worker.running)
-        Gauge("livepeer_transcoder_queued", "Segments waiting for a free slot", registry=r).set_function(
-            lambda: worker.queued)
+        _readOnScrape(r, "livepeer_transcoder_sessions_capacity", "maxSessions", lambda: worker.maxSessions)
+        _readOnScrape(r, "livepeer_transcoder_running", "FFmpeg processes running", lambda: worker.running)
+        _readOnScrape(r, "livepeer_transcoder_queued", "Segments waiting for a free slot", lambda: worker.queued)
         self.segmentsTranscoded = Counter(
             "livepeer_segment_transcoded", "Segments transcoded", registry=r)
         self.segmentsFailed = Counter(
