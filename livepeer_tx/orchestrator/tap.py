@@ -139,24 +139,8 @@ class Options(GoFlagOptions):
             self["cliHost"], self["cliPort"] = parseHostPort(self["cliAddr"], "127.0.0.1", 7935)
         except ValueError as e:
             raise usage.UsageError(str(e))
-        if self["maxSessions"] == "auto":
-            self["maxSessionsLimit"] = None
-        else:
-            try:
-                self["maxSessionsLimit"] = int(self["maxSessions"])
-            except ValueError:
-                self["maxSessionsLimit"] = 0
-            if self["maxSessionsLimit"] <= 0:
-                raise usage.UsageError("--maxSessions must be 'auto' or greater than zero")
-        if self["maxSessionsPerAddress"] == "auto":
-            self["maxSessionsPerAddressLimit"] = None
-        else:
-            try:
-                self["maxSessionsPerAddressLimit"] = int(self["maxSessionsPerAddress"])
-            except ValueError:
-                self["maxSessionsPerAddressLimit"] = 0
-            if self["maxSessionsPerAddressLimit"] <= 0:
-                raise usage.UsageError("--maxSessionsPerAddress must be 'auto' or greater than zero")
+        for name in ("maxSessions", "maxSessionsPerAddress"):
+            self[name + "Limit"] = self._autoOrPositive(name)
         try:
             self["maxSegmentBytes"] = int(self["maxSegmentSize"])
             if self["maxSegmentBytes"] <= 0:
@@ -180,6 +164,20 @@ class Options(GoFlagOptions):
             ServerCertificate.checkFiles(self["dataDir"], self["tlsCert"], self["tlsKey"])
         except CertificateError as e:
             raise usage.UsageError(str(e))
+
+    def _autoOrPositive(self, name):
+        """
+        The option C{name} as a whole number above zero, or L{None} for C{auto}.
+        """
+        if self[name] == "auto":
+            return None
+        try:
+            limit = int(self[name])
+        except ValueError:
+            limit = 0
+        if limit <= 0:
+            raise usage.UsageError(f"--{name} must be 'auto' or greater than zero")
+        return limit
 
     def _parseOperations(self):
         """
