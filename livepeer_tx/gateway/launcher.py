@@ -403,6 +403,10 @@ class NodeLauncher:
         self.nodes.append(node)
         return node
 
+    def _startTwistd(self, name, plugin, options, **nodeArgs):
+        return self.startProcess(name, self.twistdCommand(plugin, options), dataDir=options["dataDir"],
+                                 cliAddr=options["cliAddr"], **nodeArgs)
+
     def startOrchestrator(self, wait=True, timeout=30.0, **extraOptions):
         """
         Start C{livepeer-orchestrator} on free ports of 127.0.0.1.
@@ -425,11 +429,10 @@ class NodeLauncher:
             "dataDir": os.path.join(self.workDir, name),
         }
         options.update(extraOptions)
-        node = self.startProcess(
+        node = self._startTwistd(
             name,
-            self.twistdCommand("livepeer-orchestrator", options),
-            dataDir=options["dataDir"],
-            cliAddr=options["cliAddr"],
+            "livepeer-orchestrator",
+            options,
             nodeClass=self.orchestratorClass,
             serviceAddr=options["serviceAddr"],
             secretPath=options["orchSecret"],
@@ -475,12 +478,7 @@ class NodeLauncher:
             "cliAddr": f"127.0.0.1:{self.allocatePort()}",
         }
         options.update(extraOptions)
-        node = self.startProcess(
-            name,
-            self.twistdCommand("livepeer-transcoder", options),
-            dataDir=options["dataDir"],
-            cliAddr=options["cliAddr"],
-        )
+        node = self._startTwistd(name, "livepeer-transcoder", options)
         if wait and node.cliAddr:
             self.waitUntilReady(node, timeout)
         return node
