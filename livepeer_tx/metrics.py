@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily
 _TIME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 6, 8, 12, 20, 30)
 
 
-def _readOnScrape(registry, name, documentation, read):
+def addScrapedGauge(registry, name, documentation, read):
     """
     Add to C{registry} a gauge whose value is C{read()} at each scrape, so
     that it can never drift from the object it describes.
@@ -27,13 +27,13 @@ class OrchestratorMetrics:
     def __init__(self, pool, registry=None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        _readOnScrape(r, "livepeer_transcoders_number", "Registered transcoders", lambda: len(pool.transcoders))
-        _readOnScrape(r, "livepeer_transcoders_capacity", "Sum of the transcoders' capacities",
+        addScrapedGauge(r, "livepeer_transcoders_number", "Registered transcoders", lambda: len(pool.transcoders))
+        addScrapedGauge(r, "livepeer_transcoders_capacity", "Sum of the transcoders' capacities",
                      lambda: pool.totalCapacity)
-        _readOnScrape(r, "livepeer_transcoders_load", "Sessions assigned to transcoders", lambda: pool.totalLoad)
-        _readOnScrape(r, "livepeer_max_sessions_total", "Current session limit", lambda: pool.sessionLimit)
-        _readOnScrape(r, "livepeer_current_sessions_total", "Sessions now", lambda: pool.sessionCount)
-        _readOnScrape(r, "livepeer_transcoders_cooling_off", "Transcoders out of rotation after repeated failures",
+        addScrapedGauge(r, "livepeer_transcoders_load", "Sessions assigned to transcoders", lambda: pool.totalLoad)
+        addScrapedGauge(r, "livepeer_max_sessions_total", "Current session limit", lambda: pool.sessionLimit)
+        addScrapedGauge(r, "livepeer_current_sessions_total", "Sessions now", lambda: pool.sessionCount)
+        addScrapedGauge(r, "livepeer_transcoders_cooling_off", "Transcoders out of rotation after repeated failures",
                      lambda: pool.coolingOffCount)
         r.register(_TranscoderFailures(pool))
         self.segmentsReceived = Counter(
@@ -129,9 +129,9 @@ class TranscoderMetrics:
     def __init__(self, worker, registry=None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        _readOnScrape(r, "livepeer_transcoder_sessions_capacity", "maxSessions", lambda: worker.maxSessions)
-        _readOnScrape(r, "livepeer_transcoder_running", "FFmpeg processes running", lambda: worker.running)
-        _readOnScrape(r, "livepeer_transcoder_queued", "Segments waiting for a free slot", lambda: worker.queued)
+        addScrapedGauge(r, "livepeer_transcoder_sessions_capacity", "maxSessions", lambda: worker.maxSessions)
+        addScrapedGauge(r, "livepeer_transcoder_running", "FFmpeg processes running", lambda: worker.running)
+        addScrapedGauge(r, "livepeer_transcoder_queued", "Segments waiting for a free slot", lambda: worker.queued)
         self.segmentsTranscoded = Counter(
             "livepeer_segment_transcoded", "Segments transcoded", registry=r)
         self.segmentsFailed = Counter(

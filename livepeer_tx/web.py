@@ -18,7 +18,7 @@ from io import BytesIO
 import h2.errors
 import h2.settings
 from Crypto.Hash import keccak
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from prometheus_client.twisted import MetricsResource
 from twisted.internet.defer import succeed
 from twisted.internet.error import ConnectionLost
@@ -38,6 +38,7 @@ from livepeer_tx.limits import (
     CLOSE_TOO_SLOW, HEADERS_TOO_SLOW, REQUEST_TOO_LONG, TOTAL_CAP, UPLOAD_TOO_SLOW, ConnectionDeadlines,
     HTTPLimits, LogThrottle, UploadRefused,
 )
+from livepeer_tx.metrics import addScrapedGauge
 from livepeer_tx.rpc import (
     ALPN_PROTOCOLS, GRPCH2Connection, GRPCSettings, channelFactory, http11Refusal, isHTTP2, refuseRequest,
 )
@@ -98,11 +99,11 @@ class HTTPEdgeMetrics:
             "livepeer_http_requests_refused", "Requests refused or timed out before dispatch, by reason",
             ["reason"], registry=r)
         if connections is not None:
-            Gauge("livepeer_http_connections_open", "Open connections on the public port", registry=r
-                  ).set_function(lambda: connections.open)
+            addScrapedGauge(r, "livepeer_http_connections_open", "Open connections on the public port",
+                            lambda: connections.open)
         if budget is not None:
-            Gauge("livepeer_http_upload_bytes_held", "Bytes of request bodies reserved in memory", registry=r
-                  ).set_function(lambda: budget.held)
+            addScrapedGauge(r, "livepeer_http_upload_bytes_held", "Bytes of request bodies reserved in memory",
+                            lambda: budget.held)
 
 
 class HardenedHTTPChannel(http.HTTPChannel):
