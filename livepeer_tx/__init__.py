@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_goflags,tests.test_orchservice -*-
 """
 livepeer-tx: the Livepeer Orchestrator-Transcoder split, on Twisted.
 """

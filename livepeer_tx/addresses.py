@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_units -*-
 """
 Parsing the C{host:port} values of go-livepeer's address options.
 """

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_push -*-
 """
 The C{livepeer-tx} command: a gateway tool that pushes a video file to an
 orchestrator (C{push}), and a self-contained demo (C{demo}).

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_hostile_transcoder -*-
 """
 Keeping third-party imports from changing interpreter-wide settings.
 

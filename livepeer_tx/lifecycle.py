@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_drain -*-
 """
 Process lifecycle of the daemons: ending with a chosen exit status, keeping
 secrets out of core dumps, and draining work before a stop.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_admission,tests.test_http_hardening,tests.test_hostile_transcoder -*-
 """
 Prometheus metrics, with go-livepeer's names where one exists.
 

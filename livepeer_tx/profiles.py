@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_ffmpeg,tests.test_ingress,tests.test_push -*-
 """
 Video profiles (renditions) with go-livepeer's semantics.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_units,tests.test_reload -*-
 """
 Reading the shared C{orchSecret} and other secret values from the command line.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_units,tests.test_reload,tests.test_daemon_hardening -*-
 """
 TLS for port 8935: the orchestrator's certificate, and the ways a client trusts it.
 

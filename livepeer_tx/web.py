@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_http_hardening,tests.test_public_port -*-
 """
 HTTP pieces shared by the orchestrator and the transcoder: a Site whose
 connections always end (deadlines that request processing cannot turn off, an

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_units,tests.test_memory_link,tests.test_fuzz_transcoder_link -*-
 """
 The transcoder protocol: message catalogue and framing (see docs/protocol.md).
 

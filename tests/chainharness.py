@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_standins,tests.test_chain_reward -*-
 """
 A local Ethereum chain for tests: an anvil node and the Livepeer contract
 stand-ins deployed on it.

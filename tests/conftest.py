@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_e2e,tests.test_fuzz -*-
 """
 Shared fixtures: a work directory for real nodes, and test clips.
 """

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_ingress,tests.test_public_port,tests.test_e2e -*-
 """
 Blocking clients for end-to-end tests against real C{twistd} nodes: a gateway
 (C{GetOrchestrator} over gRPC with grpcio, then C{POST /segment} with the

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_fuzz,tests.test_fuzz_public_port_h2,tests.test_fuzz_transcoder_link -*-
 """
 Helpers shared by the seeded fuzz tests.
 """

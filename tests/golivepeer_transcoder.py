@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_golivepeer_e2e,tests.test_grpc_transcoders -*-
 """
 A transcoder that talks to an orchestrator as go-livepeer's stock transcoder
 does (golivepeer-wire.md, section 1), written from that reference for

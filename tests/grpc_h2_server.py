@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_grpc_h2_tls -*-
 """
 A TLS port serving gRPC and plain HTTP side by side, for
 tests/test_grpc_h2_tls.py; run as C{python grpc_h2_server.py DATADIR}.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_grpc_transcoders -*-
 """
 A real L{Orchestrator} serving stock go-livepeer transcoders on a TLS port,
 for tests/test_grpc_transcoders.py; run as

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_ffmpeg,tests.test_e2e -*-
 """
 Test media made with FFmpeg (test-only helpers; they block, so never call them
 from reactor code).

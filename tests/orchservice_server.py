@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_orchservice -*-
 """
 The orchestrator's C{net.Orchestrator} service on a TLS port, for
 tests/test_orchservice.py; run as C{python orchservice_server.py DATADIR}.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_grpc_h2_tls,tests.test_grpc_transcoders,tests.test_orchservice -*-
 """
 What the test server scripts (tests/grpc_h2_server.py,
 tests/orchservice_server.py, tests/grpc_transcoders_server.py) share: a quiet

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_hostile_transcoder,tests.test_chain_service -*-
 """
 The orchestrator's on-chain side: JSON-RPC over Twisted, Livepeer contract
 access through the Controller, transactions with a nonce manager and capped

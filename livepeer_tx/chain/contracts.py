@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_chain_reward -*-
 """
 The Livepeer contracts we use, found through the Controller.
 

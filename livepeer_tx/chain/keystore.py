@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_chain_service -*-
 """
 Loading the orchestrator's key from a go-ethereum keystore.
 """

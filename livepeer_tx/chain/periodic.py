@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_chain_reward,tests.test_chain_payments -*-
 """
 The shape of the chain code's background jobs: one async pass every few
 seconds, never two at once, never killed by one failed pass.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_chain_payments,tests.test_chain_tickets -*-
 """
 Winning tickets: a durable queue in C{--dataDir} and their redemption.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_chain_reward -*-
 """
 The reward service: call C{BondingManager.reward} exactly once per round.
 

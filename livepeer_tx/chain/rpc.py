@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_chain_reward,tests.test_chain_service -*-
 """
 An asynchronous Ethereum JSON-RPC client on a Twisted HTTP L{Agent}.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_chain_service -*-
 """
 Assembling the on-chain services for the orchestrator.
 """

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_chain_tickets,tests.test_chain_payments -*-
 """
 Probabilistic micropayment tickets: hashing, signatures, the win check, the
 recipientRand secret, ticket parameters and validation (recipient side).

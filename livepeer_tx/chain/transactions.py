@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_chain_payments,tests.test_chain_reward -*-
 """
 Sending transactions from one account: nonces, capped EIP-1559 fees, stuck
 transaction replacement and receipt checks.

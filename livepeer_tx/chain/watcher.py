@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_chain_payments,tests.test_chain_tickets -*-
 """
 A periodically refreshed view of the chain used by tickets and redemption.
 """

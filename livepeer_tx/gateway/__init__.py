@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_push -*-
 """
 The gateway side of livepeer-tx: what a go-livepeer broadcaster does to get a
 segment transcoded by an orchestrator.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_push -*-
 """
 C{livepeer-tx demo}: the README quick start in one command.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_push -*-
 """
 Push segments to an orchestrator the way a go-livepeer gateway does.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_push -*-
 """
 Cut a video file into MPEG-TS segments, as a live gateway receives them.
 

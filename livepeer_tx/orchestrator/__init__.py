@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_tap_wiring -*-
 """
 The orchestrator: accepts gateways' segments and routes them to remote transcoders.
 """

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_grpc_h2 -*-
 """
 gRPC over HTTP/2 on Twisted, on the same TLS port as the Site: the wire format
 (L{livepeer_tx.rpc.wire}), the methods served (L{livepeer_tx.rpc.registry}),

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_ffmpeg,tests.test_gpucheck -*-
 """
 The FFmpeg transcoding engine.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_gpucheck -*-
 """
 The transcoder's start-up test, like go-livepeer's
 C{TestTranscoderCapabilities}: before connecting to an orchestrator, transcode
