@@ -48,6 +48,21 @@ def texts(events, level=None):
     return [formatEvent(e) for e in events if level is None or e["log_level"] == level]
 
 
+def named(events, prefix, level=None):
+    """
+    The events whose format string starts with C{prefix}.
+    """
+    return [e for e in events if (e.get("log_format") or "").startswith(prefix)
+            and (level is None or e["log_level"] == level)]
+
+
+def retries(events):
+    """
+    The delays of the retries a transcoder link scheduled, in order.
+    """
+    return [e["delay"] for e in named(events, "Reconnecting to {orchestrator} in {delay:.1f} s")]
+
+
 class ClockTimer:
     """
     autobahn's batched timer on the test clock (autobahn's own uses the
@@ -108,8 +123,8 @@ class FailingEngine:
 
 class MemoryLink(OrchestratorLink):
     """
-    The real transcoder link, recording its tasks and closes instead of
-    reconnecting.
+    The real transcoder link, recording its tasks, closes and chosen retry
+    delays (it is never started, so it does not reconnect).
     """
 
     def __init__(self, *args, **kwargs):
@@ -126,8 +141,9 @@ class MemoryLink(OrchestratorLink):
         self.closeCodes.append(code)
         super().connectionEnded(protocol, code, reason)
 
-    def _schedule(self, delay):
+    def _retryAfter(self, delay):
         self.scheduled.append(delay)
+        super()._retryAfter(delay)
 
 
 class MemoryTranscoder:
@@ -268,6 +284,11 @@ class SiteLink(OrchestratorLink):
     def endpoint(self):
         return MemoryEndpoint(self.harness, self.peerHost)
 
+    def webSocketFactory(self, secretValue):
+        factory = super().webSocketFactory(secretValue)
+        factory._batched_timer = ClockTimer(self.harness.clock)
+        return factory
+
 
 class MemoryEndpoint:
     """
@@ -281,7 +302,6 @@ class MemoryEndpoint:
     def connect(self, factory):
         if not self.harness.reachable:
             return defer.fail(error.ConnectionRefusedError("Connection refused"))
-        factory._batched_timer = ClockTimer(self.harness.clock)
         protocol = factory.buildProtocol(IPv4Address("TCP", "10.0.0.254", 8935))
         self.harness.connectToSite(protocol, self.peerHost)
         return defer.succeed(protocol)

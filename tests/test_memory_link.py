@@ -24,8 +24,11 @@ from memorywire import (  # noqa: F401 (events is a fixture)
     HangingEngine,
     RawClient,
     events,
+    named,
     outcome,
     output,
+    retries,
+    texts,
 )
 
 
@@ -40,14 +43,6 @@ def fixedBackoff():
     of exactly C{initial * factor ** n}, and 30 s for the slow rate.
     """
     return Backoff(random=lambda: 0.5)
-
-
-def named(events, prefix, level=None):
-    """
-    The events whose format string starts with C{prefix}.
-    """
-    return [e for e in events if (e.get("log_format") or "").startswith(prefix)
-            and (level is None or e["log_level"] == level)]
 
 
 def secretFile(directory, value, name="orchSecret"):
@@ -67,13 +62,6 @@ def rewrite(path, value):
     """
     with open(path, "w") as f:
         f.write(value + "\n")
-
-
-def retries(events):
-    """
-    The delays of the retries the link scheduled, in order.
-    """
-    return [e["delay"] for e in named(events, "Reconnecting to {orchestrator} in {delay:.1f} s")]
 
 
 def registered(harness):
@@ -441,3 +429,176 @@ def test_a_silent_orchestrator_is_found_by_pings_and_the_link_reconnects(events)
     harness.flush()
     assert link.isRegistered
     assert len(named(events, "Successful transcoder registration orchestrator=")) == 2
+
+
+def test_refusedHandshakesBackOffThoughEachConnects(tmp_path, events):
+    """
+    Every attempt reaches the orchestrator but its upgrade is refused (its
+    own secret file is unusable: 503): the delays still grow as the backoff
+    says, since only a registration resets it (the ClientService's own count
+    restarts at every connection). Breaks if the link's retry policy used
+    that count, or if a refused handshake reset the backoff.
+    """
+    clock = MemoryReactorClock()
+    orchestratorPath = secretFile(tmp_path, SECRET, "orchestrator")
+    os.chmod(orchestratorPath, 0o644)
+    harness = Harness(clock=clock, secret=Secret(path=orchestratorPath))
+    link = harness.link(Secret(literal=SECRET), backoff=fixedBackoff())
+    link.startService()
+    harness.flush()
+    for _ in range(3):
+        clock.advance(retries(events)[-1])
+        harness.flush()
+    assert retries(events) == [0.5, 0.75, 1.125, 1.6875]
+    assert len(named(events, "Could not register transcoder to orchestrator {orchestrator}: {reason}")) == 4
+    os.chmod(orchestratorPath, 0o600)
+    clock.advance(retries(events)[-1])
+    harness.flush()
+    assert registered(harness) == ["10.0.0.100:40000"] and link.backoff.attempts == 0
+
+
+def test_unreadableSecretFileRetriesSlowly(tmp_path, events):
+    """
+    A secret file that cannot be read when an attempt starts fails that
+    attempt with one clear error line (no secret, no traceback) and the
+    slow delay; once the file is fixed, the next attempt registers. Breaks
+    if the secret were read once at start, or if a read error stopped the
+    retries.
+    """
+    clock = MemoryReactorClock()
+    harness = Harness(clock=clock)
+    path = secretFile(tmp_path, SECRET)
+    os.chmod(path, 0o644)
+    link = harness.link(Secret(path=path), backoff=fixedBackoff())
+    link.startService()
+    harness.flush()
+    error, = named(events, "Cannot read the secret: {error}; retrying", LogLevel.error)
+    assert "0644" in error["error"] and retries(events) == [30.0]
+    assert not named(events, "Registering transcoder to") and registered(harness) == []
+    os.chmod(path, 0o600)
+    clock.advance(30.0)
+    harness.flush()
+    assert registered(harness) == ["10.0.0.100:40000"]
+    assert not [e for e in events if "log_failure" in e] and SECRET not in repr(events)
+
+
+def test_zeroCapacityStopsTheTranscoderWithStatus1(events):
+    """
+    A registration refused for zero capacity is fatal: the transcoder stops
+    with status 1 and schedules no retry. Breaks if that refusal were
+    classified as a lost connection.
+    """
+    clock = MemoryReactorClock()
+    harness = Harness(clock=clock)
+    link = harness.link(Secret(literal=SECRET), capacity=0, backoff=fixedBackoff())
+    link.startService()
+    harness.flush()
+    critical, = named(events, "Terminating transcoder because of {error}", LogLevel.critical)
+    assert critical["error"] == wsproto.ZERO_CAPACITY
+    assert clock.whenRunningHooks == [(clock.stop, (), {})] and retries(events) == []
+    clock.advance(60.0)
+    assert len(named(events, "Registering transcoder to")) == 1
+
+
+def test_drainedLinkDoesNotReconnectUntilStopDraining(events):
+    """
+    A registered link that drains closes its connection cleanly once idle
+    and makes no further attempt, however long it waits; stopDraining
+    connects again at once and registers. Breaks if the end of a drained
+    connection were taken for a lost one (a retry), or if stopDraining did
+    not restart the connection.
+    """
+    clock = MemoryReactorClock()
+    harness = Harness(clock=clock)
+    link = harness.link(Secret(literal=SECRET), backoff=fixedBackoff())
+    link.startService()
+    harness.flush()
+    link.startDraining()
+    harness.advance(1.0)
+    assert link.isDrained() and registered(harness) == []
+    assert named(events, "Unregistered from {orchestrator} while draining; not reconnecting")
+    assert any("code=4003 reason=transcoder draining" in text for text in texts(events))
+    harness.advance(120.0, step=10.0)
+    assert retries(events) == [] and len(named(events, "Registering transcoder to")) == 1
+    link.stopDraining()
+    harness.flush()
+    assert registered(harness) == ["10.0.0.100:40000"] and not link.isDrained()
+
+
+def test_drainWhileWaitingToRetryCancelsTheRetry(events):
+    """
+    A drain that starts while the link waits to retry (the orchestrator
+    unreachable) cancels the retry and is complete at once; stopDraining
+    tries again at once. Breaks if a pending retry outlived the drain.
+    """
+    clock = MemoryReactorClock()
+    harness = Harness(clock=clock)
+    harness.reachable = False
+    link = harness.link(Secret(literal=SECRET), backoff=fixedBackoff())
+    link.startService()
+    assert retries(events) == [0.5]
+    link.startDraining()
+    assert link.isDrained() and not clock.getDelayedCalls()
+    clock.advance(60.0)
+    assert len(named(events, "Registering transcoder to")) == 1
+    harness.reachable = True
+    link.stopDraining()
+    harness.flush()
+    assert registered(harness) == ["10.0.0.100:40000"]
+
+
+def test_stopServiceDuringAPendingRetry(events):
+    """
+    Stopping the link while it waits to retry cancels the retry: no attempt
+    follows, and nothing is left on the clock. Breaks if the stop left the
+    ClientService's retry scheduled.
+    """
+    clock = MemoryReactorClock()
+    harness = Harness(clock=clock)
+    harness.reachable = False
+    link = harness.link(Secret(literal=SECRET), backoff=fixedBackoff())
+    link.startService()
+    clock.advance(0.5)
+    assert retries(events) == [0.5, 0.75]
+    stopped = link.stopService()
+    assert outcome(stopped) is None and not clock.getDelayedCalls()
+    harness.reachable = True
+    clock.advance(60.0)
+    assert len(named(events, "Registering transcoder to")) == 2 and registered(harness) == []
+
+
+def test_stopServiceClosesTheConnectionWithoutReconnecting(events):
+    """
+    Stopping a registered link says goodbye with 4003 and does not
+    reconnect. Breaks if the stop dropped the connection without its close
+    frame or if the end of that connection scheduled a retry.
+    """
+    clock = MemoryReactorClock()
+    harness = Harness(clock=clock)
+    link = harness.link(Secret(literal=SECRET), backoff=fixedBackoff())
+    link.startService()
+    harness.flush()
+    link.stopService()
+    harness.advance(10.0)
+    assert registered(harness) == [] and link.protocol is None and retries(events) == []
+    assert any("code=4003 reason=transcoder shutting down" in text for text in texts(events))
+    assert len(named(events, "Registering transcoder to")) == 1
+
+
+def test_secretChangedDoesNothingUnlessWaiting(tmp_path, events):
+    """
+    A reload that changes the secret file while the link is registered
+    leaves the connection alone (the new secret is used from the next
+    attempt). Breaks if secretChanged restarted a live connection.
+    """
+    clock = MemoryReactorClock()
+    harness = Harness(clock=clock)
+    path = secretFile(tmp_path, SECRET)
+    link = harness.link(Secret.fromOption(path), backoff=fixedBackoff())
+    link.startService()
+    harness.flush()
+    rewrite(path, "not-the-secret")
+    link.secretChanged()
+    harness.flush()
+    assert registered(harness) == ["10.0.0.100:40000"] and link.isRegistered
+    assert not named(events, "Secret changed; reconnecting") and len(named(events, "Registering transcoder to")) == 1

@@ -9,6 +9,7 @@ import signal
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -25,12 +26,11 @@ from livepeer_tx.reload import OptionsReload
 from livepeer_tx.secret import Secret
 from livepeer_tx.signals import SignalService
 from livepeer_tx.tls import CertificateError, FingerprintPinnedTLS, ReloadableServerTLS, createSelfSigned
-from livepeer_tx.transcoder.client import OrchestratorLink
+from livepeer_tx.transcoder.client import Backoff
 from livepeer_tx.transcoder.reload import TranscoderReloader
-from livepeer_tx.transcoder.worker import TranscodeWorker
 
 from memorywire import (  # noqa: F401 (events is a fixture)
-    PROFILES, SECRET, Harness, HangingEngine, events, outcome, output, texts,
+    PROFILES, SECRET, Harness, HangingEngine, events, named, outcome, output, retries, texts,
 )
 
 NEW_SECRET = "the-new-secret-after-rotation"
@@ -373,27 +373,6 @@ def test_stock_transcoder_of_a_stale_secret_is_told_to_retry(tmp_path):
     assert len(orch.app.pool.transcoders) == 1 and not freshClient.response(freshStream).ended
 
 
-class RecordingLink(OrchestratorLink):
-    """
-    The transcoder's link, recording its connection attempts and the retry
-    delays it chooses instead of connecting.
-    """
-
-    def __init__(self, clock, secret):
-        super().__init__(clock, "orch.example", 8935, secret, None, TranscodeWorker(None, 1), 1)
-        self.attempts = 0
-        self.delays = []
-
-    def _attempt(self):
-        self._retryCall = None
-        self.attempts += 1
-        self._attemptSecretTag = self._secret.currentTag()
-
-    def _schedule(self, delay):
-        self.delays.append(delay)
-        self._retryCall = self._reactor.callLater(delay, self._attempt)
-
-
 class LinkNode:
     """
     What the transcoder's reloader needs of its node.
@@ -411,25 +390,32 @@ def test_transcoder_reload_retries_at_once_with_a_changed_secret(tmp_path, event
     """
     A transcoder refused for its secret waits about 30 s, unless its file
     changed since the attempt; a reload that finds the file changed retries
-    at once; one that finds it unchanged does nothing. Neither secret is
-    logged.
+    at once (and registers); one that finds it unchanged does nothing.
+    Neither secret is logged. Breaks if the link stops re-reading the secret
+    on every attempt or if a reload no longer cuts the wait short.
     """
     path = tmp_path / "orchSecret"
-    path.write_text(SECRET)
-    path.chmod(0o600)
-    clock = Clock()
-    link = RecordingLink(clock, Secret(path=str(path)))
-    link._attempt()
-    link.connectionEnded(None, 1006, "403 invalid secret")
-    assert link.delays[-1] >= 24
-    reloader = TranscoderReloader(LinkNode(link), link._secret, None, OptionsReload(None, {}, {}))
-    assert reloader.reload()["secret"] == "unchanged" and link.attempts == 1
     path.write_text(NEW_SECRET)
-    summary = reloader.reload()
-    assert summary["secret"] == "changed" and link.attempts == 2
-    assert not clock.getDelayedCalls()
+    path.chmod(0o600)
+    clock = MemoryReactorClock()
+    harness = Harness(clock=clock)
+    link = harness.link(Secret(path=str(path)), backoff=Backoff(random=lambda: 0.5))
+    reloader = TranscoderReloader(LinkNode(link), link._secret, None, OptionsReload(None, {}, {}))
+    link.startService()
+    harness.flush()
+    assert retries(events) == [30.0] and len(named(events, "Registering transcoder to")) == 1
+    assert reloader.reload()["secret"] == "unchanged" and len(named(events, "Registering transcoder to")) == 1
     path.write_text(SECRET)
-    link.connectionEnded(None, 1006, "403 invalid secret")
-    assert link.delays[-1] < 1.0, "the file changed since the attempt: retry soon"
+    assert reloader.reload()["secret"] == "changed" and len(named(events, "Registering transcoder to")) == 2
+    harness.flush()
+    assert link.isRegistered and retries(events) == [30.0]
+    path.write_text(NEW_SECRET)
+    harness.app.pool.transcoders[0].link.closeForShutdown()
+    harness.flush()
+    clock.advance(retries(events)[-1])
+    path.write_text(SECRET)
+    harness.flush()
+    assert named(events, "The orchestrator refused our secret ({error}), but {path} changed since")
+    assert retries(events)[-1] < 1.0, "the file changed since the attempt: retry soon"
     logged = "\n".join(texts(events))
     assert SECRET not in logged and NEW_SECRET not in logged

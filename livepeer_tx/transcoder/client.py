@@ -1,16 +1,21 @@
 # -*- test-case-name: tests.test_units,tests.test_memory_link,tests.test_hostile_transcoder -*-
 """
 The transcoder's connection to its orchestrator: registration over a
-WebSocket, work in binary frames, and reconnection with backoff.
+WebSocket, work in binary frames, and reconnection (a L{ClientService}) with
+backoff.
 """
 
 import random
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.application import service
+from twisted.application.internet import ClientService
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from livepeer_tx import __version__, wsproto
 from livepeer_tx.addresses import formatHostPort
@@ -187,14 +192,58 @@ class TranscoderClientProtocol(wsproto.MessageLimits, WebSocketClientProtocol):
         self.factory.link.connectionEnded(self, code, reason)
 
 
+class _AttemptFactory(Factory):
+    """
+    The factory a link's L{ClientService} connects with: each connection's
+    protocol comes from the autobahn factory of the attempt in progress,
+    which carries the secret read for that attempt.
+
+    @ivar current: that autobahn factory.
+    """
+
+    current = None
+
+    def buildProtocol(self, addr):
+        """
+        The protocol of the attempt in progress.
+        """
+        return self.current.buildProtocol(addr)
+
+
+@implementer(IStreamClientEndpoint)
+class _AttemptEndpoint:
+    """
+    Where a link's L{ClientService} connects: each attempt is the link's
+    C{_attempt}, which re-reads the secret and goes through the link's
+    L{OrchestratorLink.endpoint} as it is then.
+    """
+
+    def __init__(self, link):
+        self._link = link
+
+    def connect(self, protocolFactory):
+        """
+        Make one connection attempt.
+        """
+        return self._link._attempt(protocolFactory)
+
+    def __repr__(self):
+        return f"<orchestrator {self._link.address}>"
+
+
 class OrchestratorLink(service.Service):
     """
-    Keeps one registered connection to the orchestrator, reconnecting with
-    backoff; the secret file is re-read before every attempt.
+    Keeps one registered connection to the orchestrator through a
+    L{ClientService}; every attempt re-reads the secret file, and the end of
+    each connection is classified to choose the delay before the next one
+    (the retry policy returns that delay): a rotated secret retries soon, a
+    refused one slowly, a lost connection after the backoff, and a fatal
+    refusal stops the process.
 
     It can be drained (L{startDraining}): it tells the orchestrator, which
     then sends no more tasks, finishes the tasks it holds, closes the
-    connection cleanly and does not reconnect until L{stopDraining}.
+    connection cleanly and does not reconnect (its L{ClientService} is
+    stopped) until L{stopDraining}.
 
     @param reactor: the reactor.
     @param host: the orchestrator's host.
@@ -204,6 +253,7 @@ class OrchestratorLink(service.Service):
     @param worker: the L{TranscodeWorker}.
     @param capacity: our C{maxSessions}.
     @param devices: GPU ids, or L{None}.
+    @param backoff: the L{Backoff} for lost connections.
     @ivar orchestratorFeatures: what the orchestrator lists in its
         C{registered} message (L{wsproto.FEATURES}).
     @ivar draining: whether it is draining (see above).
@@ -226,14 +276,20 @@ class OrchestratorLink(service.Service):
         self.protocol = None
         self.isRegistered = False
         self.refusal = None
-        self._retryCall = None
         self._stopping = False
-        self._connecting = None
         self.orchestratorFeatures = frozenset()
         self.draining = False
         self._drainAcknowledged = False
         self._drainClosing = False
         self._attemptSecretTag = None
+        self._attemptFactory = _AttemptFactory()
+        # Prepared connections (prepareConnection) are not used: ClientService
+        # cannot take a connection that ends while it is being prepared.
+        self._connector = ClientService(_AttemptEndpoint(self), self._attemptFactory,
+                                        retryPolicy=self._retryDelay, clock=reactor)
+        self._connectorStopped = None
+        self._nextDelay = None
+        self._waiting = False
 
     @property
     def address(self):
@@ -244,11 +300,12 @@ class OrchestratorLink(service.Service):
 
     def startService(self):
         """
-        Connect as soon as the service starts.
+        Connect as soon as the service starts (unless draining).
         """
         super().startService()
         self._stopping = False
-        self._attempt()
+        if not self.draining:
+            self._startConnecting()
 
     def stopService(self):
         """
@@ -256,14 +313,31 @@ class OrchestratorLink(service.Service):
         """
         super().stopService()
         self._stopping = True
-        if self._retryCall is not None and self._retryCall.active():
-            self._retryCall.cancel()
-        if self._connecting is not None:
-            self._connecting.cancel()
         self.worker.cancelAll()
         if self.protocol is not None:
             self.protocol.sendClose(wsproto.CLOSE_SHUTDOWN, "transcoder shutting down")
+        self._stopConnecting()
         return self.worker.whenIdle(self._reactor)
+
+    def _startConnecting(self):
+        self._nextDelay = None
+        self._connectorStopped = None
+        self._connector.startService()
+
+    def _stopConnecting(self):
+        """
+        Stop the L{ClientService}: cancel a pending retry or an attempt in
+        progress, or drop the connection (whose close was sent already).
+        """
+        self._waiting = False
+        if self._connector.running:
+            self._connectorStopped = self._connector.stopService()
+
+    def _connectionIdle(self):
+        """
+        Whether the L{ClientService} holds no connection and makes no attempt.
+        """
+        return not self._connector.running and (self._connectorStopped is None or self._connectorStopped.called)
 
     def setTLSOptions(self, tlsOptions):
         """
@@ -293,11 +367,10 @@ class OrchestratorLink(service.Service):
         Our secret file changed (a reload): if we are waiting to retry after
         a refusal, retry now.
         """
-        if self.protocol is None and self._connecting is None and self._retryCall is not None \
-                and self._retryCall.active() and not self.draining:
-            self._retryCall.cancel()
+        if self._waiting and self._connector.running and not self.draining:
             self._log.info("Secret changed; reconnecting to {orchestrator} now", orchestrator=self.address)
-            self._attempt()
+            self._stopConnecting()
+            self._startConnecting()
 
     # Draining (see livepeer_tx.lifecycle.Drain).
 
@@ -309,11 +382,10 @@ class OrchestratorLink(service.Service):
         self.draining = True
         self._drainAcknowledged = False
         self._drainClosing = False
-        if self._retryCall is not None and self._retryCall.active():
-            self._retryCall.cancel()
-        if self._connecting is not None:
-            self._connecting.cancel()
         protocol = self.protocol
+        if protocol is None:
+            # Waiting to retry, or an attempt in progress: stop trying.
+            self._stopConnecting()
         if protocol is not None and self.isRegistered and wsproto.FEATURE_DRAIN in self.orchestratorFeatures:
             protocol.sendMessage(wsproto.encodeControl("drain"))
         else:
@@ -325,15 +397,15 @@ class OrchestratorLink(service.Service):
         Take tasks again: reconnect if the drain closed the connection.
         """
         self.draining = False
-        if self.running and self.protocol is None and self._connecting is None:
+        if self.running and not self._connector.running:
             self.backoff.reset()
-            self._attempt()
+            self._startConnecting()
 
     def isDrained(self):
         """
         Whether the drain is complete: no task left, no connection.
         """
-        return self.protocol is None and self._connecting is None and self.worker.pending == 0
+        return self.protocol is None and self._connectionIdle() and self.worker.pending == 0
 
     def drainAcknowledged(self):
         """
@@ -351,34 +423,32 @@ class OrchestratorLink(service.Service):
             self._log.info("Drained: closing the connection to {orchestrator}", orchestrator=self.address)
             protocol.sendClose(wsproto.CLOSE_SHUTDOWN, "transcoder draining")
 
-    def _attempt(self):
-        self._retryCall = None
-        if self._stopping or self.draining:
-            return
+    def _attempt(self, protocolFactory):
+        """
+        One connection attempt of the L{ClientService}: read the secret, build
+        this attempt's WebSocket factory, connect. A failure chooses the
+        delay before the next attempt.
+        """
+        self._waiting = False
         try:
             secretValue = self._secret.read()
         except SecretFileError as e:
             self._log.error("Cannot read the secret: {error}; retrying", error=str(e))
-            self._schedule(self.backoff.slow())
-            return
+            self._retryAfter(self.backoff.slow())
+            return defer.fail(e)
         self.refusal = None
         self._attemptSecretTag = self._secret.tag(secretValue)
-        factory = self.webSocketFactory(secretValue)
+        self._attemptFactory.current = self.webSocketFactory(secretValue)
         self._log.info("Registering transcoder to {orchestrator}", orchestrator=self.address)
-        self._connecting = self.endpoint().connect(factory)
-
-        def connected(protocol):
-            self._connecting = None
 
         def failed(failure):
-            self._connecting = None
-            if failure.check(defer.CancelledError):
-                return
-            self._log.warn("Could not register transcoder to orchestrator {orchestrator}: {error}",
-                           orchestrator=self.address, error=failure.getErrorMessage())
-            self._schedule(self.backoff.next())
+            if not failure.check(defer.CancelledError):
+                self._log.warn("Could not register transcoder to orchestrator {orchestrator}: {error}",
+                               orchestrator=self.address, error=failure.getErrorMessage())
+                self._retryAfter(self.backoff.next())
+            return failure
 
-        self._connecting.addCallbacks(connected, failed)
+        return self.endpoint().connect(protocolFactory).addErrback(failed)
 
     def endpoint(self):
         """
@@ -413,11 +483,28 @@ class OrchestratorLink(service.Service):
         factory.link = self
         return factory
 
-    def _schedule(self, delay):
-        if self._stopping or self.draining:
-            return
+    def _retryAfter(self, delay):
+        """
+        Make C{delay} the wait before the next attempt (the end of this
+        attempt or connection chose it).
+        """
+        self._nextDelay = delay
+
+    def _retryDelay(self, failedAttempts):
+        """
+        The L{ClientService}'s retry policy: the delay the last attempt or
+        connection chose (L{_retryAfter}), or the next backoff step.
+        """
+        delay, self._nextDelay = self._nextDelay, None
+        if delay is None:
+            delay = self.backoff.next()
+        self._waiting = True
         self._log.info("Reconnecting to {orchestrator} in {delay:.1f} s", orchestrator=self.address, delay=delay)
-        self._retryCall = self._reactor.callLater(delay, self._attempt)
+        return delay
+
+    def _giveUp(self):
+        self._stopConnecting()
+        stopWithStatus(self._reactor, 1)
 
     def connectionOpened(self, protocol):
         """
@@ -441,7 +528,8 @@ class OrchestratorLink(service.Service):
 
     def connectionEnded(self, protocol, code, reason):
         """
-        A connection ended: classify why, then reconnect or give up.
+        A connection ended: classify why, and choose the delay before the
+        next attempt, or stop reconnecting (draining, or a fatal refusal).
         """
         if self.protocol is protocol:
             self.protocol = None
@@ -454,6 +542,9 @@ class OrchestratorLink(service.Service):
         if self.draining:
             self._log.info("Unregistered from {orchestrator} while draining; not reconnecting",
                            orchestrator=self.address)
+            # The ClientService learns of this connection's end just after
+            # this: stopped now, it does not schedule a retry.
+            self._stopConnecting()
             return
         if code == wsproto.CLOSE_SECRET_ROTATED:
             self.backoff.reset()
@@ -461,14 +552,14 @@ class OrchestratorLink(service.Service):
             self._log.warn(
                 "The orchestrator no longer accepts the secret we registered with; will re-read {path} and "
                 "reconnect in {delay:.1f} s", path=self._secret.path or "--orchSecret", delay=delay)
-            self._schedule(delay)
+            self._retryAfter(delay)
             return
         if INVALID_SECRET in reason:
             if self._secret.isLiteral:
                 self._log.critical(
                     "Terminating transcoder because of {error}: the orchestrator refused our --orchSecret",
                     error=INVALID_SECRET)
-                stopWithStatus(self._reactor, 1)
+                self._giveUp()
                 return
             if self._secretChangedSinceAttempt():
                 delay = self.backoff.next()
@@ -479,11 +570,11 @@ class OrchestratorLink(service.Service):
                 self._log.error(
                     "The orchestrator refused our secret ({error}); will re-read {path} and retry in {delay:.0f} s",
                     error=INVALID_SECRET, path=self._secret.path, delay=delay)
-            self._schedule(delay)
+            self._retryAfter(delay)
             return
         if ZERO_CAPACITY in reason:
             self._log.critical("Terminating transcoder because of {error}", error=ZERO_CAPACITY)
-            stopWithStatus(self._reactor, 1)
+            self._giveUp()
             return
         if wasRegistered:
             self._log.info("Unregistering transcoder: {reason} (code {code})", reason=reason or "connection lost",
@@ -491,7 +582,7 @@ class OrchestratorLink(service.Service):
         else:
             self._log.warn("Could not register transcoder to orchestrator {orchestrator}: {reason}",
                            orchestrator=self.address, reason=reason or "connection lost")
-        self._schedule(self.backoff.next())
+        self._retryAfter(self.backoff.next())
 
     def _secretChangedSinceAttempt(self):
         tag = secretTag(self._secret)
