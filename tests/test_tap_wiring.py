@@ -2,8 +2,11 @@
 The two taps' service trees, as C{twistd} would get them from
 C{makeService}, built and started on a L{MemoryReactorClock}: which
 services they hold, where their listeners listen, which limits the public
-site enforces, and which signals they handle. Nothing listens for real, no
-signal handler is installed and no FFmpeg runs.
+site enforces, which signals they handle and where the transcoder's link
+connects. They look only at what the trees show from outside: their child
+services, public attributes, the reactor's listeners and connection
+attempts, signal handlers and log events. Nothing listens or connects for
+real, and no FFmpeg runs.
 """
 
 import os
@@ -15,13 +18,15 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python import usage
 
-from livepeer_tx import wsproto
 from livepeer_tx.orchestrator import tap as orchestratorTap
 from livepeer_tx.orchestrator.app import Orchestrator
 from livepeer_tx.signals import SignalService
+from livepeer_tx.transcoder import gpucheck
 from livepeer_tx.transcoder import tap as transcoderTap
 from livepeer_tx.transcoder.client import OrchestratorLink
 from livepeer_tx.web import BoundedSite
+
+NODE_SIGNALS = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 
 
 def secretFile(directory):
@@ -55,7 +60,7 @@ def orchestratorTree(tmp_path, *arguments):
     return reactor, config, orchestratorTap.makeService(config, reactor=reactor)
 
 
-def test_orchestrator_tree_listens_where_the_options_say(tmp_path):
+def test_orchestratorTreeListensWhereTheOptionsSay(tmp_path):
     """
     The orchestrator's tree holds the application, a signals service, the
     public TLS listener on --serviceAddr's port (or --httpAddr) and the
@@ -79,7 +84,7 @@ def test_orchestrator_tree_listens_where_the_options_say(tmp_path):
         parent.stopService()
 
 
-def test_orchestrator_public_site_takes_its_limits_from_the_options(tmp_path):
+def test_orchestratorPublicSiteTakesItsLimitsFromTheOptions(tmp_path):
     """
     The public port's site refuses bodies over --maxSegmentSize (in bytes)
     and hashes bodies for /segment; its connection factory caps
@@ -99,37 +104,84 @@ def test_orchestrator_public_site_takes_its_limits_from_the_options(tmp_path):
         parent.stopService()
 
 
-def test_orchestrator_transcoder_pings_follow_the_option(tmp_path):
+def test_orchestratorTranscoderPingsFollowTheOption(tmp_path):
     """
     --transcoderPingInterval reaches the WebSocket factory behind
-    C{/transcoder}: pings that often, and a pong must come within as long.
+    C{/transcoder}: it pings that often, and a pong must come within as
+    long. A tree that left the factory at its default would fail here.
     """
     reactor, config, parent = orchestratorTree(tmp_path, "--transcoderPingInterval", "1")
-    parent.startService()
-    try:
-        (_, publicFactory, _, _, _), = reactor.sslServers
-        gate = publicFactory.wrappedFactory.resource.children[wsproto.RESOURCE_PATH]
-        factory = gate._webSocket._factory
-        assert factory.autoPingInterval == factory.autoPingTimeout == 1
-    finally:
-        parent.stopService()
+    app, = services(parent, Orchestrator)
+    factory = app.transcoderFactory
+    assert factory.autoPingInterval == factory.autoPingTimeout == config["pingSeconds"] == 1
 
 
-def test_orchestrator_signals_run_reload_status_and_graceful_stop(tmp_path):
+def events():
     """
-    The signals service handles SIGHUP (reload), SIGUSR2 (status line),
-    SIGTERM and SIGINT (graceful stop); it installs nothing until the
-    reactor runs.
+    An L{EventLoggingObserver} on the global log publisher; remove it with
+    C{globalLogPublisher.removeObserver}.
+    """
+    observer = EventLoggingObserver()
+    globalLogPublisher.addObserver(observer)
+    return observer
+
+
+def assertSignalsWired(reactor, signals, statusLine, drain):
+    """
+    Dispatch the node's signals through its C{signals} service and check
+    what each does: SIGHUP reloads (one summary line), SIGUSR2 logs the
+    status line, SIGTERM starts the final drain (which, with no work in
+    flight, stops the reactor) and SIGINT, a second stop signal, stops at
+    once.
+    """
+    observer = events()
+    try:
+        signals.dispatch(signal.SIGHUP)
+        signals.dispatch(signal.SIGUSR2)
+        expectedLine = statusLine().split(" uptime=")[0]
+        assert not reactor.hasStopped and not drain.active
+        signals.dispatch(signal.SIGTERM)
+        assert drain.active and drain.final and reactor.hasStopped
+        signals.dispatch(signal.SIGINT)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert not [e for e in observer if e.get("log_format", "").startswith("Nothing is configured")]
+    assert [e["reason"] for e in observer if e.get("log_format", "").startswith("Reloaded (")] == ["SIGHUP"]
+    assert [e["line"].split(" uptime=")[0] for e in observer if "line" in e] == [expectedLine]
+    stopsAgain = [e for e in observer if e["log_level"] == LogLevel.warn and e.get("reason") == "SIGINT"]
+    assert len(stopsAgain) == 1
+
+
+def test_orchestratorSignalsReloadReportAndStopGracefully(tmp_path):
+    """
+    The orchestrator's signals service reloads on SIGHUP, logs the status
+    line on SIGUSR2 and drains then stops on SIGTERM and SIGINT. A tree that
+    dropped or swapped one of these handlers would fail here.
     """
     reactor, config, parent = orchestratorTree(tmp_path)
-    signals = parent.getServiceNamed("signals")
-    assert {signal.SIGHUP, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT} <= set(signals._callbacks)
+    app, = services(parent, Orchestrator)
+    assertSignalsWired(reactor, parent.getServiceNamed("signals"), app.statusLine, app.drain)
+    assert app.draining
+
+
+def test_orchestratorSignalHandlersInstalledOnlyWhileRunning(tmp_path):
+    """
+    Starting the tree installs no signal handler; they are installed once
+    the reactor runs (so they replace the reactor's own) and the previous
+    ones are back once the tree stops. A tree whose handlers were installed
+    at import or start-up, or left behind after a stop, would fail here.
+    """
+    before = {signum: signal.getsignal(signum) for signum in NODE_SIGNALS}
+    reactor, config, parent = orchestratorTree(tmp_path)
     parent.startService()
     try:
-        assert signals._previous == {}
-        assert any(hook[0] == signals._install for hook in reactor.whenRunningHooks)
+        assert {signum: signal.getsignal(signum) for signum in NODE_SIGNALS} == before
+        reactor.run()
+        installed = {signum: signal.getsignal(signum) for signum in NODE_SIGNALS}
+        assert all(installed[signum] != before[signum] for signum in NODE_SIGNALS)
     finally:
         parent.stopService()
+    assert {signum: signal.getsignal(signum) for signum in NODE_SIGNALS} == before
 
 
 def transcoderTree(tmp_path, *arguments):
@@ -139,35 +191,82 @@ def transcoderTree(tmp_path, *arguments):
     """
     config = transcoderTap.Options()
     config.parseOptions([
-        "--orchAddr", "orch.example:8935", "--orchSecret", secretFile(tmp_path), "--orchInsecure",
+        "--orchAddr", "127.0.0.1:18935", "--orchSecret", secretFile(tmp_path), "--orchInsecure",
         "--cliAddr", "127.0.0.1:7936", "--dataDir", str(tmp_path / "transcoder"), *arguments])
     reactor = MemoryReactorClock()
     return reactor, config, transcoderTap.makeService(config, reactor=reactor)
 
 
-def test_transcoder_tree_and_its_link(tmp_path):
+def passStartUpTest(monkeypatch):
+    """
+    Make the transcoder's start-up transcode test pass at once, without
+    FFmpeg.
+    """
+    async def nothing(*args):
+        return None
+
+    async def testClip(*args):
+        return b"test clip"
+
+    monkeypatch.setattr(gpucheck, "listNvidiaDevices", nothing)
+    monkeypatch.setattr(gpucheck, "makeTestClip", testClip)
+    monkeypatch.setattr(gpucheck, "checkDevices", nothing)
+
+
+def test_transcoderTreeAndItsLink(tmp_path, monkeypatch):
     """
     The transcoder's tree holds a signals service and the CLI listener on
-    --cliAddr; the link it makes after the start-up test goes to
-    --orchAddr with --maxSessions, reading the secret file it was given.
+    --cliAddr; once the start-up test
+    passes it links to --orchAddr with --maxSessions, and every connection
+    attempt reads the secret file it was given: while the file is missing
+    nothing connects, and once it is back the link connects to --orchAddr's
+    host and port. A tree that built the link from other options, or with
+    a secret read once at start, would fail here.
     """
+    passStartUpTest(monkeypatch)
     reactor, config, node = transcoderTree(tmp_path, "--maxSessions", "3")
     assert isinstance(node.getServiceNamed("signals"), SignalService)
-    listener, = services(node, StreamServerEndpointService)
-    listener.privilegedStartService()
-    (cliPort, cliSite, _, cliInterface), = reactor.tcpServers
-    assert (cliPort, cliInterface) == (7936, "127.0.0.1")
-    assert isinstance(cliSite, BoundedSite)
-    link = node._makeLink(None)
-    assert isinstance(link, OrchestratorLink)
-    assert (link.host, link.port, link.capacity) == ("orch.example", 8935, 3)
-    assert link._secret is config["secret"] and config["secret"].path
-    assert link.worker.maxSessions == 3
-    assert {signal.SIGHUP, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT} <= set(
-        node.getServiceNamed("signals")._callbacks)
+    assert len(services(node, StreamServerEndpointService)) == 1
+    secretPath = config["secret"].path
+    os.remove(secretPath)
+    node.startService()
+    try:
+        (cliPort, cliSite, _, cliInterface), = reactor.tcpServers
+        assert (cliPort, cliInterface) == (7936, "127.0.0.1")
+        assert isinstance(cliSite, BoundedSite)
+        link = node.link
+        assert isinstance(link, OrchestratorLink) and link.running
+        assert (link.host, link.port, link.capacity) == ("127.0.0.1", 18935, 3)
+        assert link.worker.maxSessions == 3
+        reactor.advance(0)
+        assert reactor.tcpClients == []
+        assert secretFile(tmp_path) == secretPath
+        for _ in range(240):
+            reactor.advance(0.5)
+            if reactor.tcpClients:
+                break
+        assert [client[:2] for client in reactor.tcpClients] == [("127.0.0.1", 18935)]
+    finally:
+        node.stopService()
 
 
-def test_transcoder_refuses_zero_capacity():
+def test_transcoderSignalsReloadReportAndStopGracefully(tmp_path, monkeypatch):
+    """
+    The transcoder's signals service reloads on SIGHUP, logs the status
+    line on SIGUSR2 and drains then stops on SIGTERM and SIGINT. A tree that
+    dropped or swapped one of these handlers would fail here.
+    """
+    passStartUpTest(monkeypatch)
+    reactor, config, node = transcoderTree(tmp_path)
+    node.startService()
+    try:
+        assertSignalsWired(reactor, node.getServiceNamed("signals"), node.statusLine, node.drain)
+        assert node.link.draining
+    finally:
+        node.stopService()
+
+
+def test_transcoderRefusesZeroCapacity():
     """
     --maxSessions 0 is refused when the options are parsed, before anything
     starts, with the option's name.
@@ -177,13 +276,12 @@ def test_transcoder_refuses_zero_capacity():
         config.parseOptions(["--orchAddr", "orch.example:8935", "--orchSecret", "s", "--maxSessions", "0"])
 
 
-def test_a_literal_secret_is_warned_about(tmp_path):
+def test_aLiteralSecretIsWarnedAbout(tmp_path):
     """
     A transcoder given its secret as a literal warns that it is visible in
     the process list (and never logs the secret itself).
     """
-    observer = EventLoggingObserver()
-    globalLogPublisher.addObserver(observer)
+    observer = events()
     try:
         config = transcoderTap.Options()
         config.parseOptions([

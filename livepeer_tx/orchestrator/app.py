@@ -54,6 +54,10 @@ class Orchestrator(service.MultiService):
     @ivar registrations: transcoder registrations since the start.
     @ivar drain: the L{livepeer_tx.lifecycle.Drain} the CLI port's
         C{/drain} and C{/resume} act on (set by the daemon's assembly).
+    @ivar transcoderFactory: the WebSocket factory behind C{/transcoder}
+        (its C{autoPingInterval} and C{autoPingTimeout} are
+        C{--transcoderPingInterval}), once L{makePublicRoot} has built it,
+        else L{None}.
     """
 
     _log = Logger()
@@ -73,6 +77,7 @@ class Orchestrator(service.MultiService):
         self.segmentsInFlight = 0
         self.registrations = 0
         self.drain = None
+        self.transcoderFactory = None
         self._lastAnswer = None
         housekeeping = TimerService(5.0, self._housekeeping)
         housekeeping.clock = clock
