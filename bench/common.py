@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_bench -*-
 """
 Shared pieces of the benchmarks: the project on C{sys.path}, statistics,
 tables, a verdict against a target, process memory, and a fake-work transcoder

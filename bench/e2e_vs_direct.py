@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_bench -*-
 """
 Benchmark 1: one segment through gateway -> orchestrator -> transcoder -> back,
 against running the transcoder's own FFmpeg command on the same input directly.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_bench -*-
 """
 Benchmark 4: gRPC and HTTP/2 on the orchestrator's public port (issue 6).
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_bench -*-
 """
 Benchmark 3: the orchestrator's memory per idle registered transcoder.
 

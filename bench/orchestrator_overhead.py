@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_bench -*-
 """
 Benchmark 2: the orchestrator's overhead per segment, p50 and p99, with 1, 8
 and 32 concurrent streams of 2 MB segments over loopback TLS.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_bench -*-
 """
 A shaping TCP relay for the benchmarks: a WAN link between two local
 processes without netem.
