@@ -436,8 +436,9 @@ def test_refusedHandshakesBackOffThoughEachConnects(tmp_path, events):
     Every attempt reaches the orchestrator but its upgrade is refused (its
     own secret file is unusable: 503): the delays still grow as the backoff
     says, since only a registration resets it (the ClientService's own count
-    restarts at every connection). Breaks if the link's retry policy used
-    that count, or if a refused handshake reset the backoff.
+    restarts at every connection, and its own retry line is left out).
+    Breaks if the link's retry policy used that count, or if a refused
+    handshake reset the backoff.
     """
     clock = MemoryReactorClock()
     orchestratorPath = secretFile(tmp_path, SECRET, "orchestrator")
@@ -451,6 +452,7 @@ def test_refusedHandshakesBackOffThoughEachConnects(tmp_path, events):
         harness.flush()
     assert retries(events) == [0.5, 0.75, 1.125, 1.6875]
     assert len(named(events, "Could not register transcoder to orchestrator {orchestrator}: {reason}")) == 4
+    assert not named(events, "Scheduling retry"), "ClientService's own line counts from the last connection"
     os.chmod(orchestratorPath, 0o600)
     clock.advance(retries(events)[-1])
     harness.flush()
