@@ -87,29 +87,57 @@ class ClassifyTests(unittest.TestCase):
             self.assertIn(word, cause)
 
     def test_noLibcuda(self):
+        """
+        A host without libcuda.so is reported as no such device, naming libcuda;
+        a wrong cause would send the operator after the wrong fix.
+        """
         self.assertCause(NO_LIBCUDA, NO_SUCH_DEVICE, "libcuda")
 
     def test_badOrdinal(self):
+        """
+        A device index the driver does not know is reported as no such device,
+        naming the device index.
+        """
         self.assertCause(BAD_ORDINAL, NO_SUCH_DEVICE, "device index")
 
     def test_noGPU(self):
+        """
+        A driver that finds no CUDA device is reported as no such device.
+        """
         self.assertCause(NO_GPU, NO_SUCH_DEVICE, "CUDA")
 
     def test_noNVENC(self):
+        """
+        A GPU without NVENC (H100/H200) is reported as such, naming the H100,
+        not as a parameter error.
+        """
         self.assertCause(HOPPER, NO_NVENC, "H100")
 
     def test_driverTooOld(self):
+        """
+        An NVENC API newer than the driver is reported as a driver to upgrade.
+        """
         self.assertCause(OLD_DRIVER, DRIVER_TOO_OLD, "upgrade")
 
     def test_sessionLimit(self):
+        """
+        An out-of-memory NVENC session open is reported as the consumer-GPU
+        session limit.
+        """
         self.assertCause(SESSIONS, SESSION_LIMIT, "consumer-GPU NVENC session limit")
 
     def test_unknown(self):
+        """
+        An unrecognised failure reports FFmpeg's own last error line.
+        """
         self.assertEqual(
             classifyFFmpegError(UNKNOWN), "FFmpeg failed: [mpegts @ 0x55] [error] Something unexpected happened here"
         )
 
     def test_empty(self):
+        """
+        A failure with no log at all still gets a readable cause.
+        """
         self.assertEqual(classifyFFmpegError(""), "FFmpeg failed: FFmpeg logged nothing")
 
 
@@ -175,6 +203,9 @@ class CheckTests(unittest.TestCase):
         self.assertEqual(os.listdir(self.workDir), [])
 
     def test_noDevices(self):
+        """
+        An empty device list is an error, not a check that passes vacuously.
+        """
         return self.assertFailure(checkDevices(self.transcoder, [], b""), GPUCheckError)
 
     @defer.inlineCallbacks
@@ -213,6 +244,10 @@ class ListDevicesTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_devices(self):
+        """
+        GPU lines of C{nvidia-smi -L} become device ids; MIG lines are not
+        counted as separate GPUs.
+        """
         self.fakeSmi(
             "GPU 0: NVIDIA GeForce RTX 4090 (UUID: GPU-aaaa)\nGPU 1: NVIDIA L4 (UUID: GPU-bbbb)\n"
             "  MIG 1g.10gb Device 0: (UUID: MIG-cccc)"
@@ -221,16 +256,26 @@ class ListDevicesTests(unittest.TestCase):
         self.assertEqual(devices, ["0", "1"])
 
     def test_absent(self):
+        """
+        No C{nvidia-smi} on C{PATH} fails the listing with L{GPUCheckError}.
+        """
         return self.assertFailure(listNvidiaDevices(self.reactor), GPUCheckError)
 
     @defer.inlineCallbacks
     def test_failing(self):
+        """
+        A failing C{nvidia-smi} reports its own message.
+        """
         self.fakeSmi("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.", 9)
         failure = yield self.assertFailure(listNvidiaDevices(self.reactor), GPUCheckError)
         self.assertIn("couldn't communicate", str(failure))
 
     @defer.inlineCallbacks
     def test_none(self):
+        """
+        C{nvidia-smi} listing no devices fails with a no-GPU message rather
+        than an empty list.
+        """
         self.fakeSmi("No devices found.")
         failure = yield self.assertFailure(listNvidiaDevices(self.reactor), GPUCheckError)
         self.assertIn("no GPU", str(failure))
