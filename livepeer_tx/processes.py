@@ -3,7 +3,9 @@
 Running the programs we call out to (FFmpeg, nvidia-smi) to completion: one
 runner for the transcoding job, the start-up test, the segmenter and the
 demo, with output collected or streamed, a stop that escalates from SIGTERM
-to SIGKILL, an optional timeout and cancellation.
+to SIGKILL, an optional timeout and cancellation. A program may also be fed
+through its stdin and write to extra pipes (file descriptors 3 and up) that
+are read as it writes them.
 """
 
 from dataclasses import dataclass
@@ -44,14 +46,23 @@ class ProcessResult:
 
 
 class _Collector(protocol.ProcessProtocol):
-    def __init__(self, onStderr, ended):
+    def __init__(self, onStderr, ended, keepStdin=False, onOutput=None):
         self._onStderr = onStderr
         self._ended = ended
+        self._keepStdin = keepStdin
+        self._onOutput = onOutput
         self.out = []
         self.err = []
 
     def connectionMade(self):
-        self.transport.closeStdin()
+        if not self._keepStdin:
+            self.transport.closeStdin()
+
+    def childDataReceived(self, childFD, data):
+        if childFD in (1, 2) or self._onOutput is None:
+            super().childDataReceived(childFD, data)
+        else:
+            self._onOutput(childFD, data)
 
     def outReceived(self, data):
         self.out.append(data)
@@ -76,7 +87,7 @@ class ProcessRun:
     """
 
     def __init__(self, reactor, executable, args, timeout=None, killGrace=0.0, env=None, path=None,
-                 onStderr=None):
+                 onStderr=None, stdinPipe=False, outputFDs=(), onOutput=None):
         """
         @param reactor: provides C{spawnProcess}, C{callLater} and C{seconds}.
         @param executable: the program's path (also its C{argv[0]}).
@@ -88,6 +99,12 @@ class ProcessRun:
         @param path: its working directory (L{None}: ours).
         @param onStderr: called with each chunk of its stderr instead of
             collecting it.
+        @param stdinPipe: keep its stdin open, for L{writeStdin} and
+            L{closeStdin} (else it is closed at once).
+        @param outputFDs: extra file descriptors (3 and up) it gets as the
+            write ends of pipes; what it writes there goes to C{onOutput}.
+        @param onOutput: called with C{(fd, data)} for each chunk read from
+            one of C{outputFDs}.
         @raise OSError: it cannot be spawned (as C{spawnProcess} raises).
         """
         self._reactor = reactor
@@ -99,8 +116,12 @@ class ProcessRun:
         self._timer = None
         self.ended = Deferred(lambda _: self.stop())
         self._started = reactor.seconds()
-        self._protocol = _Collector(onStderr, self._processEnded)
-        self._process = reactor.spawnProcess(self._protocol, executable, [executable, *args], env=env, path=path)
+        self._protocol = _Collector(onStderr, self._processEnded, stdinPipe, onOutput)
+        pipes = {}
+        if outputFDs:
+            pipes["childFDs"] = {0: "w", 1: "r", 2: "r", **{fd: "r" for fd in outputFDs}}
+        self._process = reactor.spawnProcess(self._protocol, executable, [executable, *args], env=env, path=path,
+                                             **pipes)
         if timeout is not None and not self._reaped:
             self._timer = reactor.callLater(timeout, self._timeoutPassed)
 
@@ -122,6 +143,21 @@ class ProcessRun:
             self._killTimer = self._reactor.callLater(self._killGrace, self._signal, "KILL")
         else:
             self._signal("KILL")
+
+    def writeStdin(self, data):
+        """
+        Write C{data} to its stdin (dropped once stdin is closed or the
+        process gone); what it has not read yet is buffered.
+        """
+        if not self._reaped:
+            self._process.write(data)
+
+    def closeStdin(self):
+        """
+        Close its stdin once what was written is flushed: end of input.
+        """
+        if not self._reaped:
+            self._process.closeStdin()
 
     def _signal(self, name):
         if name == "KILL":

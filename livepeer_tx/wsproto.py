@@ -8,7 +8,8 @@ binary frames laid out as::
     uint32 big-endian header length | JSON header | payload
 
 where the header's C{sizes} list splits the payload into its parts (the source
-segment for C{transcode}, one part per rendition for C{result}).
+segment for C{transcode}, one part per rendition for C{result}; one piece for
+the streamed C{segmentData} and C{renditionData}).
 
 Every JSON text a peer sends is bounded in size and nesting depth before it is
 parsed (L{checkJSONBounds}), so no message can make the parser recurse deeply,
@@ -48,7 +49,13 @@ CLOSE_SECRET_ROTATED = 4004
 # only to an orchestrator that lists them (an older one would close with 4002).
 FEATURE_DRAIN = "drain"
 FEATURE_CAPACITY = "capacity"
-FEATURES = (FEATURE_DRAIN, FEATURE_CAPACITY)
+# Streamed tasks: transcodeStart, segmentData, segmentEnd one way,
+# renditionData and resultEnd back. A transcoder lists it in its C{register}
+# message (the orchestrator streams only to one that does), and the
+# orchestrator in its C{registered} message.
+FEATURE_STREAM = "stream"
+FEATURES = (FEATURE_DRAIN, FEATURE_CAPACITY, FEATURE_STREAM)
+TRANSCODER_FEATURES = (FEATURE_STREAM,)
 
 _HEADER_LENGTH = struct.Struct(">I")
 # Limits on what a peer may send. Control messages and binary-frame headers are

@@ -6,6 +6,8 @@ worker over L{twisted.test.iosim} on a test clock, with stand-in transcoding
 engines in place of FFmpeg.
 """
 
+from dataclasses import replace
+
 import pytest
 from twisted.internet import defer, error
 from twisted.internet.address import IPv4Address
@@ -86,7 +88,28 @@ def output(profiles, frames=60):
     return TranscodeOutput(frames, frames * 640 * 360, renditions, 0.25)
 
 
-class AnsweringEngine:
+class StreamingEngine:
+    """
+    Takes streamed segments like L{FFmpegTranscoder.transcodeStream}: once
+    the segment has ended it is transcoded by the engine's C{transcode}, and
+    the renditions of its output go back through C{onRenditionData}.
+    """
+
+    def transcodeStream(self, segment, profiles, onRenditionData, device=None, timeout=None):
+        pieces = []
+        ended = defer.Deferred()
+        segment.attach(pieces.append, lambda: ended.callback(None))
+
+        def handOn(result):
+            for index, rendition in enumerate(result.renditions):
+                onRenditionData(index, rendition.data)
+            return replace(result, renditions=[replace(r, data=None, size=len(r.data)) for r in result.renditions])
+
+        ended.addCallback(lambda _: self.transcode(b"".join(pieces), profiles, device=device, timeout=timeout))
+        return ended.addCallback(handOn)
+
+
+class AnsweringEngine(StreamingEngine):
     """
     Transcodes everything at once, plausibly.
     """
@@ -95,7 +118,7 @@ class AnsweringEngine:
         return defer.succeed(output(profiles))
 
 
-class HangingEngine:
+class HangingEngine(StreamingEngine):
     """
     Never finishes (a stuck FFmpeg, or one the test answers for).
     """
@@ -109,7 +132,7 @@ class HangingEngine:
         return d
 
 
-class FailingEngine:
+class FailingEngine(StreamingEngine):
     """
     Fails every segment with a given error text.
     """

@@ -290,6 +290,103 @@ class _FFmpegTestsMixin:
         yield self.assertFailure(d, defer.CancelledError)
         self.assertClean()
 
+    def streamInPieces(self, segment, data, pieceBytes=65536, delay=0.01):
+        """
+        Feed C{data} to C{segment} in pieces, one every C{delay} seconds of
+        the real reactor (as the orchestrator forwards them), then end it.
+        """
+        pieces = [data[i:i + pieceBytes] for i in range(0, len(data), pieceBytes)]
+
+        def next(index=0):
+            if segment.ended:
+                return
+            if index == len(pieces):
+                segment.end()
+                return
+            segment.write(pieces[index])
+            self.reactor.callLater(delay, next, index + 1)
+
+        next()
+
+    @defer.inlineCallbacks
+    def test_streamedRenditions(self):
+        """
+        A streamed transcode reads the segment from stdin as it arrives and
+        hands each rendition's bytes on from its own pipe before the result
+        fires: the same sizes, frame and pixel counts as the file path, valid
+        MPEG-TS, and no work file at any time.
+        """
+        profiles = [PRESETS["P360p30fps16x9"], PRESETS["P240p30fps16x9"]]
+        data = clip(640, 360, 2)
+        received = {0: [], 1: []}
+        segment = ffmpeg.StreamedSegment(len(data))
+
+        def onData(index, piece):
+            self.assertEqual(os.listdir(self.workDir), [])
+            received[index].append(piece)
+
+        d = self.transcoder.transcodeStream(segment, profiles, onData)
+        self.streamInPieces(segment, data)
+        streamed = yield d
+        fromFiles = yield self.transcoder.transcode(data, profiles)
+        self.assertEqual((streamed.decodedFrames, streamed.decodedPixels),
+                         (fromFiles.decodedFrames, fromFiles.decodedPixels))
+        for index, (rendition, reference) in enumerate(zip(streamed.renditions, fromFiles.renditions)):
+            self.assertIsNone(rendition.data)
+            body = b"".join(received[index])
+            self.assertEqual(rendition.size, len(body))
+            self.assertEqual((rendition.width, rendition.height, rendition.frames, rendition.pixels),
+                             (reference.width, reference.height, reference.frames, reference.pixels))
+            self.assertEqual(body[0], 0x47)
+            info = self.probeRendition(ffmpeg.RenditionOutput(rendition.profile, body, 0, 0, 0, 0))
+            self.assertEqual((info["width"], info["height"], info["frames"]),
+                             (rendition.width, rendition.height, rendition.frames))
+        self.assertClean()
+
+    @defer.inlineCallbacks
+    def test_streamedCancelMidUpload(self):
+        """
+        Cancelling a streamed transcode while its segment is still arriving
+        kills FFmpeg: CancelledError once it is reaped, nothing handed on
+        after, and the pieces that arrive later are dropped.
+        """
+        data = clip(320, 240, 20, audio=False)
+        segment = ffmpeg.StreamedSegment(len(data))
+        received = []
+        d = self.transcoder.transcodeStream(segment, [PRESETS["P720p30fps16x9"]], lambda i, b: received.append(b))
+        segment.write(data[:len(data) // 2])
+        self.reactor.callLater(0.3, d.cancel)
+        yield self.assertFailure(d, defer.CancelledError)
+        count = len(received)
+        segment.write(data[len(data) // 2:])
+        self.assertEqual(len(received), count)
+        self.assertClean()
+
+    @defer.inlineCallbacks
+    def test_streamedInputNeverEnds(self):
+        """
+        A streamed segment whose end never comes is stopped at the timeout,
+        with the timeout as cause, and leaves no child process.
+        """
+        data = clip(320, 240, 0.5, audio=False)
+        segment = ffmpeg.StreamedSegment()
+        d = self.transcoder.transcodeStream(segment, [PRESETS["P240p30fps16x9"]], lambda i, b: None, timeout=1)
+        segment.write(data)
+        failure = yield self.assertFailure(d, TranscodeError)
+        self.assertEqual(str(failure), "transcode timed out after 1s")
+        self.assertClean()
+
+    def test_streamedNeedsMPEGTS(self):
+        """
+        An MP4 rendition cannot be written to a pipe (its muxer seeks): a
+        streamed transcode asking for one fails before FFmpeg starts.
+        """
+        mp4 = Profile("half", 256, 144, 300_000, 15, format="mp4")
+        d = self.transcoder.transcodeStream(ffmpeg.StreamedSegment(), [mp4], lambda i, b: None)
+        failure = self.failureResultOf(d, TranscodeError)
+        self.assertIn("mpegts", str(failure.value))
+        self.assertEqual(self.transcoder.running, 0)
+
     @defer.inlineCallbacks
     def test_garbage(self):
         """

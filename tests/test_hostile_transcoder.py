@@ -41,6 +41,7 @@ from memorywire import (  # noqa: F401 (events is a fixture)
     FailingEngine,
     Harness,
     HangingEngine,
+    StreamingEngine,
     events,
     outcome,
     output,
@@ -534,7 +535,7 @@ def test_secret_file_that_is_not_a_regular_file_or_not_text(tmp_path):
 # --- 10a: cancelling a running task ------------------------------------------------------------------
 
 
-class FFmpegLikeEngine:
+class FFmpegLikeEngine(StreamingEngine):
     """
     Like L{FFmpegTranscoder}: cancelling a transcode signals the process and
     pauses the Deferred, which delivers its CancelledError once the process

@@ -23,9 +23,13 @@ class FakeProcess:
         self.signals = []
         self.stdinClosed = False
         self.gone = False
+        self.stdin = []
 
     def closeStdin(self):
         self.stdinClosed = True
+
+    def write(self, data):
+        self.stdin.append(data)
 
     def signalProcess(self, name):
         if self.gone:
@@ -52,8 +56,9 @@ class ProcessReactor(Clock):
         Clock.__init__(self)
         self.spawned = []
 
-    def spawnProcess(self, protocol, executable, args, env=None, path=None):
+    def spawnProcess(self, protocol, executable, args, env=None, path=None, childFDs=None):
         process = FakeProcess(protocol)
+        process.childFDs = childFDs
         self.spawned.append((executable, args, env, path, process))
         protocol.makeConnection(process)
         return process
@@ -155,3 +160,29 @@ def test_cancelStops():
         d.result.raiseException()
     d.addErrback(lambda f: None)
     process.end(signal=9)
+
+
+def test_stdinPipeAndExtraOutputs():
+    """
+    With C{stdinPipe} and C{outputFDs}, stdin stays open for
+    L{ProcessRun.writeStdin} until L{ProcessRun.closeStdin}, the extra
+    descriptors are pipes read into C{onOutput} (stdout and stderr still go
+    where they went), and nothing is written once the process is reaped.
+    """
+    reactor = ProcessReactor()
+    outputs = []
+    run = ProcessRun(reactor, "/bin/tool", [], stdinPipe=True, outputFDs=(3, 4),
+                     onOutput=lambda fd, data: outputs.append((fd, data)))
+    process = reactor.spawned[0][-1]
+    assert process.childFDs == {0: "w", 1: "r", 2: "r", 3: "r", 4: "r"}
+    assert not process.stdinClosed
+    run.writeStdin(b"in1")
+    process.protocol.childDataReceived(4, b"four")
+    process.protocol.childDataReceived(3, b"three")
+    process.protocol.childDataReceived(1, b"out")
+    run.closeStdin()
+    assert process.stdin == [b"in1"] and process.stdinClosed
+    process.end()
+    run.writeStdin(b"late")
+    assert process.stdin == [b"in1"]
+    assert outputs == [(4, b"four"), (3, b"three")] and run.ended.result.out == b"out"

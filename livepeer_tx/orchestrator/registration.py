@@ -53,6 +53,10 @@ MAX_FFMPEG_SECONDS = 3600.0
 MAX_DEVICES = 64
 MAX_REGISTER_TEXT = 128
 MAX_CAPACITY = wsproto.MAX_CAPACITY
+MAX_FEATURES = 16
+# A streamed task's segment goes in pieces of this size: the transcoder's
+# FFmpeg starts on the first, and each is a sign of life (see Liveness).
+SEGMENT_PIECE_BYTES = 256 * 1024
 SECRET_ROTATED = "secret rotated; re-read the secret file"
 
 
@@ -291,6 +295,9 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
         self.transcoder = None
         self._registerTimer = None
         self._closingForError = False
+        self.takesStreams = False
+        # The renditions of streamed tasks as they arrive, by task id.
+        self._streamedResults = {}
 
     @property
     def _app(self):
@@ -378,8 +385,12 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
         devices = message.get("devices") or []
         version = message.get("version") or ""
         capabilities = message.get("capabilities") or {}
+        features = message.get("features") or []
         if not isinstance(devices, list) or not isinstance(version, str) or not isinstance(capabilities, dict):
             raise wsproto.ProtocolError("register: devices must be a list, version a string, capabilities an object")
+        if not isinstance(features, list) or len(features) > MAX_FEATURES or not all(
+                isinstance(f, str) and len(f) <= MAX_REGISTER_TEXT for f in features):
+            raise wsproto.ProtocolError(f"register: features must be a list of at most {MAX_FEATURES} names")
         if len(devices) > MAX_DEVICES or len(version) > MAX_REGISTER_TEXT or not all(
                 isinstance(d, (str, int)) and not isinstance(d, bool) and len(str(d)) <= MAX_REGISTER_TEXT
                 for d in devices):
@@ -388,6 +399,7 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
         if self._registerTimer is not None and self._registerTimer.active():
             self._registerTimer.cancel()
         self._registerTimer = None
+        self.takesStreams = wsproto.FEATURE_STREAM in features
         self.transcoder = RemoteTranscoder(
             self._peerAddress, capacity, link=self, devices=[str(d) for d in devices], version=version,
             capabilities=capabilities, connectedSince=self._app.wallClock(), credentialTag=self._credentialTag,
@@ -406,11 +418,51 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
         """
         Renditions for a task: one binary part per requested profile.
         """
-        taskId, decoded, decodedPixels, seconds = parseResult(header, parts)
+        self._resultReceived(*parseResult(header, parts))
+
+    def _resultReceived(self, taskId, decoded, decodedPixels, seconds):
+        self._streamedResults.pop(taskId, None)
         if not self._app.dispatcher.isKnownTask(taskId, self.transcoder):
             self._log.info("Dropping result for unknown or expired taskId={taskId}", taskId=taskId)
             return
         self._app.dispatcher.taskSucceeded(taskId, decoded, decodedPixels, seconds)
+
+    def handle_renditionData(self, header, parts):
+        """
+        The next bytes of one rendition of a streamed task, kept until its
+        C{resultEnd} (dropped for a task that is over here).
+        """
+        taskId, index = header.get("taskId"), header.get("rendition")
+        if type(taskId) is not int or type(index) is not int or len(parts) != 1 or not parts[0]:
+            raise wsproto.ProtocolError("renditionData: needs an integer taskId and rendition, and one part")
+        streamed = self._streamedResults.get(taskId)
+        if streamed is None:
+            return
+        if not 0 <= index < len(streamed.pieces):
+            raise wsproto.ProtocolError(f"renditionData: task {taskId} has no rendition {index}")
+        streamed.size += len(parts[0])
+        if streamed.size > self.maxMessagePayloadSize:
+            raise wsproto.ProtocolError(
+                f"renditionData: task {taskId} sent over the {self.maxMessagePayloadSize}-byte result limit")
+        streamed.pieces[index].append(parts[0])
+
+    def handle_resultEnd(self, message, parts):
+        """
+        The end of a streamed task: every rendition byte is in; the fields
+        are those of C{result}, checked the same way, and C{sizes} must be
+        what arrived.
+        """
+        taskId = message.get("taskId")
+        if type(taskId) is not int:
+            raise wsproto.ProtocolError("resultEnd: taskId must be an integer")
+        streamed = self._streamedResults.pop(taskId, None)
+        if streamed is None:
+            self._log.info("Dropping result for unknown or expired taskId={taskId}", taskId=taskId)
+            return
+        renditions = [b"".join(pieces) for pieces in streamed.pieces]
+        if message.get("sizes") != [len(data) for data in renditions]:
+            raise wsproto.ProtocolError("resultEnd: sizes differ from the rendition bytes received")
+        self._resultReceived(*parseResult(message, renditions))
 
     def handle_error(self, message, parts):
         """
@@ -418,6 +470,7 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
         """
         taskId = message.get("taskId")
         error = wsproto.cleanErrorText(message.get("error"), default="unknown transcoder error")
+        self._streamedResults.pop(taskId, None)
         if taskId is None:
             self._log.warn("Transcoder={transcoder} reported: {error}", transcoder=self._peerAddress, error=error)
             return
@@ -448,18 +501,44 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
 
     def sendTask(self, taskId, job):
         """
-        Send one segment to transcode (called by the dispatcher).
+        Send one segment to transcode (called by the dispatcher): streamed
+        (L{streamsJob}), in pieces its FFmpeg reads as they arrive, the
+        renditions coming back as they are written; else in one
+        C{transcode} frame.
         """
-        header = {
-            "type": "transcode", "taskId": taskId, "sessionId": job.sessionId, "seq": job.seq,
-            "durationMs": job.durationMs, "profiles": [p.toDict() for p in job.profiles],
+        fields = {
+            "taskId": taskId, "sessionId": job.sessionId, "seq": job.seq, "durationMs": job.durationMs,
+            "profiles": [p.toDict() for p in job.profiles],
         }
-        self.sendMessage(wsproto.encodeMedia(header, [job.data]), isBinary=True)
+        if not self.streamsJob(job):
+            self.sendMessage(wsproto.encodeMedia(dict(fields, type="transcode"), [job.data]), isBinary=True)
+            return
+        self._streamedResults[taskId] = _StreamedResult([[] for _ in job.profiles])
+        data = memoryview(job.data)
+        self.sendMessage(wsproto.encodeControl("transcodeStart", size=len(data), **fields))
+        for start in range(0, len(data), SEGMENT_PIECE_BYTES):
+            self.sendSegmentData(taskId, data[start:start + SEGMENT_PIECE_BYTES])
+        self.sendMessage(wsproto.encodeControl("segmentEnd", taskId=taskId))
+
+    def streamsJob(self, job):
+        """
+        Whether C{job} goes to this transcoder streamed: it takes streamed
+        tasks (it listed L{wsproto.FEATURE_STREAM}) and every rendition is
+        MPEG-TS (an MP4 muxer cannot write to a pipe).
+        """
+        return self.takesStreams and all(p.format == "mpegts" for p in job.profiles)
+
+    def sendSegmentData(self, taskId, data):
+        """
+        Send the next piece of a streamed task's segment.
+        """
+        self.sendMessage(wsproto.encodeMedia({"type": "segmentData", "taskId": taskId}, [data]), isBinary=True)
 
     def cancelTask(self, taskId):
         """
         Ask the transcoder to stop a task the orchestrator gave up on.
         """
+        self._streamedResults.pop(taskId, None)
         self.sendMessage(wsproto.encodeControl("cancel", taskId=taskId))
 
     def endSession(self, sessionId):
@@ -487,6 +566,7 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
         """
         Take the transcoder out of the pool and move its tasks elsewhere.
         """
+        self._streamedResults.clear()
         closed, self._closed = getattr(self, "_closed", None), None
         if closed is not None:
             self._app.clock.callLater(0, closed.callback, None)
@@ -499,6 +579,17 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
                 transcoder=transcoder.address, code=code, reason=reason,
             )
             self._app.transcoderLost(transcoder)
+
+
+class _StreamedResult:
+    """
+    A streamed task's renditions as they arrive: the pieces of each, and
+    their total size.
+    """
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+        self.size = 0
 
 
 class TranscoderServerFactory(WebSocketServerFactory):

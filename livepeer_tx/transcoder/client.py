@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from livepeer_tx import __version__, wsproto
@@ -24,6 +24,7 @@ from livepeer_tx.lifecycle import stopWithStatus
 from livepeer_tx.profiles import Profile
 from livepeer_tx.reload import secretTag
 from livepeer_tx.secret import SecretFileError
+from livepeer_tx.transcoder.ffmpeg import StreamedSegment
 
 INVALID_SECRET = wsproto.INVALID_SECRET
 ZERO_CAPACITY = wsproto.ZERO_CAPACITY
@@ -64,6 +65,23 @@ class Backoff:
         self.attempts = 0
 
 
+def resultFields(taskId, output):
+    """
+    The fields of a C{result} (or C{resultEnd}) message for a transcode
+    output: what FFmpeg decoded and encoded, per rendition.
+    """
+    return {
+        "taskId": taskId,
+        "decodedPixels": output.decodedPixels,
+        "decodedFrames": output.decodedFrames,
+        "seconds": output.seconds,
+        "renditions": [
+            {"name": r.profile.name, "pixels": r.pixels, "frames": r.frames, "width": r.width, "height": r.height}
+            for r in output.renditions
+        ],
+    }
+
+
 class TranscoderClientProtocol(wsproto.MessageLimits, WebSocketClientProtocol):
     """
     One connection to the orchestrator. Decodes work, runs it on the worker,
@@ -71,6 +89,11 @@ class TranscoderClientProtocol(wsproto.MessageLimits, WebSocketClientProtocol):
     """
 
     _log = Logger()
+
+    def __init__(self):
+        super().__init__()
+        # The streamed segments of this connection's running tasks, by task id.
+        self._segments = {}
 
     def onOpen(self):
         """
@@ -87,6 +110,7 @@ class TranscoderClientProtocol(wsproto.MessageLimits, WebSocketClientProtocol):
             devices=self.factory.link.devices or [],
             capabilities={"bitstring": capabilityBitstring()},
             version=__version__,
+            features=list(wsproto.TRANSCODER_FEATURES),
         ))
 
     def onMessage(self, payload, isBinary):
@@ -133,26 +157,91 @@ class TranscoderClientProtocol(wsproto.MessageLimits, WebSocketClientProtocol):
         """
         Transcode one segment and send the renditions back.
         """
-        taskId, sessionId, seq = header.get("taskId"), header.get("sessionId", ""), header.get("seq", 0)
-        if type(taskId) is not int or len(parts) != 1:
+        if len(parts) != 1:
             raise wsproto.ProtocolError("transcode: needs an integer taskId and one segment part")
+        task = self._taskFields(header)
+        if task is not None:
+            self.factory.link.runTask(self, *task[:3], parts[0], task[3])
+
+    def handle_transcodeStart(self, message, parts):
+        """
+        A streamed task starts: transcode its segment as its pieces
+        (C{segmentData}) arrive, and send the renditions back as FFmpeg
+        writes them.
+        """
+        size = message.get("size")
+        if size is not None and (type(size) is not int or not 0 <= size <= wsproto.MAX_MEDIA_BYTES):
+            raise wsproto.ProtocolError(f"transcodeStart: size must be an integer from 0 to {wsproto.MAX_MEDIA_BYTES}")
+        task = self._taskFields(message)
+        if task is None:
+            return
+        taskId = task[0]
+        if taskId in self._segments:
+            raise wsproto.ProtocolError(f"transcodeStart: task {taskId} is already streaming")
+        segment = self._segments[taskId] = StreamedSegment(size)
+        self.factory.link.runTask(self, *task[:3], segment, task[3])
+
+    def handle_segmentData(self, header, parts):
+        """
+        The next piece of a streamed task's segment (dropped once the task
+        is over: it failed or was cancelled while its segment was arriving).
+        """
+        segment = self._streamedSegment(header, "segmentData")
+        if len(parts) != 1:
+            raise wsproto.ProtocolError("segmentData: needs one part")
+        if segment is not None:
+            try:
+                segment.write(parts[0])
+            except ValueError as e:
+                raise wsproto.ProtocolError(f"segmentData: {e}") from None
+
+    def handle_segmentEnd(self, message, parts):
+        """
+        A streamed task's segment is complete.
+        """
+        segment = self._streamedSegment(message, "segmentEnd")
+        if segment is not None:
+            try:
+                segment.end()
+            except ValueError as e:
+                raise wsproto.ProtocolError(f"segmentEnd: {e}") from None
+
+    def _streamedSegment(self, message, kind):
+        taskId = message.get("taskId")
+        if type(taskId) is not int:
+            raise wsproto.ProtocolError(f"{kind}: taskId must be an integer")
+        return self._segments.get(taskId)
+
+    def _taskFields(self, header):
+        """
+        C{(taskId, sessionId, seq, profiles)} of a task's header, or L{None}
+        when its profiles are refused (the orchestrator is told).
+        """
+        kind = header["type"]
+        taskId, sessionId, seq = header.get("taskId"), header.get("sessionId", ""), header.get("seq", 0)
+        if type(taskId) is not int:
+            raise wsproto.ProtocolError(f"{kind}: needs an integer taskId")
         if not isinstance(sessionId, str) or type(seq) is not int:
-            raise wsproto.ProtocolError("transcode: sessionId must be a string and seq an integer")
+            raise wsproto.ProtocolError(f"{kind}: sessionId must be a string and seq an integer")
         try:
             profiles = [Profile.fromDict(item) for item in header.get("profiles") or []]
         except ValueError as e:
             self.sendError(taskId, f"invalid profiles: {e}")
-            return
+            return None
         if not profiles:
             self.sendError(taskId, "no profiles requested")
-            return
-        self.factory.link.runTask(self, taskId, sessionId, seq, parts[0], profiles)
+            return None
+        return taskId, sessionId, seq, profiles
 
     def handle_cancel(self, message, parts):
         """
-        The orchestrator gave up on a task: kill its FFmpeg.
+        The orchestrator gave up on a task: kill its FFmpeg (and drop the
+        rest of its segment, if it streams).
         """
-        self.factory.link.worker.cancel(message.get("taskId"))
+        taskId = message.get("taskId")
+        self.factory.link.worker.cancel(taskId)
+        if type(taskId) is int:
+            self._segments.pop(taskId, None)
 
     def handle_endSession(self, message, parts):
         """
@@ -164,19 +253,31 @@ class TranscoderClientProtocol(wsproto.MessageLimits, WebSocketClientProtocol):
         """
         Send a transcode output as a C{result} frame.
         """
-        header = {
-            "type": "result",
-            "taskId": taskId,
-            "decodedPixels": output.decodedPixels,
-            "decodedFrames": output.decodedFrames,
-            "seconds": output.seconds,
-            "renditions": [
-                {"name": r.profile.name, "pixels": r.pixels, "frames": r.frames, "width": r.width,
-                 "height": r.height}
-                for r in output.renditions
-            ],
-        }
+        header = {"type": "result", **resultFields(taskId, output)}
         self.sendMessage(wsproto.encodeMedia(header, [r.data for r in output.renditions]), isBinary=True)
+
+    def sendRenditionData(self, taskId, index, data):
+        """
+        Send the next bytes of a streamed task's rendition C{index} (the
+        place of its profile in the task's list), as FFmpeg wrote them.
+        """
+        if self.state == self.STATE_OPEN:
+            header = {"type": "renditionData", "taskId": taskId, "rendition": index}
+            self.sendMessage(wsproto.encodeMedia(header, [data]), isBinary=True)
+
+    def sendResultEnd(self, taskId, output):
+        """
+        End a streamed task: every rendition byte has been sent; what FFmpeg
+        decoded and encoded, as in C{result}, with each rendition's size.
+        """
+        self.sendMessage(wsproto.encodeControl(
+            "resultEnd", **resultFields(taskId, output), sizes=[r.size for r in output.renditions]))
+
+    def taskEnded(self, taskId):
+        """
+        A task is over (answered, failed or cancelled): forget its segment.
+        """
+        self._segments.pop(taskId, None)
 
     def sendError(self, taskId, error):
         """
@@ -208,25 +309,6 @@ class _AttemptFactory(Factory):
         The protocol of the attempt in progress.
         """
         return self.current.buildProtocol(addr)
-
-
-def _withoutRetryLines(event):
-    """
-    Publish C{event} unless it is L{ClientService}'s own retry line.
-    """
-    if not (event.get("log_format") or "").startswith("Scheduling retry"):
-        globalLogPublisher(event)
-
-
-class _LinkConnector(ClientService):
-    """
-    The L{ClientService} of an L{OrchestratorLink}, without its own retry
-    line in the log: it counts attempts since the last TCP connection, while
-    the link's delays follow refusals and registrations, and the link logs
-    each retry itself (C{Reconnecting to ...}).
-    """
-
-    _log = Logger(observer=_withoutRetryLines)
 
 
 @implementer(IStreamClientEndpoint)
@@ -304,8 +386,8 @@ class OrchestratorLink(service.Service):
         self._attemptFactory = _AttemptFactory()
         # Prepared connections (prepareConnection) are not used: ClientService
         # cannot take a connection that ends while it is being prepared.
-        self._connector = _LinkConnector(_AttemptEndpoint(self), self._attemptFactory,
-                                         retryPolicy=self._retryDelay, clock=reactor)
+        self._connector = ClientService(_AttemptEndpoint(self), self._attemptFactory,
+                                        retryPolicy=self._retryDelay, clock=reactor)
         self._connectorStopped = None
         self._nextDelay = None
         self._waiting = False
@@ -613,7 +695,14 @@ class OrchestratorLink(service.Service):
         """
         self._log.info("Transcoding taskId={taskId} sessionID={sessionId} seqNo={seq}",
                        taskId=taskId, sessionId=sessionId, seq=seq)
-        d = self.worker.run(taskId, sessionId, segment, profiles)
+        if isinstance(segment, StreamedSegment):
+            # Streamed: FFmpeg starts now and its bytes go back as it writes them.
+            d = self.worker.runStreamed(taskId, sessionId, segment, profiles,
+                                        lambda index, data: protocol.sendRenditionData(taskId, index, data))
+            sendResult = protocol.sendResultEnd
+        else:
+            d = self.worker.run(taskId, sessionId, segment, profiles)
+            sendResult = protocol.sendResult
 
         def done(output):
             if self.metrics is not None:
@@ -623,7 +712,7 @@ class OrchestratorLink(service.Service):
             self._log.info("Transcoding done for taskId={taskId} dur={seconds:.3f}s", taskId=taskId,
                            seconds=output.seconds)
             if protocol.state == protocol.STATE_OPEN:
-                protocol.sendResult(taskId, output)
+                sendResult(taskId, output)
 
         def failed(failure):
             if failure.check(defer.CancelledError):
@@ -638,5 +727,6 @@ class OrchestratorLink(service.Service):
 
         d.addCallbacks(done, failed)
         d.addErrback(lambda f: self._log.failure("Could not send the result of taskId={taskId}", f, taskId=taskId))
+        d.addBoth(lambda _: protocol.taskEnded(taskId))
         # The last task of a drain: close now.
         d.addCallback(lambda _: self._maybeFinishDrain())

@@ -56,6 +56,7 @@ __all__ = [
     "TranscodeError",
     "RenditionOutput",
     "TranscodeOutput",
+    "StreamedSegment",
     "FFmpegTranscoder",
     "findFFmpeg",
     "buildCommand",
@@ -95,7 +96,9 @@ class RenditionOutput:
     One encoded rendition: its bytes and what FFmpeg reported encoding.
 
     C{pixels} is C{frames × width × height}, the encoded pixel count that is
-    reported to the orchestrator and billed.
+    reported to the orchestrator and billed. A streamed transcode
+    (L{FFmpegTranscoder.transcodeStream}) has handed its bytes on as FFmpeg
+    wrote them: its C{data} is L{None} and C{size} counts them.
     """
 
     profile: Profile
@@ -104,6 +107,11 @@ class RenditionOutput:
     height: int
     frames: int
     pixels: int
+    size: int = None
+
+    def __post_init__(self):
+        if self.size is None and self.data is not None:
+            self.size = len(self.data)
 
 
 @dataclass
@@ -463,16 +471,15 @@ class _Job:
     def _finishWith(self, outcome):
         d = self._inThread(self._removeWorkDir)
         d.addErrback(lambda f: self._log.failure("Could not remove a work directory", f))
+        d.addCallback(lambda _: self._deliver(outcome))
 
-        def deliver(_):
-            if self._cancelled:
-                self.result.unpause()
-            elif isinstance(outcome, Failure):
-                self.result.errback(outcome)
-            else:
-                self.result.callback(outcome)
-
-        d.addCallback(deliver)
+    def _deliver(self, outcome):
+        if self._cancelled:
+            self.result.unpause()
+        elif isinstance(outcome, Failure):
+            self.result.errback(outcome)
+        else:
+            self.result.callback(outcome)
 
     def _outcome(self, process):
         if self._cancelled:
@@ -493,6 +500,15 @@ class _Job:
 
     def _collect(self, seconds):
         # Runs in a thread: reads the renditions back.
+        def read(name):
+            with open(os.path.join(self._workDir, name), "rb") as f:
+                return f.read()
+
+        return self._counted(seconds, read)
+
+    def _counted(self, seconds, renditionData):
+        # What FFmpeg's log says it decoded and encoded, with each
+        # rendition's bytes from renditionData(outputName).
         parser = self._parser
 
         def missing(what):
@@ -512,15 +528,154 @@ class _Job:
                 raise missing(f"the size and frames of rendition {profile.name!r}")
             width, height = parser.outputSizes[index]
             frames = parser.encodedFrames[index]
-            with open(os.path.join(self._workDir, name), "rb") as f:
-                data = f.read()
-            renditions.append(RenditionOutput(profile, data, width, height, frames, frames * width * height))
+            renditions.append(RenditionOutput(profile, renditionData(name), width, height, frames,
+                                              frames * width * height))
         return TranscodeOutput(decodedFrames, decodedFrames * inW * inH, renditions, seconds)
 
     def _removeWorkDir(self):
         if self._workDir is not None:
             shutil.rmtree(self._workDir, ignore_errors=True)
             self._workDir = None
+
+
+# Rendition bytes are handed on in pieces of at least this much (the last
+# piece of each rendition excepted), not in every 8 KiB read of its pipe.
+RENDITION_PIECE_BYTES = 64 * 1024
+# FFmpeg's first rendition pipe: pipe:3 for the first profile, pipe:4 ...
+FIRST_OUTPUT_FD = 3
+STREAM_INPUT = "pipe:0"
+
+
+class StreamedSegment:
+    """
+    A segment whose bytes arrive in pieces (from the orchestrator) while it
+    may already be transcoding: pieces wait here until a job attaches, then
+    go straight on to it.
+
+    @ivar size: the declared size in bytes, or L{None} when unknown.
+    @ivar received: the bytes received so far.
+    @ivar ended: whether the last piece has arrived.
+    """
+
+    def __init__(self, size=None):
+        self.size = size
+        self.received = 0
+        self.ended = False
+        self._waiting = []
+        self._write = self._end = None
+
+    def write(self, data):
+        """
+        The segment's next piece.
+
+        @raise ValueError: it ended already, or the piece takes it over its
+            declared size.
+        """
+        if self.ended:
+            raise ValueError("segment data after its end")
+        self.received += len(data)
+        if self.size is not None and self.received > self.size:
+            raise ValueError(f"segment data over its declared {self.size} bytes")
+        if self._write is not None:
+            self._write(data)
+        else:
+            self._waiting.append(data)
+
+    def end(self):
+        """
+        The last piece has arrived.
+
+        @raise ValueError: fewer bytes arrived than declared.
+        """
+        if self.size is not None and self.received != self.size:
+            raise ValueError(f"segment ended after {self.received} of its declared {self.size} bytes")
+        self.ended = True
+        if self._end is not None:
+            self._end()
+
+    def attach(self, write, end):
+        """
+        Send the pieces received so far, and every later one, to C{write};
+        call C{end} once the last has arrived.
+        """
+        waiting, self._waiting = self._waiting, []
+        for data in waiting:
+            write(data)
+        self._write, self._end = write, end
+        if self.ended:
+            end()
+
+    def detach(self):
+        """
+        Drop whatever arrives from now on (the job is over).
+        """
+        self._write = self._end = None
+        self._waiting = []
+
+
+class _PipeJob(_Job):
+    """
+    One streamed segment: FFmpeg reads it from its stdin as it arrives and
+    writes each rendition to its own pipe (C{pipe:3}, C{pipe:4}, ...), whose
+    bytes are handed on as FFmpeg writes them. No file is written.
+    """
+
+    def __init__(self, transcoder, segment, profiles, device, timeout, onRenditionData):
+        super().__init__(transcoder, segment, profiles, device, timeout)
+        self._onRenditionData = onRenditionData
+        self._pending = [[] for _ in self._profiles]
+        self._pendingBytes = [0] * len(self._profiles)
+        self._sizes = [0] * len(self._profiles)
+
+    def start(self):
+        """
+        Spawn FFmpeg at once and feed it the segment as it arrives.
+        """
+        ffmpegPath = self._transcoder._ffmpegPath
+        count = len(self._profiles)
+        self._outputNames = [f"pipe:{FIRST_OUTPUT_FD + index}" for index in range(count)]
+        try:
+            args = buildCommand(ffmpegPath, STREAM_INPUT, self._outputNames, self._profiles, self._device)
+            self._process = ProcessRun(
+                self._reactor, args[0], args[1:], timeout=self._timeout, killGrace=KILL_GRACE,
+                path=self._transcoder._workDir, onStderr=self._parser.feed, stdinPipe=True,
+                outputFDs=range(FIRST_OUTPUT_FD, FIRST_OUTPUT_FD + count), onOutput=self._output)
+        except Exception as e:
+            self._finishWith(Failure(TranscodeError(f"cannot start FFmpeg: {_describeError(e)}")))
+            return self.result
+        self._process.ended.addCallback(self._ended)
+        self._segment.attach(self._process.writeStdin, self._process.closeStdin)
+        return self.result
+
+    def _output(self, fd, data):
+        index = fd - FIRST_OUTPUT_FD
+        self._sizes[index] += len(data)
+        self._pending[index].append(data)
+        self._pendingBytes[index] += len(data)
+        if self._pendingBytes[index] >= RENDITION_PIECE_BYTES:
+            self._handOn(index)
+
+    def _handOn(self, index):
+        pieces, self._pending[index], self._pendingBytes[index] = self._pending[index], [], 0
+        if pieces and not self._cancelled:
+            self._onRenditionData(index, b"".join(pieces))
+
+    def _ended(self, process):
+        self._segment.detach()
+        for index in range(len(self._profiles)):
+            self._handOn(index)
+        super()._ended(process)
+
+    def _collect(self, seconds):
+        sizes = dict(zip(self._outputNames, self._sizes))
+        output = self._counted(seconds, lambda name: None)
+        for rendition, name in zip(output.renditions, self._outputNames):
+            rendition.size = sizes[name]
+        return output
+
+    def _inThread(self, function, *args):
+        # Nothing to read or remove on disk: no thread needed.
+        return defer.maybeDeferred(function, *args)
 
 
 class FFmpegTranscoder:
@@ -572,11 +727,34 @@ class FFmpegTranscoder:
             Cancelling it kills FFmpeg; it then fails with C{CancelledError}
             once the process is reaped and the work files removed.
         """
+        return self._run(_Job, segment, profiles, device, timeout)
+
+    def transcodeStream(self, segment, profiles, onRenditionData, device=None, timeout=None):
+        """
+        Transcode a segment that is still arriving, through pipes: FFmpeg
+        starts at once, reads the segment from its stdin as it arrives, and
+        writes each rendition (MPEG-TS only: it needs no seeking) to its own
+        pipe, whose bytes are handed on as they come.
+
+        @param segment: a L{StreamedSegment}.
+        @param onRenditionData: called with C{(index, bytes)}, C{index} the
+            rendition's place in C{profiles}, in the order FFmpeg wrote them;
+            never after the result fires.
+        @return: as L{transcode}, but each L{RenditionOutput} has C{data}
+            L{None} and its C{size}; C{onRenditionData} has had every byte
+            before the result fires.
+        """
+        notTS = [p.name for p in profiles if p.format != "mpegts"]
+        if notTS:
+            return defer.fail(TranscodeError(f"streamed renditions must be mpegts, not {', '.join(notTS)}"))
+        return self._run(_PipeJob, segment, profiles, device, timeout, onRenditionData)
+
+    def _run(self, jobClass, segment, profiles, device, timeout, *extra):
         if not profiles:
             return defer.fail(TranscodeError("no renditions requested"))
         if device is not None and not str(device).isdigit():
             return defer.fail(TranscodeError(f"invalid GPU device {device!r}: expected an index like 0"))
-        job = _Job(self, segment, profiles, device, self._timeout if timeout is None else timeout)
+        job = jobClass(self, segment, profiles, device, self._timeout if timeout is None else timeout, *extra)
         self.running += 1
 
         def finished(result):

@@ -61,7 +61,9 @@ class TranscodeWorker:
     Runs segments through an FFmpeg transcoder within a concurrency limit.
 
     @param transcoder: an object with C{transcode(segment, profiles, device,
-        timeout)} returning a cancellable Deferred (L{FFmpegTranscoder}).
+        timeout)} returning a cancellable Deferred, and for streamed segments
+        C{transcodeStream(segment, profiles, onRenditionData, device,
+        timeout)} (L{FFmpegTranscoder}).
     @param maxSessions: how many segments may transcode at once.
     @param devices: GPU ids to spread sessions over, or L{None} for CPU.
     """
@@ -134,13 +136,29 @@ class TranscodeWorker:
         @return: a Deferred with the transcoder's output; cancelling it (or
             L{cancel}) kills FFmpeg or drops the queued segment.
         """
+        return self._runWhenFree(taskId, sessionId, lambda device: self._transcoder.transcode(
+            segment, profiles, device=device, timeout=timeout))
+
+    def runStreamed(self, taskId, sessionId, segment, profiles, onRenditionData, timeout=None):
+        """
+        Transcode a segment that is still arriving (a
+        L{StreamedSegment<livepeer_tx.transcoder.ffmpeg.StreamedSegment>},
+        which keeps its pieces while the task waits for a slot), handing the
+        renditions' bytes to C{onRenditionData(index, bytes)} as they come.
+
+        @return: as L{run}.
+        """
+        return self._runWhenFree(taskId, sessionId, lambda device: self._transcoder.transcodeStream(
+            segment, profiles, onRenditionData, device=device, timeout=timeout))
+
+    def _runWhenFree(self, taskId, sessionId, transcode):
         device = self.deviceFor(sessionId)
         started = []
 
         def start(_):
             self.running += 1
             started.append(True)
-            return defer.maybeDeferred(self._transcoder.transcode, segment, profiles, device=device, timeout=timeout)
+            return defer.maybeDeferred(transcode, device)
 
         def release(result):
             if started:
