@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from zope.interface import implementer
 
 from livepeer_tx import __version__, wsproto
@@ -311,6 +311,25 @@ class _AttemptFactory(Factory):
         return self.current.buildProtocol(addr)
 
 
+def _withoutRetryLines(event):
+    """
+    Publish C{event} unless it is L{ClientService}'s own retry line.
+    """
+    if not (event.get("log_format") or "").startswith("Scheduling retry"):
+        globalLogPublisher(event)
+
+
+class _LinkConnector(ClientService):
+    """
+    The L{ClientService} of an L{OrchestratorLink}, without its own retry
+    line in the log: it counts attempts since the last TCP connection, while
+    the link's delays follow refusals and registrations, and the link logs
+    each retry itself (C{Reconnecting to ...}).
+    """
+
+    _log = Logger(observer=_withoutRetryLines)
+
+
 @implementer(IStreamClientEndpoint)
 class _AttemptEndpoint:
     """
@@ -386,8 +405,8 @@ class OrchestratorLink(service.Service):
         self._attemptFactory = _AttemptFactory()
         # Prepared connections (prepareConnection) are not used: ClientService
         # cannot take a connection that ends while it is being prepared.
-        self._connector = ClientService(_AttemptEndpoint(self), self._attemptFactory,
-                                        retryPolicy=self._retryDelay, clock=reactor)
+        self._connector = _LinkConnector(_AttemptEndpoint(self), self._attemptFactory,
+                                         retryPolicy=self._retryDelay, clock=reactor)
         self._connectorStopped = None
         self._nextDelay = None
         self._waiting = False
