@@ -9,13 +9,15 @@ are checked without real processes or real time.
 import base64
 import os
 
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel
 
 from livepeer_tx import wsproto
 from livepeer_tx.orchestrator.dispatch import SegmentJob
 from livepeer_tx.secret import Secret
-from livepeer_tx.transcoder.client import Backoff
+from livepeer_tx.transcoder.client import Backoff, OrchestratorLink
+from livepeer_tx.transcoder.worker import TranscodeWorker
 from memorywire import (  # noqa: F401 (events is a fixture)
     PROFILES,
     SECRET,
@@ -68,17 +70,28 @@ def registered(harness):
     return [t.address for t in harness.app.pool.transcoders]
 
 
+def startedLink(secret=None, reachable=True, **options):
+    """
+    A transcoder link with the pinned backoff, started in memory against a
+    new orchestrator (unreachable unless C{reachable}): its clock, harness
+    and link.
+    """
+    clock = MemoryReactorClock()
+    harness = Harness(clock=clock)
+    harness.reachable = reachable
+    link = harness.link(secret or Secret(literal=SECRET), backoff=fixedBackoff(), **options)
+    link.startService()
+    harness.flush()
+    return clock, harness, link
+
+
 def refusedLink(directory):
     """
     A transcoder link, started in memory, whose secret file in C{directory}
     holds the wrong secret: its clock, harness, secret file and link.
     """
-    clock = MemoryReactorClock()
-    harness = Harness(clock=clock)
     path = secretFile(directory, "not-the-secret")
-    link = harness.link(Secret.fromOption(path), backoff=fixedBackoff())
-    link.startService()
-    harness.flush()
+    clock, harness, link = startedLink(Secret.fromOption(path))
     return clock, harness, path, link
 
 
@@ -142,11 +155,7 @@ def test_wrong_literal_secret_stops_the_transcoder_with_status_1(events):
     A literal wrong secret cannot change: the transcoder stops the reactor
     and exits with status 1, and schedules no retry.
     """
-    clock = MemoryReactorClock()
-    harness = Harness(clock=clock)
-    link = harness.link(Secret(literal="literal-wrong-secret"), backoff=fixedBackoff())
-    link.startService()
-    harness.flush()
+    clock, _, _ = startedLink(Secret(literal="literal-wrong-secret"))
     critical, = named(events, "Terminating transcoder because of {error}", LogLevel.critical)
     assert critical["error"] == wsproto.INVALID_SECRET
     assert clock.whenRunningHooks == [(clock.stop, (), {})]
@@ -161,11 +170,7 @@ def test_unreachable_orchestrator_backs_off_then_registers_and_resets(events):
     (0.5 s growing by 1.5 up to 30 s); the first success registers and
     starts the backoff again from the beginning.
     """
-    clock = MemoryReactorClock()
-    harness = Harness(clock=clock)
-    harness.reachable = False
-    link = harness.link(Secret(literal=SECRET), backoff=fixedBackoff())
-    link.startService()
+    clock, harness, link = startedLink(reachable=False)
     for _ in range(12):
         clock.advance(retries(events)[-1])
     assert retries(events) == [min(30.0, 0.5 * 1.5 ** n) for n in range(13)]
@@ -182,11 +187,7 @@ def test_orchestrator_shutdown_then_reconnect(events):
     logs go-livepeer's 'Unregistering transcoder' line and reconnects after
     the first backoff step.
     """
-    clock = MemoryReactorClock()
-    harness = Harness(clock=clock)
-    link = harness.link(Secret(literal=SECRET), backoff=fixedBackoff())
-    link.startService()
-    harness.flush()
+    clock, harness, _ = startedLink()
     transcoder, = harness.app.pool.transcoders
     transcoder.link.closeForShutdown()
     harness.flush()
@@ -408,11 +409,7 @@ def test_a_silent_orchestrator_is_found_by_pings_and_the_link_reconnects(events)
     it dead within their interval plus timeout (20 s); the link unregisters
     and reconnects after the first backoff step, and registers again.
     """
-    clock = MemoryReactorClock()
-    harness = Harness(clock=clock)
-    link = harness.link(Secret(literal=SECRET), backoff=fixedBackoff())
-    link.startService()
-    harness.flush()
+    clock, harness, link = startedLink()
     assert link.isRegistered
     silent = harness.pumps.pop()
     for _ in range(int(DEAD_PEER_SECONDS)):
@@ -467,13 +464,9 @@ def test_unreadableSecretFileRetriesSlowly(tmp_path, events):
     if the secret were read once at start, or if a read error stopped the
     retries.
     """
-    clock = MemoryReactorClock()
-    harness = Harness(clock=clock)
     path = secretFile(tmp_path, SECRET)
     os.chmod(path, 0o644)
-    link = harness.link(Secret(path=path), backoff=fixedBackoff())
-    link.startService()
-    harness.flush()
+    clock, harness, _ = startedLink(Secret(path=path))
     error, = named(events, "Cannot read the secret: {error}; retrying", LogLevel.error)
     assert "0644" in error["error"] and retries(events) == [30.0]
     assert not named(events, "Registering transcoder to") and registered(harness) == []
@@ -490,11 +483,7 @@ def test_zeroCapacityStopsTheTranscoderWithStatus1(events):
     with status 1 and schedules no retry. Breaks if that refusal were
     classified as a lost connection.
     """
-    clock = MemoryReactorClock()
-    harness = Harness(clock=clock)
-    link = harness.link(Secret(literal=SECRET), capacity=0, backoff=fixedBackoff())
-    link.startService()
-    harness.flush()
+    clock, _, _ = startedLink(capacity=0)
     critical, = named(events, "Terminating transcoder because of {error}", LogLevel.critical)
     assert critical["error"] == wsproto.ZERO_CAPACITY
     assert clock.whenRunningHooks == [(clock.stop, (), {})] and retries(events) == []
@@ -510,11 +499,7 @@ def test_drainedLinkDoesNotReconnectUntilStopDraining(events):
     connection were taken for a lost one (a retry), or if stopDraining did
     not restart the connection.
     """
-    clock = MemoryReactorClock()
-    harness = Harness(clock=clock)
-    link = harness.link(Secret(literal=SECRET), backoff=fixedBackoff())
-    link.startService()
-    harness.flush()
+    _, harness, link = startedLink()
     link.startDraining()
     harness.advance(1.0)
     assert link.isDrained() and registered(harness) == []
@@ -533,11 +518,7 @@ def test_drainWhileWaitingToRetryCancelsTheRetry(events):
     unreachable) cancels the retry and is complete at once; stopDraining
     tries again at once. Breaks if a pending retry outlived the drain.
     """
-    clock = MemoryReactorClock()
-    harness = Harness(clock=clock)
-    harness.reachable = False
-    link = harness.link(Secret(literal=SECRET), backoff=fixedBackoff())
-    link.startService()
+    clock, harness, link = startedLink(reachable=False)
     assert retries(events) == [0.5]
     link.startDraining()
     assert link.isDrained() and not clock.getDelayedCalls()
@@ -555,11 +536,7 @@ def test_stopServiceDuringAPendingRetry(events):
     follows, and nothing is left on the clock. Breaks if the stop left the
     ClientService's retry scheduled.
     """
-    clock = MemoryReactorClock()
-    harness = Harness(clock=clock)
-    harness.reachable = False
-    link = harness.link(Secret(literal=SECRET), backoff=fixedBackoff())
-    link.startService()
+    clock, harness, link = startedLink(reachable=False)
     clock.advance(0.5)
     assert retries(events) == [0.5, 0.75]
     stopped = link.stopService()
@@ -575,11 +552,7 @@ def test_stopServiceClosesTheConnectionWithoutReconnecting(events):
     reconnect. Breaks if the stop dropped the connection without its close
     frame or if the end of that connection scheduled a retry.
     """
-    clock = MemoryReactorClock()
-    harness = Harness(clock=clock)
-    link = harness.link(Secret(literal=SECRET), backoff=fixedBackoff())
-    link.startService()
-    harness.flush()
+    _, harness, link = startedLink()
     link.stopService()
     harness.advance(10.0)
     assert registered(harness) == [] and link.protocol is None and retries(events) == []
@@ -593,14 +566,29 @@ def test_secretChangedDoesNothingUnlessWaiting(tmp_path, events):
     leaves the connection alone (the new secret is used from the next
     attempt). Breaks if secretChanged restarted a live connection.
     """
-    clock = MemoryReactorClock()
-    harness = Harness(clock=clock)
     path = secretFile(tmp_path, SECRET)
-    link = harness.link(Secret.fromOption(path), backoff=fixedBackoff())
-    link.startService()
-    harness.flush()
+    _, harness, link = startedLink(Secret.fromOption(path))
     rewrite(path, "not-the-secret")
     link.secretChanged()
     harness.flush()
     assert registered(harness) == ["10.0.0.100:40000"] and link.isRegistered
     assert not named(events, "Secret changed; reconnecting") and len(named(events, "Registering transcoder to")) == 1
+
+
+def test_drainOrStopDuringATCPConnectCancelsItQuietly(events):
+    """
+    A drain, or a stop, while the real TLS-over-TCP endpoint is still
+    connecting cancels that attempt without a failure line or a retry, and
+    the drain is complete at once. Breaks if the cancelled connect were
+    taken for an unreachable orchestrator (a warning and a retry).
+    """
+    for end in ("startDraining", "stopService"):
+        reactor = MemoryReactorClock()
+        link = OrchestratorLink(reactor, "127.0.0.1", 18935, Secret(literal=SECRET),
+                                optionsForClientTLS("orch.example"), TranscodeWorker(None, 1), 1)
+        link.startService()
+        assert [client[:2] for client in reactor.tcpClients] == [("127.0.0.1", 18935)]
+        getattr(link, end)()
+        reactor.advance(60.0)
+        assert link.isDrained() and len(reactor.tcpClients) == 1
+    assert not named(events, "Could not register transcoder") and retries(events) == []

@@ -12,6 +12,7 @@ from twisted.application import service
 from twisted.application.internet import ClientService
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger, globalLogPublisher
@@ -562,7 +563,8 @@ class OrchestratorLink(service.Service):
         self._log.info("Registering transcoder to {orchestrator}", orchestrator=self.address)
 
         def failed(failure):
-            if not failure.check(defer.CancelledError):
+            # Cancelled: a drain or a stop ended the attempt.
+            if not failure.check(defer.CancelledError, ConnectingCancelledError):
                 self._log.warn("Could not register transcoder to orchestrator {orchestrator}: {error}",
                                orchestrator=self.address, error=failure.getErrorMessage())
                 self._retryAfter(self.backoff.next())
