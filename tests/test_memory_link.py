@@ -592,3 +592,22 @@ def test_drainOrStopDuringATCPConnectCancelsItQuietly(events):
         reactor.advance(60.0)
         assert link.isDrained() and len(reactor.tcpClients) == 1
     assert not named(events, "Could not register transcoder") and retries(events) == []
+
+
+def test_drainDuringTheOpeningHandshakeClosesWith4003(events):
+    """
+    A drain that starts while the WebSocket is being opened lets it open,
+    then closes it with 4003 without registering, and does not reconnect.
+    Breaks if the drain dropped the half-open connection instead (no
+    WebSocket close), or if that close were followed by a retry.
+    """
+    clock = MemoryReactorClock()
+    harness = Harness(clock=clock)
+    link = harness.link(Secret(literal=SECRET), backoff=fixedBackoff())
+    link.startService()
+    link.startDraining()
+    harness.advance(1.0)
+    assert link.isDrained() and registered(harness) == [] and retries(events) == []
+    assert named(events, "Unregistered from {orchestrator} while draining; not reconnecting")
+    client = harness.pumps[0].client
+    assert (client.localCloseCode, client.wasClean) == (wsproto.CLOSE_SHUTDOWN, True)

@@ -411,6 +411,7 @@ class OrchestratorLink(service.Service):
         self._connectorStopped = None
         self._nextDelay = None
         self._waiting = False
+        self._opening = False
 
     @property
     def address(self):
@@ -504,8 +505,9 @@ class OrchestratorLink(service.Service):
         self._drainAcknowledged = False
         self._drainClosing = False
         protocol = self.protocol
-        if protocol is None:
-            # Waiting to retry, or an attempt in progress: stop trying.
+        if protocol is None and not self._opening:
+            # Waiting to retry, or connecting: stop trying. (A WebSocket
+            # being opened closes as soon as it opens: see onOpen.)
             self._stopConnecting()
         if protocol is not None and self.isRegistered and wsproto.FEATURE_DRAIN in self.orchestratorFeatures:
             protocol.sendMessage(wsproto.encodeControl("drain"))
@@ -562,6 +564,10 @@ class OrchestratorLink(service.Service):
         self._attemptFactory.current = self.webSocketFactory(secretValue)
         self._log.info("Registering transcoder to {orchestrator}", orchestrator=self.address)
 
+        def connected(protocol):
+            self._opening = True
+            return protocol
+
         def failed(failure):
             # Cancelled: a drain or a stop ended the attempt.
             if not failure.check(defer.CancelledError, ConnectingCancelledError):
@@ -570,7 +576,7 @@ class OrchestratorLink(service.Service):
                 self._retryAfter(self.backoff.next())
             return failure
 
-        return self.endpoint().connect(protocolFactory).addErrback(failed)
+        return self.endpoint().connect(protocolFactory).addCallbacks(connected, failed)
 
     def endpoint(self):
         """
@@ -633,6 +639,7 @@ class OrchestratorLink(service.Service):
         The WebSocket opened (the orchestrator accepted our secret).
         """
         self.protocol = protocol
+        self._opening = False
 
     def registered(self, message):
         """
@@ -655,6 +662,7 @@ class OrchestratorLink(service.Service):
         """
         if self.protocol is protocol:
             self.protocol = None
+        self._opening = False
         wasRegistered, self.isRegistered = self.isRegistered, False
         self.worker.cancelAll()
         self.worker.endAllSessions()
