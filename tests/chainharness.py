@@ -42,10 +42,10 @@ from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 
 from localnodes import freePort
+from tests.fakechain import ARTIFACTS_PATH, loadArtifacts  # noqa: F401 (re-exported)
 
 ROOT = Path(__file__).resolve().parent.parent
 ANVIL_PATH = ROOT / "node_modules" / ".bin" / "anvil"
-ARTIFACTS_PATH = ROOT / "contracts" / "build" / "standins.json"
 ANVIL_MISSING = "anvil not found: run `npm install` in the repository root (package.json pins @foundry-rs/anvil)"
 
 # anvil's default dev accounts come from this mnemonic.
@@ -102,15 +102,6 @@ def ensureAnvil():
             continue
         return path
     return None
-
-
-@lru_cache(maxsize=1)
-def loadArtifacts():
-    """
-    The compiled stand-ins: C{{name: {"abi": [...], "bytecode": "0x..."}}}.
-    """
-    with open(ARTIFACTS_PATH, encoding="utf-8") as f:
-        return json.load(f)
 
 
 @lru_cache(maxsize=16)

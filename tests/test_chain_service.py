@@ -27,7 +27,9 @@ from livepeer_tx.payments import OffchainPayments, PaymentError
 from livepeer_tx.proto import lp_rpc_pb2
 from livepeer_tx.secret import SecretFileError
 
-from tests.test_chain_reward import STAKE, ChainTestCase, deferred, waitFor
+from tests.fakechain import FakeChainTestCase
+from twisted.internet.defer import Deferred
+from tests.test_chain_reward import STAKE
 
 
 class Options(usage.Options):
@@ -61,6 +63,10 @@ def writePassword(directory, password="pw", mode=0o600):
 
 
 def test_offchainDefaults():
+    """
+    Off chain by default: the documented defaults, every eth option declared, and no chain
+    service (off-chain payments).
+    """
     options = parse()
     assert options["network"] == "offchain"
     assert options["maxGasPrice"] == 0 and options["ticketEV"] == 8 * 10**9
@@ -84,11 +90,18 @@ def test_offchainDefaults():
     ],
 )
 def test_refusals(args, message):
+    """
+    Inconsistent or malformed chain options are refused with a message naming the problem.
+    """
     with pytest.raises(usage.UsageError, match=message):
         parse(*args)
 
 
 def test_arbitrumControllerBuiltIn(tmp_path):
+    """
+    On arbitrum-one-mainnet the Controller address is built in; --pricePerUnit is parsed as an
+    integer.
+    """
     options = parse("--network", "arbitrum-one-mainnet", "--ethUrl", "http://x",
                     "--ethKeystorePath", str(tmp_path), "--pricePerUnit", "1200",
                     "--ethPassword", writePassword(str(tmp_path)))
@@ -97,6 +110,10 @@ def test_arbitrumControllerBuiltIn(tmp_path):
 
 
 def test_passwordFileReadableByOthersRefused(tmp_path):
+    """
+    A keystore password file readable by others is refused, by the options and by the keystore
+    loader.
+    """
     path = writePassword(str(tmp_path), mode=0o644)
     with pytest.raises(usage.UsageError, match="chmod 600"):
         parse("--network", "arbitrum-one-mainnet", "--ethUrl", "http://x",
@@ -106,6 +123,10 @@ def test_passwordFileReadableByOthersRefused(tmp_path):
 
 
 def test_keystore(tmp_path):
+    """
+    A key is found in a directory or by file, chosen by --ethAcctAddr among several, and a wrong
+    password or address is a clear error.
+    """
     keys = tmp_path / "keys"
     keys.mkdir()
     a, b = Account.from_key(b"\x07" * 32), Account.from_key(b"\x08" * 32)
@@ -124,27 +145,39 @@ def test_keystore(tmp_path):
         loadAccount(str(keys), Account.from_key(b"\x09" * 32).address, password)
 
 
-class ServiceTests(ChainTestCase):
-    @deferred
-    async def test_makeChainServiceRewards(self):
-        self.chain.registerTranscoder(self.orch.address, STAKE)
+class ServiceTests(FakeChainTestCase):
+    def test_makeChainServiceRewards(self):
+        """
+        The service C{makeChainService} assembles from options and a keystore
+        sets itself up once the node answers, calls reward for the current
+        round, runs the redeemer and the watcher, and counts in the node's
+        own metrics registry (the same L{ChainMetrics} as the payments), not
+        the process-wide one.
+        """
+        self.chain.registerTranscoder(self.orch, STAKE)
         directory = self.mktemp()
         keys = os.path.join(directory, "keys")
         os.makedirs(keys)
         writeKey(keys, self.orch)
         options = parse(
-            "--network", "localdev", "--ethUrl", self.anvil.url, "--ethController", self.chain.controller,
+            "--network", "localdev", "--ethUrl", "http://fake-chain.invalid:8545",
+            "--ethController", self.chain.controller,
             "--ethKeystorePath", keys, "--ethPassword", writePassword(directory),
-            "--pricePerUnit", "1", "--rewardInterval", "0.1", "--blockPollingInterval", "0.1",
+            "--pricePerUnit", "1", "--rewardInterval", "1", "--blockPollingInterval", "1",
         )
         registry = CollectorRegistry()
-        service, payments = makeChainService(options, reactor, directory, registry)
+        service, payments = makeChainService(options, self.clock, directory, registry, rpcAgent=self.chain.agent())
         self.assertIsInstance(payments, TicketPayments)
+        self.chain.stop()
         service.startService()
-        self.addCleanup(service.stopService)
+        self.stopAfterTest(service)
+        self.advance(12.0)
+        self.assertIsNone(service.reward)
+        self.chain.start()
+        self.advance(6.0)
         current = self.chain.currentRound()
-        await waitFor(lambda: service.reward is not None and service.reward.lastRewardRound == current)
-        self.assertEqual(self.lastRewardRound(), current)
+        self.assertEqual(service.reward.lastRewardRound, current)
+        self.assertEqual(self.chain.call("BondingManager", "getTranscoder", self.orch.address)[0], current)
         self.assertIsNotNone(service.redeemer)
         self.assertEqual(service.watcher.currentRound, current)
         # The node's metrics, in the node's registry (not the process-wide one).
@@ -152,6 +185,18 @@ class ServiceTests(ChainTestCase):
         self.assertIs(service.redeemer.metrics, payments.metrics)
         self.assertEqual(registry.get_sample_value("livepeer_last_reward_round"), current)
         self.assertIsNone(REGISTRY.get_sample_value("livepeer_last_reward_round"))
+
+
+def deferred(f):
+    """
+    A test method from a coroutine function (the test waits for it).
+    """
+    def wrapper(self):
+        return Deferred.fromCoroutine(f(self))
+
+    wrapper.__name__ = f.__name__
+    wrapper.__doc__ = f.__doc__
+    return wrapper
 
 
 SECRET_PATH = "/v2/sEcReTkEy0123456789"
@@ -195,6 +240,10 @@ class RpcClientTests(TestCase):
             self.assertNotIn(secret, text)
 
     def test_redactUrl(self):
+        """
+        Only scheme, host and port of a node URL are kept (no path, query or user
+        information).
+        """
         self.assertEqual(redactUrl(f"https://rpc.example.com{SECRET_PATH}?{SECRET_QUERY}"),
                          "https://rpc.example.com:443")
         self.assertEqual(redactUrl("http://u:p@[::1]:8545/x"), "http://[::1]:8545")
@@ -202,6 +251,10 @@ class RpcClientTests(TestCase):
 
     @deferred
     async def test_errorMemberNotADict(self):
+        """
+        An error member that is not an object is a transport error, without the URL's
+        secrets.
+        """
         rpc = self.serve(b'{"jsonrpc": "2.0", "id": 1, "error": "boom"}')
         with self.assertRaises(RpcTransportError) as caught:
             await rpc.blockNumber()
@@ -210,6 +263,9 @@ class RpcClientTests(TestCase):
 
     @deferred
     async def test_errorMessageNotAString(self):
+        """
+        A non-string error message becomes text; no revert reason is made up.
+        """
         rpc = self.serve(b'{"jsonrpc": "2.0", "id": 1, "error": {"code": 3, "message": 42}}')
         with self.assertRaises(RpcError) as caught:
             await rpc.blockNumber()
@@ -218,6 +274,10 @@ class RpcClientTests(TestCase):
 
     @deferred
     async def test_secretsNotInErrors(self):
+        """
+        A non-JSON answer and a refused connection are transport errors that quote none of
+        the URL's secrets.
+        """
         rpc = self.serve(b"<html>Service Unavailable</html>")
         self.assertEqual(rpc.url, f"http://127.0.0.1:{urlsplit(rpc._url).port}")
         with self.assertRaises(RpcTransportError) as caught:
@@ -232,35 +292,47 @@ class RpcClientTests(TestCase):
             await dead.chainId()
         self.assertNoSecret(str(caught.exception))
 
-    @deferred
-    async def test_secretsNotLoggedByChainService(self):
+
+class SecretsNotLoggedTests(FakeChainTestCase):
+    def test_secretsNotLoggedByChainService(self):
+        """
+        With the node down, and its refusal quoting the whole request URL,
+        the chain service's set-up retries, the watcher's failed polls and a
+        payment refused with 503 C{chain node unavailable} log neither the
+        URL's path, query nor password: a log line or event field quoting the
+        configured URL fails.
+        """
         directory = self.mktemp()
         keys = os.path.join(directory, "keys")
         os.makedirs(keys)
         writeKey(keys, Account.from_key(b"\x07" * 32))
-        url = f"http://127.0.0.1:{closedPort()}{SECRET_PATH}?{SECRET_QUERY}"
+        url = f"http://user:pAsSwOrD@fake-chain.invalid:8545{SECRET_PATH}?{SECRET_QUERY}"
         options = parse(
             "--network", "localdev", "--ethUrl", url,
-            "--ethController", "0x" + "11" * 20, "--ethKeystorePath", keys,
+            "--ethController", self.chain.controller, "--ethKeystorePath", keys,
             "--ethPassword", writePassword(directory), "--pricePerUnit", "1",
-            "--blockPollingInterval", "0.1",
+            "--blockPollingInterval", "1",
         )
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        service, payments = makeChainService(options, reactor, directory)
-        payments.chainTimeout = 0.3
+        self.chain.stop()
+        service, payments = makeChainService(options, self.clock, directory, rpcAgent=self.chain.agent())
+        payments.chainTimeout = 3.0
         service.startService()
-        self.addCleanup(service.stopService)
-        await waitFor(lambda: any("Cannot reach the chain" in (formatEvent(e) or "") for e in events)
-                      and any("Chain poll failed" in (formatEvent(e) or "") for e in events))
-        with self.assertRaises(PaymentError):
-            await payments.processPayment(lp_rpc_pb2.Payment(
-                ticket_params=lp_rpc_pb2.TicketParams(recipient=b"\1" * 20),
-                sender=b"\2" * 20,
-                ticket_sender_params=[lp_rpc_pb2.TicketSenderParams(sender_nonce=1)],
-            ), "s")
+        self.stopAfterTest(service)
+        self.advance(6.0)
+        texts = [formatEvent(e) or "" for e in events]
+        self.assertTrue(any("Cannot reach the chain" in t for t in texts))
+        self.assertTrue(any("Chain poll failed" in t and "nothing listens at" in t for t in texts))
+        d = payments.processPayment(lp_rpc_pb2.Payment(
+            ticket_params=lp_rpc_pb2.TicketParams(recipient=b"\1" * 20),
+            sender=b"\2" * 20,
+            ticket_sender_params=[lp_rpc_pb2.TicketSenderParams(sender_nonce=1)],
+        ), "s")
+        self.advance(3.0)
+        self.assertEqual(self.failureResultOf(d, PaymentError).value.status, 503)
         self.assertTrue(any("chain node unavailable" in (formatEvent(e) or "") for e in events))
         for event in events:
-            self.assertNoSecret(formatEvent(event) or "")
-            self.assertNoSecret(repr(event))
+            RpcClientTests.assertNoSecret(self, formatEvent(event) or "")
+            RpcClientTests.assertNoSecret(self, repr(event))

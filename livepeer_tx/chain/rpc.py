@@ -190,7 +190,12 @@ class JsonRpcClient:
 
     _log = Logger()
 
-    def __init__(self, reactor, url, timeout=15.0):
+    def __init__(self, reactor, url, timeout=15.0, agent=None):
+        """
+        @param agent: the L{twisted.web.iweb.IAgent} that carries the
+            requests; by default an L{Agent} with a persistent pool (tests
+            pass an in-memory node).
+        """
         self._reactor = reactor
         self._url, self._headers = _requestTarget(url)
         self.url = redactUrl(url)
@@ -199,7 +204,7 @@ class JsonRpcClient:
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = 4
         self._pool.cachedConnectionTimeout = 30
-        self._agent = Agent(reactor, pool=self._pool, connectTimeout=timeout)
+        self._agent = agent if agent is not None else Agent(reactor, pool=self._pool, connectTimeout=timeout)
         self._ids = itertools.count(1)
 
     async def request(self, method, params=()):

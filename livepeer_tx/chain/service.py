@@ -134,19 +134,21 @@ class ChainService(MultiService):
         return d
 
 
-def makeChainService(config, reactor, dataDir, registry=None):
+def makeChainService(config, reactor, dataDir, registry=None, rpcAgent=None):
     """
     Build the on-chain services from validated options.
 
     @param config: options checked by L{livepeer_tx.chainoptions.validateChainOptions}.
     @param dataDir: where the recipientRand key and the winning-ticket queue live.
     @param registry: the node's Prometheus registry, for L{ChainMetrics}.
+    @param rpcAgent: the L{twisted.web.iweb.IAgent} JSON-RPC goes through
+        (see L{JsonRpcClient}); by default a real HTTP one.
     @return: C{(service, payments)}; off-chain C{(None, OffchainPayments())}.
     """
     if not isOnChain(config):
         return None, OffchainPayments()
     account = loadAccount(config["ethKeystorePath"], config.get("ethAcctAddr"), config.get("ethPassword"))
-    rpc = JsonRpcClient(reactor, config["ethUrl"])
+    rpc = JsonRpcClient(reactor, config["ethUrl"], agent=rpcAgent)
     contracts = LivepeerContracts(rpc, config["ethController"])
     watcher = ChainWatcher(reactor, contracts, interval=config["blockPollingInterval"])
     store = TicketStore(reactor, dataDir)
