@@ -426,6 +426,12 @@ class Deployment:
         """
         return self.call("RoundsManager", "currentRound")
 
+    def mineTo(self, blockNumber):
+        """
+        Mine until the latest block is C{blockNumber} (see L{Anvil.mineTo}).
+        """
+        self.anvil.mineTo(blockNumber)
+
     def pause(self):
         """
         Pause the system through the Controller.

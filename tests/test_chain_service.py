@@ -28,7 +28,6 @@ from livepeer_tx.proto import lp_rpc_pb2
 from livepeer_tx.secret import SecretFileError
 
 from tests.fakechain import FakeChainTestCase
-from twisted.internet.defer import Deferred
 from tests.test_chain_reward import STAKE
 
 
@@ -187,18 +186,6 @@ class ServiceTests(FakeChainTestCase):
         self.assertIsNone(REGISTRY.get_sample_value("livepeer_last_reward_round"))
 
 
-def deferred(f):
-    """
-    A test method from a coroutine function (the test waits for it).
-    """
-    def wrapper(self):
-        return Deferred.fromCoroutine(f(self))
-
-    wrapper.__name__ = f.__name__
-    wrapper.__doc__ = f.__doc__
-    return wrapper
-
-
 SECRET_PATH = "/v2/sEcReTkEy0123456789"
 SECRET_QUERY = "apikey=qUeRySeCrEt987"
 
@@ -249,7 +236,6 @@ class RpcClientTests(TestCase):
         self.assertEqual(redactUrl("http://u:p@[::1]:8545/x"), "http://[::1]:8545")
         self.assertEqual(redactUrl("http://127.0.0.1:8545"), "http://127.0.0.1:8545")
 
-    @deferred
     async def test_errorMemberNotADict(self):
         """
         An error member that is not an object is a transport error, without the URL's
@@ -261,7 +247,6 @@ class RpcClientTests(TestCase):
         self.assertIn("malformed error member", str(caught.exception))
         self.assertNoSecret(str(caught.exception))
 
-    @deferred
     async def test_errorMessageNotAString(self):
         """
         A non-string error message becomes text; no revert reason is made up.
@@ -272,7 +257,6 @@ class RpcClientTests(TestCase):
         self.assertEqual((caught.exception.code, caught.exception.message), (3, "42"))
         self.assertIsNone(caught.exception.revertReason)
 
-    @deferred
     async def test_secretsNotInErrors(self):
         """
         A non-JSON answer and a refused connection are transport errors that quote none of
