@@ -17,8 +17,11 @@ of each. Prints the medians and their ratio (target <= 1.10).
 With C{--wan} the gateway's and the transcoder's connections to the
 orchestrator go through shaping relays (L{shaping.ShapingRelay}; the
 orchestrator advertises the gateway relay's address, so rendition downloads
-cross that link too), and each interleaved round pushes the segment once
-with the relays shaping and once with them passing bytes straight through.
+cross that link too), and two transcoders serve two streams: one takes
+streamed segments (the default), the other runs with C{--noStreaming}
+(store-and-forward). Each interleaved round runs FFmpeg directly, pushes the
+streamed stream's segment with the relays passing bytes straight through,
+then each stream's segment with the relays shaping.
 """
 
 import argparse
@@ -106,22 +109,27 @@ async def main(reactor, args):
             transcoderPort = (await transcoderRelay.listen()).getHost().port
             orchestrator = await deferToThreadPool(
                 reactor, pool, lambda: nodes.startOrchestrator(
-                    serviceAddr=f"127.0.0.1:{gatewayPort}", httpAddr=f"127.0.0.1:{listenPort}"))
+                    serviceAddr=f"127.0.0.1:{gatewayPort}", httpAddr=f"127.0.0.1:{listenPort}",
+                    maxSessionsPerAddress=2))
+            # The streaming transcoder registers first and takes the first
+            # stream's session; the store-and-forward one, started once that
+            # session is taken, gets the second (each has room for one).
             transcoder = await deferToThreadPool(
                 reactor, pool, lambda: nodes.startTranscoder(orchestrator, 1, orchAddr=f"127.0.0.1:{transcoderPort}"))
             print(f"WAN: gateway <-> orchestrator {GATEWAY_LINK[0]} Mbit/s, {GATEWAY_LINK[1]} ms one way; "
                   f"orchestrator <-> transcoder {TRANSCODER_LINK[0]} Mbit/s, {TRANSCODER_LINK[1]} ms one way "
-                  "(bench/shaping.py relays in this process); each pushed run is done once shaped and once "
-                  "through the same relays unshaped")
+                  "(bench/shaping.py relays in this process); each round pushes the streaming transcoder's stream "
+                  "once unshaped and once shaped, and the store-and-forward (--noStreaming) transcoder's once shaped")
         else:
             orchestrator = await deferToThreadPool(reactor, pool, nodes.startOrchestrator)
             transcoder = await deferToThreadPool(reactor, pool, nodes.startTranscoder, orchestrator, 1)
         await deferToThreadPool(reactor, pool, orchestrator.waitForLog, REGISTRATION_LOG, 60.0)
-        pusher = SegmentPusher(reactor, orchestrator.serviceAddr, orchestrator.clientTLSOptions(), profiles,
-                               "bench-e2e", timeout=60)
-        direct, pushed, uploads, downloads = [], [], [], []
 
-        async def pushOne(seq):
+        def newPusher(name):
+            return SegmentPusher(reactor, orchestrator.serviceAddr, orchestrator.clientTLSOptions(), profiles,
+                                 name, timeout=60)
+
+        async def pushOne(pusher, seq):
             result = await pusher.pushSegment(seq, data, 2000)
             if not result.ok:
                 raise RuntimeError(f"segment {seq} failed: {result.error}")
@@ -131,23 +139,37 @@ async def main(reactor, args):
             for relay in relays:
                 relay.setEnabled(enabled)
 
-        unshaped = []
+        pusher = newPusher("bench-e2e")
         await runDirect(reactor, ffmpegPath, clip, profiles, workDir)
-        await pushOne(0)
+        await pushOne(pusher, 0)
+        storeAndForward = None
+        if relays:
+            # The second transcoder, store-and-forward, for the second stream.
+            plain = await deferToThreadPool(reactor, pool, lambda: nodes.startTranscoder(
+                orchestrator, 1, orchAddr=f"127.0.0.1:{transcoderPort}", noStreaming=True))
+            await deferToThreadPool(reactor, pool, plain.waitForLog, "Successful transcoder registration", 60.0)
+            storeAndForward = newPusher("bench-e2e-store-and-forward")
+            await pushOne(storeAndForward, 0)
+        direct, pushed, uploads, downloads, unshaped, stored = [], [], [], [], [], []
         seq = 0
         for _ in range(args.segments):
             direct.append(await runDirect(reactor, ffmpegPath, clip, profiles, workDir))
+            seq += 1
             if relays:
                 shaping(False)
-                seq += 1
-                unshaped.append((await pushOne(seq)).latency)
+                unshaped.append((await pushOne(pusher, seq)).latency)
                 shaping(True)
-            seq += 1
-            result = await pushOne(seq)
+                stored.append((await pushOne(storeAndForward, seq)).latency)
+            result = await pushOne(pusher, seq + 1000)
             pushed.append(result.latency)
             uploads.append(result.uploadSeconds)
             downloads.append(result.downloadSeconds)
         await pusher.close()
+        if storeAndForward is not None:
+            await storeAndForward.close()
+            tasks = [node.logText().count("Transcoding taskId=") for node in (transcoder, plain)]
+            print(f"tasks run: streaming transcoder {tasks[0]}, store-and-forward transcoder {tasks[1]} "
+                  f"(expected {1 + 2 * args.segments} and {1 + args.segments})")
         inside = [float(m.group(2)) for m in _DONE.finditer(transcoder.logText())][1:]
     finally:
         await deferToThreadPool(reactor, pool, nodes.close)
@@ -155,15 +177,18 @@ async def main(reactor, args):
 
     directMedian, pushedMedian = median(direct), median(pushed)
     ratio = pushedMedian / directMedian
-    unshapedRows = [["pushed through the relays, unshaped", f"{median(unshaped):.3f}", f"{min(unshaped):.3f}",
-                     f"{max(unshaped):.3f}"]] if unshaped else []
+    unshapedRows = [["pushed through the relays, unshaped (streaming)", f"{median(unshaped):.3f}",
+                     f"{min(unshaped):.3f}", f"{max(unshaped):.3f}"],
+                    ["pushed, WAN-shaped, store-and-forward (--noStreaming)", f"{median(stored):.3f}",
+                     f"{min(stored):.3f}", f"{max(stored):.3f}"]] if unshaped else []
     print()
     printTable(
         ["measure", f"median of {args.segments} (s)", "min (s)", "max (s)"],
         [
             ["FFmpeg run directly", f"{directMedian:.3f}", f"{min(direct):.3f}", f"{max(direct):.3f}"],
             *unshapedRows,
-            ["pushed end to end (SegmentPusher)" + (", WAN-shaped" if args.wan else ""), f"{pushedMedian:.3f}",
+            ["pushed end to end (SegmentPusher)" + (", WAN-shaped, streaming" if args.wan else ""),
+             f"{pushedMedian:.3f}",
              f"{min(pushed):.3f}", f"{max(pushed):.3f}"],
             ["  of which: FFmpeg in the transcoder (its log)", f"{median(inside):.3f}" if inside else "-",
              f"{min(inside):.3f}" if inside else "-", f"{max(inside):.3f}" if inside else "-"],
@@ -175,10 +200,10 @@ async def main(reactor, args):
     )
     print()
     if args.wan:
-        print(f"unshaped (same relays) / direct = {median(unshaped) / directMedian:.3f}")
-        print(f"WAN store-and-forward: end-to-end / direct = {ratio:.3f}  (the streaming path's target is "
-              f"<= {TARGET_WAN_STREAMING_RATIO:.2f}; the streaming path is not built yet, so only "
-              "store-and-forward is measured)")
+        print(f"unshaped (same relays, streaming) / direct = {median(unshaped) / directMedian:.3f}")
+        print(f"WAN store-and-forward: end-to-end / direct = {median(stored) / directMedian:.3f}")
+        print(f"WAN streaming: end-to-end / direct = {ratio:.3f}  (target <= {TARGET_WAN_STREAMING_RATIO:.2f}): "
+              f"{verdict(ratio, TARGET_WAN_STREAMING_RATIO)}")
     else:
         print(f"ratio end-to-end / direct = {ratio:.3f}  (target <= {TARGET_RATIO:.2f}): "
               f"{verdict(ratio, TARGET_RATIO)}")

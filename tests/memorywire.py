@@ -229,9 +229,9 @@ class Harness:
         self.pumps = []
         self.reachable = True
 
-    def connect(self, engine=None, capacity=1, protocol=TranscoderClientProtocol, secretValue=SECRET):
+    def connect(self, engine=None, capacity=1, protocol=TranscoderClientProtocol, secretValue=SECRET, streaming=True):
         host = f"10.0.0.{len(self.transcoders) + 1}"
-        worker = TranscodeWorker(engine or AnsweringEngine(), capacity)
+        worker = TranscodeWorker(engine or AnsweringEngine(), capacity, streaming=streaming)
         link = MemoryLink(self.clock, "orch.example", 8935, self.secret, None, worker, capacity)
         clientFactory = link.webSocketFactory(secretValue)
         clientFactory._batched_timer = ClockTimer(self.clock)

@@ -109,20 +109,22 @@ def test_streamedTaskRoundTrip():
     assert transcoder.server._streamedResults == {} and transcoder.client._segments == {}
 
 
-@pytest.mark.parametrize("protocol, profiles", [
-    (UnstreamedClientProtocol, PROFILES),
-    (TranscoderClientProtocol, [PROFILES[0], Profile("mp4ish", 426, 240, 600_000, 30, format="mp4")]),
+@pytest.mark.parametrize("protocol, streaming, profiles", [
+    (UnstreamedClientProtocol, True, PROFILES),
+    (TranscoderClientProtocol, False, PROFILES),
+    (TranscoderClientProtocol, True, [PROFILES[0], Profile("mp4ish", 426, 240, 600_000, 30, format="mp4")]),
 ])
-def test_wholeFrameWhenStreamingCannotBeUsed(protocol, profiles):
+def test_wholeFrameWhenStreamingCannotBeUsed(protocol, streaming, profiles):
     """
-    A transcoder that does not list C{stream}, or a task with an MP4
+    A transcoder that does not list C{stream} (one from before streamed
+    tasks, or one run with C{--noStreaming}), or a task with an MP4
     rendition (its muxer needs to seek, a pipe cannot), gets the segment in
     one C{transcode} frame as before, and the answer still arrives.
     """
     harness = Harness()
     engine = RecordingEngine()
-    transcoder = harness.connect(engine, protocol=protocol)
-    assert transcoder.server.takesStreams == (protocol is TranscoderClientProtocol)
+    transcoder = harness.connect(engine, protocol=protocol, streaming=streaming)
+    assert transcoder.server.takesStreams == (protocol is TranscoderClientProtocol and streaming)
     result = outcome(transcode(harness, profiles=profiles))
     assert engine.streamed == [] and engine.whole == [BIG_SEGMENT]
     assert len(result.renditions) == 2

@@ -111,7 +111,7 @@ class TranscoderClientProtocol(wsproto.MessageLimits, WebSocketClientProtocol):
             devices=self.factory.link.devices or [],
             capabilities={"bitstring": capabilityBitstring()},
             version=__version__,
-            features=list(wsproto.TRANSCODER_FEATURES),
+            features=list(self.factory.link.worker.features),
         ))
 
     def onMessage(self, payload, isBinary):

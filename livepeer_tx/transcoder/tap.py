@@ -75,6 +75,9 @@ class Options(GoFlagOptions):
     ]
     optFlags = [
         ["monitor", None, "Serve Prometheus metrics at /metrics on the CLI port."],
+        ["noStreaming", None,
+         "Take whole segments (store-and-forward) instead of streamed ones: FFmpeg then starts only once the "
+         "segment has arrived, and the renditions go back once it is done."],
         ["orchInsecure", None,
          "Do NOT verify the orchestrator's certificate (anyone on the path can impersonate it). Tests only."],
     ]
@@ -327,7 +330,7 @@ def makeService(config, reactor=None):
             config["orchHost"], caFile=config["orchCert"], fingerprint=config["fingerprintBytes"],
             insecure=config["orchInsecure"])
 
-    worker = TranscodeWorker(transcoder, config["capacity"])
+    worker = TranscodeWorker(transcoder, config["capacity"], streaming=not config["noStreaming"])
     registry = CollectorRegistry()
     metrics = TranscoderMetrics(worker, registry=registry)
 

@@ -10,6 +10,8 @@ from collections import deque
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from livepeer_tx import wsproto
+
 
 class Slots:
     """
@@ -66,12 +68,17 @@ class TranscodeWorker:
         timeout)} (L{FFmpegTranscoder}).
     @param maxSessions: how many segments may transcode at once.
     @param devices: GPU ids to spread sessions over, or L{None} for CPU.
+    @param streaming: whether it takes streamed segments (L{runStreamed});
+        C{--noStreaming} turns it off.
+    @ivar features: what it takes beyond the first version of the
+        protocol, for the C{register} message (L{wsproto.TRANSCODER_FEATURES}).
     """
 
     _log = Logger()
 
-    def __init__(self, transcoder, maxSessions, devices=None):
+    def __init__(self, transcoder, maxSessions, devices=None, streaming=True):
         self._transcoder = transcoder
+        self.features = wsproto.TRANSCODER_FEATURES if streaming else ()
         self.maxSessions = maxSessions
         self.devices = list(devices) if devices else None
         self._slots = Slots(maxSessions)
