@@ -114,7 +114,10 @@ def address(value):
         value = value.address
     if isinstance(value, (bytes, bytearray)):
         value = "0x" + bytes(value).hex()
-    return to_checksum_address(value)
+    return _checksummed(value)
+
+
+_checksummed = lru_cache(maxsize=4096)(to_checksum_address)
 
 
 def blockHash(number):
@@ -371,7 +374,7 @@ class _TicketBroker(_Contract):
         _require(keccak(recipientRand.to_bytes(32, "big")) == bytes(randHash),
                  "recipientRand does not match recipientRandHash")
         _require(ticketHash not in x.state.usedTickets, "ticket is used")
-        _require(_signer(sig, ticketHash) == sender, "invalid signature over ticket hash")
+        _require(_signer(bytes(sig), bytes(ticketHash)) == sender, "invalid signature over ticket hash")
         _require(int.from_bytes(keccak(bytes(sig) + recipientRand.to_bytes(32, "big")), "big") < winProb,
                  "ticket did not win")
         s = x.state.sender(sender)
@@ -397,6 +400,7 @@ class _TicketBroker(_Contract):
                bytes(auxData))
 
 
+@lru_cache(maxsize=256)
 def _signer(sig, ticketHash):
     """
     Who signed a ticket hash, with OpenZeppelin 4.4 ECDSA.recover's checks.
@@ -854,7 +858,7 @@ class FakeChain:
     def _sendRawTransaction(self, raw):
         raw = bytes(HexBytes(raw))
         tx = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
-        sender = address(Account.recover_transaction(raw))
+        sender = _transactionSender(raw)
         txHash = "0x" + keccak(raw).hex()
         if tx["chainId"] != CHAIN_ID:
             raise NodeError("invalid chain id")
@@ -932,6 +936,14 @@ class FakeChain:
         }
 
 
+@lru_cache(maxsize=256)
+def _transactionSender(raw):
+    """
+    Who signed a raw transaction (ECDSA recovery is slow in pure Python).
+    """
+    return address(Account.recover_transaction(raw))
+
+
 def _revertError(reason):
     """
     The JSON-RPC error a node gives for a revert, as anvil words it.
@@ -942,6 +954,7 @@ def _revertError(reason):
     return {"code": 3, "message": f"execution reverted: {reason}", "data": "0x" + data.hex()}
 
 
+@lru_cache(maxsize=None)
 def account(index):
     """
     Test account C{index}: an eth-account C{LocalAccount} with a fixed key.
