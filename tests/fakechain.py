@@ -174,9 +174,15 @@ class _State:
     balances: dict = field(default_factory=dict)
 
     def transcoder(self, who):
+        """
+        The transcoder record of C{who}, created empty if need be.
+        """
         return self.transcoders.setdefault(who, _Transcoder())
 
     def sender(self, who):
+        """
+        The TicketBroker record of C{who}, created empty if need be.
+        """
         return self.senders.setdefault(who, _Sender())
 
 
@@ -196,9 +202,15 @@ class _Execution:
 
     @property
     def currentRound(self):
+        """
+        RoundsManager.currentRound() in this execution's block.
+        """
         return self.block // self.chain.roundLength
 
     def emit(self, contract, event, *values):
+        """
+        Log C{event} of C{contract} with C{values}, in ABI argument order.
+        """
         self.logs.append((contract, event, values))
 
 
@@ -217,6 +229,10 @@ class _Contract:
 
 
 class _Controller(_Contract):
+    """
+    The Controller functions the chain code uses, as contracts/Controller.sol has them.
+    """
+
     name = "Controller"
 
     def getContract(self, x, contractId):
@@ -227,6 +243,10 @@ class _Controller(_Contract):
 
 
 class _RoundsManager(_Contract):
+    """
+    The RoundsManager functions the chain code uses, as contracts/RoundsManager.sol has them.
+    """
+
     name = "RoundsManager"
 
     def roundLength(self, x):
@@ -265,6 +285,10 @@ def _requireInitialized(x):
 
 
 class _BondingManager(_Contract):
+    """
+    The BondingManager functions the chain code uses, as contracts/BondingManager.sol has them.
+    """
+
     name = "BondingManager"
 
     def isActiveTranscoder(self, x, who):
@@ -321,6 +345,10 @@ class _BondingManager(_Contract):
 
 
 class _TicketBroker(_Contract):
+    """
+    The TicketBroker functions the chain code uses, as contracts/TicketBroker.sol has them.
+    """
+
     name = "TicketBroker"
 
     def ticketValidityPeriod(self, x):
