@@ -64,6 +64,10 @@ def validate(recipient, params, ticket, sig, senderInfo=FUNDED, block=100, price
 
 
 def test_hashPreimage():
+    """
+    The ticket hash is keccak-256 of the contract's 232-byte preimage in its
+    field order; any other layout would make every ticket unredeemable.
+    """
     t = Ticket(b"\xaa" * 20, b"\xbb" * 20, 1, 2, 3, b"\xcc" * 32, 7, b"\xdd" * 32)
     preimage = (
         b"\xaa" * 20 + b"\xbb" * 20 + pad32(1) + pad32(2) + pad32(3) + b"\xcc" * 32
@@ -75,6 +79,11 @@ def test_hashPreimage():
 
 
 def test_signatureRules():
+    """
+    Only a 65-byte signature by the sender with v 27/28 and a low s
+    verifies: other signers, short or long signatures, v 0/1 and the malleable
+    high-s twin are refused as the TicketBroker refuses them.
+    """
     t = Ticket(addr(ORCH), addr(SENDER), 1, 2, 3, b"\xcc" * 32, 7, b"\xdd" * 32)
     sig = signTicket(SENDER, t)
     assert verifySignature(t.hash(), sig, addr(SENDER))
@@ -93,6 +102,10 @@ def test_signatureRules():
 
 
 def test_winCheckStrict():
+    """
+    A ticket wins only when keccak(sig, recipientRand) is strictly below
+    winProb, the contract's comparison; an off-by-one would pay losing tickets.
+    """
     sig = b"\x05" * 65
     value = bytesInt(keccak(sig + pad32(9)))
     assert not isWinning(sig, 9, value)
@@ -101,6 +114,10 @@ def test_winCheckStrict():
 
 
 def test_keyPersistsAndIsPrivate(tmp_path):
+    """
+    The recipient key is kept at 0600 and read back the same after a
+    restart; a key file others can read is refused.
+    """
     key = loadRecipientKey(str(tmp_path))
     path = tmp_path / "ticket-recipient.key"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -111,6 +128,10 @@ def test_keyPersistsAndIsPrivate(tmp_path):
 
 
 def test_paramsSurviveRestart(tmp_path):
+    """
+    Ticket parameters issued before a restart still validate after it (the
+    recipientRand comes from the persisted key).
+    """
     first = TicketRecipient(ORCH.address, loadRecipientKey(str(tmp_path)), ticketEV=1000)
     params = issue(first)
     second = TicketRecipient(ORCH.address, loadRecipientKey(str(tmp_path)), ticketEV=1000)
@@ -120,6 +141,11 @@ def test_paramsSurviveRestart(tmp_path):
 
 
 def test_faceValueAndWinProb(recipient):
+    """
+    Face value and win probability follow go-livepeer's rules: EV over
+    face value, the transaction-cost multiple, the sender's max float and the
+    operator's cap, and an insufficient reserve is an error.
+    """
     assert recipient.winProb(1000) == MAX_WIN_PROB
     assert recipient.winProb(10**5) == 1000 * -(-MAX_WIN_PROB // 10**5)
     assert recipient.faceValue(txCost=5, maxFloat=10**9) == 1000 * 100
@@ -132,6 +158,10 @@ def test_faceValueAndWinProb(recipient):
 
 
 def test_accepted(recipient):
+    """
+    A valid ticket is accepted, and reported as winning only when its win
+    probability says so.
+    """
     params = issue(recipient, winProb=MAX_WIN_PROB)
     ticket = makeTicket(recipient, params)
     won, _ = validate(recipient, params, ticket, signTicket(SENDER, ticket))
@@ -159,6 +189,10 @@ def test_accepted(recipient):
     ],
 )
 def test_rejections(recipient, case, message):
+    """
+    Each invalid ticket is refused with go-livepeer's error text, and only
+    signature errors are non-fatal (the gateway may retry with a new signature).
+    """
     params = issue(recipient)
     ticket = makeTicket(recipient, params)
     sig = signTicket(SENDER, ticket)
@@ -200,6 +234,10 @@ def test_rejections(recipient, case, message):
 
 
 def test_idleBalancesExpire(tmp_path):
+    """
+    Credit balances of sessions idle longer than the TTL are dropped, on
+    the clock and on new blocks, while busy sessions keep theirs.
+    """
     clock = Clock()
     watcher = ChainWatcher(clock, contracts=None)
     recipient = TicketRecipient(ORCH.address, loadRecipientKey(str(tmp_path)), ticketEV=1000)
@@ -222,6 +260,10 @@ def test_idleBalancesExpire(tmp_path):
 
 
 def test_storeCompactedOnStart(tmp_path):
+    """
+    On start the ticket store drops finished tickets past their retention
+    and a torn last line, rewrites the file compactly, and reads back the same.
+    """
     clock = Clock()
     clock.advance(10 * 86400)
     params = issue(TicketRecipient(ORCH.address, b"\x05" * 32, ticketEV=1000))
