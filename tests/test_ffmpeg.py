@@ -19,6 +19,7 @@ from livepeer_tx.profiles import MAX_SIDE, MIN_HEIGHT, MIN_WIDTH, PRESETS, Profi
 from livepeer_tx.transcoder import ffmpeg
 from livepeer_tx.transcoder.ffmpeg import (
     FFmpegNotFound,
+    PIPE_ANALYZE_MICROSECONDS,
     FFmpegTranscoder,
     TranscodeError,
     buildCommand,
@@ -176,6 +177,19 @@ class CommandLineTests(unittest.TestCase):
         # NVENC: no B-frames with the default profile; main keeps 3.
         self.assertEqual(self.option(self.outputArgs(args, "o0.ts"), "-bf"), "0")
         self.assertEqual(self.option(self.outputArgs(args, "o2.ts"), "-bf"), "3")
+
+    def test_pipeInputProbedBriefly(self):
+        """
+        A piped input is analysed for PIPE_ANALYZE_MICROSECONDS before it
+        is decoded, an input file for FFmpeg's default: without the option
+        a streamed segment would wait for its last byte; with it on a file,
+        FFmpeg would probe less than it can.
+        """
+        piped = buildCommand("ffmpeg", "pipe:0", ["pipe:3"], self.profiles[:1], "0")
+        self.assertEqual(self.option(piped, "-analyzeduration"), str(PIPE_ANALYZE_MICROSECONDS))
+        self.assertLess(piped.index("-analyzeduration"), piped.index("-i"))
+        self.assertEqual(self.option(piped, "-hwaccel"), "cuda")
+        self.assertNotIn("-analyzeduration", self.command(None))
 
     def test_intraOnly(self):
         args = buildCommand("ffmpeg", "in.ts", ["o.ts"], [Profile("i", 320, 240, 1000, gop=-1)])

@@ -61,6 +61,7 @@ __all__ = [
     "findFFmpeg",
     "buildCommand",
     "scaleExpressions",
+    "PIPE_ANALYZE_MICROSECONDS",
 ]
 
 # How long FFmpeg gets to exit after SIGTERM before it is sent SIGKILL.
@@ -223,6 +224,14 @@ def _encoderOptions(profile, device):
     return options
 
 
+# How much of a piped input FFmpeg analyses before it decodes. A segment's
+# first audio packet can come ~0.7 s of video after its start (FFmpeg's
+# MPEG-TS muxer delays audio by up to 0.7 s), and the stream copy of that
+# audio needs its sample rate from the probe: 1 s covers it and halves the
+# wait for a 2 s segment (bench/README.md, "FFmpeg's probing of pipe input").
+PIPE_ANALYZE_MICROSECONDS = 1_000_000
+
+
 def _muxerOptions(profile):
     if profile.format == "mp4":
         return {"f": "mp4", "movflags": "faststart", "use_editlist": "0"}
@@ -235,16 +244,23 @@ def buildCommand(ffmpegPath, inputPath, outputPaths, profiles, device=None):
     profile, in a single process, on the CPU (C{device} L{None}) or the given
     NVIDIA GPU.
 
+    Input read from a pipe (C{pipe:0}, a streamed segment still arriving) is
+    probed for L{PIPE_ANALYZE_MICROSECONDS} only: by default FFmpeg analyses
+    5 s of input before it decodes, more than a whole segment, so it would
+    wait for the last byte.
+
     @return: the argument list, C{ffmpegPath} first.
     """
     nvidia = device is not None
     inputOptions = {}
+    if inputPath.startswith("pipe:"):
+        inputOptions["analyzeduration"] = str(PIPE_ANALYZE_MICROSECONDS)
     if nvidia:
-        inputOptions = {
+        inputOptions.update({
             "hwaccel": "cuda",
             "hwaccel_device": str(device),
             "hwaccel_output_format": "cuda",
-        }
+        })
     source = ffmpegpy.input(inputPath, **inputOptions)
     video = source["v:0"]
     if len(profiles) > 1:
