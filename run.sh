@@ -39,7 +39,11 @@ case "${1:-}" in
         if [ ! -x node_modules/.bin/anvil ] || [ ! -e node_modules/solc ]; then
             npm install --no-audit --no-fund --loglevel=error
         fi
-        exec .venv/bin/python -m pytest -q "$@"
+        # Everything but the Debian package test (marker `package`, minutes of
+        # dpkg-buildpackage), on a worker per core; `./run.sh test -m package`
+        # runs that one (a later -m wins). --dist loadgroup keeps each
+        # xdist_group (the package test's build) on one worker.
+        exec .venv/bin/python -m pytest -q -n auto --dist loadgroup -m "not package" "$@"
         ;;
     *)
         echo "usage: ./run.sh demo [--out DIR] | ./run.sh test [pytest options]" >&2

@@ -51,7 +51,8 @@ BUILD_TOOLS = ("dpkg-buildpackage", "dh_virtualenv", "lintian", "fakeroot")
 # Debian's tools, not a virtualenv's or pyenv's python on PATH.
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-pytestmark = [pytest.mark.package, pytest.mark.timeout(3600)]
+# One build, one install at a time: under xdist every test here runs on one worker.
+pytestmark = [pytest.mark.package, pytest.mark.timeout(3600), pytest.mark.xdist_group("package")]
 
 
 def _missing():
