@@ -14,7 +14,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel
 
 from livepeer_tx import wsproto
-from livepeer_tx.orchestrator.dispatch import SegmentJob
+from livepeer_tx.orchestrator.dispatch import SegmentJob, TranscodeFailed
 from livepeer_tx.secret import Secret
 from livepeer_tx.transcoder.client import Backoff, OrchestratorLink
 from livepeer_tx.transcoder.worker import TranscodeWorker
@@ -611,3 +611,32 @@ def test_drainDuringTheOpeningHandshakeClosesWith4003(events):
     assert named(events, "Unregistered from {orchestrator} while draining; not reconnecting")
     client = harness.pumps[0].client
     assert (client.localCloseCode, client.wasClean) == (wsproto.CLOSE_SHUTDOWN, True)
+
+
+def test_sessionsSpreadByRegisteredCapacityAndStayOnTheirTranscoder(events):
+    """
+    Three links registering capacities 1, 2 and 3 through the gate get
+    exactly that many of six streams, every later segment of a stream goes
+    to the transcoder of its first, and a seventh stream is refused with
+    OrchestratorCapped. Breaks if the capacity a transcoder registers with
+    is lost on its way to the pool, if sessions are not sticky, or if the
+    session limit does not follow the registered capacities.
+    """
+    harness = Harness(clock=MemoryReactorClock())
+    for n, capacity in enumerate((1, 2, 3), 1):
+        harness.link(Secret(literal=SECRET), capacity=capacity, host=f"10.0.0.{n}").startService()
+    harness.flush()
+
+    def send(stream, seq):
+        d = harness.app.dispatcher.transcode(SegmentJob(stream, seq, SEGMENT, PROFILES, 2000))
+        harness.flush()
+        return outcome(d)
+
+    first = {f"stream-{i}": send(f"stream-{i}", 0).transcoder for i in range(6)}
+    assert sorted(first.values()) == ["10.0.0.1:40000"] + ["10.0.0.2:40000"] * 2 + ["10.0.0.3:40000"] * 3
+    for seq in (1, 2):
+        assert {stream: send(stream, seq).transcoder for stream in first} == first
+    assert {t.address: t.load for t in harness.app.pool.transcoders} == {
+        "10.0.0.1:40000": 1, "10.0.0.2:40000": 2, "10.0.0.3:40000": 3}
+    refused = send("stream-6", 0)
+    assert refused.check(TranscodeFailed) and str(refused.value) == "OrchestratorCapped"

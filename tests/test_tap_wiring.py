@@ -84,6 +84,21 @@ def test_orchestratorTreeListensWhereTheOptionsSay(tmp_path):
         parent.stopService()
 
 
+def test_orchestratorRefusesASecretFileOthersCanRead(tmp_path):
+    """
+    A --orchSecret file readable by group or others is refused while the
+    options are parsed, naming the file and its mode, so twistd exits with
+    a usage message before anything starts (as for a readable TLS key in
+    C{test_daemon_hardening}). Breaks if the orchestrator took the secret
+    from a file others can read.
+    """
+    path = tmp_path / "open-secret"
+    path.write_text("s3cret\n")
+    path.chmod(0o644)
+    with pytest.raises(usage.UsageError, match=rf"{path}: it is accessible by group or others \(mode 0644\)"):
+        orchestratorTap.Options().parseOptions(["--orchSecret", str(path), "--dataDir", str(tmp_path / "data")])
+
+
 def test_orchestratorPublicSiteTakesItsLimitsFromTheOptions(tmp_path):
     """
     The public port's site refuses bodies over --maxSegmentSize (in bytes)
