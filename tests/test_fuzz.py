@@ -1,11 +1,12 @@
 """
 Seeded fuzzing of the orchestrator's public port, as a hostile peer would
-send: a few thousand malformed HTTP requests and transcoder WebSocket
+send: hundreds of malformed HTTP requests and transcoder WebSocket
 sessions against a real C{twistd} orchestrator over TLS. Afterwards the
 orchestrator must have logged no traceback, hold no more descriptors than
 before, and still serve a legitimate gateway and transcoder.
 
-The seed is printed on failure; set C{LIVEPEER_FUZZ_SEED} to replay a run.
+The seed is printed on failure; set C{LIVEPEER_FUZZ_SEED} to replay a run and
+C{LIVEPEER_FUZZ_ROUNDS} to run more cases (L{fuzzing.fuzzCases}).
 """
 
 import base64
@@ -21,13 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from eth_utils import keccak
 
 from e2e import RawWebSocket, assertNewTranscoderServes, tlsContext
-from fuzzing import HTTP_BYTES, mutate
+from fuzzing import HTTP_BYTES, fuzzCases, mutate
 from livepeer_tx.profiles import PRESETS
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 
 SEED = int(os.environ.get("LIVEPEER_FUZZ_SEED", "20261201"))
-HTTP_CASES = 1500
-WEBSOCKET_CASES = 400
+HTTP_CASES = fuzzCases(300)
+WEBSOCKET_CASES = fuzzCases(80)
 READ_SECONDS = 0.3
 TRACEBACK_MARKERS = ("Traceback (most recent call last)", "Unhandled Error", "Unhandled error")
 
@@ -188,8 +189,9 @@ def sendHostileFrame(rng, client):
 
 def test_fuzzed_http_and_transcoder_input(nodes, segment2s):
     """
-    Thousands of seeded hostile inputs leave no traceback and no leaked
-    descriptor, and the node still registers a transcoder and transcodes.
+    Hundreds of seeded hostile inputs (more with LIVEPEER_FUZZ_ROUNDS)
+    leave no traceback and no leaked descriptor, and the node still
+    registers a transcoder and transcodes.
     """
     orchestrator = nodes.startOrchestrator()
     with open(nodes.secretPath) as f:

@@ -8,7 +8,8 @@ Afterwards no failure is logged, no connection, stream, timer, registered
 transcoder or reserved upload byte is left over, and a gateway is still
 served.
 
-The seed is printed on failure; set C{LIVEPEER_FUZZ_SEED} to replay a run.
+The seed is printed on failure; set C{LIVEPEER_FUZZ_SEED} to replay a run and
+C{LIVEPEER_FUZZ_ROUNDS} to run more cases (L{fuzzing.fuzzCases}).
 """
 
 import os
@@ -20,7 +21,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
 from e2e import segmentHeader, transcodeResult
-from fuzzing import JSON_BYTES, mutate
+from fuzzing import JSON_BYTES, fuzzCases, mutate
 from livepeer_tx.orchestrator.dispatch import Rendition
 from livepeer_tx.orchestrator.grpctranscoders import REGISTER_TRANSCODER
 from livepeer_tx.orchestrator.orchservice import END_TRANSCODING_SESSION, GET_ORCHESTRATOR, PING
@@ -31,7 +32,7 @@ from test_grpc_transcoders import multipart, resultHeaders
 from test_public_port import SECRET, Port, getOrchestrator
 
 SEED = int(os.environ.get("LIVEPEER_FUZZ_SEED", "20261203"))
-CASES = 500
+CASES = fuzzCases(250)
 
 
 def grpcRequest(rng):

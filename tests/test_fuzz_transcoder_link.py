@@ -5,7 +5,8 @@ transcoder protocol, link and worker, in memory (L{memorywire}). The
 transcoder must log no failure, keep nothing of a closed connection, and a
 fresh connection must still register and transcode.
 
-The seed is printed on failure; set C{LIVEPEER_FUZZ_SEED} to replay a run.
+The seed is printed on failure; set C{LIVEPEER_FUZZ_SEED} to replay a run and
+C{LIVEPEER_FUZZ_ROUNDS} to run more cases (L{fuzzing.fuzzCases}).
 """
 
 import json
@@ -16,13 +17,13 @@ import struct
 
 import pytest
 
-from fuzzing import JSON_BYTES, mutate
+from fuzzing import JSON_BYTES, fuzzCases, mutate
 from livepeer_tx import wsproto
 from livepeer_tx.profiles import PRESETS, Profile, ProfileError
 from memorywire import Harness, events, outcome  # noqa: F401 (events is a fixture)
 
 SEED = int(os.environ.get("LIVEPEER_FUZZ_SEED", "20261202"))
-CASES = 600
+CASES = fuzzCases(300)
 MESSAGES_PER_CASE = 4
 
 
