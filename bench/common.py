@@ -27,6 +27,7 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS  # noqa: 
 from livepeer_tx import __version__, wsproto  # noqa: E402
 from livepeer_tx.gateway.push import percentile  # noqa: E402
 from livepeer_tx.profiles import parsePresetList  # noqa: E402
+from livepeer_tx.transcoder.ffmpeg import RENDITION_PIECE_BYTES  # noqa: E402
 
 LADDER = "P720p30fps16x9,P360p30fps16x9,P240p30fps16x9"
 
@@ -106,9 +107,18 @@ def cpuSeconds(pid):
     """
     User plus system CPU seconds process C{pid} has used, from C{/proc/<pid>/stat}.
     """
+    return sum(userSystemSeconds(pid))
+
+
+def userSystemSeconds(pid):
+    """
+    C{(user, system)}: the CPU seconds process C{pid} has used in user space
+    and in the kernel (socket copies, loopback TCP), from C{/proc/<pid>/stat}.
+    """
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def raiseFileLimit(wanted):
@@ -137,10 +147,17 @@ def readSecret(path):
 class FakeTranscoderProtocol(WebSocketClientProtocol):
     """
     A transcoder that registers with the given capacity and, if the factory
-    says so, answers every C{transcode} at once with one rendition per
-    profile, each a copy of the segment (so as many bytes travel back as went
-    out). Its C{seconds} is the time it really spent, from the frame arriving
+    says so, answers every task at once with one rendition per profile, each
+    a copy of the segment (so as many bytes travel back as went out). Its
+    C{seconds} is the time it really spent, from the whole segment being in
     to the result being queued.
+
+    When the factory's C{stream} is true it lists the C{stream} feature, as
+    our transcoders do: tasks come as C{transcodeStart}, C{segmentData}
+    pieces and C{segmentEnd}, and each rendition goes back in
+    C{renditionData} pieces of L{RENDITION_PIECE_BYTES} (the size our
+    transcoder hands on from FFmpeg's pipes) before C{resultEnd}. Otherwise
+    tasks come as one C{transcode} and go back as one C{result}.
 
     @ivar registered: a L{Deferred} firing with the C{registered} message.
     """
@@ -149,14 +166,17 @@ class FakeTranscoderProtocol(WebSocketClientProtocol):
         super().__init__()
         self.registered = defer.Deferred()
         self.tasks = 0
+        # Streamed tasks' headers and segment pieces, by task id.
+        self._streamed = {}
 
     def onOpen(self):
         """
         Send C{register}.
         """
+        features = [wsproto.FEATURE_STREAM] if getattr(self.factory, "stream", False) else []
         self.sendMessage(wsproto.encodeControl(
             "register", capacity=self.factory.capacity, devices=[], capabilities={},
-            version=f"bench-{__version__}",
+            version=f"bench-{__version__}", features=features,
         ))
 
     def onMessage(self, payload, isBinary):
@@ -174,22 +194,43 @@ class FakeTranscoderProtocol(WebSocketClientProtocol):
         elif kind == "refused" and not self.registered.called:
             self.registered.errback(RuntimeError(f"registration refused: {header.get('error')}"))
         elif kind == "transcode" and self.factory.echo:
-            self.tasks += 1
-            profiles = header.get("profiles") or []
-            segment = parts[0]
-            renditions = [
-                {"name": p.get("name", f"r{i}"), "pixels": 1, "frames": 1, "width": 2, "height": 2}
-                for i, p in enumerate(profiles)
-            ]
-            result = {"type": "result", "taskId": header["taskId"], "decodedPixels": 1, "decodedFrames": 1,
-                      "renditions": renditions, "seconds": 0.0}
-            # The header carries the time spent so far; encoding and sending
-            # the reply come after, as they would for a real transcoder.
-            result["seconds"] = time.perf_counter() - started
-            workSeconds = getattr(self.factory, "workSeconds", None)
-            if workSeconds is not None:
-                workSeconds[(str(header.get("sessionId")), header.get("seq"))] = result["seconds"]
-            self.sendMessage(wsproto.encodeMedia(result, [segment] * len(profiles)), isBinary=True)
+            self._answer(header, parts[0], started)
+        elif kind == "transcodeStart" and self.factory.echo:
+            self._streamed[header["taskId"]] = (header, [])
+        elif kind == "segmentData" and header.get("taskId") in self._streamed:
+            self._streamed[header["taskId"]][1].append(parts[0])
+        elif kind == "segmentEnd" and header.get("taskId") in self._streamed:
+            start, pieces = self._streamed.pop(header["taskId"])
+            self._answer(start, b"".join(pieces), started)
+
+    def _answer(self, task, segment, started):
+        """
+        Answer C{task} (its C{transcode} or C{transcodeStart} header) with one
+        copy of C{segment} per profile, as C{result} or streamed.
+        """
+        self.tasks += 1
+        profiles = task.get("profiles") or []
+        renditions = [
+            {"name": p.get("name", f"r{i}"), "pixels": 1, "frames": 1, "width": 2, "height": 2}
+            for i, p in enumerate(profiles)
+        ]
+        result = {"taskId": task["taskId"], "decodedPixels": 1, "decodedFrames": 1, "renditions": renditions}
+        # The header carries the time spent so far; encoding and sending
+        # the reply come after, as they would for a real transcoder.
+        result["seconds"] = time.perf_counter() - started
+        workSeconds = getattr(self.factory, "workSeconds", None)
+        if workSeconds is not None:
+            workSeconds[(str(task.get("sessionId")), task.get("seq"))] = result["seconds"]
+        if task["type"] == "transcode":
+            self.sendMessage(wsproto.encodeMedia(dict(result, type="result"), [segment] * len(profiles)),
+                             isBinary=True)
+            return
+        view = memoryview(segment)
+        for index in range(len(profiles)):
+            for at in range(0, len(view), RENDITION_PIECE_BYTES):
+                header = {"type": "renditionData", "taskId": task["taskId"], "rendition": index}
+                self.sendMessage(wsproto.encodeMedia(header, [view[at:at + RENDITION_PIECE_BYTES]]), isBinary=True)
+        self.sendMessage(wsproto.encodeControl("resultEnd", sizes=[len(segment)] * len(profiles), **result))
 
     def onClose(self, wasClean, code, reason):
         """
@@ -199,10 +240,12 @@ class FakeTranscoderProtocol(WebSocketClientProtocol):
             self.registered.errback(RuntimeError(f"closed before registration: {code} {reason}"))
 
 
-def fakeTranscoderFactory(reactor, orchestrator, secret, capacity, echo=True):
+def fakeTranscoderFactory(reactor, orchestrator, secret, capacity, echo=True, stream=False):
     """
     A WebSocket client factory for L{FakeTranscoderProtocol}s, with the
     handshake headers of the transcoder protocol.
+
+    @param stream: whether the transcoder takes streamed tasks.
 
     @param orchestrator: an L{tests.localnodes.OrchestratorNode}.
     """
@@ -223,6 +266,7 @@ def fakeTranscoderFactory(reactor, orchestrator, secret, capacity, echo=True):
     factory.protocol = FakeTranscoderProtocol
     factory.capacity = capacity
     factory.echo = echo
+    factory.stream = stream
     return factory
 
 

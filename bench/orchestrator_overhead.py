@@ -21,7 +21,7 @@ and, since the gateway hashes each 2 MB segment inside that window too, the
 same figure net of the gateway's keccak-256 time (measured apart). Rendition
 downloads come after the TranscodeResult and are shown separately.
 
-    .venv/bin/python bench/orchestrator_overhead.py [--streams 1,8,32] [--modes live,back-to-back]
+    .venv/bin/python bench/orchestrator_overhead.py [--streams 1,8,32] [--modes live,back-to-back] [--noStreaming]
 """
 
 import argparse
@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import (  # noqa: E402
     PROJECT_ROOT, connectFakeTranscoder, cpuSeconds, fakeTranscoderFactory, median, p50p99, printHeader, printTable,
-    raiseFileLimit, readSecret, rssKB, verdict,
+    raiseFileLimit, readSecret, rssKB, userSystemSeconds, verdict,
 )
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 from eth_utils import keccak  # noqa: E402
@@ -108,7 +108,9 @@ async def runLevel(reactor, orchestrator, factory, profiles, data, streams, perS
     back when C{period} is 0 (saturation).
 
     @return: a dict of lists (seconds): C{toResult}, C{work}, C{downloads},
-        and C{wall}, C{failed}.
+        and C{wall}, C{failed}, C{rssGrowthKB}, and the orchestrator's and
+        this process's CPU seconds per pushed segment (C{orchestratorCPU},
+        of which C{orchestratorSystemCPU} in the kernel; C{benchCPU}).
     """
     figures = {"toResult": [], "work": [], "downloads": [], "failed": 0}
 
@@ -137,12 +139,14 @@ async def runLevel(reactor, orchestrator, factory, profiles, data, streams, perS
 
     started = time.perf_counter()
     rssBefore = resetPeakRSS(orchestrator.pid)
-    orchestratorCPU, benchCPU = cpuSeconds(orchestrator.pid), cpuSeconds(os.getpid())
+    orchestratorCPU, benchCPU = userSystemSeconds(orchestrator.pid), cpuSeconds(os.getpid())
     await gatherResults([Deferred.fromCoroutine(stream(i)) for i in range(streams)], consumeErrors=True)
     figures["wall"] = time.perf_counter() - started
     figures["rssGrowthKB"] = peakRSSKB(orchestrator.pid) - rssBefore if rssBefore is not None else None
     pushed = streams * (perStream + 1)
-    figures["orchestratorCPU"] = (cpuSeconds(orchestrator.pid) - orchestratorCPU) / pushed
+    user, system = (after - before for after, before in zip(userSystemSeconds(orchestrator.pid), orchestratorCPU))
+    figures["orchestratorCPU"] = (user + system) / pushed
+    figures["orchestratorSystemCPU"] = system / pushed
     figures["benchCPU"] = (cpuSeconds(os.getpid()) - benchCPU) / pushed
     return figures
 
@@ -264,11 +268,14 @@ async def main(reactor, args):
         # Every stream comes from this one address: let it hold them all.
         orchestrator = await deferToThreadPool(
             reactor, pool, lambda: nodes.startOrchestrator(maxSessionsPerAddress=CAPACITY))
-        factory = fakeTranscoderFactory(reactor, orchestrator, readSecret(nodes.secretPath), CAPACITY)
+        factory = fakeTranscoderFactory(reactor, orchestrator, readSecret(nodes.secretPath), CAPACITY,
+                                        stream=not args.noStreaming)
         factory.workSeconds = {}
         protocol = await connectFakeTranscoder(reactor, orchestrator, factory)
         print("transcoder: fake-work WebSocket client in this process (transcoder protocol over TLS, "
-              f"capacity {CAPACITY}, no FFmpeg); it echoes one {SEGMENT_BYTES // 1024} KiB rendition per segment")
+              f"capacity {CAPACITY}, no FFmpeg); it echoes one {SEGMENT_BYTES // 1024} KiB rendition per segment, "
+              + ("in one transcode/result exchange (--noStreaming)" if args.noStreaming else
+                 "streamed (transcodeStart, segmentData, segmentEnd; renditionData, resultEnd)"))
         print(f"orchestrator: real twistd process pid {orchestrator.pid}, {orchestrator.publicUrl}"
               + (f", under cProfile ({args.profile})" if args.profile else ""))
         print(f"gateway-side keccak-256 of a 2 MiB segment: {hashSeconds * 1000:.1f} ms (median of 10)")
@@ -288,7 +295,9 @@ async def main(reactor, args):
                 net = [(t - w - hashSeconds) * 1000 for t, w in zip(figures["toResult"], figures["work"])]
                 nets[mode, streams] = p50p99(net) if net else (None, None)
                 print(f"  {mode}, {streams} stream(s): {len(figures['toResult'])} timed segments "
-                      f"in {figures['wall']:.1f} s; {loadAverage()}", flush=True)
+                      f"in {figures['wall']:.1f} s; orchestrator CPU per segment "
+                      f"{figures['orchestratorCPU'] * 1000:.1f} ms, of which in the kernel "
+                      f"{figures['orchestratorSystemCPU'] * 1000:.1f} ms; {loadAverage()}", flush=True)
         protocol.sendClose()
     finally:
         await deferToThreadPool(reactor, pool, nodes.close)
@@ -339,6 +348,9 @@ def parseArguments(argv):
     parser.add_argument("--modes", default="live,back-to-back",
                         help="comma-separated: live (paced, one segment per 2 s per stream) and/or "
                              "back-to-back (saturation) [live,back-to-back]")
+    parser.add_argument("--noStreaming", action="store_true",
+                        help="the fake transcoder takes tasks in one transcode frame and answers in one result "
+                             "frame, as before streamed tasks (default: streamed, as our transcoders do)")
     parser.add_argument("--profile", metavar="DIR", default=None,
                         help="run the orchestrator under cProfile, write its statistics to DIR and print the top "
                              "entries (the figures are then inflated by the profiler)")

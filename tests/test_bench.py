@@ -66,3 +66,47 @@ def test_shapeInMegabits(bench):
     """
     shape = bench("shaping").Shape.mbit(8, 25)
     assert (shape.rate, shape.delay, shape.enabled) == (1e6, 0.025, True)
+
+
+def test_fakeTranscoderStreamsItsAnswer(bench):
+    """
+    The overhead benchmark's fake transcoder, when it takes streamed tasks,
+    lists the C{stream} feature, gathers C{segmentData} pieces until
+    C{segmentEnd}, and answers with C{renditionData} pieces of at most the
+    real transcoder's piece size that rebuild the segment for every profile,
+    then a C{resultEnd} the orchestrator's result checks accept. A fake that
+    drifted from the protocol would time every segment out, or measure the
+    old one-frame path instead.
+    """
+    from livepeer_tx import wsproto
+    from livepeer_tx.orchestrator.registration import parseResult
+
+    common = bench("common")
+    sent = []
+    transcoder = common.FakeTranscoderProtocol()
+    transcoder.factory = type("Factory", (), {"capacity": 2, "echo": True, "stream": True, "workSeconds": {}})()
+    transcoder.sendMessage = lambda payload, isBinary=False: sent.append((payload, isBinary))
+    transcoder.onOpen()
+    assert wsproto.decodeControl(sent.pop()[0])["features"] == [wsproto.FEATURE_STREAM]
+
+    segment = bytes(range(256)) * 1200
+    profiles = [{"name": "P240p30fps16x9"}, {"name": "P360p30fps16x9"}]
+    transcoder.onMessage(wsproto.encodeControl(
+        "transcodeStart", taskId=7, sessionId="s", seq=3, durationMs=2000, profiles=profiles, size=len(segment)), False)
+    for at in (0, 100_000):
+        piece = segment[at:at + 100_000] if at == 0 else segment[at:]
+        transcoder.onMessage(wsproto.encodeMedia({"type": "segmentData", "taskId": 7}, [piece]), True)
+    assert sent == []
+    transcoder.onMessage(wsproto.encodeControl("segmentEnd", taskId=7), False)
+
+    end = wsproto.decodeControl(sent.pop()[0])
+    renditions = [b"", b""]
+    for payload, isBinary in sent:
+        header, (piece,) = wsproto.decodeMedia(payload)
+        assert isBinary and header["type"] == "renditionData" and header["taskId"] == 7
+        assert len(piece) <= common.RENDITION_PIECE_BYTES
+        renditions[header["rendition"]] += piece
+    assert renditions == [segment, segment]
+    assert end["type"] == "resultEnd" and end["sizes"] == [len(segment)] * 2
+    assert parseResult(end, renditions)[0] == 7
+    assert ("s", 3) in transcoder.factory.workSeconds
