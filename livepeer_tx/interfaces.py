@@ -23,9 +23,18 @@ class ITranscoderLink(Interface):
         dispatcher's C{taskSucceeded} or C{taskFailed}.
 
         @param taskId: the task's id (a L{str}).
-        @param job: the L{livepeer_tx.orchestrator.dispatch.SegmentJob}.
+        @param job: the L{livepeer_tx.orchestrator.dispatch.SegmentJob}:
+            its segment whole in C{data}, or still arriving (C{arriving})
+            when L{streamsJob} says the link takes it so.
         @raise Exception: the task cannot be sent; the dispatcher moves it
             to another transcoder.
+        """
+
+    def streamsJob(job):
+        """
+        Whether the link takes C{job} while its segment is still arriving
+        (and forwards the bytes as they come); otherwise the dispatcher
+        sends it once the segment is in.
         """
 
     def cancelTask(taskId):

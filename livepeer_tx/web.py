@@ -133,6 +133,7 @@ class HardenedHTTPChannel(http.HTTPChannel):
 
     @ivar requestPath: the path of the request line being handled (for the
         site's per-path body limits), or L{None}.
+    @ivar requestMethod: the method of that request line, or L{None}.
     """
 
     _log = Logger()
@@ -140,6 +141,7 @@ class HardenedHTTPChannel(http.HTTPChannel):
     abortTimeout = None
     _lowerProtocol = None
     requestPath = None
+    requestMethod = None
 
     def __init__(self):
         super().__init__()
@@ -195,7 +197,7 @@ class HardenedHTTPChannel(http.HTTPChannel):
             if line:
                 self._expectingRequestLine = False
                 parts = line.split()
-                self.requestPath = parts[1] if len(parts) == 3 else None
+                self.requestMethod, self.requestPath = parts[:2] if len(parts) == 3 else (None, None)
         else:
             self._badRequestReason = HEADERS_TOO_LARGE
         return super().lineReceived(line)
@@ -458,13 +460,23 @@ class BoundedRequest(server.Request):
     where the site's reactor runs threads, so checking a segment's hash costs
     the reactor nothing once it is in.
 
+    A C{POST} to a path of the site's C{bodyStreams} is handed over at its
+    body's first bytes: the path's function gets the request (its headers
+    are all in) and may return a sink (C{write(data)}, C{abort()}) that
+    takes every byte of the body from then on, instead of C{content}; the
+    sink is aborted if the request is refused or its connection (or stream)
+    is lost. The resource finds it as C{bodySink} once the body is in.
+
     @ivar bodyKeccak: the body's L{BodyKeccak}, or L{None}.
+    @ivar bodySink: the sink the body went to, or L{None}.
     @ivar refused: whether the request was refused before its body was read.
     """
 
     _log = Logger()
     bodyKeccak = None
+    bodySink = None
     refused = False
+    _bodyStarted = False
     _upload = None
     _received = 0
     _limit = None
@@ -474,9 +486,14 @@ class BoundedRequest(server.Request):
     def _site(self):
         return self.channel.site
 
+    def _requestLine(self):
+        # The method and path, known before the request is received.
+        if isHTTP2(self):
+            return self.channel.command, self.channel.path
+        return getattr(self.channel, "requestMethod", None), getattr(self.channel, "requestPath", None)
+
     def _bodyLimit(self):
-        path = getattr(self.channel, "path" if isHTTP2(self) else "requestPath", None)
-        return self._site().maxBodyBytesFor(path)
+        return self._site().maxBodyBytesFor(self._requestLine()[1])
 
     def gotLength(self, length):
         """
@@ -536,7 +553,13 @@ class BoundedRequest(server.Request):
             self._streamDeadlines.bodyReceived(len(data))
         if self.bodyKeccak is not None:
             self.bodyKeccak.update(data)
-        self.content.write(data)
+        if not self._bodyStarted:
+            self._bodyStarted = True
+            self.bodySink = self._site().bodySinkFor(self, *self._requestLine())
+        if self.bodySink is not None:
+            self.bodySink.write(data)
+        else:
+            self.content.write(data)
 
     def requestReceived(self, command, path, version):
         """
@@ -568,6 +591,7 @@ class BoundedRequest(server.Request):
             return
         self.refused = True
         self.releaseUpload()
+        self._abortSink()
         if self._streamDeadlines is not None:
             self._streamDeadlines.stop()
         channel = self.channel
@@ -582,6 +606,17 @@ class BoundedRequest(server.Request):
                        peer=describeAddress(self.getClientAddress()), code=code, reason=reason)
         if metrics is not None:
             metrics.requestsRefused.labels(reason=reason).inc()
+
+    def connectionLost(self, reason):
+        """
+        The connection (or stream) is gone: a body sink is aborted.
+        """
+        self._abortSink()
+        super().connectionLost(reason)
+
+    def _abortSink(self):
+        if self.bodySink is not None:
+            self.bodySink.abort()
 
     def _startStreamDeadlines(self, site, length):
         self._streamDeadlines = ConnectionDeadlines(site.reactor, site.limits, self._streamDeadlinePassed)
@@ -804,6 +839,9 @@ class BoundedSite(server.Site):
         counts per address (default: L{hostOf}).
     @param bodyLimits: paths (C{b"/transcodeResults"}) whose bodies may be
         larger or must be smaller than C{maxBodyBytes}, to their limit.
+    @param bodyStreams: paths (C{b"/segment"}) whose C{POST} bodies are
+        handed over as they arrive, to a function of the request that returns
+        the body's sink or L{None} (see L{BoundedRequest}).
     @param grpcRegistry: a L{livepeer_tx.rpc.ServiceRegistry} to serve over
         HTTP/2, or L{None} for HTTP/1.1 only.
     @param grpcSettings: the L{livepeer_tx.rpc.GRPCSettings} of its calls;
@@ -820,11 +858,12 @@ class BoundedSite(server.Site):
 
     def __init__(self, root, maxBodyBytes, hashBodies=False, alpnProtocols=None, limits=None,
                  uploadBudget=None, metrics=None, sourceOf=hostOf, bodyLimits=None, grpcRegistry=None,
-                 grpcSettings=None, **kwargs):
+                 grpcSettings=None, bodyStreams=None, **kwargs):
         self.limits = limits or HTTPLimits()
         super().__init__(root, timeout=self.limits.idleTimeout, **kwargs)
         self.maxBodyBytes = maxBodyBytes
         self.bodyLimits = dict(bodyLimits or {})
+        self.bodyStreams = dict(bodyStreams or {})
         self.hashBodies = hashBodies
         if alpnProtocols is None:
             alpnProtocols = ALPN_PROTOCOLS if grpcRegistry is not None else (b"http/1.1",)
@@ -868,6 +907,17 @@ class BoundedSite(server.Site):
             else:
                 self._hashRun = False
         return BodyKeccak(self._hashRun or None)
+
+    def bodySinkFor(self, request, method, path):
+        """
+        The sink of a request body whose first bytes just arrived: what the
+        function of its path in C{bodyStreams} returns for a C{POST}, else
+        L{None} (the body goes to C{content}).
+        """
+        if method != b"POST" or path is None or not self.bodyStreams:
+            return None
+        startBody = self.bodyStreams.get(path.split(b"?", 1)[0])
+        return startBody(request) if startBody is not None else None
 
     def maxBodyBytesFor(self, path):
         """

@@ -59,6 +59,9 @@ class AnsweringLink:
     def sendTask(self, taskId, job):
         self.tasks.append((taskId, job))
 
+    def streamsJob(self, job):
+        return False
+
     def cancelTask(self, taskId):
         pass
 

@@ -378,7 +378,7 @@ class Port:
                                          tokens=self.tokens)
         self.site = BoundedSite(public.root, maxBodyBytes=maxSegmentBytes, hashBodies=True, limits=LIMITS,
                                 uploadBudget=UploadBudget(10**9, 10**9), bodyLimits=public.bodyLimits,
-                                grpcRegistry=public.registry, reactor=self.clock)
+                                bodyStreams=public.bodyStreams, grpcRegistry=public.registry, reactor=self.clock)
         self.link = AnsweringLink()
 
     def client(self, negotiated=b"h2"):

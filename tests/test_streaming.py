@@ -4,17 +4,28 @@ C{segmentData}, C{segmentEnd}; C{renditionData}, C{resultEnd}), in memory:
 the real orchestrator protocol and dispatcher talk to the real transcoder
 protocol, link and worker over L{twisted.test.iosim} on a test clock, with
 stand-in engines in place of FFmpeg (tests/test_ffmpeg.py runs the real pipe
-job).
+job). Then the gateway hop: a segment posted to the orchestrator's public
+port (its L{BoundedSite}, over HTTP/2 or HTTP/1.1) reaches the transcoder as
+it arrives.
 """
 
+import h2.errors
 import pytest
+from eth_utils import keccak
 from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel
 
+from e2e import segmentHeader, transcodeResult
 from livepeer_tx import wsproto
-from livepeer_tx.orchestrator.dispatch import SegmentJob, TranscodeFailed
-from livepeer_tx.orchestrator.registration import SEGMENT_PIECE_BYTES
+from livepeer_tx.orchestrator.authtoken import AuthTokens
+from livepeer_tx.orchestrator.dispatch import ArrivingSegment, SegmentJob, TranscodeFailed, UploadCancelled
+from livepeer_tx.orchestrator.ingress import SegmentSubmission
+from livepeer_tx.orchestrator.registration import FORWARD_BYTES, SEGMENT_PIECE_BYTES
+from livepeer_tx.payments import OffchainPayments
 from livepeer_tx.profiles import Profile
+from livepeer_tx.web import BoundedSite
+from test_public_port import PortClient
 from livepeer_tx.transcoder.client import TranscoderClientProtocol
 from livepeer_tx.transcoder.ffmpeg import StreamedSegment
 from memorywire import (  # noqa: F401 (events is a fixture)
@@ -22,6 +33,7 @@ from memorywire import (  # noqa: F401 (events is a fixture)
     PROFILES,
     AnsweringEngine,
     Harness,
+    SEGMENT,
     HangingEngine,
     events,
     outcome,
@@ -237,3 +249,321 @@ def test_streamedSegmentWaitsForItsJob():
     late.detach()
     late.write(b"dropped")
     assert got[-1] == b"ef"
+
+
+# The gateway hop.
+
+MAX_SEGMENT_BYTES = 2_000_000
+TOKENS = AuthTokens(b"t" * 32)
+
+
+def rejected(harness, reason):
+    return harness.app.metrics.registry.get_sample_value("livepeer_segment_rejected_total", {"reason": reason}) or 0
+
+
+def dechunk(data):
+    """
+    The body of an HTTP/1.1 response in chunked transfer coding, as far as
+    it arrived.
+    """
+    body = b""
+    while data:
+        size, _, rest = data.partition(b"\r\n")
+        length = int(size, 16)
+        body += rest[:length]
+        data = rest[length + 2:]
+    return body
+
+
+class Gateway:
+    """
+    A gateway posting one segment to an orchestrator's public port in
+    memory (the site the daemon builds, over HTTP/2 or HTTP/1.1), beside
+    the transcoders of a L{Harness} connected to the same orchestrator.
+    """
+
+    def __init__(self, harness, protocol=b"h2"):
+        self.harness = harness
+        self.protocol = protocol
+        public = harness.app.makePublicRoot(harness.clock, harness.secret, OffchainPayments(), MAX_SEGMENT_BYTES,
+                                            tokens=TOKENS)
+        self.site = BoundedSite(public.root, maxBodyBytes=MAX_SEGMENT_BYTES, hashBodies=True,
+                                bodyStreams=public.bodyStreams, grpcRegistry=public.registry, reactor=harness.clock)
+        self.client = PortClient(self.site, harness.clock, negotiated=protocol)
+        self.token = TOKENS.issue()
+
+    def start(self, body, hash=None):
+        """
+        Send the headers of C{POST /segment} for C{body} (whose hash the
+        segment header claims is C{hash}, by default its own).
+        """
+        header = segmentHeader(body, authToken=self.token, profiles=tuple(p.name for p in PROFILES), hash=hash)
+        headers = [(b"livepeer-segment", header.encode()), (b"livepeer-payment", b""),
+                   (b"content-type", b"video/MP2T"), (b"content-length", b"%d" % len(body))]
+        if self.protocol == b"h2":
+            self.streamID = self.client.conn.get_next_available_stream_id()
+            self.client.conn.send_headers(self.streamID, [
+                (b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"o"), (b":path", b"/segment"),
+            ] + headers)
+        else:
+            self.client.http11(b"POST /segment HTTP/1.1\r\nHost: o\r\n"
+                               + b"".join(b"%s: %s\r\n" % header for header in headers) + b"\r\n")
+
+    def send(self, data, end=False):
+        """
+        Send the next body bytes (the last ones with C{end}), and move
+        everything that follows from them.
+        """
+        if self.protocol == b"h2":
+            self.client.sendData(self.streamID, data, endStream=end)
+        else:
+            self.client.http11(data)
+        self.flush()
+
+    def flush(self):
+        for _ in range(5):
+            if self.protocol == b"h2":
+                self.client.pump()
+            self.harness.flush()
+
+    def answer(self):
+        """
+        C{(status, body)} once the answer has ended, else L{None}.
+        """
+        if self.protocol == b"h2":
+            response = self.client.response(self.streamID)
+            if not response.ended:
+                return None
+            return int(response.headers[b":status"]), response.data
+        head, _, body = self.client.transport.value().partition(b"\r\n\r\n")
+        if not head or not body.endswith(b"0\r\n\r\n"):
+            return None
+        return int(head.split()[1]), dechunk(body)
+
+    def cancel(self):
+        """
+        The gateway gives up on its upload (resets its stream).
+        """
+        self.client.conn.reset_stream(self.streamID, h2.errors.ErrorCodes.CANCEL)
+        self.flush()
+
+
+def received(engine):
+    """
+    The segment bytes the engine's (only) streamed transcode got so far.
+    """
+    (pieces,) = engine.streamed
+    return b"".join(pieces)
+
+
+class HeldEngine(RecordingEngine):
+    """
+    Records what it gets, and answers a streamed transcode only when the
+    test says so (L{answer}), after its segment has ended.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.held = []
+
+    def transcode(self, segment, profiles, device=None, timeout=None):
+        d = defer.Deferred()
+        self.held.append((d, profiles))
+        return d
+
+    def answer(self):
+        for d, profiles in self.held:
+            d.callback(output(profiles))
+
+
+@pytest.mark.parametrize("protocol", [b"h2", b"http/1.1"])
+def test_gatewayUploadForwardedAsItArrives(protocol):
+    """
+    A segment posted over HTTP/2 or HTTP/1.1 reaches a streaming transcoder
+    while its upload goes on: after part of the body, the transcoder has had
+    all of it but at most the L{FORWARD_BYTES} not yet sent, and the
+    gateway no answer; after the rest, the transcoder has exactly the
+    segment and the gateway a 200 C{TranscodeResult} with every rendition.
+    """
+    harness = Harness(maxSegmentBytes=MAX_SEGMENT_BYTES, clock=MemoryReactorClock())
+    engine = RecordingEngine()
+    harness.connect(engine)
+    gateway = Gateway(harness, protocol)
+    half = len(BIG_SEGMENT) // 2
+    gateway.start(BIG_SEGMENT)
+    gateway.send(BIG_SEGMENT[:half])
+    sofar = received(engine)
+    assert BIG_SEGMENT.startswith(sofar) and half - FORWARD_BYTES < len(sofar) <= half
+    assert gateway.answer() is None
+    gateway.send(BIG_SEGMENT[half:], end=True)
+    assert received(engine) == BIG_SEGMENT
+    status, body = gateway.answer()
+    result = transcodeResult(body)
+    assert status == 200 and result.error == "" and len(result.data.segments) == len(PROFILES)
+
+
+def test_badHashCancelsTheStreamedTask(events):
+    """
+    A body whose keccak-256 is not the one its segment header claims is
+    refused with go-livepeer's 403 once it is in, and the task that started
+    on it is cancelled: the transcoder is told (its worker lets the task
+    go), the dispatcher forgets it, and the metric counts a hash refusal.
+    """
+    harness = Harness(maxSegmentBytes=MAX_SEGMENT_BYTES, clock=MemoryReactorClock())
+    engine = HeldEngine()
+    transcoder = harness.connect(engine)
+    gateway = Gateway(harness)
+    gateway.start(BIG_SEGMENT, hash=keccak(b"another segment"))
+    gateway.send(BIG_SEGMENT[:100_000])
+    assert transcoder.link.worker.pending == 1
+    gateway.send(BIG_SEGMENT[100_000:], end=True)
+    assert gateway.answer() == (403, b"Forbidden\n")
+    assert transcoder.link.worker.pending == 0 and transcoder.client._segments == {}
+    assert harness.app.dispatcher.pendingSegments == 0 and transcoder.server._streamedResults == {}
+    assert rejected(harness, "hash") == 1
+    assert harness.live == [transcoder.address]
+
+
+def test_gatewayGoneMidUploadCancelsTheTask(events):
+    """
+    A gateway that resets its stream halfway through the upload cancels
+    the task it started: the transcoder is told, nothing stays in flight,
+    the metric counts a cancelled upload, and the transcoder takes the next
+    segment.
+    """
+    harness = Harness(maxSegmentBytes=MAX_SEGMENT_BYTES, clock=MemoryReactorClock())
+    engine = HeldEngine()
+    transcoder = harness.connect(engine)
+    gateway = Gateway(harness)
+    gateway.start(BIG_SEGMENT)
+    gateway.send(BIG_SEGMENT[:100_000])
+    assert transcoder.link.worker.pending == 1
+    gateway.cancel()
+    assert transcoder.link.worker.pending == 0 and transcoder.client._segments == {}
+    assert harness.app.dispatcher.pendingSegments == 0 and transcoder.server._streamedResults == {}
+    assert rejected(harness, "cancelled") == 1
+    again = Gateway(harness)
+    again.start(SEGMENT)
+    again.send(SEGMENT, end=True)
+    engine.answer()
+    harness.flush()
+    again.flush()
+    assert again.answer()[0] == 200
+
+
+def test_transcoderLostMidUploadRetriesWithTheWholeSegment():
+    """
+    The transcoder that took a streamed task goes away halfway through the
+    upload: the task moves to the other one, which gets the bytes kept so
+    far and then the rest, so the whole segment, and the gateway its
+    renditions.
+    """
+    harness = Harness(maxSegmentBytes=MAX_SEGMENT_BYTES, clock=MemoryReactorClock())
+    engines = [RecordingEngine(), RecordingEngine()]
+    transcoders = [harness.connect(engine) for engine in engines]
+    gateway = Gateway(harness)
+    gateway.start(BIG_SEGMENT)
+    gateway.send(BIG_SEGMENT[:300_000])
+    [(first, victim)] = [(e, t) for e, t in zip(engines, transcoders) if e.streamed]
+    assert len(received(first)) > 0
+    victim.pump.clientIO.loseConnection()
+    gateway.flush()
+    [second] = [e for e in engines if e is not first]
+    assert BIG_SEGMENT.startswith(received(second)) and len(received(second)) >= len(received(first))
+    gateway.send(BIG_SEGMENT[300_000:], end=True)
+    assert received(second) == BIG_SEGMENT
+    status, body = gateway.answer()
+    assert status == 200 and len(transcodeResult(body).data.segments) == len(PROFILES)
+
+
+def test_wholeSegmentTranscoderGetsItOnceIn():
+    """
+    A transcoder that takes no streamed tasks gets nothing while the
+    segment arrives, then the whole segment in one C{transcode} frame.
+    """
+    harness = Harness(maxSegmentBytes=MAX_SEGMENT_BYTES, clock=MemoryReactorClock())
+    engine = RecordingEngine()
+    harness.connect(engine, streaming=False)
+    gateway = Gateway(harness)
+    gateway.start(BIG_SEGMENT)
+    gateway.send(BIG_SEGMENT[:300_000])
+    assert engine.whole == [] and engine.streamed == []
+    gateway.send(BIG_SEGMENT[300_000:], end=True)
+    assert engine.whole == [BIG_SEGMENT] and engine.streamed == []
+    assert gateway.answer()[0] == 200
+
+
+@pytest.mark.parametrize("matches", [True, False])
+def test_renditionsHeldUntilTheHashMatched(matches):
+    """
+    The pipeline with a digest computed elsewhere (as on the hashing
+    threads): the transcoder may be done before the digest is, but nothing
+    is stored or answered, and the upload is not accepted, until it is;
+    then a matching digest releases the renditions and a wrong one gets
+    403 with nothing stored.
+    """
+    harness = Harness(maxSegmentBytes=MAX_SEGMENT_BYTES, clock=MemoryReactorClock())
+    engine = RecordingEngine()
+    harness.connect(engine)
+    gateway = Gateway(harness)
+    service = gateway.site.resource.children[b"segment"].service
+    arriving = ArrivingSegment(len(BIG_SEGMENT))
+    header = segmentHeader(BIG_SEGMENT, authToken=gateway.token, profiles=tuple(p.name for p in PROFILES))
+    submission = SegmentSubmission(header, "", arriving, "192.0.2.7")
+    accepted = []
+    answer = defer.Deferred.fromCoroutine(service.process(submission, lambda: accepted.append(True)))
+    arriving.write(BIG_SEGMENT)
+    submission.bodyDigest = digest = defer.Deferred()
+    arriving.end()
+    harness.flush()
+    assert received(engine) == BIG_SEGMENT
+    assert not answer.called and accepted == [] and len(harness.app.store) == 0
+    digest.callback(keccak(BIG_SEGMENT) if matches else keccak(b"other"))
+    status = outcome(answer).status
+    assert (status, accepted, len(harness.app.store)) == ((200, [True], 2) if matches else (403, [], 0))
+
+
+def test_arrivingSegmentKeepsWhatArrived():
+    """
+    An arriving segment hands a late follower everything so far, then the
+    rest and its end; a follower let go of gets nothing more; cancelling it
+    (even once in) drops its bytes and fails whoever waits for its end.
+    """
+    segment = ArrivingSegment(6)
+    segment.write(b"ab")
+    early = RecordingFollower()
+    segment.follow(early)
+    segment.write(b"cd")
+    late = RecordingFollower()
+    segment.follow(late)
+    segment.unfollow(early)
+    waiting = segment.whenEnded()
+    segment.write(b"ef")
+    segment.end()
+    assert (early.data, early.ended, late.data, late.ended) == (b"abcd", False, b"abcdef", True)
+    assert segment.data == b"abcdef" and outcome(waiting) is segment
+    segment.cancel()
+    assert segment.aborted and outcome(segment.cancelled) is None
+    with pytest.raises(ValueError):
+        segment.data
+    cancelled = ArrivingSegment()
+    waiting = cancelled.whenEnded()
+    cancelled.cancel()
+    cancelled.write(b"late")
+    outcome(waiting).trap(UploadCancelled)
+
+
+class RecordingFollower:
+    """
+    Follows an L{ArrivingSegment}: what it was handed, and whether it ended.
+    """
+
+    def __init__(self):
+        self.data = b""
+        self.ended = False
+
+    def write(self, data):
+        self.data += data
+
+    def end(self):
+        self.ended = True

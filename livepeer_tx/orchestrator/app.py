@@ -320,7 +320,8 @@ class Orchestrator(service.MultiService):
         segments = SegmentService(self, payments, tokens, orchestrator, maxSegmentBytes, signer=signer)
 
         root = resource.Resource()
-        root.putChild(b"segment", SegmentResource(segments))
+        segmentResource = SegmentResource(segments)
+        root.putChild(b"segment", segmentResource)
         root.putChild(b"stream", transcoders.streamResource(StreamResource(self.store)))
         root.putChild(RESULTS_PATH, transcoders.resultsResource)
         root.putChild(b"status", JSONResource(self.publicStatus))
@@ -328,7 +329,8 @@ class Orchestrator(service.MultiService):
         gate, self.transcoderFactory = makeTranscoderResource(
             self, reactor, secret, limiter, maxMessageBytes=resultBytes, pingInterval=pingInterval)
         root.putChild(wsproto.RESOURCE_PATH, gate)
-        return PublicPort(root, registry, {b"/" + RESULTS_PATH: resultBytes}, segments, orchestrator, transcoders)
+        return PublicPort(root, registry, {b"/" + RESULTS_PATH: resultBytes}, segments, orchestrator, transcoders,
+                          bodyStreams={b"/segment": segmentResource.startUpload})
 
     def makeCLIRoot(self, monitor):
         """
@@ -358,6 +360,9 @@ class PublicPort:
     @ivar segments: the L{SegmentService} behind C{/segment}.
     @ivar orchestrator: the L{OrchestratorService} (C{net.Orchestrator}).
     @ivar transcoders: the L{GRPCTranscoderService} (C{net.Transcoder}).
+    @ivar bodyStreams: the paths whose bodies are handed over as they arrive
+        (the site's C{bodyStreams}): C{/segment}, whose segments go to
+        transcoders as they arrive.
     """
 
     root: resource.Resource
@@ -366,3 +371,4 @@ class PublicPort:
     segments: SegmentService
     orchestrator: OrchestratorService
     transcoders: GRPCTranscoderService
+    bodyStreams: dict = None

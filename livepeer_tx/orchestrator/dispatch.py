@@ -9,10 +9,16 @@ an error, answers too late or with a bad result, or disconnects) and time is
 left. It tells the pool how each transcoder did. It knows transcoders only
 through their C{link} (see L{RemoteTranscoder}), so it is tested without
 sockets.
+
+A job may start while its segment is still arriving from the gateway
+(L{ArrivingSegment}): a transcoder that takes streamed tasks gets the bytes
+as they come, any other gets the whole segment once it is in, and a retry
+elsewhere starts from the bytes kept so far. An upload that is cancelled
+(the gateway went away, or its hash did not match) ends the job.
 """
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -26,6 +32,7 @@ TOO_LONG = "Remote transcoder took too long"
 MISMATCHED = "MismatchedSegments"
 ZERO_SEGMENTS = "ZeroSegments"
 ORCHESTRATOR_BUSY = "OrchestratorBusy"
+UPLOAD_CANCELLED = "segment upload cancelled"
 MIN_RENDITION_BYTES = 25
 # The longest the orchestrator works on one segment, whatever its duration
 # (go-livepeer's 4 x duration would allow 20 minutes).
@@ -55,10 +62,131 @@ class AttemptFailed(Exception):
         self.message = message
 
 
+class UploadCancelled(Exception):
+    """
+    A segment's upload ended before its last byte, or was refused once in.
+    """
+
+
+class ArrivingSegment:
+    """
+    A segment's bytes as they arrive from the gateway: kept, as the pieces
+    they came in (for a retry elsewhere, or a transcoder that takes whole
+    segments), and handed on to whoever follows them.
+
+    @ivar size: the declared size in bytes, or L{None} when unknown.
+    @ivar ended: whether the last byte is in.
+    @ivar aborted: whether the upload was cancelled, or refused once in
+        (its bytes are dropped).
+    @ivar cancelled: a L{Deferred} that fires (with L{None}) if it is.
+    """
+
+    def __init__(self, size=None):
+        self.size = size
+        self.ended = False
+        self.aborted = False
+        self.cancelled = defer.Deferred()
+        self._pieces = []
+        self._followers = []
+        self._waiting = []
+
+    def write(self, data):
+        """
+        The next bytes; dropped once the upload ended or was cancelled.
+        """
+        if self.ended or self.aborted:
+            return
+        self._pieces.append(data)
+        for follower in list(self._followers):
+            follower.write(data)
+
+    def end(self):
+        """
+        The last byte is in: followers are told, L{whenEnded} fires.
+        """
+        if self.ended or self.aborted:
+            return
+        self.ended = True
+        followers, self._followers = self._followers, []
+        for follower in followers:
+            follower.end()
+        self._fire(lambda d: d.callback(self))
+
+    def cancel(self):
+        """
+        Cancel the upload, or refuse it once in (its hash did not match):
+        its bytes are dropped, followers let go of, L{whenEnded} fails with
+        L{UploadCancelled} and L{cancelled} fires. Safe to call twice.
+        """
+        if self.aborted:
+            return
+        self.aborted = True
+        self._pieces = []
+        self._followers = []
+        self._fire(lambda d: d.errback(UploadCancelled()))
+        self.cancelled.callback(None)
+
+    def _fire(self, fire):
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            fire(d)
+
+    @property
+    def data(self):
+        """
+        The whole segment, once it L{ended}.
+        """
+        if not self.ended or self.aborted:
+            raise ValueError("the segment is not all in")
+        if len(self._pieces) != 1:
+            self._pieces = [b"".join(self._pieces)]
+        return self._pieces[0]
+
+    def follow(self, follower):
+        """
+        Hand C{follower} (C{write(data)}, C{end()}) the bytes so far, then
+        each later piece, then the end; nothing once the upload is
+        cancelled.
+        """
+        if self.aborted:
+            return
+        for piece in self._pieces:
+            follower.write(piece)
+        if self.ended:
+            follower.end()
+        else:
+            self._followers.append(follower)
+
+    def unfollow(self, follower):
+        """
+        Hand C{follower} nothing more.
+        """
+        if follower in self._followers:
+            self._followers.remove(follower)
+
+    def whenEnded(self):
+        """
+        @return: a L{Deferred} firing with this segment once its last byte
+            is in, or failing with L{UploadCancelled} if it is cancelled
+            first.
+        """
+        if self.aborted:
+            return defer.fail(UploadCancelled())
+        if self.ended:
+            return defer.succeed(self)
+        d = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+
 @dataclass
 class SegmentJob:
     """
     One gateway segment to transcode.
+
+    @ivar data: the segment's bytes, or L{None} while it is still arriving.
+    @ivar arriving: the L{ArrivingSegment} the bytes come from, for a job
+        started during the upload, else L{None}.
     """
 
     sessionId: str
@@ -67,6 +195,16 @@ class SegmentJob:
     profiles: list
     durationMs: int = DEFAULT_DURATION_MS
     source: str = None
+    arriving: ArrivingSegment = None
+
+    def whole(self):
+        """
+        This job with its whole segment in C{data}: itself unless its
+        upload has ended since it started.
+        """
+        if self.arriving is not None and self.arriving.ended and not self.arriving.aborted:
+            return replace(self, data=self.arriving.data, arriving=None)
+        return self
 
     @property
     def timeout(self):
@@ -159,6 +297,8 @@ class Dispatcher:
             queue = self._sessionQueues[job.sessionId] = _SessionQueue()
         if queue.pending >= self.maxQueuedPerSession:
             return defer.fail(TranscodeFailed(ORCHESTRATOR_BUSY))
+        if job.arriving is not None:
+            job.arriving.cancelled.addCallback(self._uploadCancelled, job)
         deadline = self._clock.seconds() + job.timeout
         queue.pending += 1
 
@@ -186,6 +326,9 @@ class Dispatcher:
         attempts = 0
         lastError = None
         while True:
+            if job.arriving is not None and job.arriving.aborted:
+                self.pool.release(job.sessionId)
+                raise TranscodeFailed(UPLOAD_CANCELLED)
             remaining = deadline - self._clock.seconds()
             gaveUp = sum(kind != FAILURE_LOST for kind in kinds) > self.maxRetries
             if gaveUp or remaining <= 0 or (failed and remaining < MIN_RETRY_SECONDS):
@@ -202,6 +345,9 @@ class Dispatcher:
                 timeout = remaining * (1 - self.retryShare)
             try:
                 result = yield self._runTask(job, transcoder, timeout)
+            except UploadCancelled:
+                self.pool.release(job.sessionId)
+                raise TranscodeFailed(UPLOAD_CANCELLED)
             except AttemptFailed as e:
                 failed.append(transcoder)
                 kinds.append(e.kind)
@@ -241,20 +387,41 @@ class Dispatcher:
                     "taskId={taskId} seqNo={seq}",
                     transcoder=transcoder.address, taskId=taskId, seq=job.seq,
                 )
-                self._finish(taskId, failure=AttemptFailed(FAILURE_TIMEOUT, TOO_LONG))
-                try:
-                    transcoder.link.cancelTask(taskId)
-                except Exception:
-                    self._log.failure("Could not cancel task {taskId}", taskId=taskId)
+                self._cancel(task, AttemptFailed(FAILURE_TIMEOUT, TOO_LONG))
 
         task.timer = self._clock.callLater(timeout, onTimeout)
+        job = job.whole()
+        if job.arriving is not None and not transcoder.link.streamsJob(job):
+            # This transcoder takes whole segments: it gets this one once it is in.
+            job.arriving.whenEnded().addCallbacks(lambda _: self._send(task, job.whole()), lambda _: None)
+        else:
+            self._send(task, job)
+        return d
+
+    def _send(self, task, job):
+        if self._tasks.get(task.taskId) is not task:
+            return
         try:
-            transcoder.link.sendTask(taskId, job)
+            task.transcoder.link.sendTask(task.taskId, job)
         except Exception:
             self._log.failure("Could not send task {taskId} to transcoder={transcoder}",
-                              taskId=taskId, transcoder=transcoder.address)
-            self._finish(taskId, failure=AttemptFailed(FAILURE_LOST))
-        return d
+                              taskId=task.taskId, transcoder=task.transcoder.address)
+            self._finish(task.taskId, failure=AttemptFailed(FAILURE_LOST))
+
+    def _uploadCancelled(self, _, job):
+        for taskId, task in list(self._tasks.items()):
+            if task.job is job:
+                self._log.info("Cancelling taskId={taskId} on transcoder={transcoder}: its upload was cancelled",
+                               taskId=taskId, transcoder=task.transcoder.address)
+                self._cancel(task, UploadCancelled())
+
+    def _cancel(self, task, failure):
+        # The orchestrator gives up on the task: the transcoder is told.
+        self._finish(task.taskId, failure=failure)
+        try:
+            task.transcoder.link.cancelTask(task.taskId)
+        except Exception:
+            self._log.failure("Could not cancel task {taskId}", taskId=task.taskId)
 
     def _finish(self, taskId, result=None, failure=None):
         task = self._tasks.pop(taskId, None)

@@ -594,6 +594,12 @@ class GRPCTranscoderLink:
             self._log.debug("Sent taskId={taskId} to transcoder={transcoder} url={url}",
                             taskId=taskId, transcoder=self.address, url=url)
 
+    def streamsJob(self, job):
+        """
+        Never: a stock transcoder downloads the whole segment.
+        """
+        return False
+
     def cancelTask(self, taskId):
         """
         The orchestrator gave up on C{taskId}: the stock transcoder has no

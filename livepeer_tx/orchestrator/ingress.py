@@ -12,7 +12,10 @@ token).
 L{SegmentService} is the pipeline, free of any transport: payment decoding,
 the segment's credentials (signature on chain, capabilities, auth token),
 admission, payment, the hash check, dispatch, storage and the answer.
-L{SegmentResource} adapts HTTP/1.1 and HTTP/2 requests to it.
+L{SegmentResource} adapts HTTP/1.1 and HTTP/2 requests to it; on a site that
+hands it the body as it arrives (L{SegmentResource.startUpload}), the
+segment goes to a transcoder as it arrives, and nothing of the work is
+released before its hash matched.
 """
 
 import base64
@@ -33,7 +36,8 @@ from livepeer_tx.capabilities import (
 from livepeer_tx.payments import PaymentError, decodePayment
 from livepeer_tx.orchestrator.authtoken import AuthTokenError
 from livepeer_tx.orchestrator.dispatch import (
-    MISMATCHED, ORCHESTRATOR_BUSY, TOO_LONG, ZERO_SEGMENTS, SegmentJob, TranscodeFailed,
+    MISMATCHED, ORCHESTRATOR_BUSY, TOO_LONG, UPLOAD_CANCELLED, ZERO_SEGMENTS, ArrivingSegment, SegmentJob,
+    TranscodeFailed, UploadCancelled,
 )
 from livepeer_tx.orchestrator.orchservice import senderAddress
 from livepeer_tx.orchestrator.routing import NO_TRANSCODERS, ORCHESTRATOR_CAPPED
@@ -71,6 +75,7 @@ REJECTED_SIZE = "size"
 REJECTED_CAPPED = "capped"
 REJECTED_ADDRESS_CAPPED = "address capped"
 REJECTED_DRAINING = "draining"
+REJECTED_CANCELLED = "cancelled"
 REJECTED_INTERNAL = "internal"
 
 
@@ -181,12 +186,15 @@ class SegmentSubmission:
     @ivar segmentHeader: the C{Livepeer-Segment} value (bytes or text), or
         L{None}.
     @ivar paymentHeader: the C{Livepeer-Payment} value, as text.
-    @ivar body: the segment's bytes.
+    @ivar body: the segment's bytes, or the
+        L{ArrivingSegment<livepeer_tx.orchestrator.dispatch.ArrivingSegment>}
+        they are arriving in.
     @ivar source: what admission counts it against (see L{sourceOf}).
     @ivar peer: the gateway's C{host:port}, for log lines.
     @ivar contentType: the request's content type, as text.
     @ivar bodyDigest: the body's keccak-256 if computed as it arrived (or a
-        L{Deferred} of it, hashed off the reactor thread), else L{None}.
+        L{Deferred} of it, hashed off the reactor thread), else L{None};
+        for a body still arriving, set once it is in.
     """
 
     segmentHeader: object
@@ -232,6 +240,12 @@ class SegmentService:
         transcoded, its renditions stored under
         C{/stream/<session>/<profile>/<seq><ext>}, and a C{TranscodeResult}
         answered, with the error text if it failed.
+
+    A segment still arriving (an L{ArrivingSegment} body) is given to the
+    dispatcher after step 4, so that a transcoder works on it while the rest
+    comes; steps 5 and 6 wait for its last byte, and a refused body or a
+    cancelled upload cancels that work. The renditions are only awaited,
+    stored and answered once the hash matched.
 
     @param app: the L{Orchestrator} (pool, dispatcher, store, metrics, clock).
     @param payments: the payment processor (off-chain or ticket based).
@@ -288,6 +302,11 @@ class SegmentService:
             self._log.info("Rejected segment from {peer}: {status} {message}",
                            peer=submission.peer, status=e.status, message=e.message)
             return SegmentAnswer(e.status, e.message.encode("utf-8") + b"\n", TEXT)
+        except UploadCancelled:
+            # The gateway went away, or the site refused the rest: nobody reads this.
+            metrics.segmentsRejected.labels(reason=REJECTED_CANCELLED).inc()
+            self._log.info("Segment upload from {peer} cancelled before its end", peer=submission.peer)
+            return SegmentAnswer(400, UPLOAD_CANCELLED.encode() + b"\n", TEXT)
         except Exception:
             self._log.failure("Unexpected error checking a segment from {peer}", peer=submission.peer)
             metrics.segmentsRejected.labels(reason=REJECTED_INTERNAL).inc()
@@ -296,7 +315,9 @@ class SegmentService:
         metrics.segmentsReceived.inc()
         accepted()
         try:
-            result = await self._transcode(checked, submission.body)
+            if checked.task is None:
+                checked.task = self._startTranscoding(checked, checked.body)
+            result = await self._transcode(checked)
         except Exception:
             # The 200 has gone out: the gateway must still get a TranscodeResult.
             self._log.failure("Unexpected error handling a segment sessionID={sessionId} seqNo={seq}",
@@ -306,6 +327,23 @@ class SegmentService:
         return SegmentAnswer(200, result.SerializeToString(), PROTOBUF)
 
     async def _check(self, submission):
+        # Steps 1-5; a segment still arriving starts transcoding after step 4.
+        checked = await self._checkHeaders(submission)
+        arriving = submission.body if isinstance(submission.body, ArrivingSegment) else None
+        try:
+            if arriving is not None:
+                checked.task = self._startTranscoding(checked, None, arriving)
+            checked.body = await self._checkBody(submission, checked.segData)
+        except BaseException:
+            if arriving is not None:
+                arriving.cancel()
+            if checked.task is not None:
+                # Its failure (the cancelled upload) is of no interest.
+                checked.task.addErrback(lambda _: None)
+            raise
+        return checked
+
+    async def _checkHeaders(self, submission):
         pool = self._app.pool
         source = submission.source
         if self._app.draining:
@@ -346,7 +384,12 @@ class SegmentService:
             self._payments.checkBalance(sessionId)
         except PaymentError as e:
             raise SegmentRejected(e.status, e.message, REJECTED_PAYMENT) from None
+        return _CheckedSegment(segData, profiles, sessionId, limitedSource, info)
+
+    async def _checkBody(self, submission, segData):
         body = submission.body
+        if isinstance(body, ArrivingSegment):
+            body = (await body.whenEnded()).data
         if len(body) > self.maxSegmentBytes:
             raise SegmentRejected(413, f"segment larger than {self.maxSegmentBytes} bytes", REJECTED_SIZE)
         digest = submission.bodyDigest
@@ -356,7 +399,7 @@ class SegmentService:
             digest = await digest
         if digest != segData.hash:
             raise SegmentRejected(403, "Forbidden", REJECTED_HASH)
-        return _CheckedSegment(segData, profiles, sessionId, limitedSource, info)
+        return body
 
     def _checkCapabilities(self, segData):
         # What the job asks for by its fields counts as asked for by its
@@ -375,17 +418,22 @@ class SegmentService:
             raise SegmentRejected(403, e.message, REJECTED_CAPABILITIES) from None
         return offered
 
-    async def _transcode(self, checked, body):
+    def _startTranscoding(self, checked, body, arriving=None):
+        segData = checked.segData
+        checked.job = SegmentJob(checked.sessionId, segData.seq, body, checked.profiles, segData.duration or 2000,
+                                 source=checked.limitedSource, arriving=arriving)
+        checked.started = self._app.clock.seconds()
+        return self._app.dispatcher.transcode(checked.job)
+
+    async def _transcode(self, checked):
         app = self._app
         metrics = app.metrics
-        segData, profiles, sessionId = checked.segData, checked.profiles, checked.sessionId
+        segData, profiles, sessionId, job = checked.segData, checked.profiles, checked.sessionId, checked.job
         manifest = manifestLabel(segData.manifestId)
-        job = SegmentJob(sessionId, segData.seq, body, profiles, segData.duration or 2000,
-                         source=checked.limitedSource)
         result = pb.TranscodeResult(seq=segData.seq, info=checked.info)
-        started = app.clock.seconds()
+        started = checked.started
         try:
-            taskResult = await app.dispatcher.transcode(job)
+            taskResult = await checked.task
         except TranscodeFailed as e:
             metrics.segmentsFailed.labels(reason=_reasonLabel(str(e))).inc()
             self._log.warn("Segment failed manifestID={manifest} sessionID={sessionId} seqNo={seq} err={err!r}",
@@ -426,6 +474,10 @@ class _CheckedSegment:
     sessionId: str
     limitedSource: str
     info: object
+    body: bytes = None
+    job: SegmentJob = None
+    task: defer.Deferred = None
+    started: float = 0.0
 
 
 class SegmentResource(resource.Resource):
@@ -434,55 +486,156 @@ class SegmentResource(resource.Resource):
     L{SegmentService}, sends the 200 status as soon as the service accepts the
     upload, and writes its answer.
 
+    On a L{livepeer_tx.web.BoundedSite} whose C{bodyStreams} map
+    C{/segment} to L{startUpload}, the service gets the segment at its first
+    bytes, as an L{ArrivingSegment}; else once it is all in.
+
     @ivar service: the L{SegmentService}.
     """
 
     isLeaf = True
-    _log = Logger()
 
     def __init__(self, service):
         super().__init__()
         self.service = service
 
+    def startUpload(self, request):
+        """
+        A segment's first bytes arrived (its headers are all in): start its
+        pipeline now.
+
+        @return: the sink the rest of the body goes to (C{write}, C{abort}).
+        """
+        exchange = _SegmentExchange(request)
+        exchange.start(self.service, _submission(request, ArrivingSegment(_declaredLength(request))))
+        return exchange
+
     def render_POST(self, request):
         """
-        Handle one segment; the answer is written when the service has it.
+        The whole segment is in: hand it to the service (or to the pipeline
+        that started at its first bytes); the answer is written when the
+        service has it.
         """
         bodyKeccak = getattr(request, "bodyKeccak", None)
-        submission = SegmentSubmission(
-            segmentHeader=request.getHeader(SEGMENT_HEADER),
-            paymentHeader=(request.getHeader(PAYMENT_HEADER) or b"").decode("latin-1"),
-            body=request.content.read(self.service.maxSegmentBytes + 1),
-            source=sourceOf(request.getClientAddress()),
-            peer=_peer(request),
-            contentType=(request.getHeader(CONTENT_TYPE_HEADER) or b"").decode("latin-1"),
-            bodyDigest=bodyKeccak.digestLater() if bodyKeccak is not None else None,
-        )
-        finished = []
-        request.notifyFinish().addBoth(finished.append)
-        started = []
-
-        def accepted():
-            if not finished:
-                started.append(True)
-                request.setResponseCode(200)
-                request.setHeader(b"content-type", PROTOBUF)
-                # Like go-livepeer: the gateway learns now that its upload is done.
-                request.write(b"")
-
-        def respond(answer):
-            if finished:
-                return
-            if not started:
-                request.setResponseCode(answer.status)
-                request.setHeader(b"content-type", answer.contentType)
-            request.write(answer.body)
-            request.finish()
-
-        d = defer.Deferred.fromCoroutine(self.service.process(submission, accepted))
-        d.addCallback(respond)
-        d.addErrback(lambda f: self._log.failure("Cannot answer a segment from {peer}", f, peer=submission.peer))
+        digest = bodyKeccak.digestLater() if bodyKeccak is not None else None
+        exchange = getattr(request, "bodySink", None)
+        if isinstance(exchange, _SegmentExchange):
+            exchange.received(digest)
+        else:
+            exchange = _SegmentExchange(request)
+            exchange.received()
+            body = request.content.read(self.service.maxSegmentBytes + 1)
+            exchange.start(self.service, _submission(request, body, digest))
         return server.NOT_DONE_YET
+
+
+class _SegmentExchange:
+    """
+    One C{POST /segment} between its request and the L{SegmentService}: the
+    pipeline may start before the body is all in (the exchange is then the
+    body's sink), and its answer is written once the request is in.
+    """
+
+    _log = Logger()
+
+    def __init__(self, request):
+        self._request = request
+        self._submission = None
+        self._upload = None
+        self._received = False
+        self._answer = None
+        self._started = False
+        self._finished = False
+        request.notifyFinish().addBoth(self._requestFinished)
+
+    def start(self, service, submission):
+        """
+        Run C{submission} through C{service}.
+        """
+        self._submission = submission
+        if isinstance(submission.body, ArrivingSegment):
+            self._upload = submission.body
+        d = defer.Deferred.fromCoroutine(service.process(submission, self._accepted))
+        d.addCallback(self._answered)
+        d.addErrback(lambda f: self._log.failure("Cannot answer a segment from {peer}", f, peer=submission.peer))
+
+    def write(self, data):
+        """
+        The body's next bytes.
+        """
+        try:
+            self._upload.write(data)
+        except Exception:
+            self._log.failure("Cannot forward a segment from {peer}", peer=self._submission.peer)
+            self._upload.cancel()
+
+    def abort(self):
+        """
+        The request was refused or its connection lost before the body was
+        all in: the upload is cancelled.
+        """
+        if self._upload is not None and not self._upload.ended:
+            self._upload.cancel()
+
+    def received(self, digest=None):
+        """
+        The request is in (for a body that was arriving: its last byte, and
+        the L{Deferred} of its keccak-256 if computed as it came).
+        """
+        self._received = True
+        if self._upload is not None:
+            self._submission.bodyDigest = digest
+            self._upload.end()
+        if self._answer is not None:
+            self._respond()
+
+    def _requestFinished(self, result):
+        self._finished = True
+        self.abort()
+
+    def _accepted(self):
+        if not self._finished:
+            self._started = True
+            request = self._request
+            request.setResponseCode(200)
+            request.setHeader(b"content-type", PROTOBUF)
+            # Like go-livepeer: the gateway learns now that its upload is done.
+            request.write(b"")
+
+    def _answered(self, answer):
+        self._answer = answer
+        if self._received:
+            self._respond()
+
+    def _respond(self):
+        if self._finished:
+            return
+        request, answer = self._request, self._answer
+        if not self._started:
+            request.setResponseCode(answer.status)
+            request.setHeader(b"content-type", answer.contentType)
+        request.write(answer.body)
+        request.finish()
+
+
+def _submission(request, body, digest=None):
+    return SegmentSubmission(
+        segmentHeader=request.getHeader(SEGMENT_HEADER),
+        paymentHeader=(request.getHeader(PAYMENT_HEADER) or b"").decode("latin-1"),
+        body=body,
+        source=sourceOf(request.getClientAddress()),
+        peer=_peer(request),
+        contentType=(request.getHeader(CONTENT_TYPE_HEADER) or b"").decode("latin-1"),
+        bodyDigest=digest,
+    )
+
+
+def _declaredLength(request):
+    # The site has checked it (HTTP/1.1 or h2 would have refused a bad one).
+    try:
+        return int(request.getHeader(b"content-length"))
+    except (TypeError, ValueError):
+        return None
 
 
 _KNOWN_ERRORS = frozenset(

@@ -57,6 +57,9 @@ MAX_FEATURES = 16
 # A streamed task's segment goes in pieces of this size: the transcoder's
 # FFmpeg starts on the first, and each is a sign of life (see Liveness).
 SEGMENT_PIECE_BYTES = 256 * 1024
+# A segment still arriving from the gateway is forwarded once this much has
+# come in (the last piece excepted): a few milliseconds of a gateway link.
+FORWARD_BYTES = 64 * 1024
 SECRET_ROTATED = "secret rotated; re-read the secret file"
 
 
@@ -421,7 +424,7 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
         self._resultReceived(*parseResult(header, parts))
 
     def _resultReceived(self, taskId, decoded, decodedPixels, seconds):
-        self._streamedResults.pop(taskId, None)
+        self._streamEnded(taskId)
         if not self._app.dispatcher.isKnownTask(taskId, self.transcoder):
             self._log.info("Dropping result for unknown or expired taskId={taskId}", taskId=taskId)
             return
@@ -455,7 +458,7 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
         taskId = message.get("taskId")
         if type(taskId) is not int:
             raise wsproto.ProtocolError("resultEnd: taskId must be an integer")
-        streamed = self._streamedResults.pop(taskId, None)
+        streamed = self._streamEnded(taskId)
         if streamed is None:
             self._log.info("Dropping result for unknown or expired taskId={taskId}", taskId=taskId)
             return
@@ -470,7 +473,7 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
         """
         taskId = message.get("taskId")
         error = wsproto.cleanErrorText(message.get("error"), default="unknown transcoder error")
-        self._streamedResults.pop(taskId, None)
+        self._streamEnded(taskId)
         if taskId is None:
             self._log.warn("Transcoder={transcoder} reported: {error}", transcoder=self._peerAddress, error=error)
             return
@@ -502,8 +505,9 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
     def sendTask(self, taskId, job):
         """
         Send one segment to transcode (called by the dispatcher): streamed
-        (L{streamsJob}), in pieces its FFmpeg reads as they arrive, the
-        renditions coming back as they are written; else in one
+        (L{streamsJob}), in pieces its FFmpeg reads as they arrive (a
+        segment still arriving from the gateway is forwarded as it comes),
+        the renditions coming back as they are written; else in one
         C{transcode} frame.
         """
         fields = {
@@ -513,16 +517,23 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
         if not self.streamsJob(job):
             self.sendMessage(wsproto.encodeMedia(dict(fields, type="transcode"), [job.data]), isBinary=True)
             return
-        self._streamedResults[taskId] = _StreamedResult([[] for _ in job.profiles])
-        data = memoryview(job.data)
-        self.sendMessage(wsproto.encodeControl("transcodeStart", size=len(data), **fields))
-        for start in range(0, len(data), SEGMENT_PIECE_BYTES):
-            self.sendSegmentData(taskId, data[start:start + SEGMENT_PIECE_BYTES])
-        self.sendMessage(wsproto.encodeControl("segmentEnd", taskId=taskId))
+        arriving = job.arriving
+        size = len(job.data) if arriving is None else arriving.size
+        if size is not None:
+            fields["size"] = size
+        forwarder = _SegmentForwarder(self, taskId, arriving)
+        self._streamedResults[taskId] = _StreamedResult([[] for _ in job.profiles], forwarder)
+        self.sendMessage(wsproto.encodeControl("transcodeStart", **fields))
+        if arriving is None:
+            forwarder.write(job.data)
+            forwarder.end()
+        else:
+            arriving.follow(forwarder)
 
     def streamsJob(self, job):
         """
-        Whether C{job} goes to this transcoder streamed: it takes streamed
+        Whether C{job} goes to this transcoder streamed, even while its
+        segment is still arriving: it takes streamed
         tasks (it listed L{wsproto.FEATURE_STREAM}) and every rendition is
         MPEG-TS (an MP4 muxer cannot write to a pipe).
         """
@@ -538,8 +549,15 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
         """
         Ask the transcoder to stop a task the orchestrator gave up on.
         """
-        self._streamedResults.pop(taskId, None)
+        self._streamEnded(taskId)
         self.sendMessage(wsproto.encodeControl("cancel", taskId=taskId))
+
+    def _streamEnded(self, taskId):
+        # The task is over here: its segment is no longer forwarded.
+        streamed = self._streamedResults.pop(taskId, None)
+        if streamed is not None:
+            streamed.forwarder.stop()
+        return streamed
 
     def endSession(self, sessionId):
         """
@@ -566,7 +584,8 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
         """
         Take the transcoder out of the pool and move its tasks elsewhere.
         """
-        self._streamedResults.clear()
+        for taskId in list(self._streamedResults):
+            self._streamEnded(taskId)
         closed, self._closed = getattr(self, "_closed", None), None
         if closed is not None:
             self._app.clock.callLater(0, closed.callback, None)
@@ -584,12 +603,64 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
 class _StreamedResult:
     """
     A streamed task's renditions as they arrive: the pieces of each, and
-    their total size.
+    their total size; and the L{_SegmentForwarder} of its segment.
     """
 
-    def __init__(self, pieces):
+    def __init__(self, pieces, forwarder):
         self.pieces = pieces
         self.size = 0
+        self.forwarder = forwarder
+
+
+class _SegmentForwarder:
+    """
+    Sends a streamed task's segment as C{segmentData} messages, then
+    C{segmentEnd}: each time at least L{FORWARD_BYTES} are waiting, in
+    pieces of at most L{SEGMENT_PIECE_BYTES}.
+
+    @param link: the L{TranscoderServerProtocol}.
+    @param arriving: the L{livepeer_tx.orchestrator.dispatch.ArrivingSegment}
+        it follows, or L{None} for a segment given whole.
+    """
+
+    def __init__(self, link, taskId, arriving):
+        self._link = link
+        self._taskId = taskId
+        self._arriving = arriving
+        self._waiting = []
+        self._waitingBytes = 0
+
+    def write(self, data):
+        """
+        The segment's next bytes.
+        """
+        self._waiting.append(data)
+        self._waitingBytes += len(data)
+        if self._waitingBytes >= FORWARD_BYTES:
+            self._send()
+
+    def end(self):
+        """
+        The segment is complete.
+        """
+        self._send()
+        self._link.sendMessage(wsproto.encodeControl("segmentEnd", taskId=self._taskId))
+
+    def stop(self):
+        """
+        Forward nothing more (the task is over).
+        """
+        if self._arriving is not None:
+            self._arriving.unfollow(self)
+        self._waiting = []
+
+    def _send(self):
+        waiting, self._waiting, self._waitingBytes = self._waiting, [], 0
+        if not waiting:
+            return
+        data = memoryview(waiting[0] if len(waiting) == 1 else b"".join(waiting))
+        for start in range(0, len(data), SEGMENT_PIECE_BYTES):
+            self._link.sendSegmentData(self._taskId, data[start:start + SEGMENT_PIECE_BYTES])
 
 
 class TranscoderServerFactory(WebSocketServerFactory):

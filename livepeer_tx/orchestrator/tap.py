@@ -270,7 +270,8 @@ def makeService(config, reactor=None):
     # One TLS port: gRPC over HTTP/2 beside the resources over HTTP/2 and HTTP/1.1.
     publicSite = BoundedSite(public.root, maxBodyBytes=maxSegmentBytes, hashBodies=True, limits=limits,
                              uploadBudget=uploadBudget, metrics=edgeMetrics, reactor=reactor, sourceOf=sourceOf,
-                             bodyLimits=public.bodyLimits, grpcRegistry=public.registry)
+                             bodyLimits=public.bodyLimits, bodyStreams=public.bodyStreams,
+                             grpcRegistry=public.registry)
     publicFactory = ConnectionCapFactory(publicSite, connections, reactor, edgeMetrics, sourceOf=sourceOf)
     # Served through a context that a reload can replace (SIGHUP).
     try:
