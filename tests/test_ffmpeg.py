@@ -197,9 +197,10 @@ class CommandLineTests(unittest.TestCase):
         self.assertNotIn("split", self.option(args, "-filter_complex"))
 
 
-class _FFmpegTestsMixin:
+class _FFmpegBinaryCase:
     """
-    Real transcodes with one FFmpeg binary (C{binary}, a key of BINARIES).
+    Set-up and checks for real transcodes with one FFmpeg binary
+    (C{binary}, a key of BINARIES).
     """
 
     binary = None
@@ -227,6 +228,11 @@ class _FFmpegTestsMixin:
             raise unittest.SkipTest("no ffprobe to check the outputs with")
         return info
 
+
+class _FFmpegTestsMixin(_FFmpegBinaryCase):
+    """
+    Every real transcode case, with one FFmpeg binary.
+    """
     @defer.inlineCallbacks
     def test_renditions(self):
         """
@@ -497,12 +503,18 @@ class SystemFFmpegTests(_FFmpegTestsMixin, unittest.TestCase):
     binary = "system"
 
 
-class ImageioFFmpegTests(_FFmpegTestsMixin, unittest.TestCase):
+class ImageioFFmpegTests(_FFmpegBinaryCase, unittest.TestCase):
     """
-    With the imageio-ffmpeg static binary (FFmpeg 7+/9 log format).
+    A smoke test of the imageio-ffmpeg static binary (FFmpeg 7+/9 log
+    format), the fallback where no FFmpeg is on PATH: a streamed transcode
+    and a file one agree on sizes, frames and pixels, and probe right.
+    Breaks if our command line or our reading of FFmpeg's log does not hold
+    for that binary. Every other case runs with the system binary.
     """
 
     binary = "imageio"
+    streamInPieces = _FFmpegTestsMixin.streamInPieces
+    test_streamedRenditions = _FFmpegTestsMixin.test_streamedRenditions
 
 
 class StubbornProcessTests(unittest.TestCase):
