@@ -181,15 +181,23 @@ class CommandLineTests(unittest.TestCase):
     def test_pipeInputProbedBriefly(self):
         """
         A piped input is analysed for PIPE_ANALYZE_MICROSECONDS before it
-        is decoded, an input file for FFmpeg's default: without the option
-        a streamed segment would wait for its last byte; with it on a file,
-        FFmpeg would probe less than it can.
+        is decoded, and its frame rate not estimated when every profile sets
+        its own; an input file gets FFmpeg's defaults: without the options a
+        streamed segment would wait for its last byte; with them on a file,
+        FFmpeg would probe less than it can; without a frame rate estimate a
+        profile keeping the input's rate could get a wrong one.
         """
         piped = buildCommand("ffmpeg", "pipe:0", ["pipe:3"], self.profiles[:1], "0")
         self.assertEqual(self.option(piped, "-analyzeduration"), str(PIPE_ANALYZE_MICROSECONDS))
+        self.assertEqual(self.option(piped, "-fpsprobesize"), "0")
         self.assertLess(piped.index("-analyzeduration"), piped.index("-i"))
+        self.assertLess(piped.index("-fpsprobesize"), piped.index("-i"))
         self.assertEqual(self.option(piped, "-hwaccel"), "cuda")
+        keepsRate = buildCommand("ffmpeg", "pipe:0", ["pipe:3", "pipe:4"], self.profiles[:2])
+        self.assertIn("-analyzeduration", keepsRate)
+        self.assertNotIn("-fpsprobesize", keepsRate)
         self.assertNotIn("-analyzeduration", self.command(None))
+        self.assertNotIn("-fpsprobesize", self.command(None))
 
     def test_intraOnly(self):
         args = buildCommand("ffmpeg", "in.ts", ["o.ts"], [Profile("i", 320, 240, 1000, gop=-1)])

@@ -247,7 +247,9 @@ def buildCommand(ffmpegPath, inputPath, outputPaths, profiles, device=None):
     Input read from a pipe (C{pipe:0}, a streamed segment still arriving) is
     probed for L{PIPE_ANALYZE_MICROSECONDS} only: by default FFmpeg analyses
     5 s of input before it decodes, more than a whole segment, so it would
-    wait for the last byte.
+    wait for the last byte. When every profile sets its frame rate, the
+    input's is not estimated either (C{-fpsprobesize 0}): probing then ends
+    as soon as the streams' parameters are known.
 
     @return: the argument list, C{ffmpegPath} first.
     """
@@ -255,6 +257,8 @@ def buildCommand(ffmpegPath, inputPath, outputPaths, profiles, device=None):
     inputOptions = {}
     if inputPath.startswith("pipe:"):
         inputOptions["analyzeduration"] = str(PIPE_ANALYZE_MICROSECONDS)
+        if all(profile.fps > 0 for profile in profiles):
+            inputOptions["fpsprobesize"] = "0"
     if nvidia:
         inputOptions.update({
             "hwaccel": "cuda",
