@@ -24,6 +24,7 @@ from livepeer_tx.orchestrator.ingress import SegmentSubmission
 from livepeer_tx.orchestrator.registration import FORWARD_BYTES, SEGMENT_PIECE_BYTES
 from livepeer_tx.payments import OffchainPayments
 from livepeer_tx.profiles import Profile
+from livepeer_tx.proto import lp_rpc_pb2 as pb
 from livepeer_tx.web import BoundedSite
 from test_public_port import PortClient
 from livepeer_tx.transcoder.client import TranscoderClientProtocol
@@ -292,14 +293,17 @@ class Gateway:
         self.client = PortClient(self.site, harness.clock, negotiated=protocol)
         self.token = TOKENS.issue()
 
-    def start(self, body, hash=None):
+    def start(self, body, hash=None, length=True):
         """
         Send the headers of C{POST /segment} for C{body} (whose hash the
-        segment header claims is C{hash}, by default its own).
+        segment header claims is C{hash}, by default its own), declaring its
+        length unless told not to (over HTTP/2 only).
         """
         header = segmentHeader(body, authToken=self.token, profiles=tuple(p.name for p in PROFILES), hash=hash)
         headers = [(b"livepeer-segment", header.encode()), (b"livepeer-payment", b""),
-                   (b"content-type", b"video/MP2T"), (b"content-length", b"%d" % len(body))]
+                   (b"content-type", b"video/MP2T")]
+        if length:
+            headers.append((b"content-length", b"%d" % len(body)))
         if self.protocol == b"h2":
             self.streamID = self.client.conn.get_next_available_stream_id()
             self.client.conn.send_headers(self.streamID, [
@@ -422,6 +426,47 @@ def test_badHashCancelsTheStreamedTask(events):
     assert harness.app.dispatcher.pendingSegments == 0 and transcoder.server._streamedResults == {}
     assert rejected(harness, "hash") == 1
     assert harness.live == [transcoder.address]
+
+
+def test_refusedHeadersAnsweredOnceTheBodyIsIn():
+    """
+    A segment whose headers are refused (a forged auth token) never reaches
+    a transcoder, however much of it arrives, and gets go-livepeer's 403
+    once its body is in, as when the pipeline started on the whole body.
+    """
+    harness = Harness(maxSegmentBytes=MAX_SEGMENT_BYTES, clock=MemoryReactorClock())
+    engine = RecordingEngine()
+    transcoder = harness.connect(engine)
+    gateway = Gateway(harness)
+    gateway.token = pb.AuthToken(token=keccak(b"guess"), session_id=gateway.token.session_id,
+                                 expiration=gateway.token.expiration)
+    gateway.start(BIG_SEGMENT)
+    gateway.send(BIG_SEGMENT[:300_000])
+    assert gateway.answer() is None and transcoder.link.worker.pending == 0
+    gateway.send(BIG_SEGMENT[300_000:], end=True)
+    assert gateway.answer() == (403, b"invalid auth token\n")
+    assert engine.streamed == [] and engine.whole == [] and rejected(harness, "auth token") == 1
+
+
+def test_bodyRefusedMidUploadCancelsTheTask(events):
+    """
+    A segment of undeclared length that the port refuses once it passes the
+    size limit (413) had its task started, with no size in its
+    C{transcodeStart}: the refusal cancels it, and the transcoder is told.
+    """
+    harness = Harness(maxSegmentBytes=MAX_SEGMENT_BYTES, clock=MemoryReactorClock())
+    engine = HeldEngine()
+    transcoder = harness.connect(engine)
+    gateway = Gateway(harness)
+    body = BIG_SEGMENT * 3
+    gateway.start(body, length=False)
+    gateway.send(body[:300_000])
+    assert transcoder.link.worker.pending == 1 and received(engine) == body[:len(received(engine))]
+    gateway.send(body[300_000:])
+    status, text = gateway.answer()
+    assert status == 413 and text.startswith(b"request body larger than")
+    assert transcoder.link.worker.pending == 0 and harness.app.dispatcher.pendingSegments == 0
+    assert rejected(harness, "cancelled") == 1
 
 
 def test_gatewayGoneMidUploadCancelsTheTask(events):

@@ -328,16 +328,18 @@ class SegmentService:
 
     async def _check(self, submission):
         # Steps 1-5; a segment still arriving starts transcoding after step 4.
-        checked = await self._checkHeaders(submission)
         arriving = submission.body if isinstance(submission.body, ArrivingSegment) else None
+        checked = None
         try:
+            checked = await self._checkHeaders(submission)
             if arriving is not None:
                 checked.task = self._startTranscoding(checked, None, arriving)
             checked.body = await self._checkBody(submission, checked.segData)
         except BaseException:
             if arriving is not None:
+                # Refused: the rest of it is dropped, and any work on it cancelled.
                 arriving.cancel()
-            if checked.task is not None:
+            if checked is not None and checked.task is not None:
                 # Its failure (the cancelled upload) is of no interest.
                 checked.task.addErrback(lambda _: None)
             raise
