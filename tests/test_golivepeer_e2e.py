@@ -87,6 +87,10 @@ class GRPCTranscoder:
         self.channel.close()
 
 
+# Under xdist (run.sh: --dist loadgroup) the module runs on one worker, so its orchestrator starts once.
+pytestmark = pytest.mark.xdist_group("test_golivepeer_e2e.port")
+
+
 @pytest.fixture(scope="module")
 def port(tmp_path_factory):
     """

@@ -63,6 +63,10 @@ class LabServer:
         return json.loads(connection.getresponse().read())
 
 
+# Under xdist (run.sh: --dist loadgroup) the module runs on one worker, so its server starts once.
+pytestmark = pytest.mark.xdist_group("test_grpc_h2_tls.lab")
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     dataDir = tmp_path_factory.mktemp("grpc-tls")

@@ -689,6 +689,10 @@ class OrchestratorProcess:
         self.process.wait(30)
 
 
+# Under xdist (run.sh: --dist loadgroup) the tests on the module's process run on one worker, so it starts once.
+sharedProcess = pytest.mark.xdist_group("test_grpc_transcoders.orchestratorProcess")
+
+
 @pytest.fixture(scope="module")
 def orchestratorProcess(tmp_path_factory):
     """
@@ -733,6 +737,7 @@ def readLine(process, prefix):
     raise AssertionError(f"no {prefix!r} line: {process.stderr.read().decode()}")
 
 
+@sharedProcess
 def test_real_tls_stock_transcoder_works_and_is_refused_with_exact_words(orchestrator):
     """
     grpcio's RegisterTranscoder with a wrong secret gets UNKNOWN
@@ -764,6 +769,7 @@ def test_real_tls_stock_transcoder_works_and_is_refused_with_exact_words(orchest
     assert "Successful transcoder registration transcoder=127.0.0.1:" in logs
 
 
+@sharedProcess
 def test_real_tls_transcoder_killed_mid_task_loses_no_segment(orchestrator):
     """
     A go-livepeer-style transcoder killed after it got a task: the task
