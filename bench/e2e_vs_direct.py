@@ -35,7 +35,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import (  # noqa: E402
-    LADDER, PROJECT_ROOT, ladder, median, printHeader, printTable, verdict,
+    LADDER, PROJECT_ROOT, cpuSeconds, ladder, median, printHeader, printTable, verdict,
 )
 from shaping import Shape, ShapingRelay  # noqa: E402
 from twisted.internet import task  # noqa: E402
@@ -150,7 +150,13 @@ async def main(reactor, args):
             await deferToThreadPool(reactor, pool, plain.waitForLog, "Successful transcoder registration", 60.0)
             storeAndForward = newPusher("bench-e2e-store-and-forward")
             await pushOne(storeAndForward, 0)
-        direct, pushed, uploads, downloads, unshaped, stored = [], [], [], [], [], []
+        direct, pushed, uploads, downloads, unshaped, stored, cpu = [], [], [], [], [], [], []
+
+        def cpuSpent():
+            # What competes with the transcoder's FFmpeg for the CPUs here:
+            # the orchestrator, the transcoder's own process (not its
+            # FFmpeg), and this one (gateway, relays).
+            return cpuSeconds(orchestrator.pid), cpuSeconds(transcoder.pid), time.process_time()
         seq = 0
         for _ in range(args.segments):
             direct.append(await runDirect(reactor, ffmpegPath, clip, profiles, workDir))
@@ -160,7 +166,9 @@ async def main(reactor, args):
                 unshaped.append((await pushOne(pusher, seq)).latency)
                 shaping(True)
                 stored.append((await pushOne(storeAndForward, seq)).latency)
+            before = cpuSpent()
             result = await pushOne(pusher, seq + 1000)
+            cpu.append([after - start for start, after in zip(before, cpuSpent())])
             pushed.append(result.latency)
             uploads.append(result.uploadSeconds)
             downloads.append(result.downloadSeconds)
@@ -196,6 +204,10 @@ async def main(reactor, args):
              f"{max(uploads):.3f}"],
             ["  of which: rendition downloads", f"{median(downloads):.3f}", f"{min(downloads):.3f}",
              f"{max(downloads):.3f}"],
+            *[[f"  CPU meanwhile: {name}", f"{median(spent):.3f}", f"{min(spent):.3f}", f"{max(spent):.3f}"]
+              for name, spent in zip(("orchestrator", "transcoder process (without FFmpeg)",
+                                      "bench process (gateway" + (", relays)" if args.wan else ")")),
+                                     zip(*cpu))],
         ],
     )
     print()
