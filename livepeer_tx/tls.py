@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_units,tests.test_reload,tests.test_daemon_hardening -*-
+# -*- test-case-name: tests.test_units,tests.test_reload,tests.test_daemon_hardening,tests.test_tls_transport -*-
 """
 TLS for port 8935: the orchestrator's certificate, and the ways a client trusts it.
 
@@ -19,14 +19,26 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import ssl
-from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator, IStreamServerEndpoint,
+)
 from twisted.logger import Logger
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from livepeer_tx.secret import refuseSharedFile
 
 _log = Logger()
+
+# The bulk TLS transport's unit sizes (see BulkTLSTransport): a socket read,
+# the application data handed on at once, a plaintext write to OpenSSL.
+SOCKET_READ_BYTES = 256 * 1024
+DELIVERY_BYTES = 64 * 1024
+TLS_WRITE_BYTES = 256 * 1024
+# The most one TLS record carries.
+TLS_RECORD_BYTES = 16 * 1024
 
 CERT_FILENAME = "cert.pem"
 KEY_FILENAME = "key.pem"
@@ -258,9 +270,155 @@ class ReloadableServerTLS:
 
     def endpoint(self, reactor, port, interface=""):
         """
-        A server endpoint on C{port} serving with this context factory.
+        A server endpoint on C{port} serving with this context factory over
+        L{BulkTLSTransport}.
         """
-        return SSL4ServerEndpoint(reactor, port, self, interface=interface)
+        return BulkTLSServerEndpoint(TCP4ServerEndpoint(reactor, port, interface=interface), self)
+
+
+class _ReadOnConnection:
+    """
+    An C{OpenSSL.SSL.Connection} whose C{recv} goes on reading records while
+    OpenSSL has whole ones, up to a size, and returns them as one piece; an
+    exception met after some data (no more records, the peer's close, a TLS
+    error) is raised by the next C{recv}, once that data was handed on.
+    Everything else is the connection's own.
+    """
+
+    def __init__(self, connection, deliveryBytes):
+        self._connection = connection
+        self._deliveryBytes = deliveryBytes
+        self._pending = None
+        # The calls made once or more per record, without the delegation.
+        self.send = connection.send
+        self.bio_read = connection.bio_read
+        self.bio_write = connection.bio_write
+
+    def __getattr__(self, name):
+        return getattr(self._connection, name)
+
+    def recv(self, size):
+        """
+        Up to C{max(size, deliveryBytes)} bytes of application data, read
+        record by record.
+        """
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            raise pending
+        read = self._connection.recv
+        pieces = [read(size)]
+        wanted = max(size, self._deliveryBytes) - TLS_RECORD_BYTES
+        received = len(pieces[0])
+        while received <= wanted:
+            try:
+                piece = read(TLS_RECORD_BYTES)
+            except SSL.Error as e:
+                self._pending = e
+                break
+            pieces.append(piece)
+            received += len(piece)
+        return b"".join(pieces)
+
+
+class BulkTLSTransport(BufferingTLSTransport):
+    """
+    Twisted's TLS transport with fewer, larger calls per megabyte, for the
+    segments and renditions of port 8935:
+
+      - the socket is read L{SOCKET_READ_BYTES} at a time (Twisted reads 64
+        KiB), so fewer reads, TLS record parses and wake-ups per segment;
+      - received records are handed to the application in pieces of up to
+        L{DELIVERY_BYTES} (Twisted hands on each 16 KiB record by itself),
+        so HTTP and WebSocket parsing run once per piece, not per record
+        (L{_ReadOnConnection});
+      - application data goes to OpenSSL up to L{TLS_WRITE_BYTES} at a time,
+        without copying it into 16 KiB slices first, and everything OpenSSL
+        then has to send is written to the socket at once (Twisted encrypts
+        16 KiB, reads 32 KiB out and writes it, per record).
+
+    It overrides C{makeConnection}, C{getHandle}, C{_write} and C{_flushSendBIO} of
+    L{twisted.protocols.tls.TLSMemoryBIOProtocol} and relies on its
+    C{_tlsConnection}, C{_lostTLSConnection}, C{_bufferedWrite},
+    C{_tlsShutdownFinished} and C{_flushReceiveBIO} (which reads with
+    C{recv} until C{WantReadError}), and on the TCP transport's
+    C{bufferSize} being its read size: tests/test_tls_transport.py pins
+    them (with C{twisted<27} in setup.cfg).
+    """
+
+    def makeConnection(self, transport):
+        """
+        Read the socket in larger pieces, set up TLS as Twisted does, and
+        read records on in L{DELIVERY_BYTES} pieces.
+        """
+        if getattr(transport, "bufferSize", SOCKET_READ_BYTES) < SOCKET_READ_BYTES:
+            transport.bufferSize = SOCKET_READ_BYTES
+        super().makeConnection(transport)
+        self._tlsConnection = _ReadOnConnection(self._tlsConnection, DELIVERY_BYTES)
+
+    def getHandle(self):
+        """
+        The C{OpenSSL.SSL.Connection} itself (autobahn reads its TLS channel
+        binding from it).
+        """
+        return self._tlsConnection._connection
+
+    def _write(self, data):
+        if self._lostTLSConnection:
+            return
+        view = memoryview(data)
+        written = 0
+        while written < len(view):
+            try:
+                written += self._tlsConnection.send(view[written:written + TLS_WRITE_BYTES])
+            except SSL.WantReadError:
+                self._bufferedWrite(bytes(view[written:]))
+                break
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+                return
+        self._flushSendBIO()
+
+    def _flushSendBIO(self):
+        # Everything OpenSSL has for the peer, in one write when it fits.
+        pieces = []
+        while True:
+            try:
+                pieces.append(self._tlsConnection.bio_read(TLS_WRITE_BYTES + TLS_RECORD_BYTES))
+            except SSL.WantReadError:
+                break
+        if len(pieces) == 1:
+            self.transport.write(pieces[0])
+        elif pieces:
+            self.transport.writeSequence(pieces)
+
+
+class BulkTLSFactory(TLSMemoryBIOFactory):
+    """
+    Twisted's TLS wrapping factory building L{BulkTLSTransport}s.
+    """
+
+    protocol = BulkTLSTransport
+
+
+@implementer(IStreamServerEndpoint)
+class BulkTLSServerEndpoint:
+    """
+    A server endpoint serving TLS with L{BulkTLSTransport} over a TCP one.
+
+    @param tcpEndpoint: the TCP server endpoint to listen on.
+    @param serverTLS: the L{IOpenSSLServerConnectionCreator} of each
+        connection's TLS.
+    """
+
+    def __init__(self, tcpEndpoint, serverTLS):
+        self._tcpEndpoint = tcpEndpoint
+        self._serverTLS = serverTLS
+
+    def listen(self, protocolFactory):
+        """
+        Listen with C{protocolFactory}'s protocols behind TLS.
+        """
+        return self._tcpEndpoint.listen(BulkTLSFactory(self._serverTLS, False, protocolFactory))
 
 
 def _checkKeyPermissions(keyPath):
