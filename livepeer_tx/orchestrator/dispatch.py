@@ -75,6 +75,7 @@ class ArrivingSegment:
     segments), and handed on to whoever follows them.
 
     @ivar size: the declared size in bytes, or L{None} when unknown.
+    @ivar received: the bytes received so far.
     @ivar ended: whether the last byte is in.
     @ivar aborted: whether the upload was cancelled, or refused once in
         (its bytes are dropped).
@@ -83,6 +84,7 @@ class ArrivingSegment:
 
     def __init__(self, size=None):
         self.size = size
+        self.received = 0
         self.ended = False
         self.aborted = False
         self.cancelled = defer.Deferred()
@@ -97,6 +99,7 @@ class ArrivingSegment:
         if self.ended or self.aborted:
             return
         self._pieces.append(data)
+        self.received += len(data)
         for follower in list(self._followers):
             follower.write(data)
 

@@ -389,14 +389,18 @@ class SegmentService:
         return _CheckedSegment(segData, profiles, sessionId, limitedSource, info)
 
     async def _checkBody(self, submission, segData):
+        # A segment that arrived in pieces is only joined if it must be hashed here.
         body = submission.body
         if isinstance(body, ArrivingSegment):
-            body = (await body.whenEnded()).data
-        if len(body) > self.maxSegmentBytes:
+            await body.whenEnded()
+            size = body.received
+        else:
+            size = len(body)
+        if size > self.maxSegmentBytes:
             raise SegmentRejected(413, f"segment larger than {self.maxSegmentBytes} bytes", REJECTED_SIZE)
         digest = submission.bodyDigest
         if digest is None:
-            digest = keccak(body)
+            digest = keccak(body.data if isinstance(body, ArrivingSegment) else body)
         elif isinstance(digest, defer.Deferred):
             digest = await digest
         if digest != segData.hash:
