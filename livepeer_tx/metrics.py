@@ -53,7 +53,7 @@ class OrchestratorMetrics:
             registry=r)
         self.overheadSeconds = Histogram(
             "livepeer_orchestrator_overhead_seconds",
-            "Per segment: upload accepted to answer ready, minus the transcoder's own FFmpeg time",
+            "Per segment: dispatch to answer ready, minus the transcoder's own FFmpeg time",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1), registry=r)
         self.pixelsProcessed = Counter(
             "livepeer_pixels_processed", "Encoded pixels returned to gateways", registry=r)
