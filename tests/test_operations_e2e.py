@@ -76,9 +76,10 @@ class GatewayStream(threading.Thread):
                 continue
             try:
                 status, body = postSegment(orchestrator, self.body, seq=seq, manifestId=self.manifestId)
-            except (grpc.RpcError, ConnectionError, http.client.RemoteDisconnected) as e:
+            except (grpc.RpcError, ConnectionError, http.client.RemoteDisconnected, ssl.SSLEOFError) as e:
                 # Refused before the upload was taken: GetOrchestrator said
-                # no, or nobody listens any more.
+                # no, nobody listens any more, or the connection closed
+                # before a status line (an exiting node's, mid-handshake).
                 self.refusals.append((seq, orchestrator.name, type(e).__name__))
                 continue
             except Exception as e:
