@@ -23,6 +23,7 @@ from livepeer_tx.orchestrator.app import Orchestrator
 from livepeer_tx.signals import SignalService
 from livepeer_tx.transcoder import gpucheck
 from livepeer_tx.transcoder import tap as transcoderTap
+from livepeer_tx.tls import BulkTLSFactory
 from livepeer_tx.transcoder.client import OrchestratorLink
 from livepeer_tx.web import BoundedSite
 
@@ -60,6 +61,14 @@ def orchestratorTree(tmp_path, *arguments):
     return reactor, config, orchestratorTap.makeService(config, reactor=reactor)
 
 
+def publicListeners(reactor):
+    """
+    The listeners on C{reactor} that serve TLS (L{BulkTLSFactory} over TCP):
+    C{(port, factory, backlog, interface)} each.
+    """
+    return [listener for listener in reactor.tcpServers if isinstance(listener[1], BulkTLSFactory)]
+
+
 def test_orchestratorTreeListensWhereTheOptionsSay(tmp_path):
     """
     The orchestrator's tree holds the application, a signals service, the
@@ -75,9 +84,10 @@ def test_orchestratorTreeListensWhereTheOptionsSay(tmp_path):
     assert len(listeners) == 2
     parent.startService()
     try:
-        (sslPort, sslFactory, _, sslContext, sslInterface), = reactor.sslServers
-        assert (sslPort, sslInterface) == (18935, "0.0.0.0")
-        (cliPort, cliSite, _, cliInterface), = reactor.tcpServers
+        (tlsPort, tlsFactory, _, tlsInterface), = publicListeners(reactor)
+        assert (tlsPort, tlsInterface) == (18935, "0.0.0.0")
+        assert not reactor.sslServers
+        (cliPort, cliSite, _, cliInterface), = set(reactor.tcpServers) - set(publicListeners(reactor))
         assert (cliPort, cliInterface) == (7935, "127.0.0.1")
         assert isinstance(cliSite, BoundedSite) and cliSite.maxBodyBytes == 64 * 1024
     finally:
@@ -109,7 +119,8 @@ def test_orchestratorPublicSiteTakesItsLimitsFromTheOptions(tmp_path):
         tmp_path, "--maxSegmentSize", "3000000", "--maxConnections", "123")
     parent.startService()
     try:
-        (_, publicFactory, _, _, _), = reactor.sslServers
+        (_, tlsFactory, _, _), = publicListeners(reactor)
+        publicFactory = tlsFactory.wrappedFactory
         site = publicFactory.wrappedFactory
         assert site.maxBodyBytes == config["maxSegmentBytes"] == 3_000_000
         assert publicFactory.limiter.maxConnections == 123
