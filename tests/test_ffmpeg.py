@@ -81,9 +81,16 @@ class FindFFmpegTests(unittest.TestCase):
     """
 
     def test_explicitMissing(self):
+        """
+        An explicit --ffmpeg that does not exist is refused at start-up, not at
+        the first segment.
+        """
         self.assertRaises(FFmpegNotFound, findFFmpeg, "/nonexistent/ffmpeg")
 
     def test_explicitNotExecutable(self):
+        """
+        An explicit --ffmpeg that is not executable is refused at start-up.
+        """
         path = os.path.join(tempDir(self), "ffmpeg")
         with open(path, "w") as f:
             f.write("#!/bin/sh\n")
@@ -91,10 +98,16 @@ class FindFFmpegTests(unittest.TestCase):
         self.assertRaises(FFmpegNotFound, findFFmpeg, path)
 
     def test_explicit(self):
+        """
+        An explicit, usable --ffmpeg is the one used.
+        """
         path = next(iter(BINARIES.values()))
         self.assertEqual(findFFmpeg(path), path)
 
     def test_default(self):
+        """
+        Without --ffmpeg the system binary is preferred over the bundled one.
+        """
         path = findFFmpeg()
         self.assertTrue(os.access(path, os.X_OK))
         if "system" in BINARIES:
@@ -129,6 +142,11 @@ class CommandLineTests(unittest.TestCase):
         return args[args.index(name) + 1]
 
     def test_cpu(self):
+        """
+        Without a GPU the command scales on the CPU with libx264 at go-livepeer's
+        rate control (CBR-like bitrate, veryfast, forced IDR), each profile's
+        frame rate and muxer, and its H.264 profile's B-frames and GOP.
+        """
         args = self.command(None)
         self.assertEqual(args[0], "/usr/bin/ffmpeg")
         self.assertNotIn("-hwaccel", args)
@@ -161,6 +179,11 @@ class CommandLineTests(unittest.TestCase):
         self.assertEqual(self.option(third, "-g"), "30")
 
     def test_nvidia(self):
+        """
+        With a GPU the command decodes with CUDA on that device, scales with
+        scale_cuda and encodes with h264_nvenc on the same GPU; the default
+        profile gets no B-frames on NVENC.
+        """
         args = self.command("1")
         inputAt = args.index("-i")
         self.assertEqual(self.option(args, "-hwaccel"), "cuda")
@@ -200,6 +223,9 @@ class CommandLineTests(unittest.TestCase):
         self.assertNotIn("-fpsprobesize", self.command(None))
 
     def test_intraOnly(self):
+        """
+        A GOP of -1 (intra only) becomes -g 1, and a single profile needs no split.
+        """
         args = buildCommand("ffmpeg", "in.ts", ["o.ts"], [Profile("i", 320, 240, 1000, gop=-1)])
         self.assertEqual(self.option(args, "-g"), "1")
         self.assertNotIn("split", self.option(args, "-filter_complex"))
@@ -549,6 +575,10 @@ class StubbornProcessTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_timeout(self):
+        """
+        A transcode that runs past its timeout fails with that reason and
+        leaves no process or work file behind.
+        """
         d = self.transcoder.transcode(b"segment", [PRESETS["P144p30fps16x9"]], timeout=0.1)
         failure = yield self.assertFailure(d, TranscodeError)
         self.assertEqual(str(failure), "transcode timed out after 0.1s")
@@ -578,15 +608,25 @@ class InvalidRequestTests(unittest.TestCase):
         self.transcoder = FFmpegTranscoder(reactor, "/nonexistent/ffmpeg", self.workDir)
 
     def test_noProfiles(self):
+        """
+        A transcode with no profiles is refused rather than run for nothing.
+        """
         return self.assertFailure(self.transcoder.transcode(b"x", []), TranscodeError)
 
     def test_badDevice(self):
+        """
+        A device id that is not a number is refused before it reaches a command line.
+        """
         return self.assertFailure(
             self.transcoder.transcode(b"x", [PRESETS["P144p30fps16x9"]], device="0; rm"), TranscodeError
         )
 
     @defer.inlineCallbacks
     def test_missingExecutable(self):
+        """
+        An FFmpeg that vanished since start-up fails the task with its path
+        named, and leaves no work file behind.
+        """
         failure = yield self.assertFailure(
             self.transcoder.transcode(b"x", [PRESETS["P144p30fps16x9"]]), TranscodeError
         )

@@ -231,11 +231,11 @@ def passStartUpTest(monkeypatch):
     async def nothing(*args):
         return None
 
-    async def testClip(*args):
+    async def fakeTestClip(*args):
         return b"test clip"
 
     monkeypatch.setattr(gpucheck, "listNvidiaDevices", nothing)
-    monkeypatch.setattr(gpucheck, "makeTestClip", testClip)
+    monkeypatch.setattr(gpucheck, "makeTestClip", fakeTestClip)
     monkeypatch.setattr(gpucheck, "checkDevices", nothing)
 
 
