@@ -13,7 +13,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from e2e import assertNewTranscoderServes, getURL, mintToken, postSegment, tlsContext
+from e2e import assertNewTranscoderServes, getURL, mintToken, postSegment, segmentHeaders, tlsContext
 
 ATTACK = [b"GET /healthz HTTP/1.1\r\n", b"Host: orchestrator\r\n", b"a header line without a colon\r\n",
           b"Connection: close\r\n", b"\r\n", b"x" * 40_000]
@@ -183,20 +183,32 @@ def test_stalled_upload_is_closed_and_its_memory_returned(nodes):
     another that does not fit gets 503 before its body is read. When the
     stalled connection goes quiet past --idleTimeout it is closed, the budget
     and the memory return, and a gateway is served again.
+
+    The stalled upload is a valid segment for a transcoder that takes whole
+    segments (C{--noStreaming}): the orchestrator keeps its body until the
+    last byte, the most memory one upload can hold. (A segment whose
+    headers are refused has its body dropped as it arrives.)
     """
     orchestrator = nodes.startOrchestrator(
         idleTimeout=2, maxSegmentSize=50_000_000, uploadMemoryPerAddress=60_000_000, uploadMemory=60_000_000,
         monitor=True)
+    offset = orchestrator.logOffset()
+    nodes.startTranscoder(orchestrator, maxSessions=2, noStreaming=True)
+    orchestrator.waitForLog(r"Successful transcoder registration", since=offset)
     context = tlsContext(orchestrator)
     assert getURL(orchestrator, "/healthz")[0] == 200
     # The baseline is taken in steady state: one whole upload first starts
     # what the first body starts once (the hashing threads, TLS buffers).
-    assert postSegment(orchestrator, b"\x47" * 4_000_000, authToken=mintToken(orchestrator))[0] == 200
+    assert postSegment(orchestrator, b"\x47" * 4_000_000, authToken=mintToken(orchestrator),
+                       manifestId=b"warm-up")[0] == 200
     baselineMemory = residentBytes(orchestrator)
 
     stalled = tlsConnect(orchestrator, context)
-    stalled.sendall(b"POST /segment HTTP/1.1\r\nHost: o\r\nContent-Length: 50000000\r\n\r\n")
-    stalled.sendall(b"\x47" * 40_000_000)
+    body = b"\x47" * 50_000_000
+    headers = segmentHeaders(orchestrator, body, authToken=mintToken(orchestrator), manifestId=b"stalled")
+    stalled.sendall(b"POST /segment HTTP/1.1\r\nHost: o\r\nContent-Length: 50000000\r\n"
+                    + b"".join(f"{name}: {value}\r\n".encode() for name, value in headers.items()) + b"\r\n")
+    stalled.sendall(body[:40_000_000])
     waitUntil(lambda: metric(orchestrator, "livepeer_http_upload_bytes_held") == 50_000_000, 10, "50 MB held")
     peakMemory = waitUntil(lambda: (m := residentBytes(orchestrator)) > baselineMemory + 35_000_000 and m,
                            10, "the stalled body in memory")
@@ -215,9 +227,10 @@ def test_stalled_upload_is_closed_and_its_memory_returned(nodes):
     finalMemory = waitUntil(lambda: (m := residentBytes(orchestrator)) < baselineMemory + 25_000_000 and m,
                             40, "memory returned")
     print(f"resident memory: baseline {baselineMemory}, stalled {peakMemory}, after {finalMemory}")
-    # No transcoder: a token from before (GetOrchestrator would refuse) gets a
-    # 200 answer with go-livepeer's error.
-    status, body = postSegment(orchestrator, b"\x47" * 188_000, authToken=mintToken(orchestrator))
+    # Served again: the transcoder's answer to a segment of 0x47 bytes
+    # (not video) is a 200 with go-livepeer's error inside.
+    status, answer = postSegment(orchestrator, b"\x47" * 188_000, authToken=mintToken(orchestrator),
+                                 manifestId=b"after")
     assert status == 200
     assert "Traceback" not in orchestrator.logText()
 

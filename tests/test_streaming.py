@@ -600,6 +600,32 @@ def test_arrivingSegmentKeepsWhatArrived():
     outcome(waiting).trap(UploadCancelled)
 
 
+@pytest.mark.parametrize("declared", [None, 700_000, 300_000], ids=["unknown", "declared", "outgrown"])
+def test_arrivingSegmentKeepsEveryByteHoweverItIsHeld(declared):
+    """
+    Whether the size was declared (the bytes go into a memory map of that
+    size), unknown, or outgrown by the bytes that came (the map's bytes then
+    join the pieces), a late follower and the whole segment get exactly the
+    bytes that arrived, in order; the replay to a late follower comes in
+    pieces of at most C{REPLAY_PIECE_BYTES}.
+    """
+    pieces = [bytes([n % 251]) * 65_536 for n in range(10)] + [b"tail"]
+    segment = ArrivingSegment(declared)
+    for piece in pieces[:7]:
+        segment.write(piece)
+    late = RecordingFollower()
+    late.sizes = []
+    late.write = lambda data: (late.sizes.append(len(data)), setattr(late, "data", late.data + bytes(data)))
+    segment.follow(late)
+    for piece in pieces[7:]:
+        segment.write(piece)
+    segment.end()
+    whole = b"".join(pieces)
+    assert late.data == whole and late.ended
+    assert max(late.sizes) <= ArrivingSegment.REPLAY_PIECE_BYTES
+    assert segment.data == whole and segment.received == len(whole)
+
+
 class RecordingFollower:
     """
     Follows an L{ArrivingSegment}: what it was handed, and whether it ended.

@@ -18,6 +18,7 @@ elsewhere starts from the bytes kept so far. An upload that is cancelled
 """
 
 import itertools
+import mmap
 from dataclasses import dataclass, replace
 
 from twisted.internet import defer
@@ -70,9 +71,17 @@ class UploadCancelled(Exception):
 
 class ArrivingSegment:
     """
-    A segment's bytes as they arrive from the gateway: kept, as the pieces
-    they came in (for a retry elsewhere, or a transcoder that takes whole
-    segments), and handed on to whoever follows them.
+    A segment's bytes as they arrive from the gateway: kept (for a retry
+    elsewhere, or a transcoder that takes whole segments) and handed on to
+    whoever follows them.
+
+    A segment of declared size is kept in an anonymous memory map of that
+    size: its pages are used only as bytes arrive, and they go back to the
+    system when the segment is dropped. (Kept as many small pieces instead,
+    a stalled or abandoned upload would leave its memory on the allocator's
+    heap, where the process's resident size never shrinks again.) A segment
+    of unknown size, or one that outgrows its declared size, is kept as
+    the pieces it came in.
 
     @ivar size: the declared size in bytes, or L{None} when unknown.
     @ivar received: the bytes received so far.
@@ -82,12 +91,16 @@ class ArrivingSegment:
     @ivar cancelled: a L{Deferred} that fires (with L{None}) if it is.
     """
 
+    #: The pieces a follower that comes late (a retry) gets the bytes so far in.
+    REPLAY_PIECE_BYTES = 256 * 1024
+
     def __init__(self, size=None):
         self.size = size
         self.received = 0
         self.ended = False
         self.aborted = False
         self.cancelled = defer.Deferred()
+        self._buffer = None
         self._pieces = []
         self._followers = []
         self._waiting = []
@@ -98,8 +111,15 @@ class ArrivingSegment:
         """
         if self.ended or self.aborted:
             return
-        self._pieces.append(data)
-        self.received += len(data)
+        end = self.received + len(data)
+        if self.size and end <= self.size and not self._pieces:
+            if self._buffer is None:
+                self._buffer = mmap.mmap(-1, self.size)
+            self._buffer[self.received:end] = data
+        else:
+            self._spill()
+            self._pieces.append(data)
+        self.received = end
         for follower in list(self._followers):
             follower.write(data)
 
@@ -124,6 +144,7 @@ class ArrivingSegment:
         if self.aborted:
             return
         self.aborted = True
+        self._buffer = None
         self._pieces = []
         self._followers = []
         self._fire(lambda d: d.errback(UploadCancelled()))
@@ -141,9 +162,19 @@ class ArrivingSegment:
         """
         if not self.ended or self.aborted:
             raise ValueError("the segment is not all in")
+        self._spill()
         if len(self._pieces) != 1:
             self._pieces = [b"".join(self._pieces)]
         return self._pieces[0]
+
+    def _spill(self):
+        """
+        Keep the bytes in the memory map as one piece from now on (and let
+        the map go).
+        """
+        if self._buffer is not None:
+            self._pieces.insert(0, self._buffer[:self.received])
+            self._buffer = None
 
     def follow(self, follower):
         """
@@ -153,6 +184,9 @@ class ArrivingSegment:
         """
         if self.aborted:
             return
+        if self._buffer is not None:
+            for offset in range(0, self.received, self.REPLAY_PIECE_BYTES):
+                follower.write(self._buffer[offset:min(self.received, offset + self.REPLAY_PIECE_BYTES)])
         for piece in self._pieces:
             follower.write(piece)
         if self.ended:
