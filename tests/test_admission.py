@@ -44,7 +44,7 @@ def video(name="p", width=640, height=360, bitrate=1_000_000, fps=30, fpsDen=1, 
     return pb.VideoProfile(name=name, width=width, height=height, bitrate=bitrate, fps=fps, fpsDen=fpsDen, gop=gop)
 
 
-def test_reused_manifest_id_from_elsewhere_is_another_session():
+def test_reusedManifestIdFromElsewhereIsAnotherSession():
     """
     The attack: a stranger reuses a victim's manifest id (visible in every
     rendition URL). It lands in a session of its own: the victim's stored
@@ -68,7 +68,7 @@ def test_reused_manifest_id_from_elsewhere_is_another_session():
     assert link.tasks[-1][1].sessionId == victimSession
 
 
-def test_one_address_cannot_fill_the_node():
+def test_oneAddressCannotFillTheNode():
     """
     The attack: 31 one-segment requests with fresh manifest ids from one
     address against a 32-session node. Off-chain, one address gets at most
@@ -92,7 +92,7 @@ def test_one_address_cannot_fill_the_node():
     assert served(app, resource, link, client="203.0.113.5", manifestId=b"fresh-0", seq=1)
 
 
-def test_per_address_cap_is_an_option_and_off_for_paid_work():
+def test_perAddressCapIsAnOptionAndOffForPaidWork():
     """
     --maxSessionsPerAddress sets the cap; when segments are paid for (a
     price above 0) sessions are not limited per address.
@@ -152,7 +152,7 @@ def customRefused(resource, link, profiles, **options):
     ([video(gop=-5)], b"invalid profile GOP -5"),
     ([video(gop=2 ** 31 - 1)], b"invalid profile GOP"),
 ])
-def test_unbounded_profiles_refused_before_any_work(profiles, text):
+def test_unboundedProfilesRefusedBeforeAnyWork(profiles, text):
     """
     The attacks: hundreds of profiles (E2BIG at the FFmpeg exec), duplicate
     names (one rendition overwrites the other), control characters and
@@ -167,7 +167,7 @@ def test_unbounded_profiles_refused_before_any_work(profiles, text):
     assert served(app, resource, link)
 
 
-def test_real_ladders_still_accepted():
+def test_realLaddersStillAccepted():
     """
     Every go-livepeer preset, fps 0 (keep the input's, as in go-livepeer),
     NTSC rates, intra-only and 2 s GOPs, unnamed profiles and a 4K rung on
@@ -188,7 +188,7 @@ def test_real_ladders_still_accepted():
         Profile.fromDict(dict(PRESETS["P240p30fps16x9"].toDict(), name="a\nb"))
 
 
-def test_seq_and_duration_bounds():
+def test_seqAndDurationBounds():
     """
     seq -2^63 is refused ("invalid seq"); a duration over 5 minutes gets
     go-livepeer's "invalid duration"; a 300,000 ms segment is accepted but
@@ -217,7 +217,7 @@ class ExplodingStore:
 
 
 @pytest.mark.parametrize("breakIt", ["store", "pixels"])
-def test_failure_after_the_200_still_answers_a_transcode_result(breakIt):
+def test_failureAfterThe200StillAnswersATranscodeResult(breakIt):
     """
     The attack: something raises after the 200 status line went out (a
     failing store, or a transcoder's pixel count of 2^70). The gateway gets a
@@ -248,7 +248,7 @@ def test_failure_after_the_200_still_answers_a_transcode_result(breakIt):
     assert served(app, resource, link, seq=5)
 
 
-def test_health_in_status_and_metrics():
+def test_healthInStatusAndMetrics():
     """
     The CLI /status shows each transcoder's health; /metrics counts failures
     by kind and the transcoders cooling off.
@@ -273,7 +273,7 @@ def test_health_in_status_and_metrics():
     assert registry.get_sample_value("livepeer_transcoders_cooling_off") == 0
 
 
-def test_max_sessions_per_address_option(tmp_path):
+def test_maxSessionsPerAddressOption(tmp_path):
     """
     --maxSessionsPerAddress takes 'auto' (the default) or a number above 0.
     """

@@ -29,7 +29,7 @@ def writeFile(path, text, mode):
     return str(path)
 
 
-def test_preventCoreDumps_clears_dumpable_and_core_limit():
+def test_preventCoreDumpsClearsDumpableAndCoreLimit():
     """
     After L{preventCoreDumps} the process is no longer dumpable
     (C{PR_GET_DUMPABLE} reads 0) and its hard core size limit is 0.
@@ -41,7 +41,7 @@ def test_preventCoreDumps_clears_dumpable_and_core_limit():
     assert output == ["1", "1", "0", "0"]
 
 
-def test_orchestrator_process_cannot_dump_core(nodes):
+def test_orchestratorProcessCannotDumpCore(nodes):
     """
     A running orchestrator holds the secret and the TLS key: its core limit is 0.
     """
@@ -52,7 +52,7 @@ def test_orchestrator_process_cannot_dump_core(nodes):
 
 
 @pytest.mark.parametrize("ownKey", [True, False])
-def test_readable_tls_key_is_a_usage_error(tmp_path, ownKey):
+def test_readableTlsKeyIsAUsageError(tmp_path, ownKey):
     """
     A group- or world-readable key (the operator's --tlsKey, or the
     self-signed key in --dataDir) is refused while the options are parsed,
@@ -71,7 +71,7 @@ def test_readable_tls_key_is_a_usage_error(tmp_path, ownKey):
         orchestratorTap.Options().parseOptions(arguments)
 
 
-def test_twistd_reports_a_readable_key_without_a_traceback(tmp_path, nodes):
+def test_twistdReportsAReadableKeyWithoutATraceback(tmp_path, nodes):
     """
     Through the real twistd, the refusal is one usage line and a failing exit.
     """
@@ -90,7 +90,7 @@ def test_twistd_reports_a_readable_key_without_a_traceback(tmp_path, nodes):
 
 
 @pytest.mark.parametrize("name", ["orchestrator", "transcoder"])
-def test_units_allow_no_core_and_enough_descriptors(name):
+def test_unitsAllowNoCoreAndEnoughDescriptors(name):
     """
     Issue 7: systemd's default of 1024 descriptors was filled by a thousand
     leaked sockets, and a core dump held the secret. Both units set

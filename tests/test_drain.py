@@ -57,7 +57,7 @@ def fired(d):
     return results
 
 
-def test_drain_waits_for_the_work_then_fires(events):
+def test_drainWaitsForTheWorkThenFires(events):
     """
     A drain tells its target, fires with True once the target has no work,
     and a later start fires at once with the same outcome.
@@ -76,7 +76,7 @@ def test_drain_waits_for_the_work_then_fires(events):
     assert any("Drained in 5.1 s" in t for t in texts(events))
 
 
-def test_drain_times_out_and_can_be_resumed_unless_final(events):
+def test_drainTimesOutAndCanBeResumedUnlessFinal(events):
     """
     A drain whose work does not end fires with False at its timeout; a
     resumed drain gives the target its work back; a final one (before a
@@ -110,7 +110,7 @@ class StoppingReactor:
         self.stops += 1
 
 
-def test_graceful_stop_drains_first_and_a_second_signal_stops_at_once():
+def test_gracefulStopDrainsFirstAndASecondSignalStopsAtOnce():
     """
     The first stop signal waits for the drain; a second one does not.
     """
@@ -151,7 +151,7 @@ def post(resource, fields=None, headers=None):
     return request.responseCode or 200, body
 
 
-def test_orchestrator_drain_finishes_segments_in_flight_and_refuses_new_sessions(events):
+def test_orchestratorDrainFinishesSegmentsInFlightAndRefusesNewSessions(events):
     """
     While draining, the orchestrator admits no session (GetOrchestrator and
     segments see a capped pool), C{/healthz} answers 503 and C{/status}
@@ -185,7 +185,7 @@ def test_orchestrator_drain_finishes_segments_in_flight_and_refuses_new_sessions
     assert drainOutcome == [True] and app.fullStatus()["Drained"] is True
 
 
-def test_orchestrator_drain_gives_up_on_downloads_after_the_pickup_time():
+def test_orchestratorDrainGivesUpOnDownloadsAfterThePickupTime():
     """
     Renditions nobody downloads hold the drain for the pickup time only.
     """
@@ -202,7 +202,7 @@ def test_orchestrator_drain_gives_up_on_downloads_after_the_pickup_time():
     assert drainOutcome == [True]
 
 
-def test_orchestrator_cli_actions(events):
+def test_orchestratorCliActions(events):
     """
     C{POST /setMaxSessions} takes a number or C{auto} (go-livepeer's form
     field), C{POST /drain} and C{POST /resume} act on the drain; bad input
@@ -239,7 +239,7 @@ def test_orchestrator_cli_actions(events):
     assert any("maxSessions set to 2 by the CLI port" in t for t in texts(events))
 
 
-def test_parse_max_sessions():
+def test_parseMaxSessions():
     """
     A transcoder's capacity is a whole number; an orchestrator's may be auto.
     """
@@ -257,7 +257,7 @@ def test_parse_max_sessions():
 # --- transcoders ------------------------------------------------------------------------------------
 
 
-def test_transcoder_drain_finishes_its_task_and_closes_cleanly(events):
+def test_transcoderDrainFinishesItsTaskAndClosesCleanly(events):
     """
     A draining transcoder tells the orchestrator, which sends it no more
     segments (its session moves to another transcoder) and acknowledges;
@@ -291,7 +291,7 @@ def test_transcoder_drain_finishes_its_task_and_closes_cleanly(events):
                for t in logged)
 
 
-def test_transcoder_drain_with_an_orchestrator_that_does_not_know_it():
+def test_transcoderDrainWithAnOrchestratorThatDoesNotKnowIt():
     """
     An orchestrator that lists no C{drain} feature gets no drain message
     (it would take it for a protocol error): the transcoder closes once idle.
@@ -309,7 +309,7 @@ def test_transcoder_drain_with_an_orchestrator_that_does_not_know_it():
     assert len(leaving.link.closeCodes) == 1 and leaving.link.isDrained() and harness.live == []
 
 
-def test_capacity_change_reaches_the_orchestrator(events):
+def test_capacityChangeReachesTheOrchestrator(events):
     """
     A transcoder's new capacity goes to the orchestrator, which routes by it
     and shows it in C{/status}; a capacity out of range is a protocol error.
@@ -328,7 +328,7 @@ def test_capacity_change_reaches_the_orchestrator(events):
     assert first.link.closeCodes == [wsproto.CLOSE_PROTOCOL_ERROR] and len(harness.live) == 1
 
 
-def test_worker_capacity_changes_while_segments_run():
+def test_workerCapacityChangesWhileSegmentsRun():
     """
     A higher capacity starts queued segments at once; a lower one lets the
     running ones finish and holds the queue to the new limit.
@@ -349,7 +349,7 @@ def test_worker_capacity_changes_while_segments_run():
     assert worker.pending == 0 and worker.running == 0
 
 
-def test_transcoder_cli_set_max_sessions():
+def test_transcoderCliSetMaxSessions():
     """
     The transcoder's C{POST /setMaxSessions} takes a whole number (not
     C{auto}) and shows it in C{/status}.
@@ -363,7 +363,7 @@ def test_transcoder_cli_set_max_sessions():
     assert post(action, {"maxSessions": "auto"})[0] == 400 and node.capacity == 6
 
 
-def test_segments_during_a_drain(events):
+def test_segmentsDuringADrain(events):
     """
     Through the segment pipeline: a segment taken before the drain counts
     as in flight until answered, and is answered with its renditions; a
@@ -393,7 +393,7 @@ def test_segments_during_a_drain(events):
     assert drainOutcome == [True]
 
 
-def test_units_reload_and_outlast_the_drain():
+def test_unitsReloadAndOutlastTheDrain():
     """
     Both systemd units send SIGHUP for C{systemctl reload}, and give a stop
     more time than the default drain; every option of both daemons is in
@@ -427,7 +427,7 @@ class DrainStartsDuringTheHandshake(TranscoderClientProtocol):
         super().onOpen()
 
 
-def test_drain_during_the_opening_handshake_closes_without_registering():
+def test_drainDuringTheOpeningHandshakeClosesWithoutRegistering():
     """
     A drain that starts while the WebSocket is being opened closes it as
     soon as it opens, without registering, so the drain completes.

@@ -63,7 +63,7 @@ def transcoderThatStarted(transcoders, timeout=30):
 
 
 @shared
-def test_registration_transcode_and_renditions(sharedNodes, clip720, tmp_path):
+def test_registrationTranscodeAndRenditions(sharedNodes, clip720, tmp_path):
     """
     A transcoder registers with its capacity, a clip pushed through the
     orchestrator comes back as renditions of the right size, frame count and
@@ -93,7 +93,7 @@ def test_registration_transcode_and_renditions(sharedNodes, clip720, tmp_path):
 
 
 @shared
-def test_status_is_public_safe_and_metrics(sharedNodes):
+def test_statusIsPublicSafeAndMetrics(sharedNodes):
     """
     The public /status tells capacity but no secret and no transcoder
     addresses; the CLI /status lists transcoders; /metrics uses go-livepeer's names.
@@ -116,7 +116,7 @@ def test_status_is_public_safe_and_metrics(sharedNodes):
 
 
 @shared
-def test_public_port_negotiates_h2_then_http11(sharedNodes):
+def test_publicPortNegotiatesH2ThenHttp11(sharedNodes):
     """
     The public port offers h2 first in ALPN (gRPC and stock gateways), and
     HTTP/1.1 to clients that offer only that (our WebSocket transcoders) or
@@ -139,7 +139,7 @@ def test_public_port_negotiates_h2_then_http11(sharedNodes):
 
 
 
-def test_transcoder_killed_mid_segment(nodes, segment2s, tmp_path):
+def test_transcoderKilledMidSegment(nodes, segment2s, tmp_path):
     """
     A transcoder killed while it holds a segment: the segment is transcoded
     by the other transcoder and the gateway gets its renditions.
@@ -170,7 +170,7 @@ def test_transcoder_killed_mid_segment(nodes, segment2s, tmp_path):
     assert survivor.running and "Transcoding taskId=" in survivor.logText()
 
 
-def test_orchestrator_restart_transcoders_come_back(nodes, segment2s):
+def test_orchestratorRestartTranscodersComeBack(nodes, segment2s):
     """
     After an orchestrator restart, transcoders reconnect by themselves (the
     certificate is kept, so the pinned fingerprint still matches), and a
@@ -195,11 +195,11 @@ def test_orchestrator_restart_transcoders_come_back(nodes, segment2s):
 
 
 @shared
-def test_bad_gateway_input(sharedNodes, segment2s):
+def test_badGatewayInput(sharedNodes, segment2s):
     """
     Malformed headers, a wrong hash, an oversized body and a bad payment get
     go-livepeer's status codes; the orchestrator keeps serving. (Without a
-    transcoder, the gateway's error is C{test_ingress.test_no_transcoders}
+    transcoder, the gateway's error is C{test_ingress.test_noTranscoders}
     and C{test_orchservice.test_getOrchestratorWithoutTranscoders}.)
     """
     _, orchestrator, _ = sharedNodes
@@ -270,7 +270,7 @@ def makeCertificateChain(directory):
     return paths
 
 
-def test_operator_certificate_chain_verified_by_ca(nodes, tmp_path):
+def test_operatorCertificateChainVerifiedByCa(nodes, tmp_path):
     """
     With an operator's chain (leaf + intermediate), a transcoder that trusts
     only the root CA verifies the orchestrator, host name included.
@@ -284,7 +284,7 @@ def test_operator_certificate_chain_verified_by_ca(nodes, tmp_path):
 
 
 @shared
-def test_untrusted_certificate_is_refused(sharedNodes):
+def test_untrustedCertificateIsRefused(sharedNodes):
     """
     By default a transcoder verifies the orchestrator: a self-signed
     certificate it was not told to trust is refused, and it never registers.
@@ -315,7 +315,7 @@ def ffmpegChildren(node, timeout=30):
     raise AssertionError("FFmpeg was not running")
 
 
-def test_transcoder_shutdown_leaves_no_ffmpeg_or_files(nodes, segment2s, tmp_path):
+def test_transcoderShutdownLeavesNoFfmpegOrFiles(nodes, segment2s, tmp_path):
     """
     A second SIGTERM while a segment is transcoding (the first one started a
     drain that waits for it): FFmpeg is killed and reaped, the work

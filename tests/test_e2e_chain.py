@@ -21,7 +21,7 @@ def chain():
         yield pair
 
 
-def test_onchain_orchestrator_rewards_and_requires_payment(nodes, chain, segment2s, tmp_path):
+def test_onchainOrchestratorRewardsAndRequiresPayment(nodes, chain, segment2s, tmp_path):
     """
     With a keystore and --network custom, the orchestrator calls reward for
     the current round, keeps routing to transcoders, answers a funded

@@ -187,7 +187,7 @@ def sendHostileFrame(rng, client):
         client.sendFrame(0x2, payload)
 
 
-def test_fuzzed_http_and_transcoder_input(nodes, segment2s):
+def test_fuzzedHttpAndTranscoderInput(nodes, segment2s):
     """
     Hundreds of seeded hostile inputs (more with LIVEPEER_FUZZ_ROUNDS)
     leave no traceback and no leaked descriptor, and the node still

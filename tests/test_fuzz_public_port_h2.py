@@ -135,7 +135,7 @@ def deliver(rng, client, corrupt):
             return
 
 
-def test_fuzzed_http2_and_grpc_on_the_public_port(events):
+def test_fuzzedHttp2AndGrpcOnThePublicPort(events):
     """
     Hundreds of seeded hostile HTTP/2 connections leave no failure logged and
     nothing held, and a gateway is then served over HTTP/2.

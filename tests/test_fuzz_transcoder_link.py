@@ -138,7 +138,7 @@ def hostileMessage(rng):
     return os.urandom(rng.randrange(1, 300))
 
 
-def test_fuzzed_orchestrator_messages_to_the_transcoder(events):
+def test_fuzzedOrchestratorMessagesToTheTranscoder(events):
     """
     Hundreds of seeded sessions of hostile orchestrator frames: no failure
     is logged, every connection ends with its buffers dropped and no task
@@ -173,7 +173,7 @@ def test_fuzzed_orchestrator_messages_to_the_transcoder(events):
     assert len(result.renditions) == 2
 
 
-def test_numbers_that_overflow_a_float_are_a_protocol_error():
+def test_numbersThatOverflowAFloatAreAProtocolError():
     """
     C{1e999} parses to infinity, which no integer field can take: it is
     refused with the message, whoever sent it, and a profile holding one is

@@ -54,7 +54,7 @@ def transcoderOptions(argv, environ=None):
     return options
 
 
-def test_go_booleans():
+def test_goBooleans():
     """
     Go's C{strconv.ParseBool} spellings, and nothing else.
     """
@@ -67,7 +67,7 @@ def test_go_booleans():
             parseGoBool(text)
 
 
-def test_env_names():
+def test_envNames():
     """
     ff's names: C{LP_} and the flag upper-cased.
     """
@@ -81,7 +81,7 @@ def test_env_names():
     ["--orchSecret", "{secret}", "--maxSessions=4", "--monitor=true", "--cliAddr", "127.0.0.1:7000"],
     ["-orchSecret={secret}", "-monitor", "true", "--maxSessions", "4", "-cliAddr", "127.0.0.1:7000"],
 ])
-def test_single_and_double_dashes(tmp_path, secret, argv):
+def test_singleAndDoubleDashes(tmp_path, secret, argv):
     """
     One or two dashes, C{=} or a separate value: the same options.
     """
@@ -103,7 +103,7 @@ def test_single_and_double_dashes(tmp_path, secret, argv):
     (["--monitor", "false"], False),
     (["-monitor", "-monitor=false"], False),
 ])
-def test_boolean_flag_spellings(tmp_path, secret, argv, expected):
+def test_booleanFlagSpellings(tmp_path, secret, argv, expected):
     """
     A boolean flag alone means true; C{=value} and a following boolean word
     set it either way; the last one wins.
@@ -111,7 +111,7 @@ def test_boolean_flag_spellings(tmp_path, secret, argv, expected):
     assert bool(orchestratorOptions(tmp_path, ["-orchSecret", secret] + argv)["monitor"]) is expected
 
 
-def test_boolean_flag_refuses_other_words(tmp_path, secret):
+def test_booleanFlagRefusesOtherWords(tmp_path, secret):
     """
     A boolean given a value that is no Go boolean is refused, naming the flag.
     """
@@ -133,7 +133,7 @@ def test_boolean_flag_refuses_other_words(tmp_path, secret):
     ([], {"LP_REWARD": "false"}, "off"),
     (["-reward"], {"LP_REWARD": "false"}, "on"),
 ])
-def test_reward_takes_go_booleans(tmp_path, secret, argv, environ, expected):
+def test_rewardTakesGoBooleans(tmp_path, secret, argv, environ, expected):
     """
     go-livepeer's C{-reward} is a boolean whose absence means auto; here it
     is C{on}/C{off}/C{auto}, and the Go spellings map onto it.
@@ -141,7 +141,7 @@ def test_reward_takes_go_booleans(tmp_path, secret, argv, environ, expected):
     assert orchestratorOptions(tmp_path, ["-orchSecret", secret] + argv, environ)["reward"] == expected
 
 
-def test_environment_variables(tmp_path, secret):
+def test_environmentVariables(tmp_path, secret):
     """
     C{LP_<FLAG>} sets an option; an empty one or one naming no option is
     ignored.
@@ -156,7 +156,7 @@ def test_environment_variables(tmp_path, secret):
     assert options.sources["maxSessions"] == "environment variable LP_MAXSESSIONS"
 
 
-def test_precedence_command_line_over_environment_over_file(tmp_path, secret):
+def test_precedenceCommandLineOverEnvironmentOverFile(tmp_path, secret):
     """
     Each option comes from the command line if it is there, else from the
     environment, else from the file.
@@ -176,7 +176,7 @@ def test_precedence_command_line_over_environment_over_file(tmp_path, secret):
     assert options.sources["cliAddr"] == "command line"
 
 
-def test_command_line_config_overrides_lp_config(tmp_path, secret):
+def test_commandLineConfigOverridesLpConfig(tmp_path, secret):
     """
     C{-config} on the command line names the file even when C{LP_CONFIG} is
     set, as for any other option.
@@ -188,7 +188,7 @@ def test_command_line_config_overrides_lp_config(tmp_path, secret):
     assert options["config"] == chosen
 
 
-def test_config_file_syntax(tmp_path):
+def test_configFileSyntax(tmp_path):
     """
     ff's plain format: blank lines and C{#} lines skipped, the value is the
     rest of the line up to a C{ #}, a flag alone is C{true}, leading dashes
@@ -211,7 +211,7 @@ def test_config_file_syntax(tmp_path):
     ]
 
 
-def test_config_file_booleans_and_lp_names(tmp_path, secret):
+def test_configFileBooleansAndLpNames(tmp_path, secret):
     """
     In a file, a boolean takes Go's words or stands alone, and an option may
     be named by its C{LP_} variable, as ff allows.
@@ -223,7 +223,7 @@ def test_config_file_booleans_and_lp_names(tmp_path, secret):
     assert options["initializeRound"]
 
 
-def test_config_file_errors_name_file_and_line(tmp_path, secret):
+def test_configFileErrorsNameFileAndLine(tmp_path, secret):
     """
     An unknown line, a bad boolean, a missing file: refused, naming the file,
     the line and the option.
@@ -241,7 +241,7 @@ def test_config_file_errors_name_file_and_line(tmp_path, secret):
         orchestratorOptions(tmp_path, ["-config", nested])
 
 
-def test_unsupported_go_livepeer_options_are_named(tmp_path, secret):
+def test_unsupportedGoLivepeerOptionsAreNamed(tmp_path, secret):
     """
     A go-livepeer flag with no equivalent is refused as such, wherever it
     comes from; a name go-livepeer does not know either is called unknown.
@@ -269,7 +269,7 @@ def test_unsupported_go_livepeer_options_are_named(tmp_path, secret):
     (["-autoAdjustPrice"], "does not adjust -pricePerUnit"),
     (["-startupAvailabilityCheck=true"], "does not call itself"),
 ])
-def test_orchestrator_role_flags(tmp_path, secret, argv, message):
+def test_orchestratorRoleFlags(tmp_path, secret, argv, message):
     """
     Role flags are accepted when they describe this daemon and refused,
     saying why, when they ask for another role.
@@ -278,7 +278,7 @@ def test_orchestrator_role_flags(tmp_path, secret, argv, message):
         orchestratorOptions(tmp_path, ["-orchSecret", secret] + argv)
 
 
-def test_orchestrator_accepts_its_own_role(tmp_path, secret):
+def test_orchestratorAcceptsItsOwnRole(tmp_path, secret):
     """
     C{-orchestrator}, C{-transcoder=false}, C{-gateway=false}: fine.
     """
@@ -287,7 +287,7 @@ def test_orchestrator_accepts_its_own_role(tmp_path, secret):
     assert options["orchSecret"] == secret
 
 
-def test_transcoder_role_flags(secret):
+def test_transcoderRoleFlags(secret):
     """
     The transcoder takes C{-transcoder} and C{-testTranscoder}, refuses
     C{-orchestrator} and turning its hardware test off.
@@ -302,7 +302,7 @@ def test_transcoder_role_flags(secret):
         transcoderOptions(["-transcoder=false"] + base)
 
 
-def test_transcoder_refuses_ethereum_options_from_file(tmp_path, secret):
+def test_transcoderRefusesEthereumOptionsFromFile(tmp_path, secret):
     """
     The Ethereum options stay refused on a transcoder from a file too.
     """
@@ -311,7 +311,7 @@ def test_transcoder_refuses_ethereum_options_from_file(tmp_path, secret):
         transcoderOptions(["-config", config])
 
 
-def test_datadir_alias_and_verbosity(tmp_path, secret):
+def test_datadirAliasAndVerbosity(tmp_path, secret):
     """
     go-livepeer's deprecated C{-datadir} is C{--dataDir}; C{-v} is the log
     verbosity and must be a number.
@@ -327,7 +327,7 @@ def test_datadir_alias_and_verbosity(tmp_path, secret):
         orchestratorOptions(tmp_path, ["-orchSecret", secret, "-v", "loud"])
 
 
-def test_command_line_errors(tmp_path, secret):
+def test_commandLineErrors(tmp_path, secret):
     """
     A value missing at the end, a positional argument: clear refusals.
     """
@@ -341,7 +341,7 @@ def test_command_line_errors(tmp_path, secret):
 
 @pytest.mark.parametrize("tap", [orchestratorTap, transcoderTap])
 @pytest.mark.parametrize("flag", ["--version", "-version"])
-def test_version_prints_livepeer_tx_version(tap, flag, capsys):
+def test_versionPrintsLivepeerTxVersion(tap, flag, capsys):
     """
     C{--version} prints livepeer-tx's version and exits, before any check
     (and before a config file is read).
@@ -374,7 +374,7 @@ def samplePaths(tmp_path, text, secret):
             .replace("/var/lib/livepeer", str(tmp_path / "lib")))
 
 
-def test_go_livepeer_orchestrator_config_file_runs(tmp_path, secret):
+def test_goLivepeerOrchestratorConfigFileRuns(tmp_path, secret):
     """
     A go-livepeer orchestrator's config file (on-chain, with role flags,
     booleans both ways, an inline comment and C{-v}) sets every option.
@@ -398,7 +398,7 @@ def test_go_livepeer_orchestrator_config_file_runs(tmp_path, secret):
     assert options["verbosityLevel"] == 6
 
 
-def test_go_livepeer_transcoder_config_file_runs(tmp_path, secret):
+def test_goLivepeerTranscoderConfigFileRuns(tmp_path, secret):
     """
     A go-livepeer transcoder's config file sets every option; the
     certificate pin comes from the environment on top of it.
@@ -416,7 +416,7 @@ def test_go_livepeer_transcoder_config_file_runs(tmp_path, secret):
     assert options["fingerprintBytes"] == bytes.fromhex("ab" * 32)
 
 
-def test_reread_reads_the_config_file_again(tmp_path, secret):
+def test_rereadReadsTheConfigFileAgain(tmp_path, secret):
     """
     C{reread} parses the same command line and environment again, with the
     config file as it is now (what a reload applies).

@@ -145,7 +145,7 @@ def postInBackground(orchestrator, segment, token, manifestId, **options):
 # gRPC conformance, with grpcio.
 
 
-def test_grpcio_unary_streaming_and_refusals(port, segment):
+def test_grpcioUnaryStreamingAndRefusals(port, segment):
     """
     GetOrchestrator is refused with go-livepeer's words until a transcoder
     registers over RegisterTranscoder (a server stream); then it answers our
@@ -201,7 +201,7 @@ def test_grpcio_unary_streaming_and_refusals(port, segment):
     assert transcodeResult(outcome["answer"].body).error == "no transcoders available"
 
 
-def test_grpcio_deadline_and_cancellation_end_registrations(port):
+def test_grpcioDeadlineAndCancellationEndRegistrations(port):
     """
     A RegisterTranscoder call whose deadline passes (grpc-timeout), or that
     its client cancels, ends on both sides: the transcoder leaves the pool.
@@ -224,7 +224,7 @@ def test_grpcio_deadline_and_cancellation_end_registrations(port):
     assert port.cliStatus()["RegisteredTranscodersNumber"] == 0
 
 
-def test_grpcio_messages_of_several_mib_and_too_large(port):
+def test_grpcioMessagesOfSeveralMibAndTooLarge(port):
     """
     A 3 MiB request message is served; one over grpc-go's 4 MiB limit gets
     RESOURCE_EXHAUSTED, and the channel goes on.
@@ -237,7 +237,7 @@ def test_grpcio_messages_of_several_mib_and_too_large(port):
         assert ping(pb.PingPong(value=b"again"), timeout=30) == pb.PingPong()
 
 
-def test_grpcio_hundred_concurrent_calls_on_one_connection(port):
+def test_grpcioHundredConcurrentCallsOnOneConnection(port):
     """
     100 GetOrchestrator calls at once on one channel (one HTTP/2 connection,
     the most streams it allows) each get a session of their own.
@@ -274,7 +274,7 @@ def curl(port, tmp_path, path, *options):
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_curl_http2_segment_stream_and_status(port, segment, tmp_path):
+def test_curlHttp2SegmentStreamAndStatus(port, segment, tmp_path):
     """
     curl --http2 posts a segment with a GetOrchestrator token and gets its
     TranscodeResult, downloads a rendition from /stream, and reads /status,
@@ -338,7 +338,7 @@ def readUntilClosed(sock, conn):
     b"\xff\xff\xff\x01\x04\x00\x00\x00\x01" + b"x" * 64,  # a frame far over the size limit
     b"\x00\x00\x08\x06\x00\x00\x00\x00\x01" + b"12345678",  # PING on a stream
 ])
-def test_malformed_http2_frames_end_that_connection_only(port, garbage):
+def test_malformedHttp2FramesEndThatConnectionOnly(port, garbage):
     """
     Frames no HTTP/2 peer may send get GOAWAY and the connection closes;
     another connection is served at once.
@@ -359,7 +359,7 @@ def test_malformed_http2_frames_end_that_connection_only(port, garbage):
     (b"\x01" + frameMessage(b"")[1:], 13, "grpc: compressed flag set with identity or empty encoding"),
     (b"\x00\xff\xff\xff\xff", 8, "grpc: received message larger than max"),
 ])
-def test_malformed_grpc_messages_get_a_status(port, body, code, words):
+def test_malformedGrpcMessagesGetAStatus(port, body, code, words):
     """
     A truncated message, undecodable protobuf, a compressed message, a
     length prefix of 4 GiB: each call ends with its gRPC status, and the
@@ -375,7 +375,7 @@ def test_malformed_grpc_messages_get_a_status(port, body, code, words):
         assert ping.trailers[b"grpc-status"] == b"0"
 
 
-def test_bad_and_expired_tokens_over_http2_and_still_serving(port, segment):
+def test_badAndExpiredTokensOverHttp2AndStillServing(port, segment):
     """
     Over HTTP/2 a segment without a token, with a forged one and with an
     expired one (made with the orchestrator's own key) get go-livepeer's 403
@@ -456,7 +456,7 @@ def checkRenditions(gateway, result, tmp_path, name):
 
 
 @pytest.mark.skipif(ffprobePath() is None, reason="ffprobe is not installed: renditions cannot be probed")
-def test_stock_gateway_and_transcoders_beside_ours(nodes, segment, tmp_path):
+def test_stockGatewayAndTranscodersBesideOurs(nodes, segment, tmp_path):
     """
     A go-livepeer-style gateway asks GetOrchestrator for two sessions and
     posts a segment of each over HTTP/2; the sessions go one to our

@@ -286,7 +286,7 @@ class RunWithTimeoutTests(unittest.TestCase):
     Helper programs of the start-up test cannot hang it.
     """
 
-    def test_hung_program_is_killed(self):
+    def test_hungProgramIsKilled(self):
         """
         A program that does not finish in time is killed and reported.
         """
@@ -296,7 +296,7 @@ class RunWithTimeoutTests(unittest.TestCase):
         return self.assertFailure(d, GPUCheckError).addCallback(
             lambda e: self.assertIn("did not finish within 0.3 s", str(e)))
 
-    def test_output_and_status(self):
+    def test_outputAndStatus(self):
         """
         Output and exit status come back when the program ends in time.
         """

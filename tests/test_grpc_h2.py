@@ -326,7 +326,7 @@ def assertForgotten(server):
 # The pin on Twisted's internals.
 
 
-def test_twisted_internals_pinned():
+def test_twistedInternalsPinned():
     """
     The private parts of twisted.web._http2 that livepeer_tx.rpc overrides or
     calls keep their names and signatures (H2Connection.__init__,
@@ -371,7 +371,7 @@ def test_twisted_internals_pinned():
         assert structure in done
 
 
-def test_twisted_sets_up_a_stream_in_the_structures_we_register_in():
+def test_twistedSetsUpAStreamInTheStructuresWeRegisterIn():
     """
     Twisted's own _requestReceived records a new stream in exactly the
     per-stream tables GRPCH2Connection fills for a gRPC stream (streams,
@@ -397,7 +397,7 @@ def test_twisted_sets_up_a_stream_in_the_structures_we_register_in():
     connection.priority.remove_stream(1)  # it is in the priority tree too
 
 
-def test_finished_grpc_stream_leaves_no_twisted_state():
+def test_finishedGrpcStreamLeavesNoTwistedState():
     """
     After a gRPC call, Twisted's stream tables and priority tree no longer
     know the stream (the pin's behavioural half).
@@ -413,7 +413,7 @@ def test_finished_grpc_stream_leaves_no_twisted_state():
 # Choosing the channel.
 
 
-def test_alpn_h2_gets_the_grpc_connection_and_http11_the_given_channel():
+def test_alpnH2GetsTheGrpcConnectionAndHttp11TheGivenChannel():
     """
     ALPN h2 switches to a GRPCH2Connection carrying the Site's settings; no
     ALPN (or http/1.1) keeps the HTTP/1.1 channel class given, which serves
@@ -443,7 +443,7 @@ def test_alpn_h2_gets_the_grpc_connection_and_http11_the_given_channel():
         assert transport.producer is protocol._channel
 
 
-def test_switch_to_h2_hands_the_transport_producer_over():
+def test_switchToH2HandsTheTransportProducerOver():
     """
     The HTTP/1.1 channel's producer registration and idle timer are replaced
     by the HTTP/2 connection's, and the HTTP/1.1 channel is told it is done.
@@ -462,7 +462,7 @@ def test_switch_to_h2_hands_the_transport_producer_over():
     assert client.response(client.get(b"/hello")).data == b"hello over HTTP/2"
 
 
-def test_plain_http2_request_reaches_the_site():
+def test_plainHttp2RequestReachesTheSite():
     """
     A non-gRPC HTTP/2 request is Twisted's H2Stream, served by the Site's
     resource; a POST body arrives whole.
@@ -475,7 +475,7 @@ def test_plain_http2_request_reaches_the_site():
     assert client.server._grpcStreams == {}
 
 
-def test_grpc_web_and_other_codecs_are_not_served_as_protobuf():
+def test_grpcWebAndOtherCodecsAreNotServedAsProtobuf():
     """
     Content types under application/grpc go to the gRPC side (go-livepeer's
     rule), which refuses codecs other than protobuf.
@@ -495,7 +495,7 @@ def test_grpc_web_and_other_codecs_are_not_served_as_protobuf():
 # Unary and server-streaming calls.
 
 
-def test_unary_call():
+def test_unaryCall():
     """
     HEADERS (200, application/grpc), one message, then trailers with status
     0 and END_STREAM; the handler sees the request, its metadata and the peer.
@@ -515,7 +515,7 @@ def test_unary_call():
     assertForgotten(client.server)
 
 
-def test_unary_handler_returning_a_deferred():
+def test_unaryHandlerReturningADeferred():
     """
     The response goes out when the handler's Deferred fires.
     """
@@ -529,7 +529,7 @@ def test_unary_handler_returning_a_deferred():
     assert answer.status == StatusCode.OK and [m.seq for m in answer.messages()] == [30]
 
 
-def test_server_streaming_call():
+def test_serverStreamingCall():
     """
     Messages in order, then OK trailers; each send's Deferred fires True.
     """
@@ -542,7 +542,7 @@ def test_server_streaming_call():
     assert answer.status == StatusCode.OK and lab.cancellations == []
 
 
-def test_many_calls_interleaved_on_one_connection():
+def test_manyCallsInterleavedOnOneConnection():
     """
     Streams are independent: several open calls, answered out of order.
     """
@@ -561,7 +561,7 @@ def test_many_calls_interleaved_on_one_connection():
 # Errors.
 
 
-def test_trailers_only_error_for_a_deliberate_refusal():
+def test_trailersOnlyErrorForADeliberateRefusal():
     """
     GRPCError(UNKNOWN, "invalid secret") is one HEADERS frame with :status 200,
     the content type, grpc-status 2 and the message, ending the stream.
@@ -575,7 +575,7 @@ def test_trailers_only_error_for_a_deliberate_refusal():
     }
 
 
-def test_status_message_is_percent_encoded():
+def test_statusMessageIsPercentEncoded():
     """
     Non-ASCII, control characters and % travel percent-encoded and decode back.
     """
@@ -588,7 +588,7 @@ def test_status_message_is_percent_encoded():
     assert answer.status == StatusCode.FAILED_PRECONDITION and answer.message == "100% sûr\nnext line"
 
 
-def test_unexpected_exception_is_internal_with_a_generic_message(logged):
+def test_unexpectedExceptionIsInternalWithAGenericMessage(logged):
     """
     A handler's bug reaches the peer as INTERNAL without its text, and is one
     log event naming the method.
@@ -602,7 +602,7 @@ def test_unexpected_exception_is_internal_with_a_generic_message(logged):
     assert failures[0]["log_failure"].check(RuntimeError)
 
 
-def test_unary_handler_returning_a_non_message_is_internal(logged):
+def test_unaryHandlerReturningANonMessageIsInternal(logged):
     """
     A unary handler must return a message.
     """
@@ -612,7 +612,7 @@ def test_unary_handler_returning_a_non_message_is_internal(logged):
     assert len([e for e in logged if "log_failure" in e]) == 1
 
 
-def test_error_after_streamed_messages_comes_in_the_trailers():
+def test_errorAfterStreamedMessagesComesInTheTrailers():
     """
     A server-streaming handler failing after sending: its messages, then
     trailers carrying the status.
@@ -623,7 +623,7 @@ def test_error_after_streamed_messages_comes_in_the_trailers():
     assert answer.status == StatusCode.UNAVAILABLE and answer.message == "no transcoders"
 
 
-def test_unknown_method_and_service_are_unimplemented():
+def test_unknownMethodAndServiceAreUnimplemented():
     """
     UNIMPLEMENTED (12) with grpc-go's wording; the call's request is not needed.
     """
@@ -640,7 +640,7 @@ def test_unknown_method_and_service_are_unimplemented():
     assertForgotten(client.server)
 
 
-def test_undecodable_request_is_internal():
+def test_undecodableRequestIsInternal():
     """
     Bytes that are not the method's request message: INTERNAL.
     """
@@ -651,7 +651,7 @@ def test_undecodable_request_is_internal():
     assert answer.status == StatusCode.INTERNAL and "unmarshalling" in answer.message
 
 
-def test_request_without_a_whole_message_is_internal():
+def test_requestWithoutAWholeMessageIsInternal():
     """
     END_STREAM with no message, or inside one, ends the call with INTERNAL.
     """
@@ -664,7 +664,7 @@ def test_request_without_a_whole_message_is_internal():
     assert lab.calls == []
 
 
-def test_oversized_message_refused_from_its_length_prefix():
+def test_oversizedMessageRefusedFromItsLengthPrefix():
     """
     A declared length over the limit ends the call with RESOURCE_EXHAUSTED
     before the message's bytes arrive; the handler never runs and the client
@@ -682,7 +682,7 @@ def test_oversized_message_refused_from_its_length_prefix():
     assert client.response(fits).status == StatusCode.OK
 
 
-def test_reader_keeps_nothing_of_an_oversized_message():
+def test_readerKeepsNothingOfAnOversizedMessage():
     """
     The reader refuses on the prefix alone.
     """
@@ -693,7 +693,7 @@ def test_reader_keeps_nothing_of_an_oversized_message():
     assert reader._chunks == []
 
 
-def test_compressed_message_is_refused():
+def test_compressedMessageIsRefused():
     """
     Flag 1 without a grpc-encoding is INTERNAL; a grpc-encoding we cannot
     decompress is UNIMPLEMENTED at once, as grpc-go answers.
@@ -709,7 +709,7 @@ def test_compressed_message_is_refused():
     assert answer.status == StatusCode.UNIMPLEMENTED and '"gzip"' in answer.message
 
 
-def test_messages_split_and_merged_at_every_boundary():
+def test_messagesSplitAndMergedAtEveryBoundary():
     """
     However the bytes are cut, the reader yields the same messages.
     """
@@ -724,7 +724,7 @@ def test_messages_split_and_merged_at_every_boundary():
     assert got == payloads
 
 
-def test_request_split_over_many_data_frames():
+def test_requestSplitOverManyDataFrames():
     """
     A request message arriving a few bytes per DATA frame is one call.
     """
@@ -742,7 +742,7 @@ def test_request_split_over_many_data_frames():
     assert len(lab.calls) == 1
 
 
-def test_second_request_message_in_the_same_frame_is_refused():
+def test_secondRequestMessageInTheSameFrameIsRefused():
     """
     Unary and server-streaming methods take exactly one request message; the
     handler already running for the first is cancelled (a stock
@@ -760,7 +760,7 @@ def test_second_request_message_in_the_same_frame_is_refused():
     assertForgotten(client.server)
 
 
-def test_large_request_is_acknowledged_as_it_is_read():
+def test_largeRequestIsAcknowledgedAsItIsRead():
     """
     A 3 MiB request passes the 64 KiB initial windows: the server acknowledges
     what it consumes.
@@ -775,7 +775,7 @@ def test_large_request_is_acknowledged_as_it_is_read():
 # Deadlines and cancellation.
 
 
-def test_grpc_timeout_parsing():
+def test_grpcTimeoutParsing():
     """
     Every unit, and malformed values.
     """
@@ -787,7 +787,7 @@ def test_grpc_timeout_parsing():
             parseTimeout(bad)
 
 
-def test_deadline_expiry_cancels_the_handler():
+def test_deadlineExpiryCancelsTheHandler():
     """
     When grpc-timeout passes on the clock, the call ends DEADLINE_EXCEEDED
     and the handler's Deferred is cancelled.
@@ -810,7 +810,7 @@ def test_deadline_expiry_cancels_the_handler():
     assertForgotten(client.server)
 
 
-def test_deadline_met_is_cancelled():
+def test_deadlineMetIsCancelled():
     """
     A call answered in time leaves no timer behind.
     """
@@ -820,7 +820,7 @@ def test_deadline_met_is_cancelled():
     assert [c.getTime() for c in client.clock.getDelayedCalls()] == [client.clock.seconds() + 60]  # idle timeout only
 
 
-def test_malformed_grpc_timeout_is_internal():
+def test_malformedGrpcTimeoutIsInternal():
     """
     grpc-go's answer to a bad grpc-timeout.
     """
@@ -829,7 +829,7 @@ def test_malformed_grpc_timeout_is_internal():
     assert answer.status == StatusCode.INTERNAL and "grpc-timeout" in answer.message
 
 
-def test_client_reset_cancels_a_streaming_handler():
+def test_clientResetCancelsAStreamingHandler():
     """
     RST_STREAM from the client: the handler learns it (whenCancelled fires
     CANCELLED, its Deferred is cancelled) and nothing more is written.
@@ -848,7 +848,7 @@ def test_client_reset_cancels_a_streaming_handler():
     assertForgotten(client.server)
 
 
-def test_connection_loss_cancels_open_calls():
+def test_connectionLossCancelsOpenCalls():
     """
     Losing the connection cancels every open handler and stops the keepalive.
     """
@@ -865,7 +865,7 @@ def test_connection_loss_cancels_open_calls():
 # Flow control.
 
 
-def test_response_respects_a_tiny_stream_window():
+def test_responseRespectsATinyStreamWindow():
     """
     With a 100-byte stream window, the server sends 100 bytes and waits for
     WINDOW_UPDATE; the send's Deferred fires only once all is written.
@@ -885,7 +885,7 @@ def test_response_respects_a_tiny_stream_window():
     assert answer.trailers is None and lab.pending  # the handler went on after the write completed
 
 
-def test_response_respects_the_connection_window():
+def test_responseRespectsTheConnectionWindow():
     """
     A 200 kB unary answer stops at the 65535-byte connection window until
     the client acknowledges data.
@@ -906,7 +906,7 @@ def test_response_respects_the_connection_window():
     assert answer.status == StatusCode.OK and len(answer.messages()[0].error) == 200_000
 
 
-def test_transport_backpressure_pauses_and_resumes():
+def test_transportBackpressurePausesAndResumes():
     """
     While the transport has paused the connection nothing is written; on
     resume the queued response goes out.
@@ -923,7 +923,7 @@ def test_transport_backpressure_pauses_and_resumes():
     assert [m.seq for m in client.response(streamID).messages()] == [77]
 
 
-def test_unread_stream_cannot_queue_without_bound():
+def test_unreadStreamCannotQueueWithoutBound():
     """
     A handler that does not wait on send while the client reads nothing is
     stopped by RESOURCE_EXHAUSTED once the queue passes its bound.
@@ -955,7 +955,7 @@ def test_unread_stream_cannot_queue_without_bound():
 # Keepalive.
 
 
-def test_keepalive_pings_an_idle_stream_and_tolerates_an_answer():
+def test_keepalivePingsAnIdleStreamAndToleratesAnAnswer():
     """
     With a gRPC call open and nothing received for pingInterval, a PING goes
     out; the client's answer keeps the connection.
@@ -974,7 +974,7 @@ def test_keepalive_pings_an_idle_stream_and_tolerates_an_answer():
     assert len([e for e in client.events if isinstance(e, h2.events.PingReceived)]) == 2
 
 
-def test_keepalive_closes_a_dead_peer(logged):
+def test_keepaliveClosesADeadPeer(logged):
     """
     A PING unanswered for pingTimeout closes the connection (GOAWAY, then
     abort), which cancels the open call.
@@ -995,7 +995,7 @@ def test_keepalive_closes_a_dead_peer(logged):
     assert StatusCode.CANCELLED in lab.cancellations
 
 
-def test_no_keepalive_without_grpc_calls():
+def test_noKeepaliveWithoutGrpcCalls():
     """
     An HTTP/2 connection with no gRPC call open is left to the idle timeout.
     """
@@ -1009,7 +1009,7 @@ def test_no_keepalive_without_grpc_calls():
 # Refusing a request on either protocol.
 
 
-def test_refusal_over_http2_from_gotLength_keeps_the_connection():
+def test_refusalOverHttp2FromGotLengthKeepsTheConnection():
     """
     A declared body over the limit gets 413 with the text as the stream's
     response and RST_STREAM NO_ERROR; other streams go on.
@@ -1032,7 +1032,7 @@ def test_refusal_over_http2_from_gotLength_keeps_the_connection():
     assert not client.transport.disconnecting
 
 
-def test_refusal_over_http2_with_retry_after():
+def test_refusalOverHttp2WithRetryAfter():
     """
     A 503 refusal carries Retry-After; the request is known as HTTP/2.
     """
@@ -1049,7 +1049,7 @@ def test_refusal_over_http2_with_retry_after():
     assert answer.data == b"busy\n" and seen == [True]
 
 
-def test_refusal_over_http2_of_a_chunked_body():
+def test_refusalOverHttp2OfAChunkedBody():
     """
     A body without a length, refused as its chunks pass the limit.
     """
@@ -1076,7 +1076,7 @@ def http11Connection(requestFactory):
     return protocol, transport
 
 
-def test_refusal_over_http11_writes_the_answer_and_closes():
+def test_refusalOverHttp11WritesTheAnswerAndCloses():
     """
     On HTTP/1.1 the same call writes a 413 response and closes the connection.
     """
@@ -1089,7 +1089,7 @@ def test_refusal_over_http11_writes_the_answer_and_closes():
     assert transport.producer is None  # the channel let go, so TLS can close
 
 
-def test_refusal_over_http11_with_retry_after():
+def test_refusalOverHttp11WithRetryAfter():
     """
     The HTTP/1.1 answer carries Retry-After too; the request is not HTTP/2.
     """
@@ -1110,7 +1110,7 @@ def test_refusal_over_http11_with_retry_after():
 # The registry.
 
 
-def test_registry_paths():
+def test_registryPaths():
     """
     Paths have the /package.Service/Method shape and are registered once.
     """
@@ -1127,7 +1127,7 @@ def test_registry_paths():
     assert unknown.value.code == StatusCode.UNIMPLEMENTED
 
 
-def test_unary_call_object_cannot_stream():
+def test_unaryCallObjectCannotStream():
     """
     send is for server-streaming methods only.
     """

@@ -96,7 +96,7 @@ def streaming(channel, path=WATCH):
                                 response_deserializer=pb.TranscodeResult.FromString)
 
 
-def test_alpn_offers_h2_then_http11(lab):
+def test_alpnOffersH2ThenHttp11(lab):
     """
     A client offering h2 gets h2; one offering only http/1.1 gets that.
     """
@@ -106,7 +106,7 @@ def test_alpn_offers_h2_then_http11(lab):
         assert tls.selected_alpn_protocol() == "http/1.1"
 
 
-def test_grpcio_unary_call(lab):
+def test_grpcioUnaryCall(lab):
     """
     A unary call from grpcio, with a deadline (grpc-timeout) it meets.
     """
@@ -115,7 +115,7 @@ def test_grpcio_unary_call(lab):
     assert result.seq == 5 and result.error == "10"
 
 
-def test_grpcio_server_streaming_call(lab):
+def test_grpcioServerStreamingCall(lab):
     """
     Fifty messages in order, then a clean end.
     """
@@ -124,7 +124,7 @@ def test_grpcio_server_streaming_call(lab):
     assert [r.seq for r in results] == list(range(50))
 
 
-def test_grpcio_sees_status_and_message(lab):
+def test_grpcioSeesStatusAndMessage(lab):
     """
     A deliberate refusal arrives as UNKNOWN with its text; an unknown method
     as UNIMPLEMENTED.
@@ -139,7 +139,7 @@ def test_grpcio_sees_status_and_message(lab):
     assert unknown.value.details() == "unknown method Nope for service test.Lab"
 
 
-def test_grpcio_messages_of_several_mib(lab):
+def test_grpcioMessagesOfSeveralMib(lab):
     """
     A 3 MiB request and a 6 MiB response pass the flow-control windows; a
     5 MiB request is over the 4 MiB limit.
@@ -154,7 +154,7 @@ def test_grpcio_messages_of_several_mib(lab):
     assert "larger than max" in oversized.value.details()
 
 
-def test_grpcio_deadline_and_cancel_reach_the_handler(lab):
+def test_grpcioDeadlineAndCancelReachTheHandler(lab):
     """
     A stream past its deadline ends DEADLINE_EXCEEDED, and a stream the client
     cancels is cancelled: both times the server's handler learns of it.
@@ -173,7 +173,7 @@ def test_grpcio_deadline_and_cancel_reach_the_handler(lab):
         assert lab.cancelled(before + 2)[before + 1] == 1
 
 
-def test_grpcio_hundred_concurrent_calls_on_one_channel(lab):
+def test_grpcioHundredConcurrentCallsOnOneChannel(lab):
     """
     A hundred unary calls and ten streams at once on one connection.
     """
@@ -184,7 +184,7 @@ def test_grpcio_hundred_concurrent_calls_on_one_channel(lab):
         assert all([r.seq for r in stream] == list(range(20)) for stream in streams)
 
 
-def test_http11_on_the_same_port(lab):
+def test_http11OnTheSamePort(lab):
     """
     http.client (no ALPN) is served HTTP/1.1 by the same resources.
     """
@@ -195,7 +195,7 @@ def test_http11_on_the_same_port(lab):
     assert response.read() == b"hello over HTTP/1.1"
 
 
-def test_http11_refusal_on_the_same_port(lab):
+def test_http11RefusalOnTheSamePort(lab):
     """
     A declared body over the limit is answered 413 on HTTP/1.1 before it is sent.
     """
@@ -257,7 +257,7 @@ def curlRequest(lab, tmp_path, path, body=None, version="--http2"):
     return int(code), httpVersion, (tmp_path / "body").read_bytes()
 
 
-def test_http2_request_reaches_the_resource(lab, tmp_path):
+def test_http2RequestReachesTheResource(lab, tmp_path):
     """
     A non-gRPC HTTP/2 request is served by the Site's resource (curl --http2
     when curl is installed, else an h2 client), and an HTTP/2 body over the

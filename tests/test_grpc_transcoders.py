@@ -211,7 +211,7 @@ def submit(orch, session="sess1", seq=7, data=SEGMENT, durationMs=2000):
 # Registration.
 
 
-def test_registration_joins_the_pool_with_logs(logged):
+def test_registrationJoinsThePoolWithLogs(logged):
     """
     A stock transcoder's RegisterTranscoder joins the pool as a
     RemoteTranscoder with its address, capacity, capabilities and version,
@@ -233,7 +233,7 @@ def test_registration_joins_the_pool_with_logs(logged):
     assert orch.app.publicStatus()["TotalCapacity"] == 3
 
 
-def test_legacy_transcoder_gets_the_default_capabilities():
+def test_legacyTranscoderGetsTheDefaultCapabilities():
     """
     A RegisterRequest without capabilities counts as go-livepeer's default set.
     """
@@ -246,7 +246,7 @@ def test_legacy_transcoder_gets_the_default_capabilities():
     ("wrong", 2, "invalid secret"), ("", 2, "invalid secret"), (SECRET, 0, "zero capacity"),
     (SECRET, -4, "zero capacity"), ("wrong", 0, "invalid secret"),
 ])
-def test_refusals_carry_go_livepeers_exact_words(logged, secret, capacity, message):
+def test_refusalsCarryGoLivepeersExactWords(logged, secret, capacity, message):
     """
     A wrong secret and a capacity under 1 end the call UNKNOWN with exactly
     go-livepeer's text (a stock transcoder stops on them), secret first; the
@@ -264,7 +264,7 @@ def test_refusals_carry_go_livepeers_exact_words(logged, secret, capacity, messa
         "livepeer_transcoder_registrations_refused_total", {"reason": message}) == 1
 
 
-def test_failed_attempts_never_lock_out_the_right_secret(logged):
+def test_failedAttemptsNeverLockOutTheRightSecret(logged):
     """
     Past the limiter's failures an address still gets C{invalid secret} for a
     wrong secret, without a log line each; the right secret from the same
@@ -281,7 +281,7 @@ def test_failed_attempts_never_lock_out_the_right_secret(logged):
     assert len(orch.app.pool.transcoders) == 1
 
 
-def test_unreadable_secret_file_is_unavailable_not_invalid(tmp_path):
+def test_unreadableSecretFileIsUnavailableNotInvalid(tmp_path):
     """
     When the secret file cannot be read the transcoder is told UNAVAILABLE
     (it retries), never C{invalid secret} (it would stop for good).
@@ -292,7 +292,7 @@ def test_unreadable_secret_file_is_unavailable_not_invalid(tmp_path):
     assert (response.status, response.message) == (StatusCode.UNAVAILABLE, "service unavailable")
 
 
-def test_absurd_capabilities_are_refused_and_capacity_bounded():
+def test_absurdCapabilitiesAreRefusedAndCapacityBounded():
     """
     Capabilities too large to be real are refused; a huge capacity is counted
     at our bound.
@@ -307,7 +307,7 @@ def test_absurd_capabilities_are_refused_and_capacity_bounded():
 # Tasks over HTTP/2.
 
 
-def test_task_notify_download_and_results_over_http2():
+def test_taskNotifyDownloadAndResultsOverHttp2():
     """
     A segment submitted to the dispatcher reaches the transcoder as a
     NotifySegment shaped as go-livepeer's; it downloads the input once, posts
@@ -350,7 +350,7 @@ def test_task_notify_download_and_results_over_http2():
     assert not client.response(streamID).ended
 
 
-def test_profiles_go_in_go_livepeers_field():
+def test_profilesGoInGoLivepeersField():
     """
     MP4 outputs travel in fullProfiles2; a fractional frame rate, an encoder
     profile or a GOP in fullProfiles3; the job's capabilities follow.
@@ -372,7 +372,7 @@ def test_profiles_go_in_go_livepeers_field():
     assert list(second.segData.capabilities.bitstring) == capabilityBitstring({0, 1, 2, 8, 11, 12})
 
 
-def test_session_teardown_is_an_empty_url_and_shutdown_ends_the_stream():
+def test_sessionTeardownIsAnEmptyUrlAndShutdownEndsTheStream():
     """
     An idle session ends with go-livepeer's NotifySegment carrying an empty
     URL and only the session id; the orchestrator's shutdown ends the stream
@@ -399,7 +399,7 @@ def test_session_teardown_is_an_empty_url_and_shutdown_ends_the_stream():
     assert orch.app.pool.transcoders == []
 
 
-def test_lost_transcoder_task_moves_to_another(logged):
+def test_lostTranscoderTaskMovesToAnother(logged):
     """
     A transcoder whose connection drops mid-task leaves the pool, its input is
     dropped, and the task moves to another transcoder, whose result completes
@@ -426,7 +426,7 @@ def test_lost_transcoder_task_moves_to_another(logged):
     assert result.attempts == 2 and len(orch.service.inputs) == 0
 
 
-def test_timed_out_task_is_forgotten_and_the_stream_stays():
+def test_timedOutTaskIsForgottenAndTheStreamStays():
     """
     A task past its deadline loses its input and its late result is dropped;
     the transcoder stays in the pool (the health record judges it).
@@ -445,7 +445,7 @@ def test_timed_out_task_is_forgotten_and_the_stream_stays():
     assert not client.response(streamID).ended
 
 
-def test_transcoding_error_fails_the_attempt_with_a_clean_text():
+def test_transcodingErrorFailsTheAttemptWithACleanText():
     """
     A C{livepeer/transcoding-error} body is answered OK and fails the task
     with the text cleaned of paths and control characters.
@@ -465,7 +465,7 @@ def test_transcoding_error_fails_the_attempt_with_a_clean_text():
 # /transcodeResults: go-livepeer's order of checks and answers (HTTP/1.1 here).
 
 
-def test_results_checks_in_go_livepeers_order():
+def test_resultsChecksInGoLivepeersOrder():
     """
     Authorization, then Credentials (401 Unauthorized), then Content-Type
     (415), then TaskId (400 Invalid Task ID), then Pixels (400 Invalid
@@ -499,7 +499,7 @@ def test_results_checks_in_go_livepeers_order():
     assert len(outcome(d).renditions) == 2
 
 
-def test_download_and_results_over_http11():
+def test_downloadAndResultsOverHttp11():
     """
     The same resources serve HTTP/1.1: the input download and a result post.
     """
@@ -523,7 +523,7 @@ def test_download_and_results_over_http11():
     (multipart([([("Pixels", "many")], b"x" * 30)]), "rendition 0: a pixel count must be a number"),
     (multipart([([("Bad Header Line", "")], b"x")]), "multipart: part 1 has a malformed header line"),
 ])
-def test_malformed_results_are_500_and_fail_the_attempt(body, error):
+def test_malformedResultsAre500AndFailTheAttempt(body, error):
     """
     A result that cannot be parsed is answered 500 with the reason and fails
     the attempt with it (go-livepeer delivers the error too).
@@ -538,7 +538,7 @@ def test_malformed_results_are_500_and_fail_the_attempt(body, error):
     assert str(outcome(d).value).startswith(error)
 
 
-def test_results_over_the_bound_are_refused():
+def test_resultsOverTheBoundAreRefused():
     """
     A body over C{maxResultBytes} that got past the site is refused with 413
     and fails the attempt.
@@ -554,7 +554,7 @@ def test_results_over_the_bound_are_refused():
     assert str(outcome(d).value) == "results larger than 1000 bytes"
 
 
-def test_wrong_credentials_on_results_feed_the_limiter(logged):
+def test_wrongCredentialsOnResultsFeedTheLimiter(logged):
     """
     Wrong Credentials on C{/transcodeResults} count as failed attempts of the
     address; past the limit they are no longer logged one by one.
@@ -569,7 +569,7 @@ def test_wrong_credentials_on_results_feed_the_limiter(logged):
 # The parts on their own.
 
 
-def test_multipart_parser_reads_what_go_writes_and_nothing_more():
+def test_multipartParserReadsWhatGoWritesAndNothingMore():
     """
     Preamble, epilogue, headers in any case, an empty header block and
     ignored part types; bounds on parts and header blocks.
@@ -597,7 +597,7 @@ def test_multipart_parser_reads_what_go_writes_and_nothing_more():
         parseResultParts(multipart([([("Pixels", "1")], b"x")] * (MAX_RENDITIONS + 1)), "0123456789abcdef0123")
 
 
-def test_task_inputs_are_bounded_and_expire():
+def test_taskInputsAreBoundedAndExpire():
     """
     Inputs are taken once, bounded in number, and dropped when too old.
     """
@@ -626,7 +626,7 @@ class StuckCall:
         raise GRPCError(StatusCode.RESOURCE_EXHAUSTED, "grpc: the client is not reading the stream")
 
 
-def test_transcoder_not_reading_its_stream_is_closed_and_its_task_moves(logged):
+def test_transcoderNotReadingItsStreamIsClosedAndItsTaskMoves(logged):
     """
     A transcoder that stops reading its stream is closed (UNAVAILABLE) and
     leaves the pool; the task it was given moves to another transcoder.
@@ -738,7 +738,7 @@ def readLine(process, prefix):
 
 
 @sharedProcess
-def test_real_tls_stock_transcoder_works_and_is_refused_with_exact_words(orchestrator):
+def test_realTlsStockTranscoderWorksAndIsRefusedWithExactWords(orchestrator):
     """
     grpcio's RegisterTranscoder with a wrong secret gets UNKNOWN
     C{invalid secret}, with no capacity C{zero capacity}; a go-livepeer-style
@@ -770,7 +770,7 @@ def test_real_tls_stock_transcoder_works_and_is_refused_with_exact_words(orchest
 
 
 @sharedProcess
-def test_real_tls_transcoder_killed_mid_task_loses_no_segment(orchestrator):
+def test_realTlsTranscoderKilledMidTaskLosesNoSegment(orchestrator):
     """
     A go-livepeer-style transcoder killed after it got a task: the task
     moves to the other transcoder and the job still gets its renditions.

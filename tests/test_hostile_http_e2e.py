@@ -113,7 +113,7 @@ def assertStillServing(nodes, orchestrator, segment, baseline):
     assertNewTranscoderServes(nodes, orchestrator, segment, b"after-attack")
 
 
-def test_malformed_header_flood_leaks_no_descriptors(nodes, segment2s):
+def test_malformedHeaderFloodLeaksNoDescriptors(nodes, segment2s):
     """
     Issue 7 item 1: a request with a header line without a colon, then
     Connection: close and 40,000 more bytes over TLS, then close, left one
@@ -147,7 +147,7 @@ def test_malformed_header_flood_leaks_no_descriptors(nodes, segment2s):
     assertStillServing(nodes, orchestrator, segment2s, baseline)
 
 
-def test_slowloris_is_closed_by_the_header_deadline(nodes, segment2s):
+def test_slowlorisIsClosedByTheHeaderDeadline(nodes, segment2s):
     """
     Item 6: a client sending one header line at a time (each resets the idle
     timeout) gets 408 and is closed once its headers take longer than
@@ -177,7 +177,7 @@ def test_slowloris_is_closed_by_the_header_deadline(nodes, segment2s):
     assertStillServing(nodes, orchestrator, segment2s, baseline)
 
 
-def test_stalled_upload_is_closed_and_its_memory_returned(nodes):
+def test_stalledUploadIsClosedAndItsMemoryReturned(nodes):
     """
     Item 5: a stalled upload holds its declared length of the upload budget;
     another that does not fit gets 503 before its body is read. When the
@@ -235,7 +235,7 @@ def test_stalled_upload_is_closed_and_its_memory_returned(nodes):
     assert "Traceback" not in orchestrator.logText()
 
 
-def test_connection_caps_close_extra_connections(nodes, segment2s):
+def test_connectionCapsCloseExtraConnections(nodes, segment2s):
     """
     Item 1: over --maxConnectionsPerAddress a connection is closed at once,
     counted in the metrics and logged once for the burst; a freed place can

@@ -70,7 +70,7 @@ def mediaFrame(header, parts=(b"x",)):
 # --- item 2: bounded JSON -------------------------------------------------------------------------
 
 
-def test_json_is_bounded_before_it_is_parsed(monkeypatch):
+def test_jsonIsBoundedBeforeItIsParsed(monkeypatch):
     """
     Texts over the size limit, or nested deeper than the depth limit, are
     refused without reaching the JSON parser; brackets inside strings and
@@ -103,7 +103,7 @@ def test_json_is_bounded_before_it_is_parsed(monkeypatch):
             wsproto.decodeControl(b'{"type":"x","n":' + constant + b"}")
 
 
-def test_chain_imports_keep_the_recursion_limit_and_deep_json_is_safe_anyway():
+def test_chainImportsKeepTheRecursionLimitAndDeepJsonIsSafeAnyway():
     """
     Importing the chain modules (eth-account, hence py_ecc) leaves the
     recursion limit as it was; and with the limit raised to py_ecc's 100,000
@@ -137,7 +137,7 @@ print("limit kept", before)
     assert completed.stdout.startswith("limit kept")
 
 
-def test_deep_messages_close_only_their_sender(events):
+def test_deepMessagesCloseOnlyTheirSender(events):
     """
     A 100,000-deep text frame (over the text-message limit), a 30,000-deep
     one (under it) and a deep binary header each close their sender, which
@@ -171,7 +171,7 @@ class SilentClientProtocol(TranscoderClientProtocol):
         self.factory.link.connectionOpened(self)
 
 
-def test_messages_after_a_protocol_error_are_dropped(events):
+def test_messagesAfterAProtocolErrorAreDropped(events):
     """
     Once a protocol error has started the close, the peer's further messages
     (here a register that would be refused with a message) are not handled:
@@ -247,7 +247,7 @@ BOGUS_RESULTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BOGUS_RESULTS))
-def test_bogus_result_never_reaches_the_gateway(case, events):
+def test_bogusResultNeverReachesTheGateway(case, events):
     """
     A result with any bad field closes its transcoder with a protocol error,
     takes it out of rotation, and the segment is transcoded by another
@@ -271,7 +271,7 @@ def test_bogus_result_never_reaches_the_gateway(case, events):
     assert liar.link.closeCodes == [wsproto.CLOSE_PROTOCOL_ERROR]
 
 
-def test_empty_rendition_bytes_are_refused(events):
+def test_emptyRenditionBytesAreRefused(events):
     """
     A rendition without bytes is a protocol error, like a bad number.
     """
@@ -284,7 +284,7 @@ def test_empty_rendition_bytes_are_refused(events):
     assert any("rendition 1 has no bytes" in text for text in texts(events, LogLevel.error))
 
 
-def test_valid_result_passes_unchanged():
+def test_validResultPassesUnchanged():
     """
     The checks let an honest result through with its numbers.
     """
@@ -302,7 +302,7 @@ def test_valid_result_passes_unchanged():
 # --- item 5: message size and unfinished messages --------------------------------------------------
 
 
-def test_fragments_over_the_limit_close_the_connection_and_are_dropped():
+def test_fragmentsOverTheLimitCloseTheConnectionAndAreDropped():
     """
     A fragmented binary message growing past the per-message limit fails
     the connection (code 1009) as soon as a frame header announces it, and
@@ -326,7 +326,7 @@ def test_fragments_over_the_limit_close_the_connection_and_are_dropped():
     assert harness.live == []
 
 
-def test_unfinished_message_dropped_when_the_peer_goes():
+def test_unfinishedMessageDroppedWhenThePeerGoes():
     """
     A peer that sends part of a large message and disconnects leaves
     nothing of it behind.
@@ -344,7 +344,7 @@ def test_unfinished_message_dropped_when_the_peer_goes():
     assert harness.live == []
 
 
-def test_text_messages_limited_to_the_control_size():
+def test_textMessagesLimitedToTheControlSize():
     """
     A text message longer than the control limit is refused from its frame
     header, before its payload is buffered, while binary messages keep the
@@ -367,7 +367,7 @@ def test_text_messages_limited_to_the_control_size():
 # --- item 8: a frozen transcoder with the default pings ----------------------------------------------
 
 
-def test_frozen_transcoder_found_and_its_segment_moved_with_the_defaults(events):
+def test_frozenTranscoderFoundAndItsSegmentMovedWithTheDefaults(events):
     """
     With the default ping interval a transcoder that stops answering while
     it holds a 2 s segment is dropped within two intervals, and the segment
@@ -394,7 +394,7 @@ def test_frozen_transcoder_found_and_its_segment_moved_with_the_defaults(events)
     assert any("ping timeout" in text for text in texts(events))
 
 
-def test_a_busy_honest_transcoder_is_not_dropped():
+def test_aBusyHonestTranscoderIsNotDropped():
     """
     A transcoder that answers its pings keeps its tasks however long they
     run.
@@ -447,7 +447,7 @@ def makeGate(secret, clock=None):
     return gate, webSocket, clock
 
 
-def test_right_secret_admitted_while_its_address_is_blocked(events):
+def test_rightSecretAdmittedWhileItsAddressIsBlocked(events):
     """
     Wrong secrets from one address are refused with 403, then 429 once over
     the limit; a right secret from the same address is admitted meanwhile;
@@ -467,7 +467,7 @@ def test_right_secret_admitted_while_its_address_is_blocked(events):
     assert SECRET not in "\n".join(logged)
 
 
-def test_failed_attempt_memory_is_bounded():
+def test_failedAttemptMemoryIsBounded():
     """
     The limiter keeps at most maxFailures times per address and maxHosts
     addresses.
@@ -484,7 +484,7 @@ def test_failed_attempt_memory_is_bounded():
 # --- 10f: a secret file that goes bad at run time ----------------------------------------------------
 
 
-def test_secret_file_gone_bad_fails_closed_with_a_clear_line(tmp_path, events):
+def test_secretFileGoneBadFailsClosedWithAClearLine(tmp_path, events):
     """
     A secret file that becomes group/world-readable or disappears after the
     start refuses registrations with 503 and one error line naming the
@@ -510,7 +510,7 @@ def test_secret_file_gone_bad_fails_closed_with_a_clear_line(tmp_path, events):
     assert register(gate, SECRET) == 101 and len(webSocket.upgraded) == 2
 
 
-def test_secret_file_that_is_not_a_regular_file_or_not_text(tmp_path):
+def test_secretFileThatIsNotARegularFileOrNotText(tmp_path):
     """
     A FIFO put in place of the secret file is refused without blocking, and
     a file that is not UTF-8 is refused with a clear error.
@@ -555,7 +555,7 @@ class FFmpegLikeEngine(StreamingEngine):
         d.unpause()
 
 
-def test_cancelling_a_running_task_logs_nothing_critical(events):
+def test_cancellingARunningTaskLogsNothingCritical(events):
     """
     Cancelling a task whose engine takes time to stop fires the task's
     Deferred once, with CancelledError, after the engine stopped; its slot
@@ -583,7 +583,7 @@ def test_cancelling_a_running_task_logs_nothing_critical(events):
     assert bad == [], [formatEvent(e) for e in bad]
 
 
-def test_cancel_through_the_orchestrator_link(events):
+def test_cancelThroughTheOrchestratorLink(events):
     """
     The orchestrator's cancel message reaches a running task and nothing
     critical is logged, on both sides.
@@ -606,7 +606,7 @@ def test_cancel_through_the_orchestrator_link(events):
 # --- 10c: error texts carry no local paths -----------------------------------------------------------
 
 
-def test_transcoder_error_reaches_the_gateway_without_paths(events):
+def test_transcoderErrorReachesTheGatewayWithoutPaths(events):
     """
     An engine error naming the work directory reaches the gateway's error
     text with the path replaced, on one line.
@@ -622,7 +622,7 @@ def test_transcoder_error_reaches_the_gateway_without_paths(events):
     assert "/home" not in text and "/var/tmp" not in text and "\n" not in text
 
 
-def test_orchestrator_cleans_error_texts_itself(events):
+def test_orchestratorCleansErrorTextsItself(events):
     """
     A transcoder's raw error message (paths, control characters, a huge
     text, a non-string) is cleaned and bounded before the gateway sees it.

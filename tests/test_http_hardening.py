@@ -115,7 +115,7 @@ ATTACK = [b"GET /x HTTP/1.1\r\n", b"Host: o\r\n", b"a header line without a colo
           b"\r\n", b"x" * 40_000]
 
 
-def test_malformed_header_line_is_refused_and_nothing_is_dispatched(logEvents):
+def test_malformedHeaderLineIsRefusedAndNothingIsDispatched(logEvents):
     """
     The reported attack: each piece arrives on its own (as TLS records do).
     The request is never dispatched, the answer is one 400, reading goes on
@@ -151,7 +151,7 @@ def test_malformed_header_line_is_refused_and_nothing_is_dispatched(logEvents):
     ([b"POST /x HTTP/1.1\r\n", b"Transfer-Encoding: chunked\r\n", b"\r\n", b"zz\r\nxx\r\n"], "chunked body"),
     ([b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n", b"Host: o\r\n", b"\r\n"], "too long"),
 ])
-def test_malformed_requests_get_400_and_one_line_without_traceback(logEvents, parts, reason):
+def test_malformedRequestsGet400AndOneLineWithoutTraceback(logEvents, parts, reason):
     """
     Malformed request lines, Content-Length and Transfer-Encoding values and
     chunked bodies: a 400, one info line naming the peer and the reason, no
@@ -171,7 +171,7 @@ def test_malformed_requests_get_400_and_one_line_without_traceback(logEvents, pa
     assert failures(logEvents) == []
 
 
-def test_header_deadline_from_the_first_byte(logEvents):
+def test_headerDeadlineFromTheFirstByte(logEvents):
     """
     A client trickling header lines (each one resets Twisted's idle timeout)
     gets 408 once the headers have taken longer than headerTimeout from the
@@ -194,7 +194,7 @@ def test_header_deadline_from_the_first_byte(logEvents):
     assert failures(logEvents) == []
 
 
-def test_idle_keepalive_connection_is_closed_and_then_aborted():
+def test_idleKeepaliveConnectionIsClosedAndThenAborted():
     """
     Between keep-alive requests the idle timeout applies; a close that does
     not complete (no close from the peer) is aborted after the grace.
@@ -211,7 +211,7 @@ def test_idle_keepalive_connection_is_closed_and_then_aborted():
     assert connection.transport.aborted
 
 
-def test_slow_upload_gets_408_although_each_byte_resets_the_idle_timeout(logEvents):
+def test_slowUploadGets408AlthoughEachByteResetsTheIdleTimeout(logEvents):
     """
     A body must average minUploadRate after uploadRateGrace: one that keeps
     the rate is accepted, one that trickles (a byte every 5 s, well inside
@@ -240,7 +240,7 @@ def test_slow_upload_gets_408_although_each_byte_resets_the_idle_timeout(logEven
     assert failures(logEvents) == []
 
 
-def test_request_running_too_long_is_aborted():
+def test_requestRunningTooLongIsAborted():
     """
     A dispatched request still running after maxRequestSeconds has its
     connection aborted (Twisted turns its own timeout off while a request runs).
@@ -254,7 +254,7 @@ def test_request_running_too_long_is_aborted():
     assert connection.transport.aborted
 
 
-def test_finished_connection_close_response_is_aborted_if_the_close_hangs():
+def test_finishedConnectionCloseResponseIsAbortedIfTheCloseHangs():
     """
     After a Connection: close response, a close that has not completed within
     closeGrace is aborted; a close that completes cancels every timer.
@@ -276,7 +276,7 @@ def test_finished_connection_close_response_is_aborted_if_the_close_hangs():
     assert clock.getDelayedCalls() == []
 
 
-def test_data_after_a_connection_close_request_is_dropped_not_buffered():
+def test_dataAfterAConnectionCloseRequestIsDroppedNotBuffered():
     """
     Bytes sent behind a Connection: close request are dropped, so reading is
     never paused and the peer's close is seen while the request runs; a
@@ -293,7 +293,7 @@ def test_data_after_a_connection_close_request_is_dropped_not_buffered():
     assert keepAlive.transport.producerState == "paused"
 
 
-def test_body_too_large_refused_before_it_is_read():
+def test_bodyTooLargeRefusedBeforeItIsRead():
     """
     A declared length over maxBodyBytes, or a chunked body growing past it,
     gets 413 and is never dispatched.
@@ -310,7 +310,7 @@ def test_body_too_large_refused_before_it_is_read():
     assert root.requests == []
 
 
-def test_body_is_kept_hashed_and_read_without_a_copy():
+def test_bodyIsKeptHashedAndReadWithoutACopy():
     """
     The body arrives whole, its keccak-256 is ready, and reading it whole
     returns the buffer itself rather than a copy.
@@ -330,7 +330,7 @@ def test_body_is_kept_hashed_and_read_without_a_copy():
     assert whole is request.content.getvalue()
 
 
-def test_body_hash_runs_in_ordered_batches_off_the_caller():
+def test_bodyHashRunsInOrderedBatchesOffTheCaller():
     """
     With a runner, the pieces wait (not copied) until a batch is full, each
     batch is handed over only after the one before it finished, and the
@@ -364,7 +364,7 @@ def test_body_hash_runs_in_ordered_batches_off_the_caller():
     assert digests == [keccak(b"".join(pieces))]
 
 
-def test_upload_budget_refuses_with_503_and_releases(logEvents):
+def test_uploadBudgetRefusesWith503AndReleases(logEvents):
     """
     Declared lengths are reserved per address and in total before the body
     is read; a body that does not fit gets 503 with Retry-After and is never
@@ -404,7 +404,7 @@ def test_upload_budget_refuses_with_503_and_releases(logEvents):
     assert failures(logEvents) == []
 
 
-def test_chunked_upload_reserves_as_it_arrives():
+def test_chunkedUploadReservesAsItArrives():
     """
     A chunked body has no declared length: it reserves its bytes as they come,
     gets 503 when they stop fitting, and gives everything back.
@@ -444,7 +444,7 @@ class TakeOver(resource.Resource):
         return server.NOT_DONE_YET
 
 
-def test_websocket_takeover_stops_the_deadlines_and_stays_counted():
+def test_websocketTakeoverStopsTheDeadlinesAndStaysCounted():
     """
     A resource that takes the transport over leaves the channel: its
     deadlines stop and its upload reservation returns. The connection stays
@@ -470,7 +470,7 @@ def test_websocket_takeover_stops_the_deadlines_and_stays_counted():
     assert limiter.open == 0 and protocol.closed
 
 
-def test_connection_caps(logEvents):
+def test_connectionCaps(logEvents):
     """
     Over a cap a connection is aborted at once (before TLS would start),
     counted in the metrics, and logged once per interval, not per connection.
@@ -507,7 +507,7 @@ def test_connection_caps(logEvents):
     assert factory.acceptableProtocols() == [b"http/1.1"]
 
 
-def test_per_address_limits_count_sources_as_named():
+def test_perAddressLimitsCountSourcesAsNamed():
     """
     With the orchestrator's sourceOf, an IPv6 /64 is one source for the
     connection cap and the upload budget; another /64 is not.
@@ -529,7 +529,7 @@ def test_per_address_limits_count_sources_as_named():
 
 # The limit classes on their own.
 
-def test_connection_limiter_counts():
+def test_connectionLimiterCounts():
     """
     acquire() counts within both caps and names the cap it would exceed;
     release() gives places back and ignores unknown addresses.
@@ -543,7 +543,7 @@ def test_connection_limiter_counts():
     assert limiter.acquire("c") is None
 
 
-def test_upload_budget_caps_and_idempotent_release():
+def test_uploadBudgetCapsAndIdempotentRelease():
     """
     Reservations fit both caps or raise without reserving; growing follows
     the same rule; releasing twice gives back once.
@@ -576,7 +576,7 @@ class Expiries:
         self.kinds.append(kind)
 
 
-def test_deadlines_header_and_request():
+def test_deadlinesHeaderAndRequest():
     """
     The header deadline runs from the request's first byte until the headers
     are in; the request backstop from dispatch until the response is done.
@@ -600,7 +600,7 @@ def test_deadlines_header_and_request():
     assert expired.kinds == [HEADERS_TOO_SLOW, REQUEST_TOO_LONG]
 
 
-def test_deadlines_upload_rate():
+def test_deadlinesUploadRate():
     """
     A body keeping minUploadRate (after the grace) is never expired, however
     long it takes; one that falls behind is expired; bursts count as an average.
@@ -623,7 +623,7 @@ def test_deadlines_upload_rate():
     assert expired.kinds == [UPLOAD_TOO_SLOW]
 
 
-def test_deadlines_closing_replaces_the_others_and_keeps_the_earliest():
+def test_deadlinesClosingReplacesTheOthersAndKeepsTheEarliest():
     """
     Closing stops every other deadline; a later, longer close grace does not
     postpone an earlier one; stop() cancels everything.
@@ -642,7 +642,7 @@ def test_deadlines_closing_replaces_the_others_and_keeps_the_earliest():
     assert clock.getDelayedCalls() == []
 
 
-def test_log_throttle():
+def test_logThrottle():
     """
     One line per interval, reporting how many events it stands for.
     """
@@ -653,7 +653,7 @@ def test_log_throttle():
     assert throttle.event() == 4
 
 
-def test_orchestrator_limit_options(tmp_path):
+def test_orchestratorLimitOptions(tmp_path):
     """
     The public port's limit options: defaults, and clear usage errors for
     values that are not positive or budgets that could never hold a largest

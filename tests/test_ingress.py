@@ -175,7 +175,7 @@ def answer(app, link, taskId=None, data=b"r" * 100, pixels=1000):
     return job
 
 
-def test_payment_is_decoded_before_the_segment_header():
+def test_paymentIsDecodedBeforeTheSegmentHeader():
     """
     go-livepeer decodes Livepeer-Payment first: with both headers bad, 402.
     """
@@ -184,7 +184,7 @@ def test_payment_is_decoded_before_the_segment_header():
     assert response(request)[0] == 402
 
 
-def test_header_errors_and_hash():
+def test_headerErrorsAndHash():
     """
     Bad base64, a profile-less SegData, a bad duration and a wrong hash get
     403 with go-livepeer's words; an oversized body 413.
@@ -198,7 +198,7 @@ def test_header_errors_and_hash():
     assert response(post(resource, hash=b"\x01" * 32)) == (403, b"Forbidden\n")
 
 
-def test_auth_tokens_missing_forged_and_expired():
+def test_authTokensMissingForgedAndExpired():
     """
     A segment without a token, with a token we did not issue (one byte off,
     or a real session id with a made-up HMAC), or with an expired one, gets
@@ -222,7 +222,7 @@ def test_auth_tokens_missing_forged_and_expired():
     assert transcodeResult(response(request)[1]).WhichOneof("result") == "data"
 
 
-def test_sessions_are_named_by_their_tokens():
+def test_sessionsAreNamedByTheirTokens():
     """
     A session is the token's session id, whoever sends its segments and
     whatever their manifest id: one token from two addresses is one session
@@ -245,7 +245,7 @@ def test_sessions_are_named_by_their_tokens():
     assert len(link.tasks) == 3
 
 
-def test_no_transcoders():
+def test_noTranscoders():
     """
     Without transcoders the gateway gets 200 and go-livepeer's error text.
     """
@@ -254,7 +254,7 @@ def test_no_transcoders():
     assert status == 200 and transcodeResult(body).error == "no transcoders available"
 
 
-def test_renditions_stored_and_served():
+def test_renditionsStoredAndServed():
     """
     A transcoded segment comes back as URLs under /stream/<session>/ with the
     encoded pixels, the URLs serve the renditions' bytes, and the answer
@@ -288,7 +288,7 @@ def test_renditions_stored_and_served():
     assert fetch.responseHeaders.getRawHeaders(b"content-type") == [b"video/mp2t"]
 
 
-def test_capped_at_max_sessions():
+def test_cappedAtMaxSessions():
     """
     With --maxSessions 1, a second stream is refused with 403 OrchestratorCapped
     while the first keeps its transcoder.
@@ -327,7 +327,7 @@ def submit(service, segData, body=BODY, **options):
     return outcome, accepted
 
 
-def test_job_capabilities_checked_against_ours():
+def test_jobCapabilitiesCheckedAgainstOurs():
     """
     A job needing what neither we nor our transcoders offer (HEVC encode,
     a newer minimum version, a perceptual hash or a clip window, which we
@@ -357,7 +357,7 @@ def test_job_capabilities_checked_against_ours():
     assert HEVC_ENCODE in offered and not {MPEG7_SIGNATURE, SEGMENT_SLICING} & offered
 
 
-def test_segment_urls_are_refused_clearly():
+def test_segmentUrlsAreRefusedClearly():
     """
     A gateway sending a URL to fetch (application/vnd+livepeer.uri) gets 400
     with a text saying what to send instead; nothing is paid or transcoded.
@@ -375,7 +375,7 @@ def signedPost(resource, signer=GATEWAY, sender=GATEWAY, **options):
     return post(resource, signer=signer, payment=base64.b64encode(payment.SerializeToString()).decode(), **options)
 
 
-def test_on_chain_segment_signature_and_signed_results():
+def test_onChainSegmentSignatureAndSignedResults():
     """
     On chain the segment must carry its sender's signature of go-livepeer's
     flattened segment (403 ErrSegSig otherwise, before the token is looked
@@ -410,7 +410,7 @@ def test_on_chain_segment_signature_and_signed_results():
     assert [(p.sender, s) for p, s in payments.processed] == [(GATEWAY.address, sessionOf(b"chain"))] * 2
 
 
-def test_flattened_segment_is_what_go_livepeer_signs():
+def test_flattenedSegmentIsWhatGoLivepeerSigns():
     """
     go-livepeer's Flatten: manifest id, seq in 32 bytes, hash, then the
     profiles' ids (P720p30fps16x9 is 49d54ea9, P240p30fps16x9 c0a6517a).
@@ -421,7 +421,7 @@ def test_flattened_segment_is_what_go_livepeer_signs():
         b"m" + bytes(30) + b"\x01\x02" + b"\xaa" * 32 + b"49d54ea9c0a6517a")
 
 
-def test_orchestrator_info_that_cannot_be_made_is_500():
+def test_orchestratorInfoThatCannotBeMadeIs500():
     """
     go-livepeer answers 500 when it cannot make the refreshed info (no
     ticket parameters for the sender), before any payment.
@@ -433,7 +433,7 @@ def test_orchestrator_info_that_cannot_be_made_is_500():
     assert not payments.processed and not link.tasks
 
 
-def test_pipeline_without_http():
+def test_pipelineWithoutHttp():
     """
     The service alone: the upload is accepted once every check passed, and
     the answer is the TranscodeResult; a refusal is never accepted.
@@ -449,7 +449,7 @@ def test_pipeline_without_http():
     assert transcodeResult(outcome[0].body).WhichOneof("result") == "data"
 
 
-def test_hash_check_waits_for_a_digest_computed_elsewhere():
+def test_hashCheckWaitsForADigestComputedElsewhere():
     """
     A digest still being computed (off the reactor thread) holds the upload
     until it comes: the wrong one is refused with 403 and nothing accepted,
@@ -470,7 +470,7 @@ def test_hash_check_waits_for_a_digest_computed_elsewhere():
     assert outcome[0].status == 200
 
 
-def test_end_transcoding_session_frees_it_and_tells_the_transcoder():
+def test_endTranscodingSessionFreesItAndTellsTheTranscoder():
     """
     EndTranscodingSession's effect: the session is released (its slot free
     at once) and its transcoder told to drop it.
@@ -486,7 +486,7 @@ def test_end_transcoding_session_frees_it_and_tells_the_transcoder():
     assert transcodeResult(response(request)[1]).WhichOneof("result") == "data"
 
 
-def test_source_of_an_address():
+def test_sourceOfAnAddress():
     """
     IPv4 addresses count as themselves, IPv6 ones by /64, mapped IPv4 as IPv4.
     """

@@ -67,7 +67,7 @@ class BrokenWriter:
 @pytest.mark.parametrize("method, prefix", [
     ("debug", "<7>"), ("info", "<6>"), ("warn", "<4>"), ("error", "<3>"), ("critical", "<2>"),
 ])
-def test_journal_lines_start_with_the_syslog_priority(method, prefix):
+def test_journalLinesStartWithTheSyslogPriority(method, prefix):
     """
     Each level becomes its syslog priority, and the line has no timestamp.
     """
@@ -75,7 +75,7 @@ def test_journal_lines_start_with_the_syslog_priority(method, prefix):
     assert formatJournalEvent(event) == f"{prefix}[{NAMESPACE}#{method}] Transcoder t1 said 'hi'\n"
 
 
-def test_journal_lines_have_no_timestamp_file_lines_do():
+def test_journalLinesHaveNoTimestampFileLinesDo():
     """
     The journal stamps its entries itself; a log file carries twistd's
     timestamp.
@@ -86,7 +86,7 @@ def test_journal_lines_have_no_timestamp_file_lines_do():
     assert formatFileEvent(event) == f"{stamp} [{NAMESPACE}#info] hello\n"
 
 
-def test_every_line_of_a_multi_line_event_has_the_prefix():
+def test_everyLineOfAMultiLineEventHasThePrefix():
     """
     A message of several lines: every line carries the priority, the
     following ones indented.
@@ -96,7 +96,7 @@ def test_every_line_of_a_multi_line_event_has_the_prefix():
 
 
 @pytest.mark.parametrize("level, prefix", [(LogLevel.critical, "<2>"), (LogLevel.error, "<3>")])
-def test_every_traceback_line_has_the_prefix(level, prefix):
+def test_everyTracebackLineHasThePrefix(level, prefix):
     """
     A logged failure's traceback lines all carry the event's priority, so
     C{journalctl -p err} shows the whole traceback.
@@ -114,7 +114,7 @@ def test_every_traceback_line_has_the_prefix(level, prefix):
     assert lines[-1] == f"{prefix}\tbuiltins.ValueError: boom"
 
 
-def test_an_event_with_nothing_to_say_writes_nothing():
+def test_anEventWithNothingToSayWritesNothing():
     """
     An event without a format is not written at all.
     """
@@ -123,7 +123,7 @@ def test_an_event_with_nothing_to_say_writes_nothing():
     assert writer.writes == []
 
 
-def test_observer_writes_each_event_in_one_call_and_hides_debug():
+def test_observerWritesEachEventInOneCallAndHidesDebug():
     """
     One write per event, all its lines in it; debug events only when asked.
     """
@@ -138,7 +138,7 @@ def test_observer_writes_each_event_in_one_call_and_hides_debug():
     assert verbose.writes[1:] == quiet.writes
 
 
-def test_a_failing_write_drops_the_event_not_the_daemon():
+def test_aFailingWriteDropsTheEventNotTheDaemon():
     """
     A write error (full disk) is not raised into the code that logged.
     """
@@ -146,7 +146,7 @@ def test_a_failing_write_drops_the_event_not_the_daemon():
     LineLogObserver(BrokenWriter(), formatFileEvent)(event)
 
 
-def test_journal_stream_detection(tmp_path):
+def test_journalStreamDetection(tmp_path):
     """
     C{JOURNAL_STREAM} names the stream by device and inode: it must match
     the descriptor, as systemd documents.
@@ -163,7 +163,7 @@ def test_journal_stream_detection(tmp_path):
         assert not isJournalStream(environ, closed)
 
 
-def test_log_file_rename_then_reopen(tmp_path):
+def test_logFileRenameThenReopen(tmp_path):
     """
     After a rename, lines go on to the renamed file until L{reopen}; then to
     a new file at the path, created with mode 640 (less the umask).
@@ -185,7 +185,7 @@ def test_log_file_rename_then_reopen(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640 & ~umask
 
 
-def test_log_file_appends(tmp_path):
+def test_logFileAppends(tmp_path):
     """
     An existing file is appended to, never truncated, and writers sharing it
     never overwrite each other's lines.
@@ -210,7 +210,7 @@ def test_log_file_appends(tmp_path):
     assert sorted(lines[1:-1]) == sorted(b"writer %d line %d" % (i, n) for i in range(2) for n in range(2000))
 
 
-def test_reopen_failure_keeps_the_old_file(tmp_path):
+def test_reopenFailureKeepsTheOldFile(tmp_path):
     """
     When the path cannot be opened again, lines keep going to the file open
     before, and the failure is logged.
@@ -242,7 +242,7 @@ def serverOptions(*argv):
     return options
 
 
-def test_twistd_logger_and_syslog_keep_their_own_observer():
+def test_twistdLoggerAndSyslogKeepTheirOwnObserver():
     """
     C{--logger} and C{--syslog} are twistd's choices; so is refusing
     C{--logfile=-} for a daemon.
@@ -253,7 +253,7 @@ def test_twistd_logger_and_syslog_keep_their_own_observer():
 
 
 @pytest.mark.parametrize("argv", [["-n"], ["-n", "--logfile=-"]])
-def test_foreground_logs_to_standard_output(tmp_path, argv):
+def test_foregroundLogsToStandardOutput(tmp_path, argv):
     """
     In the foreground without a log file: standard output, in twistd's
     format, or with priorities and no timestamp when it is the journal.
@@ -273,7 +273,7 @@ def test_foreground_logs_to_standard_output(tmp_path, argv):
     assert journalLine == f"<4>[{NAMESPACE}#warn] plain"
 
 
-def test_logfile_option_gives_a_reopening_file(tmp_path):
+def test_logfileOptionGivesAReopeningFile(tmp_path):
     """
     C{--logfile PATH}: a L{ReopeningLogFile} at that path (twistd.log for a
     daemon without one), in twistd's format; C{-v 5} adds debug lines.
@@ -340,7 +340,7 @@ def pluginService(*twistdArguments):
     return config, maker.makeService(subOptions)
 
 
-def test_twistd_uses_the_plugins_observer(tmp_path):
+def test_twistdUsesThePluginsObserver(tmp_path):
     """
     Under twistd, the plugin's service gives the application its observer
     (twistd's logger has no --logger factory, so it takes the application's)
@@ -359,7 +359,7 @@ def test_twistd_uses_the_plugins_observer(tmp_path):
         root.logFile.close()
 
 
-def test_twistd_logger_option_wins():
+def test_twistdLoggerOptionWins():
     """
     With twistd's C{--logger}, the plugin's service is left as it is.
     """
@@ -367,7 +367,7 @@ def test_twistd_logger_option_wins():
     assert not isinstance(root, LogOutputService)
 
 
-def test_standard_output_writer_writes_whole(tmp_path):
+def test_standardOutputWriterWritesWhole(tmp_path):
     """
     L{DescriptorWriter} writes all it is given to the descriptor.
     """

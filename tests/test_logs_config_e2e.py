@@ -90,7 +90,7 @@ def startFileLoggingOrchestrator(nodes, logPath, **options):
     return node, cliPort
 
 
-def test_log_file_rotation_under_load(nodes, tmp_path):
+def test_logFileRotationUnderLoad(nodes, tmp_path):
     """
     While four clients make the orchestrator log a line per request, the log
     file is renamed and SIGUSR1 sent, again and again (the clients go on
@@ -150,7 +150,7 @@ def test_log_file_rotation_under_load(nodes, tmp_path):
         assert b"Reopened the log file " + logPath.encode() in f.read()
 
 
-def test_journal_lines_carry_priorities(tmp_path):
+def test_journalLinesCarryPriorities(tmp_path):
     """
     With standard output connected to the journal (C{JOURNAL_STREAM} names
     it), every line starts with its syslog priority and has no timestamp:
@@ -186,7 +186,7 @@ def test_journal_lines_carry_priorities(tmp_path):
     assert secret not in text
 
 
-def test_go_livepeer_config_files_and_lp_variables(tmp_path):
+def test_goLivepeerConfigFilesAndLpVariables(tmp_path):
     """
     An orchestrator and a transcoder started from go-livepeer config files
     (role flags, C{monitor true}, C{-v}) with an C{LP_MAXSESSIONS} variable

@@ -41,7 +41,7 @@ def entryOf(entries, option):
 
 
 @pytest.mark.parametrize("name,tap", [("orchestrator", orchestratorTap), ("transcoder", transcoderTap)])
-def test_defaults_in_help_are_the_man_pages(name, tap):
+def test_defaultsInHelpAreTheManPages(name, tap):
     """
     For each option with a default, its entry states that value: as
     C{Default: <value>} (or the value as a word) in an entry of its own, as

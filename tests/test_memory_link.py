@@ -95,7 +95,7 @@ def refusedLink(directory):
     return clock, harness, path, link
 
 
-def test_registration_through_the_gate(events):
+def test_registrationThroughTheGate(events):
     """
     A link started with the right secret is admitted by the gate, upgraded,
     registered with its capacity, and logs go-livepeer's lines on both
@@ -114,7 +114,7 @@ def test_registration_through_the_gate(events):
     assert SECRET not in repr(events)
 
 
-def test_wrong_secret_file_retries_slowly_then_picks_up_the_new_file(tmp_path, events):
+def test_wrongSecretFileRetriesSlowlyThenPicksUpTheNewFile(tmp_path, events):
     """
     A wrong secret file is refused with 'invalid secret'; the link keeps
     running, waits the slow rate (30 s +/- 20 %), re-reads the file on the
@@ -136,7 +136,7 @@ def test_wrong_secret_file_retries_slowly_then_picks_up_the_new_file(tmp_path, e
     assert "not-the-secret" not in repr(events)
 
 
-def test_a_reload_retries_at_once_after_a_refusal(tmp_path, events):
+def test_aReloadRetriesAtOnceAfterARefusal(tmp_path, events):
     """
     While it waits out the slow rate after a refusal, a reload that
     changed the secret file reconnects at once.
@@ -150,7 +150,7 @@ def test_a_reload_retries_at_once_after_a_refusal(tmp_path, events):
     assert named(events, "Secret changed; reconnecting to {orchestrator} now")
 
 
-def test_wrong_literal_secret_stops_the_transcoder_with_status_1(events):
+def test_wrongLiteralSecretStopsTheTranscoderWithStatus1(events):
     """
     A literal wrong secret cannot change: the transcoder stops the reactor
     and exits with status 1, and schedules no retry.
@@ -164,7 +164,7 @@ def test_wrong_literal_secret_stops_the_transcoder_with_status_1(events):
     assert "literal-wrong-secret" not in repr(events)
 
 
-def test_unreachable_orchestrator_backs_off_then_registers_and_resets(events):
+def test_unreachableOrchestratorBacksOffThenRegistersAndResets(events):
     """
     While the orchestrator cannot be reached, attempts follow the backoff
     (0.5 s growing by 1.5 up to 30 s); the first success registers and
@@ -181,7 +181,7 @@ def test_unreachable_orchestrator_backs_off_then_registers_and_resets(events):
     assert registered(harness) == ["10.0.0.100:40000"] and link.backoff.attempts == 0
 
 
-def test_orchestrator_shutdown_then_reconnect(events):
+def test_orchestratorShutdownThenReconnect(events):
     """
     An orchestrator that stops closes its transcoders with 4003; the link
     logs go-livepeer's 'Unregistering transcoder' line and reconnects after
@@ -199,7 +199,7 @@ def test_orchestrator_shutdown_then_reconnect(events):
     assert registered(harness) == ["10.0.0.100:40000"]
 
 
-def test_secret_rotation_closes_with_4004_and_the_link_reregisters(tmp_path, events):
+def test_secretRotationClosesWith4004AndTheLinkReregisters(tmp_path, events):
     """
     When the orchestrator's secret is rotated, the transcoder it closes
     with 4004 re-reads its own secret file and registers with the new
@@ -227,7 +227,7 @@ def test_secret_rotation_closes_with_4004_and_the_link_reregisters(tmp_path, eve
     assert SECRET not in repr(events) and "the-new-secret" not in repr(events)
 
 
-def test_failover_when_a_transcoder_connection_drops_mid_task(events):
+def test_failoverWhenATranscoderConnectionDropsMidTask(events):
     """
     A transcoder whose connection drops (a killed process) while it holds a
     segment: the segment is transcoded by the other transcoder, on the
@@ -311,7 +311,7 @@ def closeCode(received):
     return codes[-1] if codes else None
 
 
-def test_gate_refusals_in_go_livepeer_words(events):
+def test_gateRefusalsInGoLivepeerWords(events):
     """
     Before the upgrade: no go-livepeer Authorization value gets 401, a
     wrong secret 403 'invalid secret', capacity 0 with the right secret
@@ -334,7 +334,7 @@ def test_gate_refusals_in_go_livepeer_words(events):
     assert registered(harness) == []
 
 
-def test_failed_attempts_rate_limited_but_the_right_secret_admitted(events):
+def test_failedAttemptsRateLimitedButTheRightSecretAdmitted(events):
     """
     Five wrong secrets from one address get 403, further ones 429; the
     right secret from that address still gets its WebSocket (101).
@@ -346,7 +346,7 @@ def test_failed_attempts_rate_limited_but_the_right_secret_admitted(events):
     assert len(named(events, "Too many failed attempts from {host}")) == 1
 
 
-def test_malformed_websocket_input_closes_only_its_sender(events):
+def test_malformedWebsocketInputClosesOnlyItsSender(events):
     """
     Text that is not JSON, a binary message before registration, an
     unmasked frame, and a register message whose capacity differs from the
@@ -403,7 +403,7 @@ def freeze(pump):
             transport.reportDisconnect()
 
 
-def test_a_silent_orchestrator_is_found_by_pings_and_the_link_reconnects(events):
+def test_aSilentOrchestratorIsFoundByPingsAndTheLinkReconnects(events):
     """
     When the orchestrator stops answering, the transcoder's own pings find
     it dead within their interval plus timeout (20 s); the link unregisters

@@ -110,7 +110,7 @@ def servedFingerprint(orchestrator):
     return certificateFingerprint(pem.encode())
 
 
-def test_signals_never_kill_and_hup_reloads_the_tls_pair(nodes):
+def test_signalsNeverKillAndHupReloadsTheTlsPair(nodes):
     """
     SIGUSR1, SIGUSR2 and SIGHUP leave both daemons running (SIGUSR2 logs a
     status line, SIGHUP a reload summary); after the certificate and key in
@@ -159,7 +159,7 @@ def cliPost(node, path, **fields):
         return e.code, e.read()
 
 
-def test_capacity_from_the_cli_port_and_the_configuration(nodes, tmp_path):
+def test_capacityFromTheCliPortAndTheConfiguration(nodes, tmp_path):
     """
     C{maxSessions} changes at run time: on the orchestrator's and the
     transcoder's CLI ports (the transcoder reports it to the orchestrator),
@@ -195,7 +195,7 @@ def test_capacity_from_the_cli_port_and_the_configuration(nodes, tmp_path):
     assert transcoder.cliStatus()["MaxSessions"] == 4
 
 
-def test_secret_rotation_with_three_transcoders_and_segments_in_flight(nodes, segment2s):
+def test_secretRotationWithThreeTranscodersAndSegmentsInFlight(nodes, segment2s):
     """
     The orchestrator's secret file is rotated and reloaded while a stream
     flows through three transcoders; their own files are updated and
@@ -246,7 +246,7 @@ def test_secret_rotation_with_three_transcoders_and_segments_in_flight(nodes, se
     assert newSecret not in logged
 
 
-def test_drains_lose_no_segment(nodes, segment2s, tmp_path):
+def test_drainsLoseNoSegment(nodes, segment2s, tmp_path):
     """
     A transcoder's SIGTERM while it holds a segment: it tells the
     orchestrator, finishes the segment, closes and exits 0; its stream moves

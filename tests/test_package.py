@@ -321,7 +321,7 @@ def test_contents(debs):
     assert missing == []
 
 
-def test_control_fields(debs):
+def test_controlFields(debs):
     """
     The package depends on the exact interpreter, Debian's ffmpeg and
     adduser, and names a maintainer consistent with debian/copyright.
@@ -349,7 +349,7 @@ def test_conffiles(debs, tmp_path):
     assert set(conffiles.split()) == CONFFILES
 
 
-def test_maintainer_scripts(debs, tmp_path):
+def test_maintainerScripts(debs, tmp_path):
     """
     Units are never enabled or started by an install; an upgrade try-restarts
     them (no stop before it); removal stops them.
@@ -372,7 +372,7 @@ def test_maintainer_scripts(debs, tmp_path):
     assert "deb-systemd-invoke stop " + " ".join(UNITS) in onRemove, prerm
 
 
-def test_builds_ship_the_same_venv(debs, tmp_path):
+def test_buildsShipTheSameVenv(debs, tmp_path):
     """
     Two builds of the tree (here differing only in the changelog) ship the
     same venv, file for file: locked wheels, no build paths, reproducible
@@ -525,7 +525,7 @@ def plantState():
     return contents
 
 
-def test_install_upgrade_remove_purge(debs, tmp_path):
+def test_installUpgradeRemovePurge(debs, tmp_path):
     """
     The whole life of the package on this machine, with the operator's files
     and a node's state in place.

@@ -136,7 +136,7 @@ def refusedCount(site, reason):
 # The HTTP/2 edge.
 
 
-def test_alpn_offers_h2_then_http11_with_a_registry_only():
+def test_alpnOffersH2ThenHttp11WithARegistryOnly():
     """
     With gRPC services the site offers h2 then http/1.1; without, http/1.1.
     """
@@ -145,7 +145,7 @@ def test_alpn_offers_h2_then_http11_with_a_registry_only():
     assert BoundedSite(Recorder(), maxBodyBytes=1).acceptableProtocols() == [b"http/1.1"]
 
 
-def test_same_resources_over_http2_and_http11():
+def test_sameResourcesOverHttp2AndHttp11():
     """
     One resource tree: a POST reaches it over HTTP/2 and over HTTP/1.1 alike.
     """
@@ -160,7 +160,7 @@ def test_same_resources_over_http2_and_http11():
     assert root.requests == [(b"/x", b"abc"), (b"/x", b"de")]
 
 
-def test_early_413_over_http2_resets_only_its_stream(logEvents):
+def test_early413OverHttp2ResetsOnlyItsStream(logEvents):
     """
     A declared body over the limit gets 413 before it is read, with
     RST_STREAM NO_ERROR; the resource never sees it; one log line, one
@@ -181,7 +181,7 @@ def test_early_413_over_http2_resets_only_its_stream(logEvents):
     assert not client.transport.disconnecting
 
 
-def test_body_without_length_refused_as_it_passes_the_limit_and_never_processed():
+def test_bodyWithoutLengthRefusedAsItPassesTheLimitAndNeverProcessed():
     """
     Over HTTP/2 a body need not declare its length: it is refused as it
     passes the limit, and its END_STREAM afterwards does not dispatch it.
@@ -195,7 +195,7 @@ def test_body_without_length_refused_as_it_passes_the_limit_and_never_processed(
     assert client.response(client.post(b"/x", body=b"z")).data == b"ok 1"
 
 
-def test_per_path_limit_over_both_protocols():
+def test_perPathLimitOverBothProtocols():
     """
     /transcodeResults may carry more than the site's limit, up to its own;
     other paths keep the site's limit; over HTTP/1.1 as over HTTP/2.
@@ -214,7 +214,7 @@ def test_per_path_limit_over_both_protocols():
         b"HTTP/1.1 413 ")
 
 
-def test_upload_budget_per_stream_and_released():
+def test_uploadBudgetPerStreamAndReleased():
     """
     Each HTTP/2 stream reserves its body in the same budget as HTTP/1.1
     requests: one that does not fit gets 503 with Retry-After; the
@@ -243,7 +243,7 @@ def test_upload_budget_per_stream_and_released():
 
 
 @pytest.mark.parametrize("lengths, refusedBy", [([b"10", b"10"], "us"), ([b"10", b"20"], "h2"), ([b"-5"], "h2")])
-def test_bad_content_length_over_http2_reserves_nothing(lengths, refusedBy):
+def test_badContentLengthOverHttp2ReservesNothing(lengths, refusedBy):
     """
     Two Content-Length headers get 400 on their stream; h2 itself ends the
     connection for a negative one or two that differ. Neither reaches the
@@ -266,7 +266,7 @@ def test_bad_content_length_over_http2_reserves_nothing(lengths, refusedBy):
     assert budget.held == 0
 
 
-def test_slow_upload_on_one_stream_gets_408_and_others_go_on():
+def test_slowUploadOnOneStreamGets408AndOthersGoOn():
     """
     A stream whose body falls below --minUploadRate gets 408 (its
     reservation freed); the connection and a stream beside it go on.
@@ -289,7 +289,7 @@ def test_slow_upload_on_one_stream_gets_408_and_others_go_on():
     assert client.response(client.post(b"/x", body=b"quick")).data == b"ok 5"
 
 
-def test_request_running_too_long_on_a_stream_is_reset():
+def test_requestRunningTooLongOnAStreamIsReset():
     """
     The run-time backstop applies per stream: the stream is reset and the
     request learns its client is gone; the connection stays.
@@ -306,7 +306,7 @@ def test_request_running_too_long_on_a_stream_is_reset():
     assert not client.transport.disconnecting
 
 
-def test_idle_timeout_runs_only_without_open_streams_and_pings_do_not_restart_it():
+def test_idleTimeoutRunsOnlyWithoutOpenStreamsAndPingsDoNotRestartIt():
     """
     A connection with no open stream is closed (GOAWAY) after --idleTimeout
     although it keeps sending PINGs; one with a stream open is not, and its
@@ -339,7 +339,7 @@ def test_idle_timeout_runs_only_without_open_streams_and_pings_do_not_restart_it
     assert busy.transport.disconnecting
 
 
-def test_stream_header_and_flow_control_settings():
+def test_streamHeaderAndFlowControlSettings():
     """
     What HTTP/2 clients are told, as HardenedH2Connection documents: 100
     concurrent streams and a 64 KiB header list (h2's), 1 MiB stream windows,
@@ -393,7 +393,7 @@ def getOrchestrator(client):
     return client.response(streamID)
 
 
-def test_gateway_over_http2_end_to_end():
+def test_gatewayOverHttp2EndToEnd():
     """
     A stock gateway's exchange on one HTTP/2 connection: GetOrchestrator
     (refused while no transcoder is connected), then /segment with the
@@ -427,7 +427,7 @@ def test_gateway_over_http2_end_to_end():
     assert rendition.headers[b":status"] == b"200" and rendition.data == b"R" * 64
 
 
-def test_gateway_over_http11_with_the_same_token():
+def test_gatewayOverHttp11WithTheSameToken():
     """
     The same segment pipeline over HTTP/1.1: a token from GetOrchestrator
     (over HTTP/2) names the session; a forged one is refused.
@@ -451,7 +451,7 @@ def test_gateway_over_http11_with_the_same_token():
     assert written.startswith(b"HTTP/1.1 200 ") and port.link.tasks[0][1].sessionId == info.auth_token.session_id
 
 
-def test_stock_transcoder_results_over_http2_may_exceed_the_segment_limit():
+def test_stockTranscoderResultsOverHttp2MayExceedTheSegmentLimit():
     """
     A stock transcoder registers over gRPC and posts results larger than the
     largest segment (every rendition of it) to /transcodeResults over HTTP/2;
@@ -482,7 +482,7 @@ def test_stock_transcoder_results_over_http2_may_exceed_the_segment_limit():
     (b"\xff\xff\xff\x01\x04\x00\x00\x00\x01", h2.errors.ErrorCodes.FRAME_SIZE_ERROR),  # a 16 MiB frame announced
     (b"\x01\x00\x01\x00\x00\x00\x00\x00\x01", h2.errors.ErrorCodes.FRAME_SIZE_ERROR),  # 64 KiB + 1
 ])
-def test_connection_error_closes_at_once_and_aborts_a_peer_that_stays(garbage, code):
+def test_connectionErrorClosesAtOnceAndAbortsAPeerThatStays(garbage, code):
     """
     A frame no client may send gets GOAWAY with its error at once (an
     oversized one from its header alone, before its payload); TLS may close
@@ -503,7 +503,7 @@ def test_connection_error_closes_at_once_and_aborts_a_peer_that_stays(garbage, c
     assert aborted == [True]
 
 
-def test_frame_size_guard_follows_frames_across_reads():
+def test_frameSizeGuardFollowsFramesAcrossReads():
     """
     Frame headers split across reads, payloads skipped, the preface first.
     """
@@ -521,7 +521,7 @@ def test_frame_size_guard_follows_frames_across_reads():
 # gRPC request messages on the public port: bounded in time and in memory like request bodies.
 
 
-def test_stalled_grpc_request_message_ends_at_the_header_deadline_and_frees_the_connection():
+def test_stalledGrpcRequestMessageEndsAtTheHeaderDeadlineAndFreesTheConnection():
     """
     A gRPC call whose request message stops arriving (a slowloris on
     HTTP/2) ends with DEADLINE_EXCEEDED after --headerTimeout whatever PINGs
@@ -548,7 +548,7 @@ def test_stalled_grpc_request_message_ends_at_the_header_deadline_and_frees_the_
     assert client.transport.disconnecting
 
 
-def test_grpc_request_messages_hold_the_upload_budget_while_they_arrive():
+def test_grpcRequestMessagesHoldTheUploadBudgetWhileTheyArrive():
     """
     A gRPC request message kept across reads reserves its declared length
     in the upload budget, per source address like HTTP bodies: one that
@@ -580,7 +580,7 @@ def test_grpc_request_messages_hold_the_upload_budget_while_they_arrive():
     assert client.response(whole).status == StatusCode.OK and budget.held == 0
 
 
-def test_second_register_message_leaves_no_transcoder_registered():
+def test_secondRegisterMessageLeavesNoTranscoderRegistered():
     """
     A RegisterTranscoder call that sends a second request message ends with
     INTERNAL, and the transcoder its first message registered leaves the
@@ -597,7 +597,7 @@ def test_second_register_message_leaves_no_transcoder_registered():
 
 
 @pytest.mark.parametrize("path", [GET_ORCHESTRATOR, "/segment"])
-def test_request_reset_in_the_same_read_is_dropped_without_an_error(path, logEvents):
+def test_requestResetInTheSameReadIsDroppedWithoutAnError(path, logEvents):
     """
     A client that sends a whole request and resets it in one read (h2 has
     closed the stream before Twisted hands on the request): nothing is run
@@ -627,7 +627,7 @@ def test_request_reset_in_the_same_read_is_dropped_without_an_error(path, logEve
     assert info.transcoder == "https://orch.example:8935"
 
 
-def test_stream_declaring_no_body_must_still_end_in_time():
+def test_streamDeclaringNoBodyMustStillEndInTime():
     """
     A stream with C{content-length: 0} that never sends END_STREAM (no body
     to measure a rate on) gets 408 after --headerTimeout; its connection's

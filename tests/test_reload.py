@@ -65,7 +65,7 @@ class FakeReactor:
         f(*args)
 
 
-def test_signal_service_installs_dispatches_and_restores(events):
+def test_signalServiceInstallsDispatchesAndRestores(events):
     """
     Once running, the service handles SIGHUP, SIGUSR1 and SIGUSR2 (so they
     cannot kill) and every signal with a callback; a signal runs its
@@ -110,7 +110,7 @@ class FakeOptions(dict):
     longOpt = ["maxSessions=", "httpAddr=", "monitor", "help", "version"]
 
 
-def test_options_reload_applies_what_changed_and_can_be_applied(events):
+def test_optionsReloadAppliesWhatChangedAndCanBeApplied(events):
     """
     A changed option the daemon can apply is applied; one it cannot is
     logged as needing a restart (again at every reload until then); an
@@ -176,7 +176,7 @@ class HandshakeRecorder(Protocol):
         self.completed = True
 
 
-def test_server_tls_reload_swaps_the_pair_for_new_connections(tmp_path):
+def test_serverTlsReloadSwapsThePairForNewConnections(tmp_path):
     """
     A reload serves the files' new pair from the next handshake on; a pair
     that cannot be used (a key of another certificate, a key open to
@@ -224,7 +224,7 @@ class RotationHarness(Harness):
         self.path.chmod(0o600)
 
 
-def test_reload_retires_stale_transcoders_at_once_and_loses_no_segment(tmp_path, events):
+def test_reloadRetiresStaleTranscodersAtOnceAndLosesNoSegment(tmp_path, events):
     """
     With no grace period, a reload after the secret file changed retires
     every transcoder that registered with the old secret: idle ones are
@@ -261,7 +261,7 @@ def test_reload_retires_stale_transcoders_at_once_and_loses_no_segment(tmp_path,
     assert "will re-read" in logged and "Every transcoder with the old secret is gone" in logged
 
 
-def test_without_any_transcoder_of_the_new_secret_new_segments_find_none(tmp_path):
+def test_withoutAnyTranscoderOfTheNewSecretNewSegmentsFindNone(tmp_path):
     """
     With no grace period and every transcoder stale, new segments find no
     transcoder until one comes back with the new secret.
@@ -277,7 +277,7 @@ def test_without_any_transcoder_of_the_new_secret_new_segments_find_none(tmp_pat
     assert not isinstance(outcome(harness.transcode()), Failure)
 
 
-def test_grace_period_replaces_stale_transcoders_one_at_a_time(tmp_path, events):
+def test_gracePeriodReplacesStaleTranscodersOneAtATime(tmp_path, events):
     """
     With a grace period, stale transcoders are retired one at a time: the
     next once the previous is gone and a transcoder registered since (or
@@ -306,7 +306,7 @@ def test_grace_period_replaces_stale_transcoders_one_at_a_time(tmp_path, events)
     assert len(harness.live) == 1 and not harness.rotation.active
 
 
-def test_end_of_grace_period_retires_what_is_left(tmp_path):
+def test_endOfGracePeriodRetiresWhatIsLeft(tmp_path):
     """
     Stale transcoders still there when the grace period ends are retired
     together.
@@ -321,7 +321,7 @@ def test_end_of_grace_period_retires_what_is_left(tmp_path):
     assert all(t.link.closeCodes for t in stale) and harness.live == []
 
 
-def test_reload_with_an_unreadable_secret_file_keeps_everyone(tmp_path, events):
+def test_reloadWithAnUnreadableSecretFileKeepsEveryone(tmp_path, events):
     """
     A secret file gone bad is reported by the reload and retires nobody.
     """
@@ -334,7 +334,7 @@ def test_reload_with_an_unreadable_secret_file_keeps_everyone(tmp_path, events):
     assert any("accessible by group or others" in t for t in texts(events, LogLevel.error))
 
 
-def test_reload_with_the_same_secret_changes_nothing(tmp_path):
+def test_reloadWithTheSameSecretChangesNothing(tmp_path):
     """
     A reload with the file unchanged keeps every transcoder.
     """
@@ -345,7 +345,7 @@ def test_reload_with_the_same_secret_changes_nothing(tmp_path):
     assert len(harness.live) == 1
 
 
-def test_stock_transcoder_of_a_stale_secret_is_told_to_retry(tmp_path):
+def test_stockTranscoderOfAStaleSecretIsToldToRetry(tmp_path):
     """
     A stock go-livepeer transcoder (gRPC) that registered with the old
     secret is retired too: its call ends with UNAVAILABLE C{secret rotated},
@@ -386,7 +386,7 @@ class LinkNode:
         self.tlsOptions.append(options)
 
 
-def test_transcoder_reload_retries_at_once_with_a_changed_secret(tmp_path, events):
+def test_transcoderReloadRetriesAtOnceWithAChangedSecret(tmp_path, events):
     """
     A transcoder refused for its secret waits about 30 s, unless its file
     changed since the attempt; a reload that finds the file changed retries

@@ -44,7 +44,7 @@ def makePool(*capacities, maxSessions=None):
     return clock, pool, transcoders
 
 
-def test_no_transcoders():
+def test_noTranscoders():
     """
     Without transcoders, go-livepeer's error.
     """
@@ -53,7 +53,7 @@ def test_no_transcoders():
         pool.select("s")
 
 
-def test_spread_by_relative_load_and_capacity_tie_break():
+def test_spreadByRelativeLoadAndCapacityTieBreak():
     """
     Sessions go to the lowest load/capacity, the bigger transcoder winning a
     tie, and never beyond capacity.
@@ -66,7 +66,7 @@ def test_spread_by_relative_load_and_capacity_tie_break():
         pool.select("s6")
 
 
-def test_capacity_never_exceeded_with_fixed_cap():
+def test_capacityNeverExceededWithFixedCap():
     """
     With a fixed --maxSessions above the capacity sum, a full pool says no
     transcoders available rather than overloading one.
@@ -79,7 +79,7 @@ def test_capacity_never_exceeded_with_fixed_cap():
     assert t.load == 2
 
 
-def test_affinity_and_release_on_loss():
+def test_affinityAndReleaseOnLoss():
     """
     A session stays on its transcoder; when that one goes, the session moves.
     """
@@ -93,7 +93,7 @@ def test_affinity_and_release_on_loss():
     assert pool.select("s") is other
 
 
-def test_idle_sessions_expire():
+def test_idleSessionsExpire():
     """
     A session unused for the idle timeout is released.
     """
@@ -114,7 +114,7 @@ def rendition():
     return Rendition("P240p30fps16x9", b"y" * 100, pixels=60 * 426 * 240)
 
 
-def test_dispatch_success():
+def test_dispatchSuccess():
     """
     A result for the task fires the gateway's Deferred.
     """
@@ -136,7 +136,7 @@ def self_result(d):
     return results[0]
 
 
-def test_transcoder_lost_mid_segment_retries_elsewhere():
+def test_transcoderLostMidSegmentRetriesElsewhere():
     """
     A transcoder that disconnects while holding a task: the task is sent to
     another transcoder and the gateway gets that result.
@@ -153,7 +153,7 @@ def test_transcoder_lost_mid_segment_retries_elsewhere():
     assert result.attempts == 2 and result.transcoder == other.address
 
 
-def test_timeout_cancels_and_fails():
+def test_timeoutCancelsAndFails():
     """
     A task not answered within the deadline fails with go-livepeer's words and
     is cancelled on the transcoder; a late result is dropped.
@@ -170,7 +170,7 @@ def test_timeout_cancels_and_fails():
     assert t.load == 0
 
 
-def test_mismatched_and_zero_segments():
+def test_mismatchedAndZeroSegments():
     """
     A result with the wrong number of renditions, or a tiny one, is refused.
     """
@@ -186,7 +186,7 @@ def test_mismatched_and_zero_segments():
     assert str(self_result(d).value) == "ZeroSegments"
 
 
-def test_per_session_queue_bound_and_order():
+def test_perSessionQueueBoundAndOrder():
     """
     A session's segments run one at a time; past the bound, OrchestratorBusy.
     """
@@ -204,7 +204,7 @@ def test_per_session_queue_bound_and_order():
     self_result(second)
 
 
-def test_transcoder_error_retried_elsewhere_and_blamed():
+def test_transcoderErrorRetriedElsewhereAndBlamed():
     """
     An error the transcoder reports is retried on another transcoder; the
     gateway gets that result, and the failing transcoder is blamed (its
@@ -225,7 +225,7 @@ def test_transcoder_error_retried_elsewhere_and_blamed():
     assert pool.select("s") is other  # the session moved with the retry
 
 
-def test_error_of_the_only_transcoder_goes_to_the_gateway_unblamed():
+def test_errorOfTheOnlyTranscoderGoesToTheGatewayUnblamed():
     """
     With no other transcoder, the transcoder's error goes to the gateway as
     is; nothing confirms it is the transcoder's fault, so it is not blamed.
@@ -238,7 +238,7 @@ def test_error_of_the_only_transcoder_goes_to_the_gateway_unblamed():
     assert t.health.consecutiveFailures == 0 and t.load == 0
 
 
-def test_bad_input_cannot_put_good_transcoders_out_of_rotation():
+def test_badInputCannotPutGoodTranscodersOutOfRotation():
     """
     The attack: a gateway sends segments that fail on every transcoder. Each
     is tried at most twice, nobody is blamed, and a good segment afterwards
@@ -279,7 +279,7 @@ class ScriptedLink(FakeLink):
             self.dispatcher.taskSucceeded(taskId, [rendition() for _ in job.profiles], 1)
 
 
-def test_failing_transcoder_does_not_capture_new_sessions():
+def test_failingTranscoderDoesNotCaptureNewSessions():
     """
     The attack of issue 7: a transcoder that answers every task with an error
     beside a healthy one of equal capacity. Before health scoring, 10 of 10
@@ -302,7 +302,7 @@ def test_failing_transcoder_does_not_capture_new_sessions():
     assert pool.failureTotals["error"] == 1
 
 
-def test_cool_off_doubles_then_probe_restores():
+def test_coolOffDoublesThenProbeRestores():
     """
     Three confirmed failures in a row take a transcoder out of rotation for
     30 s; its sessions move. Afterwards it gets one probe session first; a
@@ -346,7 +346,7 @@ def test_cool_off_doubles_then_probe_restores():
     assert pool.select("new-4") is suspect and pool.select("new-5") is suspect  # more than one session again
 
 
-def test_timeout_leaves_time_for_a_retry_elsewhere():
+def test_timeoutLeavesTimeForARetryElsewhere():
     """
     A transcoder that never answers: with another transcoder available, the
     first attempt gets 3/4 of the gateway's deadline, so the segment is
@@ -370,7 +370,7 @@ def test_timeout_leaves_time_for_a_retry_elsewhere():
     assert pool.failureTotals["timeout"] == 1
 
 
-def test_deadline_capped_whatever_the_duration():
+def test_deadlineCappedWhateverTheDuration():
     """
     A 300,000 ms segment does not make a 20-minute deadline.
     """
@@ -379,7 +379,7 @@ def test_deadline_capped_whatever_the_duration():
     assert SegmentJob("s", 0, b"", [], 10_000).timeout == 40
 
 
-def test_sessions_limited_per_source():
+def test_sessionsLimitedPerSource():
     """
     With a per-source limit, one source cannot hold more sessions than it;
     sessions without a source, and other sources, are not affected; released
@@ -401,7 +401,7 @@ def test_sessions_limited_per_source():
     assert pool.sourceSessionLimit == 1
 
 
-def test_no_bookkeeping_left_for_refused_or_orphaned_sessions():
+def test_noBookkeepingLeftForRefusedOrOrphanedSessions():
     """
     Sessions refused, orphaned by a lost transcoder or released leave no
     entries behind (a long-running orchestrator must not grow).

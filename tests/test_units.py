@@ -29,7 +29,7 @@ def writeFile(path, text, mode):
     return str(path)
 
 
-def test_secret_file_trimmed_reread_and_hidden(tmp_path):
+def test_secretFileTrimmedRereadAndHidden(tmp_path):
     """
     A 0600 file is read trimmed, re-read on every use, and never shown in repr.
     """
@@ -41,7 +41,7 @@ def test_secret_file_trimmed_reread_and_hidden(tmp_path):
     assert "rotated" not in repr(secret) and "abc" not in repr(Secret.fromOption("abc"))
 
 
-def test_secret_file_permissions_and_empty(tmp_path):
+def test_secretFilePermissionsAndEmpty(tmp_path):
     """
     Group/other-readable and empty secret files are refused.
     """
@@ -52,7 +52,7 @@ def test_secret_file_permissions_and_empty(tmp_path):
     assert Secret.fromOption("literal").isLiteral
 
 
-def test_certificate_reused_and_key_private(tmp_path):
+def test_certificateReusedAndKeyPrivate(tmp_path):
     """
     The self-signed certificate is created once, reused, with a 0600 key; it
     names the service host and verifies with Python's own TLS stack.
@@ -69,7 +69,7 @@ def test_certificate_reused_and_key_private(tmp_path):
         ServerCertificate.loadOrCreate(str(tmp_path), "127.0.0.1")
 
 
-def test_fingerprint_forms():
+def test_fingerprintForms():
     """
     Fingerprints parse with or without colons and round-trip.
     """
@@ -85,7 +85,7 @@ def test_fingerprint_forms():
     ("example.com:443", ("example.com", 443)), ("[::1]:8935", ("::1", 8935)),
     ("https://o.example:8936", ("o.example", 8936)),
 ])
-def test_parse_host_port(text, expected):
+def test_parseHostPort(text, expected):
     """
     go-livepeer's address forms.
     """
@@ -93,7 +93,7 @@ def test_parse_host_port(text, expected):
 
 
 @pytest.mark.parametrize("text", ["host:notaport", "host:70000", "http://x:1", "https://x:1/path"])
-def test_parse_host_port_errors(text):
+def test_parseHostPortErrors(text):
     """
     Bad addresses are refused.
     """
@@ -101,7 +101,7 @@ def test_parse_host_port_errors(text):
         parseHostPort(text, "h", 8935)
 
 
-def test_media_framing_round_trip_and_errors():
+def test_mediaFramingRoundTripAndErrors():
     """
     Binary frames split back into their parts; inconsistent frames are refused.
     """
@@ -115,7 +115,7 @@ def test_media_framing_round_trip_and_errors():
         wsproto.decodeControl(b'{"no":"type"}')
 
 
-def test_store_bounds():
+def test_storeBounds():
     """
     The store keeps a bounded number per session and bounded bytes overall.
     """
@@ -141,7 +141,7 @@ class SlowTranscoder:
         return d
 
 
-def test_worker_limits_concurrency_and_spreads_devices():
+def test_workerLimitsConcurrencyAndSpreadsDevices():
     """
     No more than maxSessions run at once; sessions spread over devices and
     keep theirs; a queued task can be cancelled without running.
@@ -160,7 +160,7 @@ def test_worker_limits_concurrency_and_spreads_devices():
     assert worker.deviceFor("s0") == engine.calls[0][1]
 
 
-def test_backoff_grows_caps_and_resets():
+def test_backoffGrowsCapsAndResets():
     """
     Delays grow from about 0.5 s to a cap near 30 s, and reset.
     """
@@ -173,7 +173,7 @@ def test_backoff_grows_caps_and_resets():
     assert jittered.next() == 0.25
 
 
-def test_capability_bitstring():
+def test_capabilityBitstring():
     """
     go-livepeer's default capabilities as one 64-bit word.
     """
@@ -181,7 +181,7 @@ def test_capability_bitstring():
     assert word & 1 and word & (1 << 26) and not word & (1 << 13)
 
 
-def test_transcoder_refuses_eth_options(tmp_path):
+def test_transcoderRefusesEthOptions(tmp_path):
     """
     Keys belong on the orchestrator: every Ethereum option is refused.
     """
@@ -191,7 +191,7 @@ def test_transcoder_refuses_eth_options(tmp_path):
             transcoderTap.Options().parseOptions(["--orchAddr", "h", "--orchSecret", secret, option, "v"])
 
 
-def test_transcoder_options(tmp_path):
+def test_transcoderOptions(tmp_path):
     """
     Defaults and validation of the transcoder's options.
     """
@@ -208,7 +208,7 @@ def test_transcoder_options(tmp_path):
         transcoderTap.Options().parseOptions(["--orchAddr", "h"])
 
 
-def test_orchestrator_options(tmp_path):
+def test_orchestratorOptions(tmp_path):
     """
     Defaults and validation of the orchestrator's options.
     """
@@ -224,7 +224,7 @@ def test_orchestrator_options(tmp_path):
         orchestratorTap.Options().parseOptions([])
 
 
-def test_transcoder_refuses_every_chain_option_name(tmp_path):
+def test_transcoderRefusesEveryChainOptionName(tmp_path):
     """
     Every Ethereum option the orchestrator knows is refused by the transcoder.
     """
@@ -236,7 +236,7 @@ def test_transcoder_refuses_every_chain_option_name(tmp_path):
             transcoderTap.Options().parseOptions(["--orchAddr", "h", "--orchSecret", secret, f"--{name}", "v"])
 
 
-def test_worker_survives_a_transcoder_that_raises():
+def test_workerSurvivesATranscoderThatRaises():
     """
     A transcoder raising synchronously fails that task only: the slot is
     given back and the next task runs.
@@ -262,7 +262,7 @@ def test_worker_survives_a_transcoder_that_raises():
     ("3", 3), (" 12 ", 12), ("0", 0), ("-1", 0), ("1e3", 0), ("", 0), (None, 0), ("7\nforged line", 0),
     ("١٢", 0), ("9" * 12, 0),
 ])
-def test_capacity_header_parsing(value, expected):
+def test_capacityHeaderParsing(value, expected):
     """
     Only a plain decimal capacity is taken (and logged); anything else is 0.
     """
@@ -271,7 +271,7 @@ def test_capacity_header_parsing(value, expected):
     assert parseCapacity(value) == expected
 
 
-def test_segment_timeout_must_be_positive(tmp_path):
+def test_segmentTimeoutMustBePositive(tmp_path):
     """
     A zero, negative or non-numeric --segmentTimeout is refused.
     """
@@ -281,7 +281,7 @@ def test_segment_timeout_must_be_positive(tmp_path):
             transcoderTap.Options().parseOptions(["--orchAddr", "h", "--orchSecret", secret, "--segmentTimeout", bad])
 
 
-def test_missing_secret_file_is_not_taken_as_a_literal(tmp_path):
+def test_missingSecretFileIsNotTakenAsALiteral(tmp_path):
     """
     A path to a missing file in an existing directory is refused rather than
     used as the secret itself; a literal that merely starts with a slash works.
@@ -291,7 +291,7 @@ def test_missing_secret_file_is_not_taken_as_a_literal(tmp_path):
     assert Secret.fromOption("/Zq9+random/base64").isLiteral
 
 
-def test_worker_task_ids_reused_after_reconnect():
+def test_workerTaskIdsReusedAfterReconnect():
     """
     A new task reusing the id of a task still being killed stays cancellable,
     and a lost connection forgets every session's device.
@@ -311,7 +311,7 @@ def test_worker_task_ids_reused_after_reconnect():
     assert worker._deviceOfSession == {}
 
 
-def test_stale_work_directories_removed(tmp_path):
+def test_staleWorkDirectoriesRemoved(tmp_path):
     """
     Work directories left by a killed transcoder are removed at start.
     """
@@ -326,7 +326,7 @@ def test_stale_work_directories_removed(tmp_path):
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o610, 0o601])
-def test_refuseSharedFile_names_the_file_and_mode(mode):
+def test_refuseSharedFileNamesTheFileAndMode(mode):
     """
     Any group or other permission is refused with one message naming the
     file and its mode, in the exception type the caller asks for.
@@ -340,7 +340,7 @@ def test_refuseSharedFile_names_the_file_and_mode(mode):
     refuseSharedFile("TLS key /k.pem", 0o100600, OSError)
 
 
-def test_dispatchMessage_calls_the_handler_of_the_type():
+def test_dispatchMessageCallsTheHandlerOfTheType():
     """
     A control message goes to C{handle_<type>} with no parts and a media
     frame with its parts; an unexpected or unknown type is a protocol error

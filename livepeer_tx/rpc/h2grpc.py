@@ -12,7 +12,7 @@ channel otherwise.
 
 Twisted's HTTP/2 module is private. What this module overrides or calls there
 is listed in L{TWISTED_INTERNALS} and checked by
-C{tests/test_grpc_h2.py::test_twisted_internals_pinned}; setup.cfg pins the
+C{tests/test_grpc_h2.py::test_twistedInternalsPinned}; setup.cfg pins the
 Twisted range it was checked against.
 """
 
