@@ -87,6 +87,38 @@ def optionNames(config):
     return sorted(names - {"help", "version"})
 
 
+class NodeReloader:
+    """
+    What a daemon's reloader does alike on both sides: the configuration,
+    the secret, then the TLS files, each a step of L{reloadAll}. A subclass
+    names its TLS step (C{tlsStep}) and provides C{_reloadSecret} and
+    C{_reloadTLS}; C{_secretTag} is the secret's tag as last read.
+
+    @param secret: the shared L{Secret<livepeer_tx.secret.Secret>}.
+    @param options: the L{OptionsReload}.
+    """
+
+    _log = Logger()
+    tlsStep = "TLS certificate"
+
+    def __init__(self, secret, options):
+        self._secret = secret
+        self._options = options
+        self._secretTag = secretTag(secret)
+
+    def reload(self, reason="SIGHUP"):
+        """
+        Reload the configuration, the secret and the TLS files.
+
+        @return: a dict of what happened to each (for the summary line and tests).
+        """
+        return reloadAll(self._log, reason, [
+            ("configuration", self._options.reload),
+            ("secret", self._reloadSecret),
+            (self.tlsStep, self._reloadTLS),
+        ])
+
+
 class OptionsReload:
     """
     Re-reads a daemon's options and applies what changed.

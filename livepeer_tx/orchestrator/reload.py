@@ -9,7 +9,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from livepeer_tx.orchestrator.routing import RETIRING_SECRET
-from livepeer_tx.reload import reloadAll, rereadSecret, secretTag
+from livepeer_tx.reload import NodeReloader, rereadSecret
 from livepeer_tx.tls import CertificateError, formatFingerprint
 
 # With a grace period, how long to wait for a retired transcoder to come back
@@ -132,10 +132,11 @@ class SecretRotation:
             transcoder.link.closeForStaleSecret()
 
 
-class OrchestratorReloader:
+class OrchestratorReloader(NodeReloader):
     """
-    Re-reads what an orchestrator can change while it runs, and logs what
-    changed (never the secret itself).
+    Re-reads what an orchestrator can change while it runs (the
+    configuration, the secret and the TLS pair), and logs what changed
+    (never the secret itself).
 
     @param app: the L{Orchestrator}.
     @param secret: the shared L{Secret}.
@@ -148,24 +149,10 @@ class OrchestratorReloader:
     _log = Logger()
 
     def __init__(self, app, secret, serverTLS, rotation, options):
+        NodeReloader.__init__(self, secret, options)
         self._app = app
-        self._secret = secret
         self._serverTLS = serverTLS
         self._rotation = rotation
-        self._options = options
-        self._secretTag = secretTag(secret)
-
-    def reload(self, reason="SIGHUP"):
-        """
-        Reload the configuration, the secret and the TLS pair.
-
-        @return: a dict of what happened to each (for the summary line and tests).
-        """
-        return reloadAll(self._log, reason, [
-            ("configuration", self._options.reload),
-            ("secret", self._reloadSecret),
-            ("TLS certificate", self._reloadTLS),
-        ])
 
     def _reloadSecret(self):
         tag, outcome = rereadSecret(self._secret, self._log, "; registrations are refused until it is fixed")
