@@ -73,6 +73,16 @@ def describeAddress(address):
     return formatHostPort(host, getattr(address, "port", 0))
 
 
+def noteRefusal(log, metrics, peer, code, reason):
+    """
+    Log the one line about a request refused with C{code} for C{reason} and
+    count it in C{metrics} (an L{HTTPEdgeMetrics}, or L{None}).
+    """
+    log.info("Refused a request from {peer}: {code} {reason}", peer=peer, code=code, reason=reason)
+    if metrics is not None:
+        metrics.requestsRefused.labels(reason=reason).inc()
+
+
 def hostOf(address):
     """
     The default source of a connection for per-address limits: its host.
@@ -154,9 +164,6 @@ class HardenedHTTPChannel(http.HTTPChannel):
 
     def _peer(self):
         return describeAddress(self.transport.getPeer()) if self.transport is not None else "?"
-
-    def _metrics(self):
-        return self.site.metrics
 
     def connectionMade(self):
         """
@@ -309,10 +316,7 @@ class HardenedHTTPChannel(http.HTTPChannel):
         if self.closing or self.transport is None:
             return
         self.transport.write(http11Refusal(code, (message or reason) + "\n", retryAfter))
-        self._log.info("Refused a request from {peer}: {code} {reason}", peer=self._peer(), code=code, reason=reason)
-        metrics = self._metrics()
-        if metrics is not None:
-            metrics.requestsRefused.labels(reason=reason).inc()
+        noteRefusal(self._log, self.site.metrics, self._peer(), code, reason)
         self._close(self._limits.refusalGrace)
 
     def loseConnection(self):
@@ -602,10 +606,7 @@ class BoundedRequest(server.Request):
         metrics = channel.site.metrics
         # The answer may finish the request (and let go of its channel) at once.
         refuseRequest(self, code, (message or reason) + "\n", retryAfter)
-        self._log.info("Refused a request from {peer}: {code} {reason}",
-                       peer=describeAddress(self.getClientAddress()), code=code, reason=reason)
-        if metrics is not None:
-            metrics.requestsRefused.labels(reason=reason).inc()
+        noteRefusal(self._log, metrics, describeAddress(self.getClientAddress()), code, reason)
 
     def connectionLost(self, reason):
         """
