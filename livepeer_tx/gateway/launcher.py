@@ -199,7 +199,6 @@ class Node:
                 raise self._failure(f"did not {didNot} within {timeout:g} s")
             time.sleep(0.05)
 
-
     def stop(self, timeout=10.0):
         """
         Ask the process to stop (SIGTERM), wait, then SIGKILL its whole process
@@ -219,7 +218,6 @@ class Node:
         self.process.wait()
         self._closeLog()
         return self.process.returncode
-
 
     def _killGroup(self):
         # Once the leader is reaped its id may be reused: kill the group only once.
@@ -307,7 +305,6 @@ class OrchestratorNode(Node):
         L{livepeer_tx.gateway.push.SegmentPusher}.
         """
         return clientTLSOptions(self.host, fingerprint=self.fingerprintBytes)
-
 
 
 class NodeLauncher:
@@ -450,10 +447,8 @@ class NodeLauncher:
         deadline = time.monotonic() + timeout
         if isinstance(node, OrchestratorNode):
             node.waitForPort(node.port, node.host, timeout)
-            while not os.path.exists(node.certPath):
-                if time.monotonic() > deadline:
-                    raise node._failure(f"no certificate at {node.certPath}")
-                time.sleep(0.05)
+            node._pollUntil(lambda: os.path.exists(node.certPath), f"writing its certificate {node.certPath}",
+                            f"write its certificate {node.certPath}", max(0.0, deadline - time.monotonic()))
         if node.cliAddr:
             host, port = node.cliAddr.rsplit(":", 1)
             node.waitForPort(int(port), host, max(1.0, deadline - time.monotonic()))
