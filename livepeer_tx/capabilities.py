@@ -128,7 +128,7 @@ def parseReport(report):
     return parsed
 
 
-def orchestratorCapabilities(reports, version=__version__, withheld=NOT_HONOURED, log=None):
+def orchestratorCapabilities(reports, version=__version__, withheld=NOT_HONOURED):
     """
     What the orchestrator advertises in C{OrchestratorInfo.capabilities}, as
     go-livepeer computes it: its own default set at capacity 1 each, plus
