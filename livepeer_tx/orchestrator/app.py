@@ -108,16 +108,14 @@ class Orchestrator(service.MultiService):
         """
         self.pool.add(transcoder)
         self.registrations += 1
-        if self.pool.maxSessions is None:
-            self._log.info("Updated session limit to {limit}", limit=self.pool.sessionLimit)
+        self._autoSessionLimitChanged()
 
     def transcoderLost(self, transcoder):
         """
         A transcoder disconnected: its tasks move to other transcoders.
         """
         self.dispatcher.transcoderLost(transcoder)
-        if self.pool.maxSessions is None:
-            self._log.info("Updated session limit to {limit}", limit=self.pool.sessionLimit)
+        self._autoSessionLimitChanged()
 
     def transcoderDraining(self, transcoder):
         """
@@ -129,8 +127,7 @@ class Orchestrator(service.MultiService):
             self._log.info(
                 "Transcoder={transcoder} is draining: no new segments for it; {tasks} segment(s) in flight on it",
                 transcoder=transcoder.address, tasks=transcoder.tasksInFlight)
-            if self.pool.maxSessions is None:
-                self._log.info("Updated session limit to {limit}", limit=self.pool.sessionLimit)
+            self._autoSessionLimitChanged()
 
     def transcoderCapacityChanged(self, transcoder, capacity):
         """
@@ -141,6 +138,10 @@ class Orchestrator(service.MultiService):
             return
         self._log.info("Transcoder={transcoder} changed its capacity from {previous} to {capacity}",
                        transcoder=transcoder.address, previous=previous, capacity=capacity)
+        self._autoSessionLimitChanged()
+
+    def _autoSessionLimitChanged(self):
+        # The transcoders' capacity changed: with maxSessions auto, so did the limit.
         if self.pool.maxSessions is None:
             self._log.info("Updated session limit to {limit}", limit=self.pool.sessionLimit)
 
