@@ -84,7 +84,13 @@ class TranscodeWorker:
         self._slots = Slots(maxSessions)
         self._deviceOfSession = {}
         self._tasks = {}
-        self.running = 0
+
+    @property
+    def running(self):
+        """
+        Segments transcoding now (each holds a slot).
+        """
+        return self._slots.held
 
     @property
     def queued(self):
@@ -163,13 +169,11 @@ class TranscodeWorker:
         started = []
 
         def start(_):
-            self.running += 1
             started.append(True)
             return defer.maybeDeferred(transcode, device)
 
         def release(result):
             if started:
-                self.running -= 1
                 self._slots.release()
             if self._tasks.get(taskId) is task:
                 del self._tasks[taskId]
