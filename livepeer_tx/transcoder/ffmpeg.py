@@ -687,10 +687,10 @@ class _PipeJob(_Job):
         super()._ended(process)
 
     def _collect(self, seconds):
-        sizes = dict(zip(self._outputNames, self._sizes))
+        # The renditions follow the profiles, as do the sizes counted.
         output = self._counted(seconds, lambda name: None)
-        for rendition, name in zip(output.renditions, self._outputNames):
-            rendition.size = sizes[name]
+        for rendition, size in zip(output.renditions, self._sizes):
+            rendition.size = size
         return output
 
     def _inThread(self, function, *args):
