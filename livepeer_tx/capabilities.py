@@ -81,10 +81,18 @@ def capabilityBitstring(capabilities=DEFAULT_CAPABILITIES):
 
 def capabilitiesOf(bitstring):
     """
-    The capability ids set in a bitstring.
+    The capability ids set in a bitstring (the low 64 bits of each word).
     """
-    return frozenset(
-        index * 64 + bit for index, word in enumerate(bitstring) for bit in range(64) if word >> bit & 1)
+    ids = []
+    for index, word in enumerate(bitstring):
+        # Only the set bits are visited: this runs for every transcoder's
+        # report on every segment (see orchestratorCapabilities).
+        word &= _UINT64 - 1
+        while word:
+            lowest = word & -word
+            ids.append(index * 64 + lowest.bit_length() - 1)
+            word ^= lowest
+    return frozenset(ids)
 
 
 def parseReport(report):
