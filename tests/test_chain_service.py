@@ -23,6 +23,7 @@ from livepeer_tx.chain.service import makeChainService
 from livepeer_tx.chainoptions import (
     ARBITRUM_ONE_CONTROLLER, CHAIN_OPT_FLAGS, CHAIN_OPT_PARAMETERS, ETH_OPTION_NAMES, validateChainOptions,
 )
+from livepeer_tx.orchestrator.tap import makePayments
 from livepeer_tx.payments import OffchainPayments, PaymentError
 from livepeer_tx.proto import lp_rpc_pb2
 from livepeer_tx.secret import SecretFileError
@@ -64,13 +65,13 @@ def writePassword(directory, password="pw", mode=0o600):
 def test_offchainDefaults():
     """
     Off chain by default: the documented defaults, every eth option declared, and no chain
-    service (off-chain payments).
+    service (off-chain payments) from the orchestrator's makePayments.
     """
     options = parse()
     assert options["network"] == "offchain"
     assert options["maxGasPrice"] == 0 and options["ticketEV"] == 8 * 10**9
     assert set(ETH_OPTION_NAMES) <= {p[0] for p in CHAIN_OPT_PARAMETERS}
-    service, payments = makeChainService(options, reactor, "/nonexistent")
+    service, payments = makePayments(options, reactor, "/nonexistent", None)
     assert service is None and isinstance(payments, OffchainPayments)
 
 

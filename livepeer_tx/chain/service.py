@@ -11,13 +11,11 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from livepeer_tx.metrics import ChainMetrics
+
 from .contracts import LivepeerContracts
 from .identity import NodeSigner
 from .keystore import loadAccount
-from livepeer_tx.chainoptions import isOnChain
-from livepeer_tx.metrics import ChainMetrics
-from livepeer_tx.payments import OffchainPayments
-
 from .payments import TicketPayments
 from .redemption import Redeemer, TicketStore
 from .reward import RewardService
@@ -143,10 +141,9 @@ def makeChainService(config, reactor, dataDir, registry=None, rpcAgent=None):
     @param registry: the node's Prometheus registry, for L{ChainMetrics}.
     @param rpcAgent: the L{twisted.web.iweb.IAgent} JSON-RPC goes through
         (see L{JsonRpcClient}); by default a real HTTP one.
-    @return: C{(service, payments)}; off-chain C{(None, OffchainPayments())}.
+    @return: C{(service, payments)}. Off-chain, nothing here is used: see
+        L{livepeer_tx.orchestrator.tap.makePayments}.
     """
-    if not isOnChain(config):
-        return None, OffchainPayments()
     account = loadAccount(config["ethKeystorePath"], config.get("ethAcctAddr"), config.get("ethPassword"))
     rpc = JsonRpcClient(reactor, config["ethUrl"], agent=rpcAgent)
     contracts = LivepeerContracts(rpc, config["ethController"])

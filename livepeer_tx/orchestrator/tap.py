@@ -248,7 +248,7 @@ def makeService(config, reactor=None):
     app = Orchestrator(reactor, serviceURL, maxSessions=config["maxSessionsLimit"],
                        maxSessionsPerAddress=config["maxSessionsPerAddressLimit"])
     app.setServiceParent(parent)
-    chainService, payments = _makePayments(config, reactor, dataDir, app.metrics.registry)
+    chainService, payments = makePayments(config, reactor, dataDir, app.metrics.registry)
     if chainService is not None:
         chainService.setServiceParent(parent)
 
@@ -291,7 +291,7 @@ def makeService(config, reactor=None):
     return parent
 
 
-def _makePayments(config, reactor, dataDir, registry):
+def makePayments(config, reactor, dataDir, registry):
     """
     The chain service and payment processor the options choose.
 
