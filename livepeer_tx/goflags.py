@@ -101,6 +101,21 @@ def parseGoBool(text):
     raise ValueError(f"{text!r} is not a boolean (true, false, 1 or 0)")
 
 
+def _settingAsBool(name, value, source):
+    """
+    A boolean flag's setting: C{True} when written bare (C{value} L{None}),
+    else its Go boolean.
+
+    @raise usage.UsageError: C{value} is not a Go boolean.
+    """
+    if value is None:
+        return True
+    try:
+        return parseGoBool(value)
+    except ValueError as e:
+        raise usage.UsageError(f"-{name} ({source}): {e}") from None
+
+
 def envName(name):
     """
     The environment variable go-livepeer reads for flag C{name}: C{LP_} and
@@ -292,19 +307,12 @@ class GoFlagResolver:
         target = self.aliases.get(name, name)
         if name in self.fixed:
             fixed = self.fixed[name]
-            try:
-                wanted = True if value is None else parseGoBool(value)
-            except ValueError as e:
-                raise usage.UsageError(f"-{name} ({source}): {e}") from None
+            wanted = _settingAsBool(name, value, source)
             if wanted != fixed.value:
                 raise usage.UsageError(f"-{name}={str(wanted).lower()} ({source}): {fixed.reason}")
             return []
         if target in self.flags:
-            try:
-                on = True if value is None else parseGoBool(value)
-            except ValueError as e:
-                raise usage.UsageError(f"-{name} ({source}): {e}") from None
-            return [f"--{target}"] if on else []
+            return [f"--{target}"] if _settingAsBool(name, value, source) else []
         if target in self.booleanParameters:
             whenTrue, whenFalse, _ = self.booleanParameters[target]
             if value is None or value in _TRUE:
