@@ -140,18 +140,12 @@ class HardenedHTTPChannel(http.HTTPChannel):
 
     Its limits are the site's C{limits} (an L{HTTPLimits}); the clock is the
     site's reactor.
-
-    @ivar requestPath: the path of the request line being handled (for the
-        site's per-path body limits), or L{None}.
-    @ivar requestMethod: the method of that request line, or L{None}.
     """
 
     _log = Logger()
     # The close deadline below replaces Twisted's abort after an idle timeout.
     abortTimeout = None
     _lowerProtocol = None
-    requestPath = None
-    requestMethod = None
 
     def __init__(self):
         super().__init__()
@@ -159,7 +153,6 @@ class HardenedHTTPChannel(http.HTTPChannel):
         self._limits = HTTPLimits()
         self._deadlines = None
         self._idle = True
-        self._expectingRequestLine = True
         self._badRequestReason = MALFORMED_REQUEST_LINE
 
     def _peer(self):
@@ -199,14 +192,9 @@ class HardenedHTTPChannel(http.HTTPChannel):
         """
         if self.closing:
             return
-        if self._expectingRequestLine:
-            self._badRequestReason = MALFORMED_REQUEST_LINE
-            if line:
-                self._expectingRequestLine = False
-                parts = line.split()
-                self.requestMethod, self.requestPath = parts[:2] if len(parts) == 3 else (None, None)
-        else:
-            self._badRequestReason = HEADERS_TOO_LARGE
+        # Twisted holds the parsed request line (_command, _path) from then
+        # until the request is dispatched.
+        self._badRequestReason = HEADERS_TOO_LARGE if hasattr(self, "_command") else MALFORMED_REQUEST_LINE
         return super().lineReceived(line)
 
     def lineLengthExceeded(self, line):
@@ -292,7 +280,6 @@ class HardenedHTTPChannel(http.HTTPChannel):
             return
         if self.persistent:
             self._idle = True
-            self._expectingRequestLine = True
         super().requestDone(request)
 
     def _send100Continue(self):
@@ -494,7 +481,8 @@ class BoundedRequest(server.Request):
         # The method and path, known before the request is received.
         if isHTTP2(self):
             return self.channel.command, self.channel.path
-        return getattr(self.channel, "requestMethod", None), getattr(self.channel, "requestPath", None)
+        # Twisted's HTTP/1.1 channel holds the parsed request line until dispatch.
+        return getattr(self.channel, "_command", None), getattr(self.channel, "_path", None)
 
     def _bodyLimit(self):
         return self._site().maxBodyBytesFor(self._requestLine()[1])

@@ -150,11 +150,13 @@ def test_malformedHeaderLineIsRefusedAndNothingIsDispatched(logEvents):
     ([b"POST /x HTTP/1.1\r\n", b"Transfer-Encoding: gzip\r\n", b"\r\n", b"xx"], "Transfer-Encoding"),
     ([b"POST /x HTTP/1.1\r\n", b"Transfer-Encoding: chunked\r\n", b"\r\n", b"zz\r\nxx\r\n"], "chunked body"),
     ([b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n", b"Host: o\r\n", b"\r\n"], "too long"),
+    ([b"GET /x HTTP/1.1\r\n"] + [b"X-%d: " % i + b"v" * 6000 + b"\r\n" for i in range(3)] + [b"\r\n"],
+     "request headers too large"),
 ])
 def test_malformedRequestsGet400AndOneLineWithoutTraceback(logEvents, parts, reason):
     """
-    Malformed request lines, Content-Length and Transfer-Encoding values and
-    chunked bodies: a 400, one info line naming the peer and the reason, no
+    Malformed request lines, Content-Length and Transfer-Encoding values,
+    chunked bodies and headers too large in total: a 400, one info line naming the peer and the reason, no
     traceback, nothing dispatched and nothing parsed after it (Twisted's own
     channel goes on parsing after its 400 and raises on the next line).
     """
