@@ -376,9 +376,8 @@ class Port:
         self.tokens = AuthTokens(b"t" * 32, wallClock=lambda: NOW)
         public = self.app.makePublicRoot(self.clock, Secret(literal=SECRET), OffchainPayments(), maxSegmentBytes,
                                          tokens=self.tokens)
-        self.site = BoundedSite(public.root, maxBodyBytes=maxSegmentBytes, hashBodies=True, limits=LIMITS,
-                                uploadBudget=UploadBudget(10**9, 10**9), bodyLimits=public.bodyLimits,
-                                bodyStreams=public.bodyStreams, grpcRegistry=public.registry, reactor=self.clock)
+        self.site = public.makeSite(hashBodies=True, limits=LIMITS, uploadBudget=UploadBudget(10**9, 10**9),
+                                    reactor=self.clock)
         self.link = AnsweringLink()
 
     def client(self, negotiated=b"h2"):

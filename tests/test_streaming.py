@@ -25,7 +25,6 @@ from livepeer_tx.orchestrator.registration import FORWARD_BYTES, SEGMENT_PIECE_B
 from livepeer_tx.payments import OffchainPayments
 from livepeer_tx.profiles import Profile
 from livepeer_tx.proto import lp_rpc_pb2 as pb
-from livepeer_tx.web import BoundedSite
 from test_public_port import PortClient
 from livepeer_tx.transcoder.client import TranscoderClientProtocol
 from livepeer_tx.transcoder.ffmpeg import StreamedSegment
@@ -288,8 +287,7 @@ class Gateway:
         self.protocol = protocol
         public = harness.app.makePublicRoot(harness.clock, harness.secret, OffchainPayments(), MAX_SEGMENT_BYTES,
                                             tokens=TOKENS)
-        self.site = BoundedSite(public.root, maxBodyBytes=MAX_SEGMENT_BYTES, hashBodies=hashBodies,
-                                bodyStreams=public.bodyStreams, grpcRegistry=public.registry, reactor=harness.clock)
+        self.site = public.makeSite(hashBodies=hashBodies, reactor=harness.clock)
         self.client = PortClient(self.site, harness.clock, negotiated=protocol)
         self.token = TOKENS.issue()
 

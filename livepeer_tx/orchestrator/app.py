@@ -29,7 +29,7 @@ from livepeer_tx.orchestrator.registration import (
 from livepeer_tx.orchestrator.routing import RETIRING_DRAIN, TranscoderPool
 from livepeer_tx.orchestrator.store import RenditionStore, StreamResource
 from livepeer_tx.rpc import ServiceRegistry
-from livepeer_tx.web import JSONResource, makeCLIRoot
+from livepeer_tx.web import BoundedSite, JSONResource, makeCLIRoot
 from livepeer_tx import wsproto
 
 
@@ -373,3 +373,15 @@ class PublicPort:
     orchestrator: OrchestratorService
     transcoders: GRPCTranscoderService
     bodyStreams: dict = None
+
+    def makeSite(self, **options):
+        """
+        The L{BoundedSite} that serves this port: its resources and gRPC
+        services, request bodies up to the largest segment (with the limits
+        of L{bodyLimits}), the L{bodyStreams} handed over as they arrive.
+
+        @param options: the site's other arguments (C{hashBodies},
+            C{limits}, C{uploadBudget}, C{metrics}, C{reactor}, ...).
+        """
+        return BoundedSite(self.root, maxBodyBytes=self.segments.maxSegmentBytes, bodyLimits=self.bodyLimits,
+                           bodyStreams=self.bodyStreams, grpcRegistry=self.registry, **options)
