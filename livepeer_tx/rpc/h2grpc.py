@@ -346,10 +346,7 @@ class GRPCStream:
         self._outbound.clear()
         self._queuedBytes = 0
         self._releaseSendWaiters(False)
-        running, self._running = self._running, None
-        if running is not None:
-            self._call._cancel(StatusCode.CANCELLED)
-            running.cancel()
+        self._cancelHandler(StatusCode.CANCELLED)
 
     def windowUpdated(self):
         """
@@ -409,13 +406,17 @@ class GRPCStream:
 
     def _deadlineExpired(self):
         self._deadlineCall = None
-        if self._finished:
-            return
+        self._end(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", handlerCode=StatusCode.DEADLINE_EXCEEDED)
+
+    def _cancelHandler(self, code):
+        """
+        Cancel the handler if it is still running, its call cancelled with
+        C{code} (CANCELLED or DEADLINE_EXCEEDED) first. Only once the call is
+        finished: the handler's failure then ends nothing more.
+        """
         running, self._running = self._running, None
-        self._end(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-        if self._call is not None:
-            self._call._cancel(StatusCode.DEADLINE_EXCEEDED)
         if running is not None:
+            self._call._cancel(code)
             running.cancel()
 
     def _messageLate(self):
@@ -465,21 +466,19 @@ class GRPCStream:
         if waiter is not None:
             self._sendWaiters.append((self._enqueuedTotal, waiter))
 
-    def _end(self, code, message):
+    def _end(self, code, message, handlerCode=StatusCode.CANCELLED):
         """
         Decide the call's status: the trailers follow whatever is queued. A
         handler still running (the call ends for a protocol error, say a
-        second request message) is cancelled: nothing it sends would arrive.
+        second request message, or its deadline passed) is cancelled with
+        C{handlerCode}: nothing it sends would arrive.
         """
         if self._finished:
             return
         self._finished = True
         self._cancelDeadline()
         self._dropRequest()
-        running, self._running = self._running, None
-        if running is not None:
-            self._call._cancel(StatusCode.CANCELLED)
-            running.cancel()
+        self._cancelHandler(handlerCode)
         trailers = [(b"grpc-status", b"%d" % code)]
         if message:
             trailers.append((b"grpc-message", encodeStatusMessage(message)))
