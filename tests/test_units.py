@@ -363,3 +363,29 @@ def test_dispatchMessageCallsTheHandlerOfTheType():
     with pytest.raises(wsproto.ProtocolError, match="unknown message type 'nope'"):
         wsproto.dispatchMessage(Target(), wsproto.encodeControl("nope"), False)
     assert len(calls) == 2
+
+
+def test_taskAnswersDroppedOnceTheConnectionCloses():
+    """
+    A task that ends while its connection is closing sends nothing (autobahn
+    would raise on a send in that state), while one on an open connection is
+    sent: breaks if the open check leaves the protocol's send methods.
+    """
+    from livepeer_tx.transcoder.client import TranscoderClientProtocol
+    from livepeer_tx.transcoder.ffmpeg import TranscodeOutput
+
+    protocol = TranscoderClientProtocol()
+    sent = []
+    protocol.sendMessage = lambda payload, isBinary=False: sent.append((payload, isBinary))
+    output = TranscodeOutput(decodedFrames=1, decodedPixels=4)
+
+    protocol.state = protocol.STATE_CLOSING
+    protocol.sendResult(7, output)
+    protocol.sendResultEnd(7, output)
+    protocol.sendRenditionData(7, 0, b"ts")
+    protocol.sendError(7, "failed")
+    assert sent == []
+
+    protocol.state = protocol.STATE_OPEN
+    protocol.sendError(7, "failed")
+    assert [wsproto.decodeControl(payload)["type"] for payload, _ in sent] == ["error"]

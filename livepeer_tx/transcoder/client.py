@@ -250,28 +250,35 @@ class TranscoderClientProtocol(wsproto.MessageLimits, WebSocketClientProtocol):
         """
         self.factory.link.worker.endSession(message.get("sessionId"))
 
+    def _sendWhileOpen(self, payload, isBinary=False):
+        """
+        Send a message about a task, dropped once the connection is closing
+        (the task ended after it: nobody is left to answer).
+        """
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(payload, isBinary=isBinary)
+
     def sendResult(self, taskId, output):
         """
         Send a transcode output as a C{result} frame.
         """
         header = {"type": "result", **resultFields(taskId, output)}
-        self.sendMessage(wsproto.encodeMedia(header, [r.data for r in output.renditions]), isBinary=True)
+        self._sendWhileOpen(wsproto.encodeMedia(header, [r.data for r in output.renditions]), isBinary=True)
 
     def sendRenditionData(self, taskId, index, data):
         """
         Send the next bytes of a streamed task's rendition C{index} (the
         place of its profile in the task's list), as FFmpeg wrote them.
         """
-        if self.state == self.STATE_OPEN:
-            header = {"type": "renditionData", "taskId": taskId, "rendition": index}
-            self.sendMessage(wsproto.encodeMedia(header, [data]), isBinary=True)
+        header = {"type": "renditionData", "taskId": taskId, "rendition": index}
+        self._sendWhileOpen(wsproto.encodeMedia(header, [data]), isBinary=True)
 
     def sendResultEnd(self, taskId, output):
         """
         End a streamed task: every rendition byte has been sent; what FFmpeg
         decoded and encoded, as in C{result}, with each rendition's size.
         """
-        self.sendMessage(wsproto.encodeControl(
+        self._sendWhileOpen(wsproto.encodeControl(
             "resultEnd", **resultFields(taskId, output), sizes=[r.size for r in output.renditions]))
 
     def taskEnded(self, taskId):
@@ -285,7 +292,7 @@ class TranscoderClientProtocol(wsproto.MessageLimits, WebSocketClientProtocol):
         Tell the orchestrator a task failed, with the reason (without local
         paths or control characters, and bounded: it goes on to a gateway).
         """
-        self.sendMessage(wsproto.encodeControl("error", taskId=taskId, error=wsproto.cleanErrorText(error)))
+        self._sendWhileOpen(wsproto.encodeControl("error", taskId=taskId, error=wsproto.cleanErrorText(error)))
 
     def onClose(self, wasClean, code, reason):
         """
@@ -740,8 +747,7 @@ class OrchestratorLink(service.Service):
                 self.metrics.pixelsProcessed.inc(sum(r.pixels for r in output.renditions) / 1e6)
             self._log.info("Transcoding done for taskId={taskId} dur={seconds:.3f}s", taskId=taskId,
                            seconds=output.seconds)
-            if protocol.state == protocol.STATE_OPEN:
-                sendResult(taskId, output)
+            sendResult(taskId, output)
 
         def failed(failure):
             if failure.check(defer.CancelledError):
@@ -751,8 +757,7 @@ class OrchestratorLink(service.Service):
                 self.metrics.segmentsFailed.inc()
             self._log.error("Unable to transcode taskId={taskId} err={err!r}", taskId=taskId,
                             err=failure.getErrorMessage())
-            if protocol.state == protocol.STATE_OPEN:
-                protocol.sendError(taskId, failure.getErrorMessage())
+            protocol.sendError(taskId, failure.getErrorMessage())
 
         d.addCallbacks(done, failed)
         d.addErrback(lambda f: self._log.failure("Could not send the result of taskId={taskId}", f, taskId=taskId))
