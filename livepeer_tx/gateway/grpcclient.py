@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from livepeer_tx import __version__
 from livepeer_tx.addresses import formatHostPort
+from livepeer_tx.rpc.h2grpc import ALPN_PROTOCOLS
 from livepeer_tx.rpc.wire import (
     DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
     GRPCError,
@@ -33,7 +34,6 @@ from livepeer_tx.rpc.wire import (
     isGRPCContentType,
 )
 
-ALPN_OFFERED = (b"h2", b"http/1.1")
 USER_AGENT = f"livepeer-tx/{__version__}".encode("ascii")
 
 # How gRPC clients read an HTTP status that is not 200 (the gRPC spec's
@@ -60,10 +60,11 @@ class GRPCUnavailable(Exception):
 class ALPNClientCreator:
     """
     Wraps a client TLS creator (or a context factory such as
-    C{CertificateOptions}) to offer L{ALPN_OFFERED}, keeping its trust rules.
+    C{CertificateOptions}) to offer what our gRPC port offers
+    (L{ALPN_PROTOCOLS}: C{h2}, then C{http/1.1}), keeping its trust rules.
     """
 
-    def __init__(self, creator, protocols=ALPN_OFFERED):
+    def __init__(self, creator, protocols=ALPN_PROTOCOLS):
         self._creator = creator
         self._protocols = list(protocols)
 
