@@ -36,6 +36,7 @@ from livepeer_tx.orchestrator.routing import RemoteTranscoder
 from livepeer_tx.orchestrator.store import StreamResource
 from livepeer_tx.profiles import PRESETS
 from livepeer_tx.proto import lp_rpc_pb2 as pb
+from memorywire import events, named  # noqa: F401 (events is a fixture)
 
 BODY = b"\x47" * 1880
 NOW = 1_700_000_000.0
@@ -196,6 +197,18 @@ def test_headerErrorsAndHash():
     assert response(post(resource))[0] == 413
     _, resource = makeOrchestrator()
     assert response(post(resource, hash=b"\x01" * 32)) == (403, b"Forbidden\n")
+
+
+def test_rejectedSegmentLogNamesBracketedIPv6Peer(events):
+    """
+    The line about a refused segment names its gateway as every other line
+    of the public port does: an IPv6 peer in brackets, then its port (a
+    gateway address written unbracketed would fail this).
+    """
+    _, resource = makeOrchestrator()
+    assert response(post(resource, client="2001:db8::7", hash=b"\x01" * 32))[0] == 403
+    [line] = named(events, "Rejected segment from")
+    assert line["peer"] == "[2001:db8::7]:40000"
 
 
 def test_authTokensMissingForgedAndExpired():

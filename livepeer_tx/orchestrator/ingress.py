@@ -43,6 +43,7 @@ from livepeer_tx.orchestrator.orchservice import senderAddress
 from livepeer_tx.orchestrator.routing import NO_TRANSCODERS, ORCHESTRATOR_CAPPED
 from livepeer_tx.profiles import ProfileError, profilesFromSegData
 from livepeer_tx.proto import lp_rpc_pb2 as pb
+from livepeer_tx.web import describeAddress
 
 SEGMENT_HEADER = b"livepeer-segment"
 PAYMENT_HEADER = b"livepeer-payment"
@@ -630,7 +631,7 @@ def _submission(request, body, digest=None):
         paymentHeader=(request.getHeader(PAYMENT_HEADER) or b"").decode("latin-1"),
         body=body,
         source=sourceOf(request.getClientAddress()),
-        peer=_peer(request),
+        peer=describeAddress(request.getClientAddress()),
         contentType=(request.getHeader(CONTENT_TYPE_HEADER) or b"").decode("latin-1"),
         bodyDigest=digest,
     )
@@ -650,8 +651,3 @@ _KNOWN_ERRORS = frozenset(
 
 def _reasonLabel(error):
     return error if error in _KNOWN_ERRORS else "transcoder error"
-
-
-def _peer(request):
-    address = request.getClientAddress()
-    return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
