@@ -339,7 +339,7 @@ class SegmentPusher:
         result = SegmentResult(seq=seq, durationMs=durationMs, bytesSent=len(data))
         started = self._reactor.seconds()
         deadline = self._timeout if self._timeout is not None else segmentTimeout(durationMs)
-        d = Deferred.fromCoroutine(self._exchange(result, data, started))
+        d = Deferred.fromCoroutine(self._exchange(result, data))
         timedOut = []
 
         def timeOut():
@@ -437,7 +437,7 @@ class SegmentPusher:
             orchAddr=self._orchAddr, reason=reason,
         )
 
-    async def _exchange(self, result, data, started):
+    async def _exchange(self, result, data):
         authToken = await self.sessionToken()
         headers = buildSegmentHeaders(
             result.seq, data, self.profiles, self.manifestId, result.durationMs, authToken
