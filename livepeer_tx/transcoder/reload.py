@@ -6,10 +6,10 @@ the secret file and the certificate it trusts the orchestrator with.
 
 from twisted.logger import Logger
 
-from livepeer_tx.reload import reloadAll, rereadSecret, secretTag
+from livepeer_tx.reload import NodeReloader, rereadSecret
 
 
-class TranscoderReloader:
+class TranscoderReloader(NodeReloader):
     """
     Re-reads what a transcoder can change while it runs, and logs what
     changed (never the secret itself).
@@ -24,25 +24,12 @@ class TranscoderReloader:
     """
 
     _log = Logger()
+    tlsStep = "orchestrator certificate"
 
     def __init__(self, node, secret, makeTLSOptions, options):
+        NodeReloader.__init__(self, secret, options)
         self._node = node
-        self._secret = secret
         self._makeTLSOptions = makeTLSOptions
-        self._options = options
-        self._secretTag = secretTag(secret)
-
-    def reload(self, reason="SIGHUP"):
-        """
-        Reload the configuration, the secret and the trusted certificate.
-
-        @return: a dict of what happened to each.
-        """
-        return reloadAll(self._log, reason, [
-            ("configuration", self._options.reload),
-            ("secret", self._reloadSecret),
-            ("orchestrator certificate", self._reloadTLS),
-        ])
 
     def _reloadSecret(self):
         tag, outcome = rereadSecret(self._secret, self._log)
