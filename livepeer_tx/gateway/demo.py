@@ -43,7 +43,7 @@ async def probeVideoSize(reactor, path, ffmpegPath=None):
     C{ffmpeg -i}'s stream description, or C{None}.
     """
     ffmpegPath = ffmpegPath or findFFmpegExecutable()
-    result = await runProcess(reactor, ffmpegPath, ["-hide_banner", "-nostdin", "-i", path], env=dict(os.environ))
+    result = await runProcess(reactor, ffmpegPath, ["-hide_banner", "-nostdin", "-i", path])
     match = _VIDEO_SIZE.search(result.err)
     return (int(match.group(1)), int(match.group(2))) if match else None
 

@@ -58,7 +58,7 @@ def findFFmpegExecutable():
 async def _runFFmpeg(reactor, ffmpegPath, stream, what):
     args = ["-hide_banner", "-nostdin", "-y", "-loglevel", "error"] + stream.get_args()
     _log.debug("Running {ffmpeg} {args}", ffmpeg=ffmpegPath, args=args)
-    result = await runProcess(reactor, ffmpegPath, args, env=dict(os.environ))
+    result = await runProcess(reactor, ffmpegPath, args)
     if not result.succeeded:
         tail = result.err.decode("utf-8", "replace").strip()[-2000:]
         raise SegmenterError(f"ffmpeg failed to {what} (exit {result.exitCode}): {tail}")
