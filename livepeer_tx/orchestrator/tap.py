@@ -20,7 +20,7 @@ from livepeer_tx.payments import OffchainPayments
 from livepeer_tx.secret import Secret, SecretFileError
 from livepeer_tx.taps import cliPortService, makeSignalService, prepareNode
 from livepeer_tx.tls import CertificateError, ServerCertificate
-from livepeer_tx.web import BoundedSite, ConnectionCapFactory, HTTPEdgeMetrics
+from livepeer_tx.web import ConnectionCapFactory, HTTPEdgeMetrics
 
 _log = Logger()
 
@@ -268,10 +268,8 @@ def makeService(config, reactor=None):
                         minUploadRate=config["minUploadRateValue"])
     # Per-address limits count an IPv6 /64 as one source, like gateway admission.
     # One TLS port: gRPC over HTTP/2 beside the resources over HTTP/2 and HTTP/1.1.
-    publicSite = BoundedSite(public.root, maxBodyBytes=maxSegmentBytes, hashBodies=True, limits=limits,
-                             uploadBudget=uploadBudget, metrics=edgeMetrics, reactor=reactor, sourceOf=sourceOf,
-                             bodyLimits=public.bodyLimits, bodyStreams=public.bodyStreams,
-                             grpcRegistry=public.registry)
+    publicSite = public.makeSite(hashBodies=True, limits=limits, uploadBudget=uploadBudget, metrics=edgeMetrics,
+                                 reactor=reactor, sourceOf=sourceOf)
     publicFactory = ConnectionCapFactory(publicSite, connections, reactor, edgeMetrics, sourceOf=sourceOf)
     # Served through a context that a reload can replace (SIGHUP).
     try:
