@@ -839,20 +839,22 @@ class GRPCTranscoderService:
             entry.link.taskIds.discard(taskId)
             self.inputs.discard(entry.sessionId, entry.inputName)
 
-    def _transcoderFor(self, taskId):
+    def _liveTask(self, taskId):
+        # The task's entry while the dispatcher still waits on its
+        # transcoder for it, else None (the result is dropped).
         entry = self._tasks.get(taskId)
         transcoder = entry.link.transcoder if entry is not None else None
         if transcoder is None or not self.app.dispatcher.isKnownTask(taskId, transcoder):
             self._log.info("Dropping result for unknown or expired taskId={taskId}", taskId=taskId)
-            return None, None
-        return entry, transcoder
+            return None
+        return entry
 
     def deliverResult(self, taskId, parts, decodedPixels):
         """
         Renditions for C{taskId}, named after its profiles in request order;
         dropped when the task is unknown or over.
         """
-        entry, transcoder = self._transcoderFor(taskId)
+        entry = self._liveTask(taskId)
         if entry is None:
             return
         names = [p.name for p in entry.profiles] + [""] * max(0, len(parts) - len(entry.profiles))
@@ -865,7 +867,7 @@ class GRPCTranscoderService:
         The transcoder could not transcode C{taskId} (or posted a result that
         cannot be used); dropped when the task is unknown or over.
         """
-        entry, transcoder = self._transcoderFor(taskId)
+        entry = self._liveTask(taskId)
         if entry is None:
             return
         self.taskEnded(taskId)
