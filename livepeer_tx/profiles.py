@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ffmpeg,tests.test_ingress,tests.test_push -*-
+# -*- test-case-name: tests.test_ffmpeg,tests.test_ingress,tests.test_push,tests.test_grpc_transcoders -*-
 """
 Video profiles (renditions) with go-livepeer's semantics.
 
@@ -250,6 +250,28 @@ def parsePresetList(text):
             raise ProfileError(f"unknown profile {name!r}; known: {', '.join(sorted(PRESETS))}")
         profiles.append(PRESETS[name])
     return profiles
+
+
+#: What go-livepeer puts in C{SegData}'s deprecated C{profiles} field, to break
+#: transcoders too old to read the full profiles.
+LEGACY_PROFILES = b"invalid"
+
+
+def addProfilesToSegData(segData, profiles):
+    """
+    Put C{profiles} in the C{SegData} field go-livepeer writes them to:
+    C{fullProfiles} for MPEG-TS outputs at integer frame rates with the
+    default codec profile and GOP, C{fullProfiles2} for the same with some
+    MP4 output, C{fullProfiles3} for anything else (the reverse of
+    L{profilesFromSegData}).
+    """
+    if any(p.fpsDen > 1 or p.encoderProfile or p.gop for p in profiles):
+        field = segData.fullProfiles3
+    elif any(p.format == "mp4" for p in profiles):
+        field = segData.fullProfiles2
+    else:
+        field = segData.fullProfiles
+    field.extend(p.toProto() for p in profiles)
 
 
 def profilesFromSegData(segData):

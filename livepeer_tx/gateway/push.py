@@ -50,7 +50,7 @@ from zope.interface import implementer
 
 from livepeer_tx.addresses import formatHostPort, parseHostPort
 from livepeer_tx.gateway.grpcclient import GRPCUnavailable, unaryCall
-from livepeer_tx.profiles import segmentTimeout
+from livepeer_tx.profiles import LEGACY_PROFILES, addProfilesToSegData, segmentTimeout
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 from livepeer_tx.rpc.wire import GRPCError, StatusCode
 from livepeer_tx.web import BytesProducer
@@ -175,19 +175,6 @@ def parseOrchAddr(text):
     return scheme, host, port
 
 
-def _profilesField(profiles):
-    """
-    Name the C{SegData} field go-livepeer puts these profiles in: C{fullProfiles}
-    for plain MPEG-TS outputs, C{fullProfiles2} when some output is MP4, and
-    C{fullProfiles3} for fractional frame rates, codec profiles or GOPs.
-    """
-    if any(p.fpsDen not in (0, 1) or p.encoderProfile or p.gop for p in profiles):
-        return "fullProfiles3"
-    if any(p.format == "mp4" for p in profiles):
-        return "fullProfiles2"
-    return "fullProfiles"
-
-
 def buildSegmentHeaders(seq, data, profiles, manifestId, durationMs, authToken=None):
     """
     The headers of a go-livepeer C{POST /segment} request.
@@ -206,10 +193,10 @@ def buildSegmentHeaders(seq, data, profiles, manifestId, durationMs, authToken=N
         manifestId=manifestId,
         seq=seq,
         hash=keccak(data),
-        profiles=b"invalid",
+        profiles=LEGACY_PROFILES,
         duration=int(durationMs),
     )
-    getattr(segData, _profilesField(profiles)).extend(p.toProto() for p in profiles)
+    addProfilesToSegData(segData, profiles)
     if authToken is not None:
         segData.auth_token.CopyFrom(authToken)
     return {

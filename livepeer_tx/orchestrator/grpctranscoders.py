@@ -52,6 +52,7 @@ from livepeer_tx.orchestrator.registration import (
     MAX_PIXELS, MAX_RENDITIONS, SECRET_ROTATED, SERVICE_UNAVAILABLE, TOO_MANY_ATTEMPTS, UNAUTHORIZED, formatPeer,
 )
 from livepeer_tx.orchestrator.routing import RemoteTranscoder
+from livepeer_tx.profiles import LEGACY_PROFILES, addProfilesToSegData
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 from livepeer_tx.rpc import GRPCError, StatusCode
 from livepeer_tx.secret import SecretFileError
@@ -71,9 +72,6 @@ PIXELS_HEADER = b"pixels"
 INVALID_TASK_ID = "Invalid Task ID"
 INVALID_PIXELS = "Invalid Pixels"
 UNKNOWN_PERCEPTUAL_HASH = "Unknown perceptual hash"
-# go-livepeer puts these bytes in the deprecated profile fields, to break
-# transcoders too old to read the full profiles.
-LEGACY_PROFILES = b"invalid"
 OFFCHAIN_ORCH_ID = "offchain"
 
 # Bounds of what a transcoder sends: those of our WebSocket results
@@ -493,17 +491,6 @@ def jobCapabilities(profiles):
     return pb.Capabilities(bitstring=capabilityBitstring(needed))
 
 
-def _profileField(profiles):
-    # go-livepeer's writer: fullProfiles for MPEG-TS outputs at integer frame
-    # rates with the default codec profile and GOP, fullProfiles2 for the same
-    # with some MP4 output, fullProfiles3 for anything else.
-    if any(p.fpsDen > 1 or p.encoderProfile or p.gop for p in profiles):
-        return "fullProfiles3"
-    if any(p.format == "mp4" for p in profiles):
-        return "fullProfiles2"
-    return "fullProfiles"
-
-
 def segDataFor(job):
     """
     The C{SegData} a stock transcoder gets for C{job}: go-livepeer's, with the
@@ -519,7 +506,7 @@ def segDataFor(job):
         capabilities=jobCapabilities(job.profiles),
         auth_token=pb.AuthToken(session_id=job.sessionId),
     )
-    getattr(segData, _profileField(job.profiles)).extend(p.toProto() for p in job.profiles)
+    addProfilesToSegData(segData, job.profiles)
     return segData
 
 
