@@ -22,6 +22,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# Python caches compiled modules (and pytest its rewritten tests) in __pycache__
+# unless told not to: the suite starts about fifty Python processes, and
+# without the cache each one compiles the project's modules again.
+unset PYTHONDONTWRITEBYTECODE
+
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
