@@ -1,7 +1,8 @@
 """
 Keyless nodes import no chain code: an off-chain orchestrator and a
 transcoder build their services without L{livepeer_tx.chain}, eth-abi,
-eth-account or py_ecc. A module-level chain import anywhere on those paths
+eth-account, py_ecc or eth-utils (with its pydantic: a third of a second at
+every start, for a hash and an address that pycryptodome gives). A module-level chain import anywhere on those paths
 (an option name, an exception class, a helper) would fail here.
 
 Each tap runs in a fresh interpreter, since this one has imported the
@@ -15,7 +16,7 @@ import sys
 
 import pytest
 
-CHAIN_MODULES = ("livepeer_tx.chain", "eth_abi", "eth_account", "py_ecc")
+CHAIN_MODULES = ("livepeer_tx.chain", "eth_abi", "eth_account", "py_ecc", "eth_utils", "pydantic")
 
 _BUILD = """
 import json, sys

@@ -1,5 +1,5 @@
 """
-Small units: secrets, TLS trust, addresses, framing, the rendition store,
+Small units: secrets, TLS trust, addresses, keccak-256 and EIP-55, framing, the rendition store,
 the transcoder's worker and backoff, and both plugins' options.
 """
 
@@ -13,6 +13,7 @@ from twisted.python import usage
 from livepeer_tx import wsproto
 from livepeer_tx.addresses import parseHostPort
 from livepeer_tx.capabilities import capabilityBitstring
+from livepeer_tx.ethaddress import checksumAddress, keccak256
 from livepeer_tx.orchestrator import tap as orchestratorTap
 from livepeer_tx.orchestrator.store import RenditionStore
 from livepeer_tx.secret import Secret, SecretFileError
@@ -99,6 +100,47 @@ def test_parseHostPortErrors(text):
     """
     with pytest.raises(ValueError):
         parseHostPort(text, "h", 8935)
+
+
+def test_keccak256IsEthereumsHash():
+    """
+    L{keccak256} is Ethereum's keccak-256 (not NIST SHA3-256, whose digest of
+    the empty string differs) and agrees with eth-utils on other input.
+    """
+    from eth_utils import keccak
+
+    assert keccak256(b"").hex() == "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
+    for data in (b"a", b"P240p30fps16x9", os.urandom(1 << 16)):
+        assert keccak256(data) == keccak(data)
+
+
+@pytest.mark.parametrize("text", [
+    "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+    "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359",
+    "0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB",
+    "0xD1220A0cf47c7B9Be7A2E6BA89F429762e7b9aDb",
+])
+def test_checksumAddressEip55Vectors(text):
+    """
+    L{checksumAddress} writes EIP-55's own examples exactly as they are
+    spelled there (a wrong nibble rule changes a letter's case).
+    """
+    assert checksumAddress(bytes.fromhex(text[2:])) == text
+
+
+def test_checksumAddressAgreesAndRefusesOtherLengths():
+    """
+    L{checksumAddress} agrees with eth-utils on random addresses, and an
+    input that is not 20 bytes is an error, not a short or long address.
+    """
+    from eth_utils import to_checksum_address
+
+    for _ in range(50):
+        address = os.urandom(20)
+        assert checksumAddress(address) == to_checksum_address(address)
+    for length in (0, 19, 21, 32):
+        with pytest.raises(ValueError, match="20 bytes"):
+            checksumAddress(b"\x01" * length)
 
 
 def test_mediaFramingRoundTripAndErrors():

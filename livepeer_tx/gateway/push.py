@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from eth_utils import keccak
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -49,6 +48,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from livepeer_tx.addresses import formatHostPort, parseHostPort
+from livepeer_tx.ethaddress import keccak256
 from livepeer_tx.gateway.grpcclient import GRPCUnavailable, unaryCall
 from livepeer_tx.profiles import LEGACY_PROFILES, addProfilesToSegData, segmentTimeout
 from livepeer_tx.proto import lp_rpc_pb2 as pb
@@ -192,7 +192,7 @@ def buildSegmentHeaders(seq, data, profiles, manifestId, durationMs, authToken=N
     segData = pb.SegData(
         manifestId=manifestId,
         seq=seq,
-        hash=keccak(data),
+        hash=keccak256(data),
         profiles=LEGACY_PROFILES,
         duration=int(durationMs),
     )

@@ -24,7 +24,6 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from eth_utils import keccak
 from google.protobuf.message import DecodeError
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -33,6 +32,7 @@ from twisted.web import resource, server
 from livepeer_tx.capabilities import (
     MPEG7_SIGNATURE, SEGMENT_SLICING, IncompatibleCapabilities, capabilitiesOf, checkCompatible,
 )
+from livepeer_tx.ethaddress import keccak256
 from livepeer_tx.payments import PaymentError, decodePayment
 from livepeer_tx.orchestrator.authtoken import AuthTokenError
 from livepeer_tx.orchestrator.dispatch import (
@@ -167,7 +167,7 @@ def flattenSegment(segData, profiles):
     manifest id, the seq as 32 big-endian bytes, the hash, then for each
     profile the hex of the first 4 bytes of keccak-256 of its name.
     """
-    profileIds = "".join(keccak(profile.name.encode("utf-8"))[:4].hex() for profile in profiles)
+    profileIds = "".join(keccak256(profile.name.encode("utf-8"))[:4].hex() for profile in profiles)
     return bytes(segData.manifestId) + segData.seq.to_bytes(32, "big") + bytes(segData.hash) + profileIds.encode()
 
 
@@ -176,7 +176,7 @@ def resultSignature(signer, renditions):
     go-livepeer's C{TranscodeData.sig}: the node's signature over the
     keccak-256 of the renditions' keccak-256 hashes, in order.
     """
-    return signer.sign(keccak(b"".join(keccak(data) for data in renditions)))
+    return signer.sign(keccak256(b"".join(keccak256(data) for data in renditions)))
 
 
 @dataclass
@@ -401,7 +401,7 @@ class SegmentService:
             raise SegmentRejected(413, f"segment larger than {self.maxSegmentBytes} bytes", REJECTED_SIZE)
         digest = submission.bodyDigest
         if digest is None:
-            digest = keccak(body.data if isinstance(body, ArrivingSegment) else body)
+            digest = keccak256(body.data if isinstance(body, ArrivingSegment) else body)
         elif isinstance(digest, defer.Deferred):
             digest = await digest
         if digest != segData.hash:
