@@ -22,7 +22,7 @@ from livepeer_tx.transcoder.gpucheck import (
     checkDevices,
     classifyFFmpegError,
     listNvidiaDevices,
-    makeTestClip,
+    loadTestClip,
 )
 
 # Log excerpts as FFmpeg prints them (-loglevel level+verbose) in each case.
@@ -157,9 +157,11 @@ class CheckTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_cpu(self):
         """
-        The CPU check transcodes the generated clip with libx264.
+        The CPU check transcodes the packaged clip with libx264: all of its
+        ten 144x144 frames are decoded and one rendition of the test profile
+        comes out.
         """
-        clip = yield makeTestClip(self.reactor, self.ffmpegPath)
+        clip = loadTestClip()
         self.assertEqual(clip[0], 0x47, "not MPEG-TS")
         calls = []
         realTranscode = self.transcoder.transcode
@@ -173,10 +175,11 @@ class CheckTests(unittest.TestCase):
         devices = yield checkDevices(self.transcoder, None, clip)
         self.assertEqual(devices, [])
         (result,) = calls
-        self.assertEqual(result.decodedFrames, 13)
-        self.assertEqual(result.decodedPixels, 13 * 320 * 240)
+        width, height = gpucheck.TEST_CLIP_SIZE
+        self.assertEqual(result.decodedFrames, 10)
+        self.assertEqual(result.decodedPixels, 10 * width * height)
         (rendition,) = result.renditions
-        self.assertEqual((rendition.width, rendition.height), gpucheck.TEST_PROFILE.outputSize(320, 240))
+        self.assertEqual((rendition.width, rendition.height), gpucheck.TEST_PROFILE.outputSize(width, height))
         self.assertEqual(os.listdir(self.workDir), [])
 
     @defer.inlineCallbacks
@@ -197,8 +200,7 @@ class CheckTests(unittest.TestCase):
         """
         if shutil.which("nvidia-smi"):
             raise unittest.SkipTest("this machine has an NVIDIA driver; device 97 might not fail as expected")
-        clip = yield makeTestClip(self.reactor, self.ffmpegPath)
-        failure = yield self.assertFailure(checkDevices(self.transcoder, ["97"], clip), GPUCheckError)
+        failure = yield self.assertFailure(checkDevices(self.transcoder, ["97"], loadTestClip()), GPUCheckError)
         self.assertIn("GPU 97: " + NO_SUCH_DEVICE, str(failure))
         self.assertEqual(os.listdir(self.workDir), [])
 
@@ -207,19 +209,6 @@ class CheckTests(unittest.TestCase):
         An empty device list is an error, not a check that passes vacuously.
         """
         return self.assertFailure(checkDevices(self.transcoder, [], b""), GPUCheckError)
-
-    @defer.inlineCallbacks
-    def test_badFFmpegClip(self):
-        """
-        L{makeTestClip} fails with L{GPUCheckError} when FFmpeg fails.
-        """
-        fake = os.path.join(tempDir(self), "ffmpeg")
-        with open(fake, "w") as f:
-            f.write("#!/bin/sh\necho \"Unknown encoder 'libx264'\" >&2\nexit 1\n")
-        os.chmod(fake, 0o755)
-        failure = yield self.assertFailure(makeTestClip(self.reactor, fake), GPUCheckError)
-        self.assertIn("without libx264", str(failure))
-
 
 class ListDevicesTests(unittest.TestCase):
     """

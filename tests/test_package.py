@@ -299,6 +299,7 @@ def test_contents(debs):
         "/usr/share/man/man1/twistd-livepeer-transcoder.1.gz",
         "/usr/bin/livepeer-tx",
         SITE + "/livepeer_tx/__init__.py",
+        SITE + "/livepeer_tx/transcoder/startup-test.ts",
         SITE + "/twisted/plugins/livepeer_tx_orchestrator.py",
     ):
         assert path in entries, path

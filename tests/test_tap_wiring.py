@@ -231,11 +231,8 @@ def passStartUpTest(monkeypatch):
     async def nothing(*args):
         return None
 
-    async def fakeTestClip(*args):
-        return b"test clip"
-
     monkeypatch.setattr(gpucheck, "listNvidiaDevices", nothing)
-    monkeypatch.setattr(gpucheck, "makeTestClip", fakeTestClip)
+    monkeypatch.setattr(gpucheck, "loadTestClip", lambda: b"test clip")
     monkeypatch.setattr(gpucheck, "checkDevices", nothing)
 
 

@@ -2,14 +2,14 @@
 """
 The transcoder's start-up test, like go-livepeer's
 C{TestTranscoderCapabilities}: before connecting to an orchestrator, transcode
-a short generated clip through the very code path real segments take, on the
-CPU or on every NVIDIA GPU to be used, and refuse to start with a clear cause
-if that fails.
+a short clip that ships with the package through the very code path real
+segments take, on the CPU or on every NVIDIA GPU to be used, and refuse to
+start with a clear cause if that fails.
 """
 
 import re
+from importlib import resources
 
-import ffmpeg as ffmpegpy
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.procutils import which
@@ -21,7 +21,8 @@ from livepeer_tx.transcoder.ffmpeg import TranscodeError
 __all__ = [
     "GPUCheckError",
     "checkDevices",
-    "makeTestClip",
+    "TEST_CLIP_SIZE",
+    "loadTestClip",
     "classifyFFmpegError",
     "listNvidiaDevices",
     "TEST_PROFILE",
@@ -131,30 +132,27 @@ def runWithTimeout(reactor, executable, args, timeout, what):
     return runProcess(reactor, executable, args, timeout=timeout).addCallback(done)
 
 
-def makeTestClip(reactor, ffmpegPath):
+#: Width and height of the start-up clip's video.
+TEST_CLIP_SIZE = (144, 144)
+
+
+def loadTestClip():
     """
-    Generate the test clip: 0.5 s of 320x240 C{testsrc} at 25 fps, H.264
-    (libx264, yuv420p) with an AAC tone, in MPEG-TS.
+    The start-up test's clip, like go-livepeer's embedded one: 0.4 s of
+    144x144 C{testsrc} at 25 fps (10 frames), H.264 (libx264, yuv420p) with
+    an AAC tone, in MPEG-TS (9 KB). It was made with::
 
-    @return: a L{Deferred} firing with the clip's bytes, or failing with
-        L{GPUCheckError} if FFmpeg cannot make it.
+        ffmpeg -f lavfi -i testsrc=size=144x144:rate=25:duration=0.4
+            -f lavfi -i sine=frequency=440:sample_rate=44100:duration=0.4
+            -c:v libx264 -preset veryfast -pix_fmt yuv420p -g 10
+            -c:a aac -b:a 32k -fflags +bitexact -f mpegts startup-test.ts
+
+    Shipping it saves an FFmpeg run at every start and keeps the test from
+    depending on FFmpeg's test sources and AAC encoder.
+
+    @return: the clip's bytes.
     """
-    video = ffmpegpy.input("testsrc=size=320x240:rate=25:duration=0.5", f="lavfi")
-    audio = ffmpegpy.input("sine=frequency=440:sample_rate=44100:duration=0.5", f="lavfi")
-    output = ffmpegpy.output(
-        video, audio, "pipe:1", vcodec="libx264", pix_fmt="yuv420p", preset="veryfast", acodec="aac", f="mpegts"
-    )
-    args = ["-hide_banner", "-nostdin", "-loglevel", "error", *output.get_args()]
-    d = runWithTimeout(reactor, ffmpegPath, args, TOOL_TIMEOUT, "FFmpeg making the test clip")
-
-    def done(result):
-        out, err, code = result
-        if code != 0 or not out:
-            text = err.decode("utf-8", "replace")
-            raise GPUCheckError(f"cannot generate the test clip with {ffmpegPath}: {classifyFFmpegError(text)}")
-        return out
-
-    return d.addCallback(done)
+    return resources.files(__package__).joinpath("startup-test.ts").read_bytes()
 
 
 def _sessionLimitHint(transcoder, clip, device):

@@ -205,8 +205,7 @@ class TranscoderNode(service.MultiService):
             devices = await gpucheck.listNvidiaDevices(self._reactor)
         if devices:
             self._log.info("Transcoding on these Nvidia devices: {devices}", devices=devices)
-        clip = await gpucheck.makeTestClip(self._reactor, self._ffmpegPath)
-        await gpucheck.checkDevices(self._transcoder, devices, clip)
+        await gpucheck.checkDevices(self._transcoder, devices, gpucheck.loadTestClip())
         self._log.info("Start-up transcode test passed on {what}", what=devices or "CPU (libx264)")
         self._log.info("**Livepeer Running in Transcoder Mode*** version={version}", version=__version__)
         self.link = self._makeLink(devices)
