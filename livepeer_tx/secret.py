@@ -43,6 +43,66 @@ def refuseSharedFile(description, mode, error=SecretFileError):
         )
 
 
+def readPrivateFile(path, description, limit=_MAX_SECRET_FILE_BYTES):
+    """
+    The bytes of a private file (a secret, a key), checked on what was
+    opened: a regular file that neither group nor others may access, of at
+    most C{limit} bytes.
+
+    @param description: how errors name the file, e.g. C{"secret file"}.
+    @raise SecretFileError: the file is unreadable, not a regular file,
+        shared, or too long.
+    """
+    try:
+        # Non-blocking, so that a FIFO put in its place cannot hang us.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise SecretFileError(f"refusing {description} {path}: it is not a regular file")
+            refuseSharedFile(f"{description} {path}", info.st_mode)
+            value = f.read(limit + 1)
+    except OSError as e:
+        raise SecretFileError(f"cannot read {description} {path}: {e.strerror}") from None
+    if len(value) > limit:
+        raise SecretFileError(f"{description} {path} is over {limit} bytes")
+    return value
+
+
+def loadOrCreateKeyFile(path, size, description, hexText=False):
+    """
+    A random key of C{size} bytes kept in C{path}: created (mode 0600,
+    never over an existing file, synced to disk) when missing, read back
+    otherwise, so that what it protects outlives a restart.
+
+    @param description: how errors name the file, e.g. C{"auth token key"}.
+    @param hexText: keep the key as one line of hex; otherwise raw bytes.
+    @raise SecretFileError: the file cannot be created, is unsafe (see
+        L{readPrivateFile}) or does not hold a key of C{size} bytes; a bad
+        file is never replaced.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        content = readPrivateFile(path, description)
+        if hexText:
+            try:
+                content = bytes.fromhex(content.decode("ascii"))
+            except (UnicodeDecodeError, ValueError):
+                content = b""
+        if len(content) != size:
+            form = "in hex" if hexText else "exactly"
+            raise SecretFileError(f"{description} {path} does not hold {size} bytes {form}") from None
+        return content
+    except OSError as e:
+        raise SecretFileError(f"cannot create {description} {path}: {e.strerror}") from None
+    key = secrets.token_bytes(size)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.hex().encode("ascii") + b"\n" if hexText else key)
+        f.flush()
+        os.fsync(f.fileno())
+    return key
+
+
 def _looksLikeMissingFile(value):
     """
     Whether C{value} reads as a path to a file that is missing: it starts
@@ -107,19 +167,7 @@ class Secret:
         """
         if self._literal is not None:
             return self._literal
-        try:
-            # Non-blocking, so that a FIFO put in its place cannot hang us;
-            # the checks are made on what was opened.
-            with open(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
-                info = os.fstat(f.fileno())
-                if not stat.S_ISREG(info.st_mode):
-                    raise SecretFileError(f"refusing secret file {self.path}: it is not a regular file")
-                refuseSharedFile(f"secret file {self.path}", info.st_mode)
-                value = f.read(_MAX_SECRET_FILE_BYTES + 1)
-        except OSError as e:
-            raise SecretFileError(f"cannot read secret file {self.path}: {e.strerror}") from None
-        if len(value) > _MAX_SECRET_FILE_BYTES:
-            raise SecretFileError(f"secret file {self.path} is over {_MAX_SECRET_FILE_BYTES} bytes")
+        value = readPrivateFile(self.path, "secret file")
         try:
             value = value.decode("utf-8").strip()
         except UnicodeDecodeError:

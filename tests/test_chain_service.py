@@ -11,6 +11,7 @@ import pytest
 from eth_account import Account
 from prometheus_client import REGISTRY, CollectorRegistry
 from twisted.internet import reactor
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
@@ -143,6 +144,38 @@ def test_keystore(tmp_path):
         loadAccount(str(keys), a.address, "wrong")
     with pytest.raises(KeystoreError, match="no key file"):
         loadAccount(str(keys), Account.from_key(b"\x09" * 32).address, password)
+
+
+def test_sharedTicketKeyStopsStartUpWithAUsageError(tmp_path):
+    """
+    A ticket recipient key in the data directory that others can read stops
+    the on-chain orchestrator's C{makeService} with a usage error naming
+    the fix (as a shared secret file does), not a traceback; the file is
+    left as it was.
+    """
+    from livepeer_tx.orchestrator import tap as orchestratorTap
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    writeKey(str(keys), Account.from_key(b"\x07" * 32))
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    dataDir = tmp_path / "data"
+    dataDir.mkdir()
+    ticketKey = dataDir / "ticket-recipient.key"
+    ticketKey.write_bytes(b"\x01" * 32)
+    ticketKey.chmod(0o644)
+    config = orchestratorTap.Options()
+    config.parseOptions([
+        "--orchSecret", str(secret), "--dataDir", str(dataDir), "--serviceAddr", "127.0.0.1:8935",
+        "--cliAddr", "127.0.0.1:7935", "--network", "localdev", "--ethUrl", "http://chain.invalid:8545",
+        "--ethController", "0x" + "11" * 20, "--ethKeystorePath", str(keys),
+        "--ethPassword", writePassword(str(tmp_path)), "--pricePerUnit", "1",
+    ])
+    with pytest.raises(usage.UsageError, match=r"ticket recipient key .* chmod 600"):
+        orchestratorTap.makeService(config, reactor=MemoryReactorClock())
+    assert ticketKey.read_bytes() == b"\x01" * 32
 
 
 class ServiceTests(FakeChainTestCase):

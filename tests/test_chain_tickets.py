@@ -31,6 +31,7 @@ from livepeer_tx.chain.tickets import (
     signTicket,
     verifySignature,
 )
+from livepeer_tx.secret import SecretFileError
 
 SENDER = Account.from_key(b"\x01" * 32)
 OTHER = Account.from_key(b"\x02" * 32)
@@ -123,8 +124,13 @@ def test_keyPersistsAndIsPrivate(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert loadRecipientKey(str(tmp_path)) == key
     os.chmod(path, 0o644)
-    with pytest.raises(OSError, match="chmod 600"):
+    with pytest.raises(SecretFileError, match="chmod 600"):
         loadRecipientKey(str(tmp_path))
+    os.chmod(path, 0o600)
+    path.write_bytes(key[:31])
+    with pytest.raises(SecretFileError, match="does not hold 32 bytes"):
+        loadRecipientKey(str(tmp_path))
+    assert path.read_bytes() == key[:31]
 
 
 def test_paramsSurviveRestart(tmp_path):

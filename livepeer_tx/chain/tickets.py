@@ -24,7 +24,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from livepeer_tx.proto import lp_rpc_pb2
-from livepeer_tx.secret import refuseSharedFile
+from livepeer_tx.secret import loadOrCreateKeyFile
 
 MAX_WIN_PROB = 2**256 - 1
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -225,24 +225,10 @@ def loadRecipientKey(dataDir):
     Keeping it on disk lets ticket parameters issued before a restart still
     validate after it.
 
-    @raise OSError: the file is unusable, or readable by group or others.
+    @raise SecretFileError: the file is unusable, or readable by group or
+        others.
     """
-    path = os.path.join(dataDir, KEY_FILE)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        refuseSharedFile(path, os.stat(path).st_mode, OSError)
-        with open(path, "rb") as f:
-            key = f.read()
-        if len(key) != 32:
-            raise OSError(f"{path} does not hold a 32-byte key")
-        return key
-    key = secrets.token_bytes(32)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-        f.flush()
-        os.fsync(f.fileno())
-    return key
+    return loadOrCreateKeyFile(os.path.join(dataDir, KEY_FILE), 32, "ticket recipient key")
 
 
 class SeenNonces:

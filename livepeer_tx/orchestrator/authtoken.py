@@ -19,7 +19,7 @@ import os
 import time
 
 from livepeer_tx.proto import lp_rpc_pb2 as pb
-from livepeer_tx.secret import Secret, SecretFileError
+from livepeer_tx.secret import loadOrCreateKeyFile
 
 KEY_FILE = "auth-token.key"
 KEY_BYTES = 32
@@ -53,28 +53,7 @@ def loadOrCreateKey(dataDir):
     @raise SecretFileError: the file is readable by group or others, is not
         a regular file, or does not hold a key; or it cannot be created.
     """
-    path = os.path.join(dataDir, KEY_FILE)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    except OSError as e:
-        raise SecretFileError(f"cannot create auth token key {path}: {e.strerror}") from None
-    else:
-        key = os.urandom(KEY_BYTES)
-        with os.fdopen(fd, "w") as f:
-            f.write(key.hex() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        return key
-    text = Secret(path=path).read()
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
-    if len(key) != KEY_BYTES:
-        raise SecretFileError(f"auth token key {path} does not hold {KEY_BYTES} bytes in hex")
-    return key
+    return loadOrCreateKeyFile(os.path.join(dataDir, KEY_FILE), KEY_BYTES, "auth token key", hexText=True)
 
 
 def _intBytes(value):

@@ -248,15 +248,14 @@ def makeService(config, reactor=None):
     app = Orchestrator(reactor, serviceURL, maxSessions=config["maxSessionsLimit"],
                        maxSessionsPerAddress=config["maxSessionsPerAddressLimit"])
     app.setServiceParent(parent)
-    chainService, payments = makePayments(config, reactor, dataDir, app.metrics.registry)
-    if chainService is not None:
-        chainService.setServiceParent(parent)
-
     try:
+        chainService, payments = makePayments(config, reactor, dataDir, app.metrics.registry)
         # Kept in the data directory: gateways' sessions outlive a restart.
         tokens = AuthTokens.fromDataDir(dataDir, wallClock=app.wallClock)
     except SecretFileError as e:
         raise usage.UsageError(str(e))
+    if chainService is not None:
+        chainService.setServiceParent(parent)
     signer = chainService.signer if chainService is not None else None
     maxSegmentBytes = config["maxSegmentBytes"]
     public = app.makePublicRoot(reactor, secret, payments, maxSegmentBytes, config["pingSeconds"],
