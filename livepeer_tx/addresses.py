@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_units -*-
 """
-Parsing the C{host:port} values of go-livepeer's address options.
+Parsing the C{host:port} values of go-livepeer's address options, and
+writing addresses back the way go-livepeer logs them.
 """
 
 from urllib.parse import urlsplit
@@ -46,3 +47,12 @@ def formatHostPort(host, port):
     Join a host and port, bracketing IPv6 literals.
     """
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def describeAddress(address):
+    """
+    C{host:port} of a Twisted address (C{[v6]:port} for IPv6), or
+    C{unknown} for one without a host, as go-livepeer logs a peer.
+    """
+    host = getattr(address, "host", None)
+    return "unknown" if host is None else formatHostPort(host, getattr(address, "port", 0))

@@ -34,7 +34,7 @@ from twisted.web import http, resource, server
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from livepeer_tx.addresses import formatHostPort
+from livepeer_tx.addresses import describeAddress
 from livepeer_tx.limits import (
     CLOSE_TOO_SLOW, HEADERS_TOO_SLOW, REQUEST_TOO_LONG, TOTAL_CAP, UPLOAD_TOO_SLOW, ConnectionDeadlines,
     HTTPLimits, LogThrottle, UploadRefused,
@@ -61,16 +61,6 @@ HASH_BATCH_BYTES = 256 * 1024
 #: Threads hashing request bodies (pycryptodome's keccak runs without the
 #: GIL, so they use the cores the reactor thread does not).
 HASH_THREADS = 2
-
-
-def describeAddress(address):
-    """
-    C{host:port} of a Twisted address, for log lines.
-    """
-    host = getattr(address, "host", None)
-    if host is None:
-        return str(address)
-    return formatHostPort(host, getattr(address, "port", 0))
 
 
 def noteRefusal(log, metrics, peer, code, reason):

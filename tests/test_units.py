@@ -11,7 +11,7 @@ from twisted.internet import defer
 from twisted.python import usage
 
 from livepeer_tx import wsproto
-from livepeer_tx.addresses import parseHostPort
+from livepeer_tx.addresses import describeAddress, parseHostPort
 from livepeer_tx.capabilities import capabilityBitstring
 from livepeer_tx.ethaddress import checksumAddress, keccak256
 from livepeer_tx.orchestrator import tap as orchestratorTap
@@ -100,6 +100,19 @@ def test_parseHostPortErrors(text):
     """
     with pytest.raises(ValueError):
         parseHostPort(text, "h", 8935)
+
+
+def test_describeAddress():
+    """
+    Peers are written C{host:port}, IPv6 in brackets, and an address
+    without a host (a UNIX socket, a test transport's) as C{unknown}.
+    """
+    from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+    assert describeAddress(IPv4Address("TCP", "10.0.0.7", 8935)) == "10.0.0.7:8935"
+    assert describeAddress(IPv6Address("TCP", "2001:db8::1", 443)) == "[2001:db8::1]:443"
+    assert describeAddress(UNIXAddress(b"/run/x.sock")) == "unknown"
+    assert describeAddress(None) == "unknown"
 
 
 def test_keccak256IsEthereumsHash():

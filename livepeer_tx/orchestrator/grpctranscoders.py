@@ -42,6 +42,7 @@ from twisted.web import resource
 from zope.interface import implementer
 
 from livepeer_tx import wsproto
+from livepeer_tx.addresses import describeAddress
 from livepeer_tx.capabilities import (
     AUTH_TOKEN, DEFAULT_CAPABILITIES, FRACTIONAL_FRAMERATES, GOP, H264, H264_BASELINE, H264_CONSTRAINED_HIGH,
     H264_HIGH, H264_MAIN, MAX_BITSTRING_WORDS, MAX_CAPACITY_ENTRIES, MP4, MPEGTS, capabilityBitstring,
@@ -49,7 +50,7 @@ from livepeer_tx.capabilities import (
 from livepeer_tx.interfaces import ITranscoderLink
 from livepeer_tx.orchestrator.dispatch import Rendition
 from livepeer_tx.orchestrator.registration import (
-    MAX_PIXELS, MAX_RENDITIONS, SECRET_ROTATED, SERVICE_UNAVAILABLE, TOO_MANY_ATTEMPTS, UNAUTHORIZED, formatPeer,
+    MAX_PIXELS, MAX_RENDITIONS, SECRET_ROTATED, SERVICE_UNAVAILABLE, TOO_MANY_ATTEMPTS, UNAUTHORIZED,
 )
 from livepeer_tx.orchestrator.routing import RemoteTranscoder
 from livepeer_tx.profiles import LEGACY_PROFILES, addProfilesToSegData
@@ -210,7 +211,7 @@ class TaskInputResource(resource.Resource):
         if data is None:
             return _notFound(request)
         self._log.debug("Serving task input {name} ({size} bytes) to {peer}",
-                        name="/".join(key), size=len(data), peer=formatPeer(request.getClientAddress()))
+                        name="/".join(key), size=len(data), peer=describeAddress(request.getClientAddress()))
         _setInputHeaders(request, len(data))
         return data
 
@@ -387,7 +388,7 @@ class TranscodeResultsResource(resource.Resource):
         """
         service = self._service
         peer = request.getClientAddress()
-        address = formatPeer(peer)
+        address = describeAddress(peer)
         authorization = _header(request, AUTHORIZATION_HEADER)
         if authorization != wsproto.AUTH_VALUE:
             self._log.error("Invalid auth type {value!r} from transcoder={transcoder}",
@@ -742,7 +743,7 @@ class GRPCTranscoderService:
             (a stock transcoder stops on these), UNAVAILABLE when the secret
             cannot be checked now, INVALID_ARGUMENT for absurd capabilities.
         """
-        address = formatPeer(call.peer)
+        address = describeAddress(call.peer)
         capacity = request.capacity
         self._log.info("Got a RegisterTranscoder request from transcoder={transcoder} capacity={capacity}",
                        transcoder=address, capacity=capacity)

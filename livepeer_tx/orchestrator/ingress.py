@@ -29,6 +29,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from livepeer_tx.addresses import describeAddress
 from livepeer_tx.capabilities import (
     MPEG7_SIGNATURE, SEGMENT_SLICING, IncompatibleCapabilities, capabilitiesOf, checkCompatible,
 )
@@ -43,7 +44,6 @@ from livepeer_tx.orchestrator.orchservice import senderAddress
 from livepeer_tx.orchestrator.routing import NO_TRANSCODERS, ORCHESTRATOR_CAPPED
 from livepeer_tx.profiles import ProfileError, profilesFromSegData
 from livepeer_tx.proto import lp_rpc_pb2 as pb
-from livepeer_tx.web import describeAddress
 
 SEGMENT_HEADER = b"livepeer-segment"
 PAYMENT_HEADER = b"livepeer-payment"

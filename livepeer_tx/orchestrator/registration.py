@@ -26,7 +26,7 @@ from twisted.web import resource
 from zope.interface import implementer
 
 from livepeer_tx import __version__, wsproto
-from livepeer_tx.addresses import formatHostPort
+from livepeer_tx.addresses import describeAddress
 from livepeer_tx.interfaces import ITranscoderLink
 from livepeer_tx.orchestrator.dispatch import Rendition
 from livepeer_tx.orchestrator.routing import RemoteTranscoder
@@ -178,7 +178,7 @@ class TranscoderGate(resource.Resource):
         """
         peer = request.getClientAddress()
         host = getattr(peer, "host", "unknown")
-        address = formatPeer(peer)
+        address = describeAddress(peer)
         capacity = parseCapacity(request.getHeader(wsproto.CAPACITY_HEADER))
         self._log.info(
             "Got a RegisterTranscoder request from transcoder={transcoder} capacity={capacity}",
@@ -222,15 +222,6 @@ def parseCapacity(value):
     if not value.isascii() or not value.isdigit() or len(value) > 9:
         return 0
     return int(value)
-
-
-def formatPeer(address):
-    """
-    C{ip:port} of a Twisted address, or C{unknown}, as go-livepeer logs a
-    transcoder.
-    """
-    host = getattr(address, "host", None)
-    return "unknown" if host is None else formatHostPort(host, address.port)
 
 
 def _count(value, what, limit):
@@ -312,7 +303,7 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
         """
         if wsproto.SUBPROTOCOL not in request.protocols:
             raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, f"subprotocol {wsproto.SUBPROTOCOL} required")
-        self._peerAddress = formatPeer(self.transport.getPeer())
+        self._peerAddress = describeAddress(self.transport.getPeer())
         self._announcedCapacity = parseCapacity(request.headers.get(wsproto.CAPACITY_HEADER.lower()))
         # Which secret it registered with, to recognise it once the secret changes.
         secret = self.factory.secret
