@@ -53,11 +53,14 @@ def drainActions(getDrain, status):
     return {"drain": drain, "resume": resume}
 
 
-def parseMaxSessions(text, allowAuto):
+def parseMaxSessions(text, allowAuto, name="maxSessions"):
     """
-    A C{maxSessions} value: a whole number from 1 to L{MAX_SESSIONS_LIMIT},
-    or, when C{allowAuto}, C{auto} (returned as L{None}).
+    A C{maxSessions} value, from the CLI port or the command line: a whole
+    number from 1 to L{MAX_SESSIONS_LIMIT}, or, when C{allowAuto}, C{auto}
+    (returned as L{None}).
 
+    @param name: how the error names the value (C{--maxSessions} for an
+        option).
     @raise ActionError: it is neither.
     """
     text = (text or "").strip()
@@ -65,7 +68,7 @@ def parseMaxSessions(text, allowAuto):
         return None
     if not text.isascii() or not text.isdigit() or not 0 < int(text) <= MAX_SESSIONS_LIMIT:
         expected = "'auto' or a whole number" if allowAuto else "a whole number"
-        raise ActionError(f"maxSessions must be {expected} from 1 to {MAX_SESSIONS_LIMIT}, not {text[:32]!r}")
+        raise ActionError(f"{name} must be {expected} from 1 to {MAX_SESSIONS_LIMIT}, not {text[:32]!r}")
     return int(text)
 
 

@@ -10,6 +10,11 @@ import sys
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+#: C{--drainTimeout}'s default (go-livepeer waits about as long for a
+#: segment) and its largest value, the same for both daemons.
+DEFAULT_DRAIN_SECONDS = 70
+MAX_DRAIN_SECONDS = 86400
+
 
 def stopWithStatus(reactor, status):
     """

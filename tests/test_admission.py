@@ -292,5 +292,5 @@ def test_maxSessionsPerAddressOption(tmp_path):
     options.parseOptions(base + ["--maxSessionsPerAddress", "4"])
     assert options["maxSessionsPerAddressLimit"] == 4
     for bad in ("0", "-1", "many"):
-        with pytest.raises(usage.UsageError, match="--maxSessionsPerAddress must be 'auto' or greater than zero"):
+        with pytest.raises(usage.UsageError, match="--maxSessionsPerAddress must be 'auto' or a whole number from 1 to"):
             tap.Options().parseOptions(base + ["--maxSessionsPerAddress", bad])

@@ -295,7 +295,7 @@ def test_transcoderRefusesZeroCapacity():
     starts, with the option's name.
     """
     config = transcoderTap.Options()
-    with pytest.raises(usage.UsageError, match="--maxSessions must be an integer greater than zero"):
+    with pytest.raises(usage.UsageError, match="--maxSessions must be a whole number from 1 to 999999999, not '0'"):
         config.parseOptions(["--orchAddr", "orch.example:8935", "--orchSecret", "s", "--maxSessions", "0"])
 
 

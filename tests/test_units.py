@@ -291,6 +291,22 @@ def test_transcoderRefusesEveryChainOptionName(tmp_path):
             transcoderTap.Options().parseOptions(["--orchAddr", "h", "--orchSecret", secret, f"--{name}", "v"])
 
 
+@pytest.mark.parametrize("tap", [orchestratorTap, transcoderTap])
+def test_drainTimeoutRangeIsTheSameForBothDaemons(tmp_path, tap):
+    """
+    Both daemons take a C{--drainTimeout} from 0 to a day and refuse more,
+    with the same words (the transcoder's range once stopped at an hour).
+    """
+    secret = writeFile(tmp_path / "secret", "s3cret\n", 0o600)
+    base = ["--orchSecret", secret, "--orchAddr", "o.example:8935"] if tap is transcoderTap else [
+        "--orchSecret", secret, "--serviceAddr", "127.0.0.1:8935"]
+    config = tap.Options()
+    config.parseOptions(base + ["--drainTimeout", "7200"])
+    assert config["drainSeconds"] == 7200.0
+    with pytest.raises(usage.UsageError, match="--drainTimeout must be a number of seconds from 0 to 86400"):
+        tap.Options().parseOptions(base + ["--drainTimeout", "86401"])
+
+
 def test_workerSurvivesATranscoderThatRaises():
     """
     A transcoder raising synchronously fails that task only: the slot is

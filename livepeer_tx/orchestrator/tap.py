@@ -13,8 +13,10 @@ from twisted.python import usage
 
 from livepeer_tx import __version__
 from livepeer_tx.addresses import formatHostPort, parseHostPort
+from livepeer_tx.admin import ActionError, parseMaxSessions
 from livepeer_tx.chainoptions import CHAIN_OPT_FLAGS, CHAIN_OPT_PARAMETERS, isOnChain, validateChainOptions
 from livepeer_tx.goflags import FixedBoolean, GoFlagOptions
+from livepeer_tx.lifecycle import DEFAULT_DRAIN_SECONDS, MAX_DRAIN_SECONDS
 from livepeer_tx.limits import ConnectionLimiter, HTTPLimits, UploadBudget
 from livepeer_tx.payments import OffchainPayments
 from livepeer_tx.secret import Secret, SecretFileError
@@ -27,7 +29,6 @@ _log = Logger()
 DEFAULT_SERVICE_PORT = 8935
 DEFAULT_CLI_ADDR = "127.0.0.1:7935"
 MAX_SEGMENT_BYTES = 300_000_000
-DEFAULT_DRAIN_SECONDS = 70
 
 LONGDESC = """\
 Run a standalone Livepeer orchestrator. It transcodes nothing itself: gateways
@@ -140,7 +141,10 @@ class Options(GoFlagOptions):
         except ValueError as e:
             raise usage.UsageError(str(e))
         for name in ("maxSessions", "maxSessionsPerAddress"):
-            self[name + "Limit"] = self._autoOrPositive(name)
+            try:
+                self[name + "Limit"] = parseMaxSessions(self[name], allowAuto=True, name="--" + name)
+            except ActionError as e:
+                raise usage.UsageError(str(e))
         try:
             self["maxSegmentBytes"] = int(self["maxSegmentSize"])
             if self["maxSegmentBytes"] <= 0:
@@ -165,20 +169,6 @@ class Options(GoFlagOptions):
         except CertificateError as e:
             raise usage.UsageError(str(e))
 
-    def _autoOrPositive(self, name):
-        """
-        The option C{name} as a whole number above zero, or L{None} for C{auto}.
-        """
-        if self[name] == "auto":
-            return None
-        try:
-            limit = int(self[name])
-        except ValueError:
-            limit = 0
-        if limit <= 0:
-            raise usage.UsageError(f"--{name} must be 'auto' or greater than zero")
-        return limit
-
     def _parseOperations(self):
         """
         Check the drain and secret rotation options.
@@ -188,8 +178,8 @@ class Options(GoFlagOptions):
                 self[key] = float(self[name])
             except ValueError:
                 self[key] = -1.0
-            if not 0 <= self[key] <= 86400:
-                raise usage.UsageError(f"--{name} must be a number of seconds from 0 to 86400")
+            if not 0 <= self[key] <= MAX_DRAIN_SECONDS:
+                raise usage.UsageError(f"--{name} must be a number of seconds from 0 to {MAX_DRAIN_SECONDS}")
 
     def _parseHTTPLimits(self):
         """

@@ -11,10 +11,10 @@ from twisted.python import usage
 
 from livepeer_tx import __version__
 from livepeer_tx.addresses import formatHostPort, parseHostPort
-from livepeer_tx.admin import addActions, drainActions, parseMaxSessions
+from livepeer_tx.admin import ActionError, addActions, drainActions, parseMaxSessions
 from livepeer_tx.chainoptions import ETH_OPTION_NAMES
 from livepeer_tx.goflags import FixedBoolean, GoFlagOptions
-from livepeer_tx.lifecycle import stopWithStatus
+from livepeer_tx.lifecycle import DEFAULT_DRAIN_SECONDS, MAX_DRAIN_SECONDS, stopWithStatus
 from livepeer_tx.secret import Secret, SecretFileError
 from livepeer_tx.taps import cliPortService, makeSignalService, prepareNode
 from livepeer_tx.tls import clientTLSOptions, parseFingerprint
@@ -23,7 +23,6 @@ _log = Logger()
 
 DEFAULT_ORCH_PORT = 8935
 DEFAULT_CLI_ADDR = "127.0.0.1:6935"
-DEFAULT_DRAIN_SECONDS = 70
 
 LONGDESC = """\
 Run a Livepeer transcoder. It holds no keys: it tests its GPUs (or libx264)
@@ -101,11 +100,9 @@ class Options(GoFlagOptions):
         except ValueError as e:
             raise usage.UsageError(str(e))
         try:
-            self["capacity"] = int(self["maxSessions"])
-        except ValueError:
-            raise usage.UsageError("--maxSessions must be an integer greater than zero")
-        if self["capacity"] <= 0:
-            raise usage.UsageError("--maxSessions must be an integer greater than zero")
+            self["capacity"] = parseMaxSessions(self["maxSessions"], allowAuto=False, name="--maxSessions")
+        except ActionError as e:
+            raise usage.UsageError(str(e))
         try:
             self["timeoutSeconds"] = float(self["segmentTimeout"])
         except ValueError:
@@ -116,8 +113,8 @@ class Options(GoFlagOptions):
             self["drainSeconds"] = float(self["drainTimeout"])
         except ValueError:
             self["drainSeconds"] = -1.0
-        if not 0 <= self["drainSeconds"] <= 3600:
-            raise usage.UsageError("--drainTimeout must be a number of seconds from 0 to 3600")
+        if not 0 <= self["drainSeconds"] <= MAX_DRAIN_SECONDS:
+            raise usage.UsageError(f"--drainTimeout must be a number of seconds from 0 to {MAX_DRAIN_SECONDS}")
         trustChoices = [bool(self["orchCert"]), bool(self["orchCertFingerprint"]), bool(self["orchInsecure"])]
         if sum(trustChoices) > 1:
             raise usage.UsageError("choose one of --orchCert, --orchCertFingerprint and --orchInsecure")
