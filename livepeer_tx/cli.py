@@ -7,6 +7,7 @@ orchestrator (C{push}), and a self-contained demo (C{demo}).
 import argparse
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -16,9 +17,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
 from livepeer_tx import __version__
-from livepeer_tx.profiles import ProfileError, parsePresetList
+from livepeer_tx.profiles import MAX_SIDE, ProfileError, parsePresetList
 
 DEFAULT_PROFILES = "P240p30fps16x9,P360p30fps16x9"
+# The demo's generated clip: its default length and size, and its smallest side
+# (libx264's yuv420p needs even sides).
+DEMO_CLIP_SECONDS = 6
+DEMO_CLIP_SIZE = (1280, 720)
+MIN_CLIP_SIDE = 16
 
 PUSH_DESCRIPTION = """\
 Cut INPUT into MPEG-TS segments and push them to an orchestrator's public port
@@ -41,17 +47,21 @@ examples:
   livepeer-tx push --orchAddr 127.0.0.1:8935 --insecure --json clip.ts > result.json
 """
 
-DEMO_DESCRIPTION = """\
-Run the whole chain on this machine: generate a 6 s 1280x720 test clip with
-audio, start an orchestrator and one transcoder on free ports of 127.0.0.1,
-push the clip as 3 segments for the P240p30fps16x9, P360p30fps16x9 and
-P720p30fps16x9 renditions, write them under --out and stop both nodes.
+DEMO_DESCRIPTION = f"""\
+Run the whole chain on this machine: generate a test clip with audio
+({DEMO_CLIP_SECONDS} s of {DEMO_CLIP_SIZE[0]}x{DEMO_CLIP_SIZE[1]} unless --clipSeconds and --clipSize say otherwise), start an
+orchestrator and one transcoder on free ports of 127.0.0.1, push the clip in
+2 s segments (3 for the default clip) for the P240p30fps16x9, P360p30fps16x9
+and P720p30fps16x9 renditions, write them under --out and stop both nodes.
 Exits 0 when every segment was transcoded, 1 otherwise.
 """
 
 
 def _positiveInt(text):
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be greater than zero: {text}")
     return value
@@ -62,6 +72,18 @@ def _positiveFloat(text):
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be greater than zero: {text}")
     return value
+
+
+def _clipSize(text):
+    match = re.fullmatch(r"([0-9]+)[xX]([0-9]+)", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not WIDTHxHEIGHT: {text!r}")
+    size = int(match.group(1)), int(match.group(2))
+    if not all(MIN_CLIP_SIDE <= side <= MAX_SIDE and side % 2 == 0 for side in size):
+        raise argparse.ArgumentTypeError(
+            f"width and height must be even numbers from {MIN_CLIP_SIDE} to {MAX_SIDE}: {text}"
+        )
+    return size
 
 
 def _profiles(text):
@@ -161,6 +183,15 @@ def buildParser():
     demo.add_argument(
         "--maxSessions", type=_positiveInt, default=1, metavar="N",
         help="capacity of the transcoder (default: 1)",
+    )
+    demo.add_argument(
+        "--clipSeconds", type=_positiveInt, default=DEMO_CLIP_SECONDS, metavar="N",
+        help=f"length of the generated test clip, cut into 2 s segments (default: {DEMO_CLIP_SECONDS})",
+    )
+    demo.add_argument(
+        "--clipSize", type=_clipSize, default=DEMO_CLIP_SIZE, metavar="WxH",
+        help=f"width and height of the test clip, even, {MIN_CLIP_SIDE} to {MAX_SIDE} "
+        f"(default: {DEMO_CLIP_SIZE[0]}x{DEMO_CLIP_SIZE[1]})",
     )
     demo.add_argument("--verbose", action="store_true", help="log to stderr")
     return parser

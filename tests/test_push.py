@@ -6,6 +6,7 @@ process handling of L{livepeer_tx.gateway.launcher}.
 
 import base64
 import json
+import math
 import os
 import signal
 import subprocess
@@ -26,6 +27,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from livepeer_tx.cli import buildParser
+from livepeer_tx.gateway.demo import DEMO_PROFILES, SEGMENT_SECONDS
 from livepeer_tx.gateway.push import (
     GET_ORCHESTRATOR,
     TOKEN_REFRESH_SECONDS,
@@ -718,6 +721,34 @@ class PusherTests(TestCase):
         return Deferred.fromCoroutine(self._cli())
 
 
+def test_demoClipOptions(capsys):
+    """
+    C{livepeer-tx demo} takes the clip's length and size and defaults to 6 s
+    of 1280x720; a length that is not a whole number of seconds above zero,
+    or a size that is not two even sides from 16 to 4096, is a usage error
+    (exit 2) naming the option and the reason.
+    """
+    parser = buildParser()
+    args = parser.parse_args(["demo"])
+    assert (args.clipSeconds, args.clipSize) == (6, (1280, 720))
+    args = parser.parse_args(["demo", "--clipSeconds", "3", "--clipSize", "426x240"])
+    assert (args.clipSeconds, args.clipSize) == (3, (426, 240))
+    refusals = {
+        ("--clipSeconds", "0"): "must be greater than zero",
+        ("--clipSeconds", "1.5"): "not a whole number",
+        ("--clipSize", "1280"): "not WIDTHxHEIGHT",
+        ("--clipSize", "-2x4"): "not WIDTHxHEIGHT",
+        ("--clipSize", "427x240"): "width and height must be even numbers from 16 to 4096",
+        ("--clipSize", "8x8"): "width and height must be even numbers from 16 to 4096",
+        ("--clipSize", "4098x720"): "width and height must be even numbers from 16 to 4096",
+    }
+    for (option, value), reason in refusals.items():
+        with pytest.raises(SystemExit) as exited:
+            parser.parse_args(["demo", f"{option}={value}"])
+        assert exited.value.code == 2
+        assert f"argument {option}: {reason}" in capsys.readouterr().err
+
+
 def test_cliHelp():
     """
     C{livepeer-tx push --help} documents the options; bad arguments exit 2.
@@ -823,20 +854,23 @@ def test_localNodesProcesses(tmp_path):
 
 def test_demo(tmp_path):
     """
-    C{livepeer-tx demo} starts both nodes, transcodes three segments into
-    three renditions each, stops the nodes and exits 0.
+    C{livepeer-tx demo} with a short small clip starts both nodes,
+    transcodes each segment into every profile's rendition (P720p's upscaled
+    to 1280x720), stops the nodes and exits 0.
     """
     out = tmp_path / "demo-output"
+    clipSeconds = 3
+    segments = math.ceil(clipSeconds / SEGMENT_SECONDS)
     started = time.monotonic()
     run = subprocess.run(
         [sys.executable, "-m", "livepeer_tx.cli", "demo", "--out", str(out)]
-        + ["--workDir", str(tmp_path / "work")],
+        + ["--workDir", str(tmp_path / "work"), "--clipSeconds", str(clipSeconds), "--clipSize", "256x144"],
         capture_output=True, text=True, timeout=240,
         env=dict(os.environ, PYTHONPATH=PROJECT_ROOT),
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    for profile in ("P240p30fps16x9", "P360p30fps16x9", "P720p30fps16x9"):
-        assert sorted(os.listdir(out / profile)) == ["0.ts", "1.ts", "2.ts"]
+    for profile in DEMO_PROFILES.split(","):
+        assert sorted(os.listdir(out / profile)) == sorted(f"{seq}.ts" for seq in range(segments))
     assert "426x240" in run.stdout and "1280x720" in run.stdout
-    assert "3/3 segments transcoded" in run.stdout
+    assert f"{segments}/{segments} segments transcoded" in run.stdout
     print(f"demo took {time.monotonic() - started:.1f} s")

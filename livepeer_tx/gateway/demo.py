@@ -31,9 +31,7 @@ from livepeer_tx.processes import runProcess
 from livepeer_tx.profiles import parsePresetList
 
 DEMO_PROFILES = "P240p30fps16x9,P360p30fps16x9,P720p30fps16x9"
-CLIP_SECONDS = 6
 SEGMENT_SECONDS = 2
-CLIP_WIDTH, CLIP_HEIGHT = 1280, 720
 _VIDEO_SIZE = re.compile(rb"Video: .*?, (\d{2,5})x(\d{2,5})")
 
 
@@ -65,7 +63,8 @@ async def runDemo(reactor, args, stream=None):
     Run the demo.
 
     @param args: an object with C{out} (rendition directory), C{workDir} (or
-        C{None} for a temporary one) and C{maxSessions}.
+        C{None} for a temporary one), C{maxSessions}, C{clipSeconds} (the
+        generated clip's length) and C{clipSize} (its C{(width, height)}).
     @param stream: where to print (default: stdout).
     @return: the exit status, 0 when every segment was transcoded.
     """
@@ -82,14 +81,15 @@ async def runDemo(reactor, args, stream=None):
     try:
         say.step(f"work directory {workDir}")
         clipPath = os.path.join(workDir, "clip.ts")
+        clipWidth, clipHeight = args.clipSize
         say.step(
-            f"generating a {CLIP_SECONDS} s {CLIP_WIDTH}x{CLIP_HEIGHT} test clip with audio, "
+            f"generating a {args.clipSeconds} s {clipWidth}x{clipHeight} test clip with audio, "
             "and starting an orchestrator"
         )
         _, orchestrator = await gatherResults(
             [
                 generateTestClip(
-                    reactor, clipPath, seconds=CLIP_SECONDS, width=CLIP_WIDTH, height=CLIP_HEIGHT,
+                    reactor, clipPath, seconds=args.clipSeconds, width=clipWidth, height=clipHeight,
                     keyframeSeconds=SEGMENT_SECONDS,
                 ),
                 deferToThreadPool(reactor, pool, nodes.startOrchestrator),
