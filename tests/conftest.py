@@ -40,10 +40,24 @@ def segment2s(tmp_path_factory):
     """
     A 2 s 640x360 30 fps segment, as bytes.
     """
+    return _clipBytes(tmp_path_factory, "seg2s.ts", 640, 360, seconds=2, fps=30)
+
+
+@pytest.fixture(scope="session")
+def tinySegment(tmp_path_factory):
+    """
+    A 1 s 256x144 10 fps segment, as bytes: for tests that need segments
+    flowing through real transcoders but not what is in them, at a fraction
+    of L{segment2s}'s FFmpeg time.
+    """
+    return _clipBytes(tmp_path_factory, "tiny.ts", 256, 144, seconds=1, fps=10)
+
+
+def _clipBytes(tmp_path_factory, name, width, height, seconds, fps):
     from media import makeClip
 
-    path = str(tmp_path_factory.mktemp("clips") / "seg2s.ts")
-    makeClip(path, 640, 360, seconds=2, fps=30)
+    path = str(tmp_path_factory.mktemp("clips") / name)
+    makeClip(path, width, height, seconds=seconds, fps=fps)
     with open(path, "rb") as f:
         return f.read()
 

@@ -139,7 +139,7 @@ def test_publicPortNegotiatesH2ThenHttp11(sharedNodes):
 
 
 
-def test_transcoderKilledMidSegment(nodes, segment2s, tmp_path):
+def test_transcoderKilledMidSegment(nodes, tinySegment, tmp_path):
     """
     A transcoder killed while it holds a segment: the segment is transcoded
     by the other transcoder and the gateway gets its renditions.
@@ -152,7 +152,7 @@ def test_transcoderKilledMidSegment(nodes, segment2s, tmp_path):
     outcome = {}
 
     def send():
-        outcome["response"] = postSegment(orchestrator, segment2s, manifestId=b"victim", durationMs=2000,
+        outcome["response"] = postSegment(orchestrator, tinySegment, manifestId=b"victim", durationMs=1000,
                                           profiles=("P360p30fps16x9", "P240p30fps16x9"))
 
     sender = threading.Thread(target=send)
@@ -170,7 +170,7 @@ def test_transcoderKilledMidSegment(nodes, segment2s, tmp_path):
     assert survivor.running and "Transcoding taskId=" in survivor.logText()
 
 
-def test_orchestratorRestartTranscodersComeBack(nodes, segment2s):
+def test_orchestratorRestartTranscodersComeBack(nodes, tinySegment):
     """
     After an orchestrator restart, transcoders reconnect by themselves (the
     certificate is kept, so the pinned fingerprint still matches), and a
@@ -188,14 +188,15 @@ def test_orchestratorRestartTranscodersComeBack(nodes, segment2s):
     nodes.waitUntilReady(orchestrator)
     assert orchestrator.fingerprint == fingerprint
     orchestrator.waitForTranscoders(1, timeout=30)
-    status, body = postSegment(orchestrator, segment2s, manifestId=b"after-restart", authToken=tokenBefore)
+    status, body = postSegment(orchestrator, tinySegment, manifestId=b"after-restart", authToken=tokenBefore,
+                               durationMs=1000)
     assert status == 200 and transcodeResult(body).WhichOneof("result") == "data"
     assert transcodeResult(body).info.auth_token.session_id == tokenBefore.session_id
     assert transcoder.running
 
 
 @shared
-def test_badGatewayInput(sharedNodes, segment2s):
+def test_badGatewayInput(sharedNodes, tinySegment):
     """
     Malformed headers, a wrong hash, an oversized body and a bad payment get
     go-livepeer's status codes; the orchestrator keeps serving. (Without a
@@ -204,19 +205,20 @@ def test_badGatewayInput(sharedNodes, segment2s):
     """
     _, orchestrator, _ = sharedNodes
     token = mintToken(orchestrator)
-    status, body = postSegment(orchestrator, segment2s, headers={"Livepeer-Segment": ""})
+    status, body = postSegment(orchestrator, tinySegment, headers={"Livepeer-Segment": ""})
     assert status == 403 and b"ErrorSegEncoding" in body
-    status, body = postSegment(orchestrator, segment2s, headers={"Livepeer-Segment": "%%%not base64"})
+    status, body = postSegment(orchestrator, tinySegment, headers={"Livepeer-Segment": "%%%not base64"})
     assert (status, body.strip()) == (403, b"ErrorSegEncoding")
-    status, body = postSegment(orchestrator, segment2s, headers={"Livepeer-Segment": "AAAA////"})
+    status, body = postSegment(orchestrator, tinySegment, headers={"Livepeer-Segment": "AAAA////"})
     assert status == 403
-    status, body = postSegment(orchestrator, segment2s, authToken=token, hash=b"\x00" * 32)
+    status, body = postSegment(orchestrator, tinySegment, authToken=token, hash=b"\x00" * 32)
     assert (status, body.strip()) == (403, b"Forbidden")
-    status, body = postSegment(orchestrator, segment2s, authToken=token, headers={"Livepeer-Payment": "!!notbase64"})
+    status, body = postSegment(orchestrator, tinySegment, authToken=token,
+                               headers={"Livepeer-Payment": "!!notbase64"})
     assert status == 402
     status, body = postSegment(orchestrator, b"\x47" * (SHARED_MAX_SEGMENT + 100), authToken=token)
     assert status == 413
-    status, body = postSegment(orchestrator, segment2s, authToken=token)
+    status, body = postSegment(orchestrator, tinySegment, authToken=token, durationMs=1000)
     assert status == 200 and transcodeResult(body).WhichOneof("result") == "data"
     assert orchestrator.running
 
@@ -315,7 +317,7 @@ def ffmpegChildren(node, timeout=30):
     raise AssertionError("FFmpeg was not running")
 
 
-def test_transcoderShutdownLeavesNoFfmpegOrFiles(nodes, segment2s, tmp_path):
+def test_transcoderShutdownLeavesNoFfmpegOrFiles(nodes, tinySegment, tmp_path):
     """
     A second SIGTERM while a segment is transcoding (the first one started a
     drain that waits for it): FFmpeg is killed and reaped, the work
@@ -329,7 +331,7 @@ def test_transcoderShutdownLeavesNoFfmpegOrFiles(nodes, segment2s, tmp_path):
     orchestrator.waitForTranscoders(1)
     open(gate, "w").close()  # FFmpeg runs wait from now on
     sender = threading.Thread(target=lambda: postSegment(
-        orchestrator, segment2s, durationMs=2000, profiles=("P720p30fps16x9", "P360p30fps16x9")))
+        orchestrator, tinySegment, durationMs=1000, profiles=("P720p30fps16x9", "P360p30fps16x9")))
     sender.start()
     transcoder.waitForLog(r"Transcoding taskId=")
     children = ffmpegChildren(transcoder)

@@ -37,20 +37,22 @@ def writeAtomically(path, data, mode=0o600):
 
 class GatewayStream(threading.Thread):
     """
-    One stream of a gateway: sends segments one after the other, until
-    L{finish}, each to the first orchestrator of C{orchestrators} that takes
-    it, and downloads the renditions.
+    One stream of a gateway: sends segments (C{body} each time, announced
+    as C{durationMs} long) one after the other, until L{finish}, each to the
+    first orchestrator of C{orchestrators} that takes it, and downloads the
+    renditions.
 
     @ivar served: per seq, the name of the orchestrator that transcoded it.
     @ivar lost: per seq, what went wrong once the segment was taken.
     @ivar refusals: C{(seq, orchestrator, how)} for each refusal.
     """
 
-    def __init__(self, orchestrators, body, manifestId):
+    def __init__(self, orchestrators, body, manifestId, durationMs):
         super().__init__(daemon=True)
         self.orchestrators = list(orchestrators)
         self.body = body
         self.manifestId = manifestId
+        self.durationMs = durationMs
         self.served = {}
         self.lost = {}
         self.refusals = []
@@ -75,7 +77,8 @@ class GatewayStream(threading.Thread):
             if not orchestrator.running:
                 continue
             try:
-                status, body = postSegment(orchestrator, self.body, seq=seq, manifestId=self.manifestId)
+                status, body = postSegment(orchestrator, self.body, seq=seq, manifestId=self.manifestId,
+                                           durationMs=self.durationMs)
             except (grpc.RpcError, ConnectionError, http.client.RemoteDisconnected, ssl.SSLEOFError) as e:
                 # Refused before the upload was taken: GetOrchestrator said
                 # no, nobody listens any more, or the connection closed
@@ -195,7 +198,7 @@ def test_capacityFromTheCliPortAndTheConfiguration(nodes, tmp_path):
     assert transcoder.cliStatus()["MaxSessions"] == 4
 
 
-def test_secretRotationWithThreeTranscodersAndSegmentsInFlight(nodes, segment2s):
+def test_secretRotationWithThreeTranscodersAndSegmentsInFlight(nodes, tinySegment):
     """
     The orchestrator's secret file is rotated and reloaded while a stream
     flows through three transcoders; their own files are updated and
@@ -211,7 +214,7 @@ def test_secretRotationWithThreeTranscodersAndSegmentsInFlight(nodes, segment2s)
         transcoders.append(nodes.startTranscoder(orchestrator, maxSessions=1, orchSecret=secretFile))
         transcoders[-1].secretFile = secretFile
         orchestrator.waitForTranscoders(index + 1)
-    stream = GatewayStream([orchestrator], segment2s, b"rotation")
+    stream = GatewayStream([orchestrator], tinySegment, b"rotation", durationMs=1000)
     stream.start()
     orchestrator.waitForLog(r"Successfully received results .* seqNo=2 ")
 
@@ -246,7 +249,7 @@ def test_secretRotationWithThreeTranscodersAndSegmentsInFlight(nodes, segment2s)
     assert newSecret not in logged
 
 
-def test_drainsLoseNoSegment(nodes, segment2s, tmp_path):
+def test_drainsLoseNoSegment(nodes, tinySegment, tmp_path):
     """
     A transcoder's SIGTERM while it holds a segment: it tells the
     orchestrator, finishes the segment, closes and exits 0; its stream moves
@@ -267,7 +270,8 @@ def test_drainsLoseNoSegment(nodes, segment2s, tmp_path):
 
     # The transcoder's drain.
     open(wrappers[0][1], "w").close()
-    streams = [GatewayStream([first, fallback], segment2s, name) for name in (b"stream-a", b"stream-b")]
+    streams = [GatewayStream([first, fallback], tinySegment, name, durationMs=1000)
+               for name in (b"stream-a", b"stream-b")]
     streams[0].start()
     leaving.waitForLog(r"Transcoding taskId=")
     streams[1].start()
@@ -290,7 +294,8 @@ def test_drainsLoseNoSegment(nodes, segment2s, tmp_path):
     os.kill(first.pid, signal.SIGTERM)
     first.waitForLog(r"Draining \(SIGTERM\): no new work; waiting for [12] segment\(s\) in flight")
     assert getURL(first, "/healthz") == (503, b'{"Draining": true}\n')
-    assert postSegment(first, segment2s, seq=10_000, manifestId=b"stream-a") == (503, b"OrchestratorCapped\n")
+    assert postSegment(first, tinySegment, seq=10_000, manifestId=b"stream-a", durationMs=1000) == (
+        503, b"OrchestratorCapped\n")
     os.remove(wrappers[1][1])
     assert first.process.wait(60) == 0
     assert "Drained in" in first.logText() and "Drain timed out" not in first.logText()
