@@ -31,7 +31,13 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 # compat mode puts the project root on sys.path, so twistd finds twisted/plugins/.
-.venv/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
+# Installed again only when the project's metadata changed since the last install.
+stamp=.venv/.livepeer-tx-installed
+wanted=$(cat setup.cfg pyproject.toml 2>/dev/null | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+    .venv/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
+    echo "$wanted" > "$stamp"
+fi
 .venv/bin/python -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
 
 case "${1:-}" in

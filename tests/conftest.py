@@ -24,14 +24,14 @@ def nodes(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def clip720(tmp_path_factory):
+def clip4s(tmp_path_factory):
     """
-    A 4 s 1280x720 30 fps H.264 + AAC MPEG-TS clip.
+    A 4 s 640x360 30 fps H.264 + AAC MPEG-TS clip (two 2 s segments).
     """
     from media import makeClip
 
-    path = str(tmp_path_factory.mktemp("clips") / "clip720.ts")
-    makeClip(path, 1280, 720, seconds=4, fps=30)
+    path = str(tmp_path_factory.mktemp("clips") / "clip4s.ts")
+    makeClip(path, 640, 360, seconds=4, fps=30)
     return path
 
 

@@ -23,7 +23,7 @@ from media import ffprobePath, probe
 
 REGISTERED = r"Successful transcoder registration transcoder=127\.0\.0\.1:\d+ capacity={}"
 SHARED_CAPACITY = 4  # room for the sessions the tests open, which stay until their idle timeout
-SHARED_MAX_SEGMENT = 4_000_000  # above a 2 s 720p segment of clip720 (about 2 MB)
+SHARED_MAX_SEGMENT = 4_000_000  # above a 2 s 720p segment (about 2 MB)
 
 # Under xdist (run.sh: --dist loadgroup) the tests on the shared nodes run on one worker, so one set starts.
 shared = pytest.mark.xdist_group("test_e2e.sharedNodes")
@@ -63,7 +63,7 @@ def transcoderThatStarted(transcoders, timeout=30):
 
 
 @shared
-def test_registrationTranscodeAndRenditions(sharedNodes, clip720, tmp_path):
+def test_registrationTranscodeAndRenditions(sharedNodes, clip4s, tmp_path):
     """
     A transcoder registers with its capacity, a clip pushed through the
     orchestrator comes back as renditions of the right size, frame count and
@@ -74,7 +74,7 @@ def test_registrationTranscodeAndRenditions(sharedNodes, clip720, tmp_path):
         r"Got a RegisterTranscoder request from transcoder=127\.0\.0\.1:\d+ capacity=%d" % SHARED_CAPACITY)
     orchestrator.waitForLog(REGISTERED.format(SHARED_CAPACITY))
     out = str(tmp_path / "out")
-    document, status = push(orchestrator, clip720, out=out)
+    document, status = push(orchestrator, clip4s, out=out)
     assert status == 0, document
     segments = document["segments"]
     assert len(segments) == 2 and all(s["ok"] for s in segments)
@@ -84,7 +84,7 @@ def test_registrationTranscodeAndRenditions(sharedNodes, clip720, tmp_path):
         for rendition in segment["renditions"]:
             path = os.path.join(out, rendition["profile"], f"{segment['seq']}.ts")
             info = probe(path)
-            expected = PRESETS[rendition["profile"]].outputSize(1280, 720)
+            expected = PRESETS[rendition["profile"]].outputSize(640, 360)
             assert (info["width"], info["height"]) == expected
             assert abs(info["duration"] - segment["durationMs"] / 1000) < 0.15
             assert abs(info["frames"] - segment["durationMs"] / 1000 * 30) <= 1
