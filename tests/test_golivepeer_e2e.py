@@ -35,7 +35,7 @@ from livepeer_tx.orchestrator.orchservice import END_TRANSCODING_SESSION, GET_OR
 from livepeer_tx.profiles import PRESETS
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 from livepeer_tx.rpc.wire import frameMessage
-from media import ffprobePath, makeClip, probe
+from media import ffprobePath, probe
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROFILES = ("P240p30fps16x9", "P144p30fps16x9")
@@ -100,15 +100,13 @@ def port(tmp_path_factory):
         yield nodes.startOrchestrator()
 
 
-@pytest.fixture(scope="module")
-def segment(tmp_path_factory):
+@pytest.fixture(scope="session")
+def segment(segment2s):
     """
-    A 2 s 640x360 segment, as bytes.
+    The suite's 2 s 640x360 30 fps segment (L{segment2s}, made once per
+    worker), as bytes.
     """
-    path = str(tmp_path_factory.mktemp("clips") / "seg.ts")
-    makeClip(path, 640, 360, seconds=2, fps=30)
-    with open(path, "rb") as f:
-        return f.read()
+    return segment2s
 
 
 def registered(orchestrator, capacity, since):

@@ -113,7 +113,7 @@ def assertStillServing(nodes, orchestrator, segment, baseline):
     assertNewTranscoderServes(nodes, orchestrator, segment, b"after-attack")
 
 
-def test_malformedHeaderFloodLeaksNoDescriptors(nodes, segment2s):
+def test_malformedHeaderFloodLeaksNoDescriptors(nodes, tinySegment):
     """
     Issue 7 item 1: a request with a header line without a colon, then
     Connection: close and 40,000 more bytes over TLS, then close, left one
@@ -144,10 +144,10 @@ def test_malformedHeaderFloodLeaksNoDescriptors(nodes, segment2s):
     assert log.count("400 malformed header line") == ATTACKS
     assert "Traceback" not in log and "Unhandled" not in log
     assert getURL(orchestrator, "/healthz")[0] == 200
-    assertStillServing(nodes, orchestrator, segment2s, baseline)
+    assertStillServing(nodes, orchestrator, tinySegment, baseline)
 
 
-def test_slowlorisIsClosedByTheHeaderDeadline(nodes, segment2s):
+def test_slowlorisIsClosedByTheHeaderDeadline(nodes, tinySegment):
     """
     Item 6: a client sending one header line at a time (each resets the idle
     timeout) gets 408 and is closed once its headers take longer than
@@ -174,7 +174,7 @@ def test_slowlorisIsClosedByTheHeaderDeadline(nodes, segment2s):
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b"not received within 2 s" in answer
     assert "408 request headers too slow" in orchestrator.logText()
-    assertStillServing(nodes, orchestrator, segment2s, baseline)
+    assertStillServing(nodes, orchestrator, tinySegment, baseline)
 
 
 def test_stalledUploadIsClosedAndItsMemoryReturned(nodes):
@@ -235,7 +235,7 @@ def test_stalledUploadIsClosedAndItsMemoryReturned(nodes):
     assert "Traceback" not in orchestrator.logText()
 
 
-def test_connectionCapsCloseExtraConnections(nodes, segment2s):
+def test_connectionCapsCloseExtraConnections(nodes, tinySegment):
     """
     Item 1: over --maxConnectionsPerAddress a connection is closed at once,
     counted in the metrics and logged once for the burst; a freed place can
@@ -263,4 +263,4 @@ def test_connectionCapsCloseExtraConnections(nodes, segment2s):
     assert getURL(orchestrator, "/healthz")[0] == 200
     for sock in held:
         sock.close()
-    assertStillServing(nodes, orchestrator, segment2s, baseline)
+    assertStillServing(nodes, orchestrator, tinySegment, baseline)
