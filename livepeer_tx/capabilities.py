@@ -85,8 +85,7 @@ def capabilitiesOf(bitstring):
     """
     ids = []
     for index, word in enumerate(bitstring):
-        # Only the set bits are visited: this runs for every transcoder's
-        # report on every segment (see orchestratorCapabilities).
+        # Only the set bits are visited: a word may have all 64 set.
         word &= _UINT64 - 1
         while word:
             lowest = word & -word
@@ -101,16 +100,23 @@ def parseReport(report):
     C{{capability: capacity}} dict, read as go-livepeer does: the
     C{capacities} map when there is one, else capacity 1 for each capability
     of the bitstring; the default set when nothing was reported (a legacy
-    transcoder).
+    transcoder). Registration parses each report once, refuses the
+    transcoder when this raises, and keeps the result as the C{capabilities}
+    of its L{livepeer_tx.orchestrator.routing.RemoteTranscoder}.
 
     @param report: a C{Capabilities} message (gRPC transcoders), a dict with
         C{bitstring} and optionally C{capacities} (our WebSocket transcoders'
         C{register} message; keys may be text), or L{None} / an empty dict.
-    @raise ValueError: the report is malformed or too large.
+    @raise ValueError: the report is malformed or too large; the message
+        says which field and why.
     """
     if report is None or (isinstance(report, dict) and not report):
         return dict.fromkeys(DEFAULT_CAPABILITIES, 1)
     if isinstance(report, pb.Capabilities):
+        # Mandatories are not kept (go-livepeer ignores a transcoder's), but
+        # an absurd list of them is as malformed as an absurd bitstring.
+        if len(report.mandatories) > MAX_BITSTRING_WORDS:
+            raise ValueError(f"mandatories must be a list of at most {MAX_BITSTRING_WORDS} words")
         bitstring, capacities = list(report.bitstring), dict(report.capacities)
     elif isinstance(report, dict):
         bitstring, capacities = report.get("bitstring", []), report.get("capacities", {})
@@ -129,7 +135,8 @@ def parseReport(report):
         try:
             capability = int(key)
         except (TypeError, ValueError):
-            raise ValueError(f"capacities key {key!r} is not a capability id") from None
+            # At most 32 characters of the key: the message reaches logs and the peer.
+            raise ValueError(f"capacities key {str(key)[:32]!r} is not a capability id") from None
         if not 0 <= capability < _UINT32 or type(value) is not int or not 0 <= value < _UINT32:
             raise ValueError("capacities must map unsigned 32-bit ids to unsigned 32-bit capacities")
         parsed[capability] = value
@@ -143,20 +150,17 @@ def orchestratorCapabilities(reports, version=__version__, withheld=NOT_HONOURED
     the capacities every connected transcoder reported, less the capabilities
     in C{withheld}.
 
-    @param reports: the transcoders' reports (see L{parseReport}), e.g.
-        C{[t.capabilities for t in pool.transcoders]}. A malformed one adds
-        nothing (registration is where it should have been refused).
+    @param reports: the transcoders' parsed reports, C{{capability:
+        capacity}} dicts as L{parseReport} returns them, e.g.
+        C{[t.capabilities for t in pool.transcoders]} (parsed, and the
+        malformed ones refused, at registration).
     @param version: our semver version.
     @param withheld: capability ids never advertised (L{NOT_HONOURED} until
         the segment path honours them).
     @return: a C{Capabilities} message.
     """
     capacities = dict.fromkeys(DEFAULT_CAPABILITIES, 1)
-    for report in reports:
-        try:
-            reported = parseReport(report)
-        except ValueError:
-            continue
+    for reported in reports:
         for capability, capacity in reported.items():
             capacities[capability] = capacities.get(capability, 0) + capacity
     for capability in withheld:

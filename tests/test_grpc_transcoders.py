@@ -33,14 +33,17 @@ from twisted.python.failure import Failure
 from twisted.web import resource
 
 from test_grpc_h2 import Client, QuietSite
-from livepeer_tx.capabilities import DEFAULT_CAPABILITIES, capabilityBitstring
+from livepeer_tx.capabilities import DEFAULT_CAPABILITIES, capabilitiesOf, capabilityBitstring
 from livepeer_tx.orchestrator.app import Orchestrator
+from livepeer_tx.orchestrator.authtoken import AuthTokens
 from livepeer_tx.orchestrator.dispatch import SegmentJob, TranscodeFailed
 from livepeer_tx.orchestrator.grpctranscoders import (
     MAX_RENDITIONS, REGISTER_TRANSCODER, GRPCTranscoderLink, GRPCTranscoderService, ResultError, TaskInputs,
     TaskInputsFull, iterMultipart, parseResultParts,
 )
+from livepeer_tx.orchestrator.orchservice import GET_ORCHESTRATOR, OrchestratorService
 from livepeer_tx.orchestrator.registration import FailedAttemptLimiter
+from livepeer_tx.payments import OffchainPayments
 from livepeer_tx.orchestrator.store import StreamResource
 from livepeer_tx.profiles import PRESETS
 from livepeer_tx.proto import lp_rpc_pb2 as pb
@@ -223,8 +226,7 @@ def test_registrationJoinsThePoolWithLogs(logged):
     client, streamID = orch.register(capacity=3, capabilities=capabilities)
     [transcoder] = orch.app.pool.transcoders
     assert (transcoder.address, transcoder.capacity, transcoder.version) == ("192.0.2.7:41000", 3, "0.8.1")
-    assert transcoder.capabilities["bitstring"] == capabilityBitstring(DEFAULT_CAPABILITIES)
-    assert transcoder.capabilities["capacities"] == {0: 1, 1: 1}
+    assert transcoder.capabilities == {0: 1, 1: 1}
     assert isinstance(transcoder.link, GRPCTranscoderLink)
     assert not client.response(streamID).ended
     lines = messagesOf(logged)
@@ -235,11 +237,12 @@ def test_registrationJoinsThePoolWithLogs(logged):
 
 def test_legacyTranscoderGetsTheDefaultCapabilities():
     """
-    A RegisterRequest without capabilities counts as go-livepeer's default set.
+    A RegisterRequest without capabilities counts as go-livepeer's default
+    set, at capacity 1 each.
     """
     orch = Orch()
     orch.register()
-    assert orch.app.pool.transcoders[0].capabilities["bitstring"] == capabilityBitstring(DEFAULT_CAPABILITIES)
+    assert orch.app.pool.transcoders[0].capabilities == dict.fromkeys(DEFAULT_CAPABILITIES, 1)
 
 
 @pytest.mark.parametrize("secret, capacity, message", [
@@ -292,16 +295,46 @@ def test_unreadableSecretFileIsUnavailableNotInvalid(tmp_path):
     assert (response.status, response.message) == (StatusCode.UNAVAILABLE, "service unavailable")
 
 
-def test_absurdCapabilitiesAreRefusedAndCapacityBounded():
+@pytest.mark.parametrize("capabilities, reason", [
+    (pb.Capabilities(bitstring=[1] * 65), "bitstring must be a list of at most 64 words"),
+    (pb.Capabilities(mandatories=[1] * 65), "mandatories must be a list of at most 64 words"),
+    (pb.Capabilities(capacities=dict.fromkeys(range(1025), 1)), "capacities must be a map of at most 1024 entries"),
+])
+def test_absurdCapabilitiesAreRefusedAndCapacityBounded(logged, capabilities, reason):
     """
-    Capabilities too large to be real are refused; a huge capacity is counted
-    at our bound.
+    Capabilities too large to be real are refused at registration with
+    INVALID_ARGUMENT naming the fault (logged as the other refusals), and
+    the transcoder never joins the pool; the orchestrator still admits a
+    well-formed one, and counts a huge capacity at our bound. Without the
+    check at registration the absurd one would join the pool.
     """
     orch = Orch()
-    client, streamID = orch.register(capabilities=pb.Capabilities(bitstring=[1] * 65))
-    assert client.response(streamID).status == StatusCode.INVALID_ARGUMENT
+    client, streamID = orch.register(capabilities=capabilities)
+    response = client.response(streamID)
+    assert (response.status, response.message) == (StatusCode.INVALID_ARGUMENT, f"capabilities: {reason}")
+    assert orch.app.pool.transcoders == []
+    assert f"Cannot register transcoder=192.0.2.7:41000 err='capabilities: {reason}'" in messagesOf(logged)
     orch.register(capacity=2**40)
     assert orch.app.pool.transcoders[0].capacity == 999_999_999
+
+
+def test_reportedCapacitiesReachGetOrchestrator():
+    """
+    The capacities a stock transcoder reports, parsed once at registration,
+    are added to our own (capacity 1 each) in GetOrchestrator's answer: the
+    capability only it offers (15) at its capacity, the others summed. A
+    report parsed wrongly, or not added, changes these numbers.
+    """
+    orch = Orch()
+    OrchestratorService(orch.app.pool, AuthTokens(bytes(32), wallClock=orch.app.wallClock), SERVICE_URL,
+                        OffchainPayments(), orch.app.endSession).register(orch.registry)
+    orch.register(capabilities=pb.Capabilities(
+        bitstring=capabilityBitstring([0, 1, 15]), capacities={0: 2, 1: 1, 15: 3}))
+    client = orch.connect()
+    streamID = client.call(GET_ORCHESTRATOR, pb.OrchestratorRequest())
+    [info] = client.response(streamID).messages(pb.OrchestratorInfo)
+    assert {c: info.capabilities.capacities[c] for c in (0, 1, 2, 15)} == {0: 3, 1: 2, 2: 1, 15: 3}
+    assert {0, 1, 2, 15} <= capabilitiesOf(info.capabilities.bitstring)
 
 
 # Tasks over HTTP/2.

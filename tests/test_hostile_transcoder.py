@@ -188,6 +188,34 @@ def test_messagesAfterAProtocolErrorAreDropped(events):
     assert not any("zero capacity" in text for text in texts(events))
 
 
+@pytest.mark.parametrize("report, reason", [
+    ({"bitstring": [2**64]}, "bitstring words must be unsigned 64-bit integers"),
+    ({"bitstring": [1] * 65}, "bitstring must be a list of at most 64 words"),
+    ({"capacities": {"h264": 1}}, "capacities key 'h264' is not a capability id"),
+    ({"capacities": {"x" * 1000: 1}}, f"capacities key {'x' * 32!r} is not a capability id"),
+    ({"capacities": {"0": -1}}, "capacities must map unsigned 32-bit ids to unsigned 32-bit capacities"),
+])
+def test_malformedCapabilitiesRefusedAtRegistration(events, report, reason):
+    """
+    A register message whose capabilities do not parse closes its sender
+    with 4002 and an error naming C{capabilities} and the fault (told to the
+    transcoder and logged, quoting at most 32 characters of what it sent);
+    it never joins the pool, and a well-behaved transcoder keeps
+    transcoding. Were the report stored unparsed, the offender would join
+    the pool.
+    """
+    harness = Harness()
+    good = harness.connect(capacity=1)
+    peer = harness.connect(protocol=SilentClientProtocol)
+    peer.sendText(json.dumps({"type": "register", "capacity": 1, "capabilities": report}).encode())
+    assert peer.link.closeCodes == [wsproto.CLOSE_PROTOCOL_ERROR]
+    error = f"register: capabilities: {reason}"
+    assert f"Protocol error from transcoder=10.0.0.2:40000: {error}" in texts(events, LogLevel.error)
+    assert f"Orchestrator reported an error: {error}" in texts(events, LogLevel.warn)
+    assert harness.live == [good.address]
+    assert outcome(harness.transcode()).transcoder == good.address
+
+
 # --- item 4: every field of a result ----------------------------------------------------------------
 
 

@@ -362,8 +362,8 @@ def test_jobCapabilitiesCheckedAgainstOurs():
         assert not accepted
     assert not link.tasks
     assert app.metrics.registry.get_sample_value("livepeer_segment_rejected_total", {"reason": "capabilities"}) == 5
-    app.transcoderRegistered(RemoteTranscoder("10.0.0.2:1", 1, link=AnsweringLink(), capabilities={
-        "bitstring": capabilityBitstring(set(DEFAULT_CAPABILITIES) | {HEVC_ENCODE})}))
+    app.transcoderRegistered(RemoteTranscoder("10.0.0.2:1", 1, link=AnsweringLink(), capabilities=dict.fromkeys(
+        set(DEFAULT_CAPABILITIES) | {HEVC_ENCODE}, 1)))
     outcome, accepted = submit(service, customSegment(capabilities=jobCapabilities(0, 1, 12, HEVC_ENCODE)))
     assert accepted and not outcome  # transcoding
     offered = capabilitiesOf(resource.service._orchestrator.capabilities().bitstring)

@@ -7,6 +7,7 @@ are checked without real processes or real time.
 """
 
 import base64
+import json
 import os
 
 from twisted.internet.ssl import optionsForClientTLS
@@ -14,7 +15,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel
 
 from livepeer_tx import wsproto
+from livepeer_tx.orchestrator.authtoken import AuthTokens
 from livepeer_tx.orchestrator.dispatch import SegmentJob, TranscodeFailed
+from livepeer_tx.orchestrator.orchservice import OrchestratorService
+from livepeer_tx.payments import OffchainPayments
+from livepeer_tx.proto import lp_rpc_pb2 as pb
 from livepeer_tx.secret import Secret
 from livepeer_tx.transcoder.client import Backoff, OrchestratorLink
 from livepeer_tx.transcoder.worker import TranscodeWorker
@@ -112,6 +117,29 @@ def test_registrationThroughTheGate(events):
     success, = named(events, "Successful transcoder registration orchestrator=")
     assert success["capacity"] == 3
     assert SECRET not in repr(events)
+
+
+def test_reportedCapacitiesReachGetOrchestrator():
+    """
+    The capacities a WebSocket transcoder reports in C{register}, parsed
+    once at registration, are what GetOrchestrator adds to our own
+    (capacity 1 each) and to a real link's default set: the capability only
+    it offers (15) at its capacity, the others summed. A report parsed
+    wrongly (its text keys, say), or not added, changes these numbers.
+    """
+    harness = Harness(clock=MemoryReactorClock())
+    harness.link(Secret(literal=SECRET)).startService()
+    harness.flush()
+    client, pump, _ = rawUpgrade(harness, {"Credentials": SECRET})
+    client.transport.write(frame(0x1, json.dumps(
+        {"type": "register", "capacity": 1, "capabilities": {"bitstring": [1], "capacities": {"0": 3, "15": 2}}},
+    ).encode()))
+    pump.flush()
+    assert registered(harness) == ["10.0.0.100:40000", "10.0.0.200:40000"]
+    service = OrchestratorService(harness.app.pool, AuthTokens(bytes(32), wallClock=harness.app.wallClock),
+                                  harness.app.serviceURL, OffchainPayments(), harness.app.endSession)
+    capacities = outcome(service.getOrchestrator(pb.OrchestratorRequest(), None)).capabilities.capacities
+    assert {c: capacities[c] for c in (0, 1, 15)} == {0: 5, 1: 2, 15: 2}
 
 
 def test_wrongSecretFileRetriesSlowlyThenPicksUpTheNewFile(tmp_path, events):

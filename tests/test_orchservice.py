@@ -109,6 +109,8 @@ def test_parseReport():
     {"capacities": {"1": -1}},
     {"capacities": []},
     ["not", "an", "object"],
+    pb.Capabilities(mandatories=[1] * 65),
+    pb.Capabilities(capacities=dict.fromkeys(range(1025), 1)),
 ])
 def test_parseReportRefusesMalformed(report):
     """
@@ -122,8 +124,9 @@ def test_orchestratorCapabilities():
     """
     Our own default set at capacity 1, plus what each transcoder reports,
     less MPEG-7 signatures (14) and segment slicing (26), with our semver
-    version and go-livepeer's (empty) constraints; a malformed report adds
-    nothing.
+    version and go-livepeer's (empty) constraints. The reports come parsed
+    (registration parsed them): a wrong sum or a report counted twice shows
+    in the capacities.
     """
     alone = orchestratorCapabilities([])
     assert sorted(capabilitiesOf(alone.bitstring)) == OFFERED_BY_DEFAULT
@@ -131,9 +134,10 @@ def test_orchestratorCapabilities():
     assert alone.version == __version__ and versionAtLeast(alone.version, "0.0.1")
     assert alone.HasField("constraints") and not alone.mandatories
 
-    websocket = {"bitstring": capabilityBitstring(DEFAULT_CAPABILITIES)}
-    stock = pb.Capabilities(bitstring=capabilityBitstring([0, 1, 15, 14]), capacities={0: 1, 1: 1, 15: 1, 14: 1})
-    offered = orchestratorCapabilities([websocket, stock, {"bitstring": "junk"}])
+    websocket = parseReport({"bitstring": capabilityBitstring(DEFAULT_CAPABILITIES)})
+    stock = parseReport(pb.Capabilities(
+        bitstring=capabilityBitstring([0, 1, 15, 14]), capacities={0: 1, 1: 1, 15: 1, 14: 1}))
+    offered = orchestratorCapabilities([websocket, stock])
     assert offered.capacities[0] == 3 and offered.capacities[1] == 3 and offered.capacities[2] == 2
     assert offered.capacities[15] == 1
     assert MPEG7_SIGNATURE not in offered.capacities and SEGMENT_SLICING not in offered.capacities
@@ -170,7 +174,7 @@ def test_jobNeedingWithheldCapabilityRefused():
     A job asking for MPEG-7 signatures or segment slicing is refused with
     go-livepeer's C{incompatible capabilities} while we withhold them.
     """
-    offered = orchestratorCapabilities([{"bitstring": capabilityBitstring(DEFAULT_CAPABILITIES)}])
+    offered = orchestratorCapabilities([parseReport({"bitstring": capabilityBitstring(DEFAULT_CAPABILITIES)})])
     checkCompatible(caps(0, 1, 12), offered)
     for needed in (MPEG7_SIGNATURE, SEGMENT_SLICING):
         with pytest.raises(IncompatibleCapabilities) as raised:
@@ -225,7 +229,8 @@ class Fixture:
         self.pool = TranscoderPool(self.clock, maxSessions=maxSessions)
         for index in range(transcoders):
             self.pool.add(RemoteTranscoder(
-                f"192.0.2.{index}:4000", 2, capabilities={"bitstring": capabilityBitstring(DEFAULT_CAPABILITIES)}))
+                f"192.0.2.{index}:4000", 2,
+                capabilities=parseReport({"bitstring": capabilityBitstring(DEFAULT_CAPABILITIES)})))
         self.tokens = AuthTokens(KEY, wallClock=self.wallClock)
         self.ended = []
         self.payments = FakeTicketPayments() if onChain else OffchainPayments()
@@ -264,7 +269,7 @@ def test_getOrchestratorOffchain():
     assert info.transcoder == SERVICE_URI
     assert fixture.tokens.verify(info.auth_token) == info.auth_token.session_id
     assert info.auth_token.expiration == NOW + 1800
-    assert info.capabilities == orchestratorCapabilities([{"bitstring": [67133439]}])
+    assert info.capabilities == orchestratorCapabilities([parseReport({"bitstring": [67133439]})])
     assert info.address == bytes(20)
     assert not info.HasField("ticket_params") and not info.HasField("price_info")
     assert fixture.get().auth_token.session_id != info.auth_token.session_id

@@ -44,8 +44,8 @@ from zope.interface import implementer
 from livepeer_tx import wsproto
 from livepeer_tx.addresses import describeAddress
 from livepeer_tx.capabilities import (
-    AUTH_TOKEN, DEFAULT_CAPABILITIES, FRACTIONAL_FRAMERATES, GOP, H264, H264_BASELINE, H264_CONSTRAINED_HIGH,
-    H264_HIGH, H264_MAIN, MAX_BITSTRING_WORDS, MAX_CAPACITY_ENTRIES, MP4, MPEGTS, capabilityBitstring,
+    AUTH_TOKEN, FRACTIONAL_FRAMERATES, GOP, H264, H264_BASELINE, H264_CONSTRAINED_HIGH,
+    H264_HIGH, H264_MAIN, MP4, MPEGTS, capabilityBitstring, parseReport,
 )
 from livepeer_tx.interfaces import ITranscoderLink
 from livepeer_tx.orchestrator.dispatch import Rendition
@@ -521,25 +521,23 @@ def sessionTeardown(sessionId):
 
 def describeCapabilities(message):
     """
-    What a C{RegisterRequest}'s capabilities say, for the L{RemoteTranscoder}
-    (the default set when a legacy transcoder sends none, as go-livepeer).
+    What a C{RegisterRequest}'s capabilities say, for the L{RemoteTranscoder},
+    parsed once here (the default set when a legacy transcoder sends none,
+    as go-livepeer).
 
-    @return: C{(capabilities, version)}: a dict with C{bitstring},
-        C{mandatories} and C{capacities}, and the version text.
-    @raise GRPCError: INVALID_ARGUMENT when they are too large to be real.
+    @return: C{(capabilities, version)}: the C{{capability: capacity}} dict
+        of L{parseReport}, and the version text (empty unless printable).
+    @raise GRPCError: INVALID_ARGUMENT, naming the fault, when they are
+        malformed or too large to be real.
     """
     if not message.HasField("capabilities"):
-        return {"bitstring": capabilityBitstring(DEFAULT_CAPABILITIES), "mandatories": [], "capacities": {}}, ""
-    capabilities = message.capabilities
-    if (len(capabilities.bitstring) > MAX_BITSTRING_WORDS or len(capabilities.mandatories) > MAX_BITSTRING_WORDS
-            or len(capabilities.capacities) > MAX_CAPACITY_ENTRIES):
-        raise GRPCError(StatusCode.INVALID_ARGUMENT, "capabilities too large")
-    version = capabilities.version if _VERSION.match(capabilities.version) else ""
-    return {
-        "bitstring": list(capabilities.bitstring),
-        "mandatories": list(capabilities.mandatories),
-        "capacities": dict(capabilities.capacities),
-    }, version
+        return parseReport(None), ""
+    try:
+        capabilities = parseReport(message.capabilities)
+    except ValueError as e:
+        raise GRPCError(StatusCode.INVALID_ARGUMENT, f"capabilities: {e}") from None
+    version = message.capabilities.version
+    return capabilities, version if _VERSION.match(version) else ""
 
 
 @implementer(ITranscoderLink)
@@ -741,7 +739,8 @@ class GRPCTranscoderService:
             the transcoder goes away.
         @raise GRPCError: UNKNOWN C{invalid secret} or C{zero capacity}
             (a stock transcoder stops on these), UNAVAILABLE when the secret
-            cannot be checked now, INVALID_ARGUMENT for absurd capabilities.
+            cannot be checked now, INVALID_ARGUMENT for malformed or absurd
+            capabilities (see L{describeCapabilities}).
         """
         address = describeAddress(call.peer)
         capacity = request.capacity
@@ -766,7 +765,11 @@ class GRPCTranscoderService:
             self._log.warn("Transcoder={transcoder} announced capacity={capacity}; counting {limit}",
                            transcoder=address, capacity=capacity, limit=MAX_CAPACITY)
             capacity = MAX_CAPACITY
-        capabilities, version = describeCapabilities(request)
+        try:
+            capabilities, version = describeCapabilities(request)
+        except GRPCError as e:
+            self._log.error("Cannot register transcoder={transcoder} err={err!r}", transcoder=address, err=e.message)
+            raise
         link = GRPCTranscoderLink(self, call, address)
         link.transcoder = RemoteTranscoder(
             address, capacity, link=link, version=version, capabilities=capabilities,

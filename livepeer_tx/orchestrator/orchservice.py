@@ -68,7 +68,8 @@ class OrchestratorService:
     Answers gateways' C{net.Orchestrator} calls.
 
     @param pool: the transcoder pool (L{livepeer_tx.orchestrator.routing.TranscoderPool}
-        or anything with C{transcoders}, each with a C{capabilities} report,
+        or anything with C{transcoders}, each with its C{capabilities} as
+        parsed at registration (a C{{capability: capacity}} dict),
         C{sessionCount}, C{sessionLimit} and C{wouldExceedLimit(sessionId)}).
     @param tokens: the L{livepeer_tx.orchestrator.authtoken.AuthTokens} that
         issue and check session tokens.

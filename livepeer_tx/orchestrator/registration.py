@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from livepeer_tx import __version__, wsproto
 from livepeer_tx.addresses import describeAddress
+from livepeer_tx.capabilities import parseReport
 from livepeer_tx.interfaces import ITranscoderLink
 from livepeer_tx.orchestrator.dispatch import Rendition
 from livepeer_tx.orchestrator.routing import RemoteTranscoder
@@ -361,7 +362,8 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
 
     def handle_register(self, message, parts):
         """
-        Register the transcoder: capacity, devices, capabilities, version.
+        Register the transcoder: capacity, devices, capabilities (parsed
+        here, once; a malformed report is a protocol error), version.
         """
         if self.transcoder is not None:
             raise wsproto.ProtocolError("already registered")
@@ -390,6 +392,10 @@ class TranscoderServerProtocol(wsproto.MessageLimits, WebSocketServerProtocol):
                 for d in devices):
             raise wsproto.ProtocolError(
                 f"register: at most {MAX_DEVICES} devices and {MAX_REGISTER_TEXT}-character names")
+        try:
+            capabilities = parseReport(capabilities)
+        except ValueError as e:
+            raise wsproto.ProtocolError(f"register: capabilities: {e}") from None
         if self._registerTimer is not None and self._registerTimer.active():
             self._registerTimer.cancel()
         self._registerTimer = None

@@ -11,6 +11,8 @@ import math
 
 from twisted.logger import Logger
 
+from livepeer_tx.capabilities import parseReport
+
 NO_TRANSCODERS = "no transcoders available"
 ORCHESTRATOR_CAPPED = "OrchestratorCapped"
 
@@ -74,6 +76,10 @@ class RemoteTranscoder:
     @ivar sessions: the session ids currently assigned to it (its load).
     @ivar link: the edge that carries work to it, an
         L{ITranscoderLink<livepeer_tx.interfaces.ITranscoderLink>}.
+    @ivar capabilities: what it offers, parsed at registration: a
+        C{{capability id: capacity}} dict as
+        L{livepeer_tx.capabilities.parseReport} returns it (go-livepeer's
+        default set at capacity 1 when it reported nothing).
     @ivar health: its L{TranscoderHealth}.
     @ivar credentialTag: the L{Secret.tag<livepeer_tx.secret.Secret.tag>} of
         the secret it registered with, or L{None} when unknown.
@@ -88,7 +94,7 @@ class RemoteTranscoder:
         self.link = link
         self.devices = list(devices)
         self.version = version
-        self.capabilities = capabilities or {}
+        self.capabilities = parseReport(None) if capabilities is None else dict(capabilities)
         self.connectedSince = connectedSince
         self.sessions = set()
         self.tasksInFlight = 0
