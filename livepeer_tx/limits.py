@@ -2,12 +2,14 @@
 """
 The limits of a public HTTP port, as plain classes that know nothing of
 sockets: per-connection deadlines, connection caps, the memory budget for
-request bodies, and a throttle for log lines about refusals.
+request bodies (and giving their memory back to the system), and a throttle
+for log lines about refusals.
 
 L{livepeer_tx.web} applies them to connections; each class here takes its
 clock as an argument and is tested on its own.
 """
 
+import ctypes
 from dataclasses import dataclass
 
 HEADERS_TOO_SLOW = "request headers too slow"
@@ -248,13 +250,16 @@ class UploadBudget:
 
     @param total: the cap on all reservations together, in bytes.
     @param perAddress: the cap on the reservations of one source address.
+    @param memoryReturner: told the size of each released reservation (a
+        L{MemoryReturner}), or L{None}.
     """
 
-    def __init__(self, total, perAddress):
+    def __init__(self, total, perAddress, memoryReturner=None):
         self.total = total
         self.perAddress = perAddress
         self.held = 0
         self._byAddress = {}
+        self._memoryReturner = memoryReturner
 
     def heldBy(self, address):
         """
@@ -282,6 +287,8 @@ class UploadBudget:
         else:
             self._byAddress.pop(address, None)
         self.held -= size
+        if self._memoryReturner is not None:
+            self._memoryReturner.released(size)
 
     def reserve(self, address, size):
         """
@@ -326,6 +333,59 @@ class UploadReservation:
             return
         self.released = True
         self._budget._give(self._address, self.size)
+
+
+def _libcMallocTrim():
+    """
+    glibc's C{malloc_trim}, or L{None} on a C library without it.
+    """
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+class MemoryReturner:
+    """
+    Gives the memory of large request bodies back to the system once they
+    are freed. glibc keeps freed heap memory for reuse and returns only the
+    top of the heap by itself, so the megabytes of a body that ended (a
+    stalled upload closed, a segment answered) mostly stay in the process's
+    resident memory; C{malloc_trim} returns every free page.
+
+    A release of at least C{minimumBytes} asks for one trim on the reactor's
+    next turn (the body is dropped by then), at most one per C{interval}
+    seconds, run on the reactor's thread pool (it takes a few milliseconds
+    per hundred megabytes, without the GIL).
+
+    @param reactor: an L{IReactorTime} and L{IReactorThreads}.
+    @param trim: the C function, called with 0 (default: glibc's
+        C{malloc_trim}; L{None} disables this).
+    """
+
+    def __init__(self, reactor, trim=_libcMallocTrim(), minimumBytes=4 * 1024 * 1024, interval=1.0):
+        self._reactor = reactor
+        self._trim = trim
+        self._minimumBytes = minimumBytes
+        self._interval = interval
+        self._lastTrim = None
+        self._scheduled = None
+
+    def released(self, size):
+        """
+        C{size} bytes of a body were given back to the upload budget.
+        """
+        if self._trim is None or size < self._minimumBytes or self._scheduled is not None:
+            return
+        delay = 0.0
+        if self._lastTrim is not None:
+            delay = max(0.0, self._lastTrim + self._interval - self._reactor.seconds())
+        self._scheduled = self._reactor.callLater(delay, self._trimNow)
+
+    def _trimNow(self):
+        self._scheduled = None
+        self._lastTrim = self._reactor.seconds()
+        self._reactor.callInThread(self._trim, 0)
 
 
 class LogThrottle:

@@ -19,7 +19,7 @@ from twisted.web import resource, server
 
 from livepeer_tx.limits import (
     ADDRESS_CAP, CLOSE_TOO_SLOW, HEADERS_TOO_SLOW, REQUEST_TOO_LONG, TOTAL_CAP, UPLOAD_TOO_SLOW,
-    ConnectionDeadlines, ConnectionLimiter, HTTPLimits, LogThrottle, UploadBudget, UploadRefused,
+    ConnectionDeadlines, ConnectionLimiter, HTTPLimits, LogThrottle, MemoryReturner, UploadBudget, UploadRefused,
 )
 from livepeer_tx.web import BodyKeccak, BoundedSite, ConnectionCapFactory, HTTPEdgeMetrics
 
@@ -404,6 +404,57 @@ def test_uploadBudgetRefusesWith503AndReleases(logEvents):
     assert metrics.registry.get_sample_value(
         "livepeer_http_requests_refused_total", {"reason": "upload memory budget exhausted"}) == 2
     assert failures(logEvents) == []
+
+
+class TrimmingClock(Clock):
+    """
+    A L{Clock} that runs what is given to C{callInThread} at once, and keeps
+    the arguments of each run.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.threadCalls = []
+
+    def callInThread(self, function, *args):
+        self.threadCalls.append(args)
+        function(*args)
+
+
+def test_largeReleasesGiveMemoryBackAtMostOncePerInterval():
+    """
+    A released reservation of C{minimumBytes} or more trims the heap (with
+    0) on the reactor's thread pool at the next turn, not during the release
+    (the body is still referenced then); releases during the interval after
+    a trim make one more trim once it ends; smaller releases, and a C
+    library without C{malloc_trim}, trim nothing.
+    """
+    clock, trims = TrimmingClock(), []
+    returner = MemoryReturner(clock, trim=trims.append, minimumBytes=1000, interval=1.0)
+    budget = UploadBudget(total=10_000, perAddress=10_000, memoryReturner=returner)
+    budget.reserve("10.0.0.1", 999).release()
+    clock.advance(5)
+    assert trims == []
+
+    budget.reserve("10.0.0.1", 1000).release()
+    assert trims == []
+    clock.advance(0)
+    assert trims == [0] and clock.threadCalls == [(0,)]
+
+    clock.advance(0.5)
+    for _ in range(3):
+        budget.reserve("10.0.0.1", 4000).release()
+    clock.advance(0.4)
+    assert trims == [0]
+    clock.advance(0.1)
+    assert trims == [0, 0]
+    clock.advance(10)
+    assert trims == [0, 0]
+
+    without = MemoryReturner(clock, trim=None, minimumBytes=1)
+    UploadBudget(total=10, perAddress=10, memoryReturner=without).reserve("10.0.0.1", 10).release()
+    clock.advance(10)
+    assert trims == [0, 0] and clock.getDelayedCalls() == []
 
 
 def test_chunkedUploadReservesAsItArrives():

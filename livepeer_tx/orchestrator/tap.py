@@ -17,7 +17,7 @@ from livepeer_tx.admin import ActionError, parseMaxSessions
 from livepeer_tx.chainoptions import CHAIN_OPT_FLAGS, CHAIN_OPT_PARAMETERS, isOnChain, validateChainOptions
 from livepeer_tx.goflags import FixedBoolean, GoFlagOptions
 from livepeer_tx.lifecycle import DEFAULT_DRAIN_SECONDS, MAX_DRAIN_SECONDS
-from livepeer_tx.limits import ConnectionLimiter, HTTPLimits, UploadBudget
+from livepeer_tx.limits import ConnectionLimiter, HTTPLimits, MemoryReturner, UploadBudget
 from livepeer_tx.payments import OffchainPayments
 from livepeer_tx.secret import Secret, SecretFileError
 from livepeer_tx.taps import cliPortService, makeSignalService, prepareNode
@@ -251,7 +251,8 @@ def makeService(config, reactor=None):
     public = app.makePublicRoot(reactor, secret, payments, maxSegmentBytes, config["pingSeconds"],
                                 tokens=tokens, signer=signer)
     connections = ConnectionLimiter(config["maxConnectionsValue"], config["maxConnectionsPerAddressValue"])
-    uploadBudget = UploadBudget(config["uploadMemoryValue"], config["uploadMemoryPerAddressValue"])
+    uploadBudget = UploadBudget(config["uploadMemoryValue"], config["uploadMemoryPerAddressValue"],
+                                memoryReturner=MemoryReturner(reactor))
     edgeMetrics = HTTPEdgeMetrics(app.metrics.registry, connections, uploadBudget)
     limits = HTTPLimits(headerTimeout=config["headerTimeoutValue"], idleTimeout=config["idleTimeoutValue"],
                         minUploadRate=config["minUploadRateValue"])
