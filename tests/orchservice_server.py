@@ -43,7 +43,7 @@ class Control(resource.Resource):
         count = int(request.args.get(b"count", [b"1"])[0])
         if request.path == b"/transcoders":
             for index in range(count):
-                self._pool.add(RemoteTranscoder(f"192.0.2.{index}:1000", 4, capabilities={}))
+                self._pool.add(RemoteTranscoder(f"192.0.2.{index}:1000", 4))
         elif request.path == b"/sessions":
             for index in range(count):
                 self._pool.select(f"control{index}")
