@@ -201,7 +201,7 @@ def checkDevices(transcoder, devices, testClip):
 
     @param transcoder: the L{FFmpegTranscoder} real work will use.
     @param devices: GPU indices, or L{None} for the CPU.
-    @param testClip: the clip to transcode (see L{makeTestClip}).
+    @param testClip: the clip to transcode (see L{loadTestClip}).
     @return: a L{Deferred} firing with the devices that passed (all of them;
         C{[]} for the CPU), or failing with L{GPUCheckError} naming every
         failed device and its cause.
