@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_units,tests.test_reload -*-
+# -*- test-case-name: tests.test_units,tests.test_reload,tests.test_authtoken,tests.test_chain_tickets -*-
 """
 Reading the shared C{orchSecret} and other secret values from the command line.
 
@@ -7,6 +7,7 @@ file that other users can read, and remember where the value came from so that a
 file can be re-read (secret rotation) and a literal can be warned about.
 """
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -76,9 +77,10 @@ def loadOrCreateKeyFile(path, size, description, hexText=False):
 
     @param description: how errors name the file, e.g. C{"auth token key"}.
     @param hexText: keep the key as one line of hex; otherwise raw bytes.
-    @raise SecretFileError: the file cannot be created, is unsafe (see
-        L{readPrivateFile}) or does not hold a key of C{size} bytes; a bad
-        file is never replaced.
+    @raise SecretFileError: the file cannot be created or written (a file
+        it could not finish is removed), is unsafe (see L{readPrivateFile})
+        or does not hold a key of C{size} bytes; a bad file found there is
+        never replaced.
     """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -96,10 +98,16 @@ def loadOrCreateKeyFile(path, size, description, hexText=False):
     except OSError as e:
         raise SecretFileError(f"cannot create {description} {path}: {e.strerror}") from None
     key = secrets.token_bytes(size)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.hex().encode("ascii") + b"\n" if hexText else key)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.hex().encode("ascii") + b"\n" if hexText else key)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        # A half-written key would be refused at every later start: leave none.
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise SecretFileError(f"cannot write {description} {path}: {e.strerror}") from None
     return key
 
 

@@ -4,6 +4,7 @@ layout, its refusal texts, expiry on an injected clock, and the key kept in
 the data directory.
 """
 
+import errno
 import hashlib
 import hmac
 import os
@@ -192,6 +193,25 @@ def test_missingDataDir(tmp_path):
     with pytest.raises(SecretFileError) as raised:
         loadOrCreateKey(str(tmp_path / "nope"))
     assert "cannot create auth token key" in str(raised.value)
+
+
+def test_keyFileNotWrittenIsRemoved(tmp_path, monkeypatch):
+    """
+    A key file that cannot be written to the end (the disk full at the
+    sync) is a clear error and is removed, so the next start creates the
+    key instead of refusing an empty file; were it left, that start would
+    fail with "does not hold 32 bytes".
+    """
+
+    def diskFull(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", diskFull)
+    with pytest.raises(SecretFileError, match="cannot write auth token key .*: No space left on device"):
+        loadOrCreateKey(str(tmp_path))
+    assert not (tmp_path / KEY_FILE).exists()
+    monkeypatch.undo()
+    assert len(loadOrCreateKey(str(tmp_path))) == 32
 
 
 def test_keyLength():
