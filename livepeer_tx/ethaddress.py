@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_orchservice,tests.test_keyless_imports -*-
+# -*- test-case-name: tests.test_units,tests.test_orchservice,tests.test_keyless_imports -*-
 """
 Keccak-256 and Ethereum account addresses as go-livepeer writes them, for
 the orchestrator on chain or off and for the gateway.
