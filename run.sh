@@ -57,7 +57,7 @@ case "${1:-}" in
         exec .venv/bin/python -m pytest -q -n auto --dist loadgroup -m "not package" "$@"
         ;;
     *)
-        echo "usage: ./run.sh demo [--out DIR] | ./run.sh test [pytest options]" >&2
+        echo "usage: ./run.sh demo [livepeer-tx demo options, see --help] | ./run.sh test [pytest options]" >&2
         exit 2
         ;;
 esac

@@ -23,6 +23,7 @@ DEFAULT_PROFILES = "P240p30fps16x9,P360p30fps16x9"
 # The demo's generated clip: its default length and size, and its smallest side
 # (libx264's yuv420p needs even sides).
 DEMO_CLIP_SECONDS = 6
+MAX_CLIP_SECONDS = 600
 DEMO_CLIP_SIZE = (1280, 720)
 MIN_CLIP_SIDE = 16
 
@@ -68,9 +69,19 @@ def _positiveInt(text):
 
 
 def _positiveFloat(text):
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be greater than zero: {text}")
+    return value
+
+
+def _clipSeconds(text):
+    value = _positiveInt(text)
+    if value > MAX_CLIP_SECONDS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_CLIP_SECONDS} seconds: {text}")
     return value
 
 
@@ -185,8 +196,9 @@ def buildParser():
         help="capacity of the transcoder (default: 1)",
     )
     demo.add_argument(
-        "--clipSeconds", type=_positiveInt, default=DEMO_CLIP_SECONDS, metavar="N",
-        help=f"length of the generated test clip, cut into 2 s segments (default: {DEMO_CLIP_SECONDS})",
+        "--clipSeconds", type=_clipSeconds, default=DEMO_CLIP_SECONDS, metavar="N",
+        help=f"length of the generated test clip, 1 to {MAX_CLIP_SECONDS}, cut into 2 s segments "
+        f"(default: {DEMO_CLIP_SECONDS})",
     )
     demo.add_argument(
         "--clipSize", type=_clipSize, default=DEMO_CLIP_SIZE, metavar="WxH",

@@ -126,6 +126,13 @@ class ClassifyTests(unittest.TestCase):
         """
         self.assertCause(SESSIONS, SESSION_LIMIT, "consumer-GPU NVENC session limit")
 
+    def test_noLibx264(self):
+        """
+        An FFmpeg without libx264 (the CPU transcoder's encoder) is reported
+        as such, not as FFmpeg's last line.
+        """
+        self.assertCause("[vost#0:0 @ 0x5] Unknown encoder 'libx264'\n", "this FFmpeg was built without libx264")
+
     def test_unknown(self):
         """
         An unrecognised failure reports FFmpeg's own last error line.
@@ -209,6 +216,7 @@ class CheckTests(unittest.TestCase):
         An empty device list is an error, not a check that passes vacuously.
         """
         return self.assertFailure(checkDevices(self.transcoder, [], b""), GPUCheckError)
+
 
 class ListDevicesTests(unittest.TestCase):
     """

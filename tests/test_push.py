@@ -724,8 +724,8 @@ class PusherTests(TestCase):
 def test_demoClipOptions(capsys):
     """
     C{livepeer-tx demo} takes the clip's length and size and defaults to 6 s
-    of 1280x720; a length that is not a whole number of seconds above zero,
-    or a size that is not two even sides from 16 to 4096, is a usage error
+    of 1280x720; a length that is not a whole number of seconds from 1 to
+    600, or a size that is not two even sides from 16 to 4096, is a usage error
     (exit 2) naming the option and the reason.
     """
     parser = buildParser()
@@ -736,6 +736,7 @@ def test_demoClipOptions(capsys):
     refusals = {
         ("--clipSeconds", "0"): "must be greater than zero",
         ("--clipSeconds", "1.5"): "not a whole number",
+        ("--clipSeconds", "601"): "at most 600 seconds",
         ("--clipSize", "1280"): "not WIDTHxHEIGHT",
         ("--clipSize", "-2x4"): "not WIDTHxHEIGHT",
         ("--clipSize", "427x240"): "width and height must be even numbers from 16 to 4096",
@@ -747,6 +748,10 @@ def test_demoClipOptions(capsys):
             parser.parse_args(["demo", f"{option}={value}"])
         assert exited.value.code == 2
         assert f"argument {option}: {reason}" in capsys.readouterr().err
+    for value, reason in (("soon", "not a number: 'soon'"), ("0", "must be greater than zero")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["push", "--orchAddr", "x:1", "--segmentDuration", value, "in.ts"])
+        assert f"argument --segmentDuration: {reason}" in capsys.readouterr().err
 
 
 def test_cliHelp():
