@@ -355,7 +355,7 @@ def test_transcoderCliSetMaxSessions():
     C{auto}) and shows it in C{/status}.
     """
     config = {"capacity": 2, "orchHost": "orch.example", "orchPort": 8935}
-    node = transcoderTap.TranscoderNode(Clock(), config, None, None, None)
+    node = transcoderTap.TranscoderNode(Clock(), config, None, None)
     node.drain = Drain(Clock(), node, timeout=10)
     action = ActionResource(lambda fields: transcoderTap._setMaxSessionsAction(node, fields))
     assert post(action, {"maxSessions": "6"}) == (200, b"maxSessions set to 6\n")

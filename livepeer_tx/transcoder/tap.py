@@ -172,13 +172,12 @@ class TranscoderNode(service.MultiService):
 
     _log = Logger()
 
-    def __init__(self, reactor, config, transcoder, makeLink, ffmpegPath, tlsOptions=None):
+    def __init__(self, reactor, config, transcoder, makeLink, tlsOptions=None):
         super().__init__()
         self._reactor = reactor
         self._config = config
         self._transcoder = transcoder
         self._makeLink = makeLink
-        self._ffmpegPath = ffmpegPath
         self.capacity = config["capacity"]
         self.tlsOptions = tlsOptions
         self.drain = None
@@ -336,7 +335,7 @@ def makeService(config, reactor=None):
         return OrchestratorLink(reactor, config["orchHost"], config["orchPort"], secret, node.tlsOptions, worker,
                                 node.capacity, devices, metrics=metrics)
 
-    node = TranscoderNode(reactor, config, transcoder, makeLink, ffmpegPath, makeTLSOptions())
+    node = TranscoderNode(reactor, config, transcoder, makeLink, makeTLSOptions())
     node.drain = Drain(reactor, node, config["drainSeconds"])
     options = OptionsReload(rereadFunction(config), config, {
         "maxSessions": lambda new: node.setCapacity(new["capacity"], "the configuration"),
