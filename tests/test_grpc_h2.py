@@ -332,9 +332,11 @@ def test_twistedInternalsPinned():
     calls keep their names and signatures (H2Connection.__init__,
     connectionMade, dataReceived, connectionLost, resumeProducing,
     _requestReceived, _requestDataReceived, _requestEnded, _requestAborted,
-    _requestDone, openStreamWindow, _streamIsActive, _tryToWriteControlData;
-    the attributes conn, streams, priority, _outboundStreamQueues,
-    _streamCleanupCallbacks, _consumerBlocked, _bufferedControlFrames; the
+    _requestDone, openStreamWindow, _streamIsActive, _tryToWriteControlData,
+    _terminate; the attributes conn, streams, priority, _outboundStreamQueues,
+    _streamCleanupCallbacks, _consumerBlocked, _bufferedControlFrames and the
+    reset budget's _reactor, _resetTokens, _resetTokenTimestamp,
+    _resetTokenBurst, _resetTokenRate; the
     H2Stream methods a GRPCStream stands in for, H2Stream._conn and
     Request._disconnected). If this fails after a Twisted upgrade, re-read
     twisted/web/_http2.py against livepeer_tx/rpc/h2grpc.py before widening
@@ -1136,3 +1138,38 @@ def test_unaryCallObjectCannotStream():
     client.call(TRANSCODE, pb.SegData(manifestId=b"later"))
     with pytest.raises(TypeError):
         lab.calls[0][1].send(pb.TranscodeResult())
+
+
+def test_rapidResetFloodEndsTheConnection():
+    """
+    HTTP/2 Rapid Reset (CVE-2023-44487): a client that sends each stream's
+    HEADERS and RST_STREAM together never counts against the
+    concurrent-stream limit. Such a stream never becomes a call (h2 has
+    closed it by the time Twisted hands on its headers), yet it spends one
+    of Twisted's reset tokens like any reset (a burst of 1000, refilled at
+    33 a second): a client within the burst is served, one past it gets
+    GOAWAY ENHANCE_YOUR_CALM and is cut off. Without the count this
+    connection would parse resets for ever. The public port's connection
+    class keeps this handler.
+    """
+    from livepeer_tx.web import HardenedH2Connection
+
+    lab = Lab()
+    client = Client(lab.registry())
+    burst = _http2.H2Connection._resetTokenBurst
+    for _ in range(burst - 1):
+        streamID = client.start(TRANSCODE)
+        client.conn.reset_stream(streamID, h2.errors.ErrorCodes.CANCEL)
+    client.pump()
+    assert not client.transport.disconnecting and lab.calls == []
+    answered = client.response(client.call(TRANSCODE, pb.SegData(manifestId=b"still served")))
+    assert answered.status == 0 and [m.error for m in answered.messages()] == ["still served"]
+
+    for _ in range(2):
+        streamID = client.start(TRANSCODE)
+        client.conn.reset_stream(streamID, h2.errors.ErrorCodes.CANCEL)
+    client.pump()
+    terminated = [e for e in client.events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert [e.error_code for e in terminated] == [h2.errors.ErrorCodes.ENHANCE_YOUR_CALM]
+    assert client.transport.disconnecting
+    assert "_requestAborted" not in vars(HardenedH2Connection)

@@ -24,7 +24,7 @@ import h2.errors
 import h2.exceptions
 import priority
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IProtocol, IPushProducer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -70,10 +70,12 @@ TWISTED_INTERNALS = {
         "openStreamWindow(self, streamID, increment)",
         "_streamIsActive(self, streamID)",
         "_tryToWriteControlData(self)",
+        "_terminate(self, reason: twisted.python.failure.Failure) -> None",
     ),
     "H2Connection attributes": (
         "conn", "streams", "priority", "_outboundStreamQueues",
         "_streamCleanupCallbacks", "_consumerBlocked", "_bufferedControlFrames",
+        "_reactor", "_resetTokens", "_resetTokenTimestamp", "_resetTokenBurst", "_resetTokenRate",
     ),
     "H2Stream methods a GRPCStream stands in for": (
         "receiveDataChunk(self, data, flowControlledLength)",
@@ -679,9 +681,30 @@ class GRPCH2Connection(H2Connection):
         super()._requestEnded(event)
 
     def _requestAborted(self, event):
-        if event.stream_id not in self.streams:
+        if event.stream_id in self.streams:
+            super()._requestAborted(event)
             return
-        super()._requestAborted(event)
+        # Reset before it was handed on (HEADERS and RST_STREAM read
+        # together, as HTTP/2 Rapid Reset sends them, CVE-2023-44487): no
+        # request was made, but Twisted's reset budget must count it.
+        self._spendResetToken()
+
+    def _spendResetToken(self):
+        """
+        Spend one of Twisted's peer-reset tokens (a burst, refilled at a
+        rate), as C{H2Connection._requestAborted} does for the streams it
+        knows; with none left, end the connection with GOAWAY
+        ENHANCE_YOUR_CALM.
+        """
+        now = self._reactor.seconds()
+        refilled = self._resetTokens + max(0.0, now - self._resetTokenTimestamp) * self._resetTokenRate
+        self._resetTokens = min(self._resetTokenBurst, refilled)
+        self._resetTokenTimestamp = now
+        if self._resetTokens < 1:
+            self.conn.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            self._terminate(Failure(ConnectionLost("Too many stream resets")))
+        else:
+            self._resetTokens -= 1
 
     def _requestDone(self, streamID):
         super()._requestDone(streamID)
