@@ -9,6 +9,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -47,7 +48,7 @@ from livepeer_tx.gateway.segmenter import (
     readSegmentList,
     segmentFile,
 )
-from localnodes import LocalNodes, NodeError, optionArguments
+from localnodes import LocalNodes, NodeError, freePort, optionArguments
 from livepeer_tx.profiles import PRESETS, Profile, parsePresetList, profilesFromSegData
 from livepeer_tx.proto import lp_rpc_pb2 as pb
 from livepeer_tx.rpc import GRPCError, ServiceRegistry, StatusCode, channelFactory
@@ -776,6 +777,27 @@ def test_cliHelp():
 
 
 # --- LocalNodes process handling ----------------------------------------------------
+
+
+def test_freePortComesFromBelowTheEphemeralRange(monkeypatch):
+    """
+    Nodes' ports are picked below the kernel's ephemeral range, where no
+    outgoing connection takes them before the node binds them, and are free;
+    a port already bound is never returned; with no room below the range,
+    or no free port found there, C{bind(0)} chooses.
+    """
+    from livepeer_tx.gateway import launcher
+
+    low, high = launcher._ephemeralPorts()
+    ports = {freePort() for _ in range(20)}
+    assert all(max(1024, low - 16384) <= port < low for port in ports)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", min(ports)))
+        monkeypatch.setattr(launcher.random, "randrange", lambda first, last: min(ports))
+        fallback = freePort()
+        assert fallback != min(ports) and low <= fallback <= high
+    monkeypatch.setattr(launcher, "_ephemeralPorts", lambda: (1500, 60999))
+    assert freePort() >= low
 
 
 def test_optionArguments():

@@ -13,6 +13,7 @@ that L{NodeLauncher.stopAll} leaves nothing behind (FFmpeg children included).
 
 import atexit
 import os
+import random
 import re
 import signal
 import socket
@@ -36,10 +37,37 @@ class NodeError(Exception):
     """
 
 
-def freePort(host="127.0.0.1"):
+def _ephemeralPorts():
     """
-    A TCP port that is free on C{host} right now.
+    The range the kernel takes the local ports of outgoing connections from.
     """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(part) for part in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def freePort(host="127.0.0.1", attempts=64):
+    """
+    A TCP port that is free on C{host} right now, picked at random below
+    the ephemeral range: between this check and the node's bind, no
+    outgoing connection of this machine can take it as its local port (with
+    C{bind(0)}, a port from that range could be, by a busy test or bench
+    next door), and two launchers seldom pick the same one. Falls back to
+    C{bind(0)} when no such port is free.
+    """
+    low = _ephemeralPorts()[0]
+    first = max(1024, low - 16384)
+    for _ in range(attempts if low - first >= 1024 else 0):
+        port = random.randrange(first, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
