@@ -47,6 +47,10 @@ def events():
 
 
 def texts(events, level=None):
+    """
+    The formatted text of the events (of C{level} only, when given), for
+    checking what an operator reads in a line.
+    """
     return [formatEvent(e) for e in events if level is None or e["log_level"] == level]
 
 
