@@ -58,24 +58,26 @@ Exits 0 when every segment was transcoded, 1 otherwise.
 """
 
 
-def _positiveInt(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than zero: {text}")
-    return value
+def _positive(convert, what):
+    """
+    An argparse type: C{convert} of the text, refused unless it works and
+    is above zero (C{what} names the kind of number in the message).
+    """
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be greater than zero: {text}")
+        return value
+
+    return parse
 
 
-def _positiveFloat(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than zero: {text}")
-    return value
+_positiveInt = _positive(int, "a whole number")
+_positiveFloat = _positive(float, "a number")
 
 
 def _clipSeconds(text):
