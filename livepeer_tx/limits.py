@@ -12,6 +12,9 @@ clock as an argument and is tested on its own.
 import ctypes
 from dataclasses import dataclass
 
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
 HEADERS_TOO_SLOW = "request headers too slow"
 UPLOAD_TOO_SLOW = "upload too slow"
 REQUEST_TOO_LONG = "request running too long"
@@ -358,10 +361,12 @@ class MemoryReturner:
     seconds, run on the reactor's thread pool (it takes a few milliseconds
     per hundred megabytes, without the GIL).
 
-    @param reactor: an L{IReactorTime} and L{IReactorThreads}.
+    @param reactor: an L{IReactorTime} with a C{getThreadPool}.
     @param trim: the C function, called with 0 (default: glibc's
         C{malloc_trim}; L{None} disables this).
     """
+
+    _log = Logger()
 
     def __init__(self, reactor, trim=_libcMallocTrim(), minimumBytes=4 * 1024 * 1024, interval=1.0):
         self._reactor = reactor
@@ -385,7 +390,8 @@ class MemoryReturner:
     def _trimNow(self):
         self._scheduled = None
         self._lastTrim = self._reactor.seconds()
-        self._reactor.callInThread(self._trim, 0)
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._trim, 0)
+        d.addErrback(lambda failure: self._log.failure("Could not give freed memory back", failure))
 
 
 class LogThrottle:

@@ -463,11 +463,12 @@ class _ImmediateThreadPool:
             onResult(True, result)
 
 
-class ChainClock(Clock):
+class ThreadlessClock(Clock):
     """
-    A test clock that is also reactor enough for the chain code's file writes
-    (the ticket queue and nonce files go through C{deferToThreadPool}): they
-    run at once.
+    A test clock that is also reactor enough for code that runs work on the
+    reactor's thread pool through C{deferToThreadPool} (the chain code's
+    ticket queue and nonce files, the upload budget's heap trims): it runs
+    at once.
     """
 
     def getThreadPool(self):
@@ -544,7 +545,7 @@ class FakeChain:
 
     def __init__(self, clock=None, roundLength=20, ticketValidityPeriod=2, unlockPeriod=2,
                  mintablePerRound=1000 * 10**18, baseFee=10**9, tip=10**8):
-        self.clock = clock if clock is not None else ChainClock()
+        self.clock = clock if clock is not None else ThreadlessClock()
         self.roundLength = roundLength
         self.ticketValidityPeriod = ticketValidityPeriod
         self.unlockPeriod = unlockPeriod
@@ -992,7 +993,7 @@ def account(index):
 
 class FakeChainTestCase(TestCase):
     """
-    A fresh L{FakeChain} on its L{ChainClock} per test, a real
+    A fresh L{FakeChain} on its L{ThreadlessClock} per test, a real
     L{JsonRpcClient} and L{LivepeerContracts} on it; C{account(1)} is the
     orchestrator. A test fails if the model broke while answering.
     """

@@ -23,6 +23,8 @@ from livepeer_tx.limits import (
 )
 from livepeer_tx.web import BodyKeccak, BoundedSite, ConnectionCapFactory, HTTPEdgeMetrics
 
+from tests.fakechain import ThreadlessClock
+
 LIMITS = HTTPLimits(headerTimeout=20.0, idleTimeout=60.0, minUploadRate=1000.0, uploadRateGrace=2.0,
                     maxRequestSeconds=600.0, closeGrace=10.0, refusalGrace=1.0)
 
@@ -406,21 +408,6 @@ def test_uploadBudgetRefusesWith503AndReleases(logEvents):
     assert failures(logEvents) == []
 
 
-class TrimmingClock(Clock):
-    """
-    A L{Clock} that runs what is given to C{callInThread} at once, and keeps
-    the arguments of each run.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.threadCalls = []
-
-    def callInThread(self, function, *args):
-        self.threadCalls.append(args)
-        function(*args)
-
-
 def test_largeReleasesGiveMemoryBackAtMostOncePerInterval():
     """
     A released reservation of C{minimumBytes} or more trims the heap (with
@@ -429,7 +416,10 @@ def test_largeReleasesGiveMemoryBackAtMostOncePerInterval():
     a trim make one more trim once it ends; smaller releases, and a C
     library without C{malloc_trim}, trim nothing.
     """
-    clock, trims = TrimmingClock(), []
+    clock, trims = ThreadlessClock(), []
+    threadPool = clock.getThreadPool()
+    inThread = []
+    clock.getThreadPool = lambda: inThread.append(True) or threadPool
     returner = MemoryReturner(clock, trim=trims.append, minimumBytes=1000, interval=1.0)
     budget = UploadBudget(total=10_000, perAddress=10_000, memoryReturner=returner)
     budget.reserve("10.0.0.1", 999).release()
@@ -439,7 +429,7 @@ def test_largeReleasesGiveMemoryBackAtMostOncePerInterval():
     budget.reserve("10.0.0.1", 1000).release()
     assert trims == []
     clock.advance(0)
-    assert trims == [0] and clock.threadCalls == [(0,)]
+    assert trims == [0] and inThread == [True]
 
     clock.advance(0.5)
     for _ in range(3):
