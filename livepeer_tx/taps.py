@@ -60,6 +60,6 @@ def cliPortService(reactor, config, root):
     """
     from livepeer_tx.web import BoundedSite
 
-    site = BoundedSite(root, maxBodyBytes=CLI_MAX_BODY_BYTES)
+    site = BoundedSite(root, maxBodyBytes=CLI_MAX_BODY_BYTES, reactor=reactor)
     endpoint = f"tcp:{config['cliPort']}:interface={quoteStringArgument(config['cliHost'])}"
     return strports.service(endpoint, site, reactor=reactor)

@@ -20,7 +20,7 @@ import h2.errors
 import h2.settings
 from Crypto.Hash import keccak
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
-from prometheus_client.twisted import MetricsResource
+from prometheus_client.exposition import make_wsgi_app
 from twisted.internet.defer import succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IProtocolNegotiationFactory, IReactorCore, IReactorFromThreads
@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web import http, resource, server
 from twisted.web.iweb import IBodyProducer
+from twisted.web.wsgi import WSGIResource
 from zope.interface import implementer
 
 from livepeer_tx.addresses import describeAddress
@@ -1144,13 +1145,16 @@ class CombinedRegistry:
             yield from registry.collect()
 
 
-def makeCLIRoot(status, registry=None):
+def makeCLIRoot(status, registry=None, reactor=None):
     """
     The CLI (admin) port's root: C{/status} and, with a registry, C{/metrics}.
+
+    @param reactor: with a registry, the reactor whose thread pool renders
+        C{/metrics} (prometheus_client's WSGI application).
     """
     root = resource.Resource()
     root.putChild(b"status", JSONResource(status))
     if registry is not None:
         combined = CombinedRegistry(registry, REGISTRY)
-        root.putChild(b"metrics", MetricsResource(registry=combined))
+        root.putChild(b"metrics", WSGIResource(reactor, reactor.getThreadPool(), make_wsgi_app(combined)))
     return root

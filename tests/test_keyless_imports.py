@@ -6,7 +6,11 @@ every start, for a hash and an address that pycryptodome gives). A module-level 
 (an option name, an exception class, a helper) would fail here.
 
 Each tap runs in a fresh interpreter, since this one has imported the
-chain modules for other tests.
+chain modules for other tests. The same runs check that building a
+service on a given reactor installs no global one (twistd installs the
+reactor it is asked for; the tests' fork server forks nodes from an
+interpreter that has imported both taps, and a reactor must not cross a
+fork).
 """
 
 import json
@@ -21,11 +25,15 @@ CHAIN_MODULES = ("livepeer_tx.chain", "eth_abi", "eth_account", "py_ecc", "eth_u
 _BUILD = """
 import json, sys
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.threadpool import ThreadPool
 import twisted.plugins.livepeer_tx_orchestrator, twisted.plugins.livepeer_tx_transcoder
 from livepeer_tx.{role} import tap
+class PooledMemoryReactor(MemoryReactorClock):
+    def getThreadPool(self):
+        return ThreadPool()
 config = tap.Options()
 config.parseOptions(json.loads(sys.argv[1]))
-service = tap.makeService(config, reactor=MemoryReactorClock())
+service = tap.makeService(config, reactor=PooledMemoryReactor())
 assert not service.running
 print(json.dumps(sorted(sys.modules)))
 """
@@ -61,28 +69,32 @@ def secretFile(tmp_path):
 
 def test_offchainOrchestratorImportsNoChainCode(tmp_path, secretFile):
     """
-    The off-chain orchestrator's options and service tree come without the
-    chain package and the Ethereum key libraries.
+    The off-chain orchestrator's options and service tree (with
+    C{/metrics}) come without the chain package, the Ethereum key libraries
+    and a global reactor.
     """
     modules = importedBuilding("orchestrator", [
         "--orchSecret", secretFile, "--dataDir", str(tmp_path / "data"),
-        "--serviceAddr", "127.0.0.1:8935", "--cliAddr", "127.0.0.1:7935",
+        "--serviceAddr", "127.0.0.1:8935", "--cliAddr", "127.0.0.1:7935", "--monitor",
     ])
     assert "livepeer_tx.orchestrator.ingress" in modules
     assert chainModulesIn(modules) == []
+    assert "twisted.internet.reactor" not in modules
 
 
 def test_transcoderImportsNoChainCode(tmp_path, secretFile):
     """
-    The transcoder's options and service tree come without the chain
-    package and the Ethereum key libraries.
+    The transcoder's options and service tree (with C{/metrics}) come
+    without the chain package, the Ethereum key libraries and a global
+    reactor.
     """
     modules = importedBuilding("transcoder", [
         "--orchAddr", "127.0.0.1:8935", "--orchSecret", secretFile, "--dataDir", str(tmp_path / "work"),
-        "--cliAddr", "127.0.0.1:7936",
+        "--cliAddr", "127.0.0.1:7936", "--monitor",
     ])
     assert "livepeer_tx.transcoder.client" in modules
     assert chainModulesIn(modules) == []
+    assert "twisted.internet.reactor" not in modules
 
 
 def test_chainModulesAreDetected():
