@@ -19,7 +19,7 @@ def nodes(tmp_path):
     """
     from localnodes import LocalNodes
 
-    with LocalNodes(str(tmp_path / "nodes")) as local:
+    with LocalNodes(str(tmp_path / "nodes"), forkNodes=True) as local:
         yield local
 
 

@@ -49,13 +49,30 @@ def gatedFFmpeg(directory, name="gated"):
 
 
 _DRAINING = re.compile(r"Draining \(SIGTERM\)")
+#: Set to C{1} in a launcher's environment by C{LocalNodes(forkNodes=True)}.
+FORK_NODES_VARIABLE = "LIVEPEER_TX_TEST_FORK_NODES"
 
 
 class LocalNode(Node):
     """
     A node a test can query on its CLI port, crash, and stop without
-    waiting for its drain.
+    waiting for its drain. Started by L{LocalNodes} with C{forkNodes}, a
+    twistd node is forked from this process's fork server when it can be
+    (see C{tests/forkserver.py}).
     """
+
+    def _spawn(self):
+        """
+        Fork a twistd node from the fork server if its launcher asks for
+        it; start anything else cold.
+        """
+        if self._env.get(FORK_NODES_VARIABLE) == "1":
+            from forkserver import canFork, forkServerFor
+
+            if canFork(self.argv, self._env):
+                return forkServerFor(self.argv[0], self._env).spawn(
+                    self.argv, self._logFile, self.dataDir, self._env)
+        return super()._spawn()
 
     def skipDrain(self, timeout=10.0):
         """
@@ -138,6 +155,18 @@ class LocalNodes(NodeLauncher):
 
     orchestratorClass = LocalOrchestratorNode
     nodeClass = LocalNode
+
+    def __init__(self, workDir, python=None, env=None, secret=None, forkNodes=False):
+        """
+        @param forkNodes: fork twistd nodes from a fork server that has
+            imported Twisted and the taps once (the tests' choice), instead
+            of starting each in a new interpreter (the benchmarks', whose
+            figures are an operator's).
+        @see: L{NodeLauncher.__init__} for the rest.
+        """
+        super().__init__(workDir, python, env, secret)
+        if forkNodes:
+            self._env[FORK_NODES_VARIABLE] = "1"
 
     def stopAll(self, timeout=10.0):
         """

@@ -40,7 +40,7 @@ def sharedNodes(tmp_path_factory):
 
     @return: C{(nodes, orchestrator, transcoder)}.
     """
-    with LocalNodes(str(tmp_path_factory.mktemp("shared-nodes"))) as nodes:
+    with LocalNodes(str(tmp_path_factory.mktemp("shared-nodes")), forkNodes=True) as nodes:
         orchestrator = nodes.startOrchestrator(
             monitor=True, maxSegmentSize=SHARED_MAX_SEGMENT, maxSessionsPerAddress=SHARED_CAPACITY)
         transcoder = nodes.startTranscoder(orchestrator, maxSessions=SHARED_CAPACITY)

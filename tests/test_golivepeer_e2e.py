@@ -96,7 +96,7 @@ def port(tmp_path_factory):
     """
     One orchestrator for the conformance tests; each test leaves its pool empty.
     """
-    with LocalNodes(str(tmp_path_factory.mktemp("golivepeer"))) as nodes:
+    with LocalNodes(str(tmp_path_factory.mktemp("golivepeer")), forkNodes=True) as nodes:
         yield nodes.startOrchestrator()
 
 

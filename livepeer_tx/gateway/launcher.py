@@ -28,7 +28,8 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(livepeer_tx.__fil
 REGISTRATION_LOG = re.compile(
     r"Successful transcoder registration transcoder=(?P<transcoder>\S+) capacity=(?P<capacity>\d+)"
 )
-_TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; sys.exit(run())"
+#: What C{python -c} runs to start twistd (see L{NodeLauncher.twistdCommand}).
+TWISTD_CODE = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; sys.exit(run())"
 
 
 class NodeError(Exception):
@@ -126,7 +127,17 @@ class Node:
         if self._logFile is not None:
             self._logFile.close()
         self._logFile = open(self.logPath, "ab")
-        self.process = subprocess.Popen(
+        self.process = self._spawn()
+        self._groupKilled = False
+
+    restart = start
+
+    def _spawn(self):
+        """
+        Run L{argv} in a new session, logging to the open log file: the
+        C{subprocess.Popen} L{start} keeps.
+        """
+        return subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
             stdout=self._logFile,
@@ -135,9 +146,6 @@ class Node:
             env=self._env,
             start_new_session=True,
         )
-        self._groupKilled = False
-
-    restart = start
 
     @property
     def pid(self):
@@ -410,7 +418,7 @@ class NodeLauncher:
         """
         The command line running twistd in the foreground with C{plugin}.
         """
-        return [self.python, "-c", _TWISTD, "-n", "--pidfile=", plugin] + optionArguments(options)
+        return [self.python, "-c", TWISTD_CODE, "-n", "--pidfile=", plugin] + optionArguments(options)
 
     def startProcess(self, name, argv, dataDir=None, cliAddr=None, nodeClass=None, **nodeArgs):
         """
@@ -540,6 +548,7 @@ __all__ = [
     "OrchestratorNode",
     "NodeError",
     "REGISTRATION_LOG",
+    "TWISTD_CODE",
     "freePort",
     "optionArguments",
 ]

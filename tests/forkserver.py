@@ -1,0 +1,298 @@
+# -*- test-case-name: tests.test_forkserver -*-
+"""
+A fork server for the end-to-end tests' nodes: one process per test
+worker imports Twisted, twistd and both daemons' taps once, then forks a
+child for every node that L{LocalNodes} starts. The child becomes the node
+exactly as C{python -c <twistd>} would from there on: its own session, the
+node's log file as stdout and stderr, the node's directory and environment,
+every other descriptor closed, then twistd's own C{run()} with the node's
+command line.
+
+Only the import is shared, which is most of a node's start-up CPU (about
+0.7 s of this machine's 0.9 s): the suite starts some fifty nodes. Nothing
+is imported before the fork that installs a reactor or starts a thread (the
+server checks), so each child installs its own reactor as twistd does.
+
+Only launchers made with C{LocalNodes(forkNodes=True)} fork their nodes.
+A command that is not a twistd node starts cold, as does every node when
+C{LIVEPEER_TX_TEST_COLD_START=1} is set. Some tests keep cold starts on
+purpose: the demo (C{livepeer-tx demo}, as operators run it), the package
+test, the logging and configuration tests, and the benchmarks, whose
+figures are an operator's.
+
+The server's protocol: a C{SOCK_SEQPACKET} socket pair. A request is a JSON
+object (C{args}: twistd's arguments, C{env}, C{cwd}) carrying the log
+file's descriptor; the answer is C{{"pid": N}}. When a child exits, the
+server reaps it and sends C{{"exited": N, "returncode": R}} (negative for a
+signal, as L{subprocess.Popen.returncode}).
+"""
+
+import atexit
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+COLD_START_VARIABLE = "LIVEPEER_TX_TEST_COLD_START"
+_MESSAGE_BYTES = 1 << 20
+
+
+def _preload():
+    """
+    Import what every node imports, and check that nothing of it must not
+    cross a fork (a reactor, a thread).
+    """
+    import twisted.application.app  # noqa: F401
+    import twisted.scripts._twistd_unix  # noqa: F401
+    import twisted.scripts.twistd  # noqa: F401
+    from twisted.application.service import IServiceMaker
+    from twisted.plugin import getPlugins
+
+    import livepeer_tx.orchestrator.tap  # noqa: F401
+    import livepeer_tx.transcoder.tap  # noqa: F401
+
+    list(getPlugins(IServiceMaker))
+    if "twisted.internet.reactor" in sys.modules:
+        raise RuntimeError("a preloaded module installed a reactor")
+    if threading.active_count() != 1:
+        raise RuntimeError(f"a preloaded module started threads: {threading.enumerate()}")
+
+
+def _becomeNode(request, logFD, control):
+    """
+    In the forked child: become the node C{request} describes and run
+    twistd; never returns.
+    """
+    control.detach()
+    os.setsid()
+    devNull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devNull, 0)
+    os.dup2(logFD, 1)
+    os.dup2(logFD, 2)
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    import random
+
+    random.seed()
+    from twisted.scripts.twistd import run
+
+    sys.argv = ["twistd"] + request["args"]
+    sys.exit(run())
+
+
+def serve(controlFD):
+    """
+    The server's loop: fork a node for each request on C{controlFD}, report
+    each child's exit; return when the client closes its end.
+    """
+    control = socket.socket(fileno=controlFD)
+    try:
+        _preload()
+    except Exception:
+        import traceback
+
+        control.send(json.dumps({"error": traceback.format_exc()}).encode())
+        return
+    children = {}
+    control.send(json.dumps({"ready": os.getpid()}).encode())
+    while True:
+        readable, _, _ = select.select([control] + list(children), [], [])
+        for ready in readable:
+            if ready is control:
+                message, fds, _, _ = socket.recv_fds(control, _MESSAGE_BYTES, 1)
+                if not message:
+                    return
+                request = json.loads(message)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:
+                    _becomeNode(request, fds[0], control)
+                os.close(fds[0])
+                children[os.pidfd_open(pid)] = pid
+                control.send(json.dumps({"pid": pid}).encode())
+            else:
+                pid = children.pop(ready)
+                os.close(ready)
+                _, status = os.waitpid(pid, 0)
+                control.send(json.dumps({"exited": pid, "returncode": os.waitstatus_to_exitcode(status)}).encode())
+
+
+class ForkedProcess:
+    """
+    A node forked by a L{ForkServer}, with the part of L{subprocess.Popen}'s
+    interface that L{Node} and the tests use.
+
+    @ivar pid: its process id.
+    @ivar args: its command line, as it would have been run cold.
+    @ivar returncode: its exit status once reaped (negative for a
+        signal), else L{None}.
+    """
+
+    def __init__(self, server, pid, args):
+        self._server = server
+        self.pid = pid
+        self.args = args
+        self.returncode = None
+
+    def poll(self):
+        """
+        The exit status if it has exited, else L{None}.
+        """
+        if self.returncode is None:
+            self.returncode = self._server.exitStatus(self.pid, timeout=0)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        """
+        Wait for it to exit.
+
+        @raise subprocess.TimeoutExpired: if it is still running after C{timeout} s.
+        """
+        if self.returncode is None:
+            self.returncode = self._server.exitStatus(self.pid, timeout)
+            if self.returncode is None:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def send_signal(self, signum):
+        """
+        Send C{signum} unless it has already been reaped.
+        """
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def terminate(self):
+        """
+        Send SIGTERM.
+        """
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self):
+        """
+        Send SIGKILL.
+        """
+        self.send_signal(signal.SIGKILL)
+
+
+class ForkServer:
+    """
+    The client side: starts the server process and asks it for nodes.
+    """
+
+    def __init__(self, python, env):
+        """
+        @param python: the interpreter the nodes would run cold (the server
+            runs on it, so that what it imports is theirs).
+        @param env: the environment the server starts with; its
+            C{PYTHONPATH} decides what it imports, so only nodes with the
+            same one can be forked from it.
+        """
+        self.python = python
+        self.pythonPath = env.get("PYTHONPATH")
+        self._lock = threading.Lock()
+        self._exited = {}
+        self._changed = threading.Condition()
+        self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        bootstrap = "import runpy, sys; runpy.run_path(sys.argv[1])['serve'](int(sys.argv[2]))"
+        self._process = subprocess.Popen(
+            [python, "-c", bootstrap, os.path.abspath(__file__), str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        theirs.close()
+        self._control.settimeout(60)
+        ready = json.loads(self._control.recv(_MESSAGE_BYTES) or b"{}")
+        self._control.settimeout(None)
+        if "ready" not in ready:
+            self._process.kill()
+            self._process.wait(10)
+            raise RuntimeError(f"the fork server did not start: {ready.get('error', 'it exited')}")
+        self._gone = False
+        self._replies = []
+        self._reader = threading.Thread(target=self._read, name="fork-server-reader", daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        while True:
+            message = self._control.recv(_MESSAGE_BYTES)
+            with self._changed:
+                if not message:
+                    self._gone = True
+                    self._changed.notify_all()
+                    return
+                reply = json.loads(message)
+                if "exited" in reply:
+                    self._exited[reply["exited"]] = reply["returncode"]
+                else:
+                    self._replies.append(reply)
+                self._changed.notify_all()
+
+    def spawn(self, argv, logFile, cwd, env):
+        """
+        Fork a node running twistd with C{argv[3:]}.
+
+        @return: a L{ForkedProcess}.
+        """
+        request = json.dumps({"args": list(argv[3:]), "env": dict(env), "cwd": cwd}).encode()
+        with self._lock:
+            socket.send_fds(self._control, [request], [logFile.fileno()])
+            with self._changed:
+                self._changed.wait_for(lambda: self._replies or self._gone, timeout=30)
+                if not self._replies:
+                    raise RuntimeError("the fork server did not answer")
+                pid = self._replies.pop(0)["pid"]
+        return ForkedProcess(self, pid, list(argv))
+
+    def exitStatus(self, pid, timeout):
+        """
+        The exit status of child C{pid}, waiting up to C{timeout} s for it
+        (forever if L{None}); L{None} if it is still running.
+        """
+        with self._changed:
+            self._changed.wait_for(lambda: pid in self._exited or self._gone, timeout=timeout)
+            if pid not in self._exited and self._gone:
+                raise RuntimeError(f"the fork server exited: the status of {pid} is lost")
+            return self._exited.get(pid)
+
+    def close(self):
+        """
+        Stop the server (the nodes it forked are their callers' to stop).
+        """
+        self._control.shutdown(socket.SHUT_RDWR)
+        self._reader.join(10)
+        self._control.close()
+        self._process.wait(10)
+
+
+def canFork(argv, env):
+    """
+    Whether the node C{argv} (run with C{env}) can be forked: a twistd
+    command line of L{NodeLauncher.twistdCommand}'s shape, and no
+    C{LIVEPEER_TX_TEST_COLD_START=1}.
+    """
+    from livepeer_tx.gateway.launcher import TWISTD_CODE
+
+    return len(argv) >= 3 and argv[1:3] == ["-c", TWISTD_CODE] and env.get(COLD_START_VARIABLE) != "1"
+
+
+_servers = {}
+
+
+def forkServerFor(python, env):
+    """
+    This process's L{ForkServer} for C{python} and C{env}'s C{PYTHONPATH},
+    started on first use and stopped at exit.
+    """
+    key = (python, env.get("PYTHONPATH"))
+    if key not in _servers:
+        _servers[key] = server = ForkServer(python, env)
+        atexit.register(server.close)
+    return _servers[key]
