@@ -4,11 +4,12 @@ Operations end to end, with real C{twistd} processes and signals: reload
 never kill, and drains that lose no segment (a transcoder's SIGTERM while it
 holds a segment, the orchestrator's SIGTERM while segments are in flight).
 
-A gateway thread pushes a stream the way a go-livepeer gateway does: a
-segment refused before its upload is accepted (503, C{GetOrchestrator}
-refused, connection refused or closed before a status line) is sent to the
-next orchestrator; anything else that is not renditions, downloaded, counts
-as lost.
+A gateway thread pushes a live stream the way a go-livepeer gateway does:
+one segment per segment interval, not as fast as the nodes take them (which
+would transcode many more segments than the tests need). A segment refused
+before its upload is accepted (503, C{GetOrchestrator} refused, connection
+refused or closed before a status line) is sent to the next orchestrator;
+anything else that is not renditions, downloaded, counts as lost.
 """
 
 import http.client
@@ -16,6 +17,7 @@ import os
 import signal
 import ssl
 import threading
+import time
 
 import grpc
 from e2e import getURL, postSegment, transcodeResult
@@ -35,34 +37,45 @@ def writeAtomically(path, data, mode=0o600):
     os.replace(temporary, path)
 
 
+#: The pace of the tests' live streams: one segment (1 s of video, announced
+#: as such) a second.
+SEGMENT_INTERVAL = 1.0
+
+
 class GatewayStream(threading.Thread):
     """
-    One stream of a gateway: sends segments (C{body} each time, announced
-    as C{durationMs} long) one after the other, until L{finish}, each to the
-    first orchestrator of C{orchestrators} that takes it, and downloads the
-    renditions.
+    One live stream of a gateway, as a go-livepeer gateway sends it: a
+    segment (C{body} each time, announced as C{durationMs} long) every
+    C{interval} seconds until L{finish}, each to the first orchestrator of
+    C{orchestrators} that takes it, whose renditions it downloads before the
+    next. A segment whose turn comes while the previous one is still on its
+    way goes as soon as that one is done, and the turns after it count from
+    then: a held segment delays the stream, it leaves no burst behind it.
 
     @ivar served: per seq, the name of the orchestrator that transcoded it.
     @ivar lost: per seq, what went wrong once the segment was taken.
     @ivar refusals: C{(seq, orchestrator, how)} for each refusal.
     """
 
-    def __init__(self, orchestrators, body, manifestId, durationMs):
+    def __init__(self, orchestrators, body, manifestId, durationMs, interval):
         super().__init__(daemon=True)
         self.orchestrators = list(orchestrators)
         self.body = body
         self.manifestId = manifestId
         self.durationMs = durationMs
+        self.interval = interval
         self.served = {}
         self.lost = {}
         self.refusals = []
         self._finishing = threading.Event()
 
     def run(self):
-        seq = 0
-        while not self._finishing.is_set() and seq < 1000:
+        for seq in range(1000):
+            turn = time.monotonic() + self.interval
             self.sendOne(seq)
-            seq += 1
+            # The stream's pace; finish() ends the wait at once.
+            if self._finishing.wait(max(0.0, turn - time.monotonic())):
+                return
 
     def finish(self, timeout=60):
         """
@@ -73,6 +86,9 @@ class GatewayStream(threading.Thread):
         assert not self.is_alive()
 
     def sendOne(self, seq):
+        """
+        Send segment C{seq} and download its renditions; record the outcome.
+        """
         for orchestrator in self.orchestrators:
             if not orchestrator.running:
                 continue
@@ -198,25 +214,31 @@ def test_capacityFromTheCliPortAndTheConfiguration(nodes, tmp_path):
     assert transcoder.cliStatus()["MaxSessions"] == 4
 
 
-def test_secretRotationWithThreeTranscodersAndSegmentsInFlight(nodes, tinySegment):
+def test_secretRotationWithThreeTranscodersAndSegmentsInFlight(nodes, tinySegment, tmp_path):
     """
-    The orchestrator's secret file is rotated and reloaded while a stream
-    flows through three transcoders; their own files are updated and
-    reloaded after. With a grace period the stale transcoders are replaced
-    one at a time: each is closed with 4004, reconnects with the new secret
-    and registers again, and no segment is lost.
+    The orchestrator's secret file is rotated and reloaded while a live
+    stream's segment is held in flight on one of three transcoders (a gated
+    FFmpeg); their own files are updated and reloaded after. With a grace
+    period the stale transcoders are replaced one at a time while the stream
+    flows: the one holding the segment is retired with it in flight and
+    closed once it is answered, each is closed with 4004, reconnects with the
+    new secret and registers again, and no segment is lost.
     """
     orchestrator = nodes.startOrchestrator(secretRotationGrace=120)
+    ffmpeg, gate = gatedFFmpeg(str(tmp_path))
     transcoders = []
     for index in range(3):
         secretFile = os.path.join(nodes.workDir, f"transcoder-{index}.secret")
         writeAtomically(secretFile, open(orchestrator.secretPath).read())
-        transcoders.append(nodes.startTranscoder(orchestrator, maxSessions=1, orchSecret=secretFile))
+        transcoders.append(nodes.startTranscoder(orchestrator, maxSessions=1, orchSecret=secretFile, ffmpeg=ffmpeg))
         transcoders[-1].secretFile = secretFile
         orchestrator.waitForTranscoders(index + 1)
-    stream = GatewayStream([orchestrator], tinySegment, b"rotation", durationMs=1000)
+    open(gate, "w").close()
+    stream = GatewayStream([orchestrator], tinySegment, b"rotation", durationMs=1000, interval=SEGMENT_INTERVAL)
     stream.start()
-    orchestrator.waitForLog(r"Successfully received results .* seqNo=2 ")
+    # All three are idle and alike: the stream's session goes to the first
+    # that registered, which the rotation retires first.
+    transcoders[0].waitForLog(r"Transcoding taskId=\S+ sessionID=\S+ seqNo=0")
 
     newSecret = os.urandom(24).hex()
     offset = orchestrator.logOffset()
@@ -225,6 +247,9 @@ def test_secretRotationWithThreeTranscodersAndSegmentsInFlight(nodes, tinySegmen
     os.kill(orchestrator.pid, signal.SIGHUP)
     orchestrator.waitForLog(r"Reloaded \(SIGHUP\): .*secret changed \(3 transcoder\(s\) with the old one\)",
                             since=offset)
+    orchestrator.waitForLog(r"Retiring transcoder=\S+: its secret is no longer valid; 1 segment\(s\) in flight on it",
+                            since=offset)
+    os.remove(gate)
     for transcoder in transcoders:
         writeAtomically(transcoder.secretFile, newSecret + "\n")
         os.kill(transcoder.pid, signal.SIGHUP)
@@ -270,7 +295,7 @@ def test_drainsLoseNoSegment(nodes, tinySegment, tmp_path):
 
     # The transcoder's drain.
     open(wrappers[0][1], "w").close()
-    streams = [GatewayStream([first, fallback], tinySegment, name, durationMs=1000)
+    streams = [GatewayStream([first, fallback], tinySegment, name, durationMs=1000, interval=SEGMENT_INTERVAL)
                for name in (b"stream-a", b"stream-b")]
     streams[0].start()
     leaving.waitForLog(r"Transcoding taskId=")
