@@ -28,8 +28,10 @@ signal, as L{subprocess.Popen.returncode}).
 """
 
 import atexit
+import importlib
 import json
 import os
+import pkgutil
 import select
 import signal
 import socket
@@ -41,20 +43,42 @@ COLD_START_VARIABLE = "LIVEPEER_TX_TEST_COLD_START"
 _MESSAGE_BYTES = 1 << 20
 
 
+#: Subpackages of livepeer_tx that keyless nodes never import: the chain
+#: code (web3, a second at import) and the gateway's tools.
+_NOT_PRELOADED = ("livepeer_tx.chain", "livepeer_tx.gateway")
+
+
+def _nodeModules(path, prefix):
+    """
+    The names of the modules under C{path} (a package's C{__path__}) but
+    for L{_NOT_PRELOADED}, found without importing any of them.
+    """
+    for module in pkgutil.iter_modules(path, prefix):
+        if module.name.startswith(_NOT_PRELOADED):
+            continue
+        yield module.name
+        if module.ispkg:
+            yield from _nodeModules([os.path.join(path[0], module.name.rpartition(".")[2])], module.name + ".")
+
+
 def _preload():
     """
-    Import what every node imports, and check that nothing of it must not
-    cross a fork (a reactor, a thread).
+    Import what nodes import (twistd, the reactor's module, every module of
+    the daemons), and check that nothing of it must not cross a fork (an
+    installed reactor, a thread).
     """
     import twisted.application.app  # noqa: F401
+    import twisted.internet.default  # noqa: F401
+    import twisted.internet.epollreactor  # noqa: F401
     import twisted.scripts._twistd_unix  # noqa: F401
     import twisted.scripts.twistd  # noqa: F401
     from twisted.application.service import IServiceMaker
     from twisted.plugin import getPlugins
 
-    import livepeer_tx.orchestrator.tap  # noqa: F401
-    import livepeer_tx.transcoder.tap  # noqa: F401
+    import livepeer_tx
 
+    for name in _nodeModules(livepeer_tx.__path__, "livepeer_tx."):
+        importlib.import_module(name)
     list(getPlugins(IServiceMaker))
     if "twisted.internet.reactor" in sys.modules:
         raise RuntimeError("a preloaded module installed a reactor")
