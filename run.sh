@@ -51,10 +51,12 @@ case "${1:-}" in
             npm install --no-audit --no-fund --loglevel=error
         fi
         # Everything but the Debian package test (marker `package`, minutes of
-        # dpkg-buildpackage), on a worker per core; `./run.sh test -m package`
-        # runs that one (a later -m wins). --dist loadgroup keeps each
-        # xdist_group (the package test's build) on one worker.
-        exec .venv/bin/python -m pytest -q -n auto --dist loadgroup -m "not package" "$@"
+        # dpkg-buildpackage), on one worker more than there are cores (the
+        # end-to-end tests spend part of their time waiting on their nodes);
+        # `./run.sh test -m package` runs that one (a later -m wins).
+        # --dist loadgroup keeps each xdist_group (the package test's build)
+        # on one worker.
+        exec .venv/bin/python -m pytest -q -n "$(( $(nproc) + 1 ))" --dist loadgroup -m "not package" "$@"
         ;;
     *)
         echo "usage: ./run.sh demo [livepeer-tx demo options, see --help] | ./run.sh test [pytest options]" >&2
