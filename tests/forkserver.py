@@ -38,6 +38,7 @@ import socket
 import subprocess
 import sys
 import threading
+import traceback
 
 COLD_START_VARIABLE = "LIVEPEER_TX_TEST_COLD_START"
 _MESSAGE_BYTES = 1 << 20
@@ -120,8 +121,6 @@ def serve(controlFD):
     try:
         _preload()
     except Exception:
-        import traceback
-
         control.send(json.dumps({"error": traceback.format_exc()}).encode())
         return
     children = {}
@@ -138,7 +137,15 @@ def serve(controlFD):
                 sys.stderr.flush()
                 pid = os.fork()
                 if pid == 0:
-                    _becomeNode(request, fds[0], control)
+                    try:
+                        _becomeNode(request, fds[0], control)
+                    except SystemExit:
+                        raise
+                    except BaseException:
+                        # Never back into the server's loop: fail as a cold start would.
+                        traceback.print_exc()
+                        sys.stderr.flush()
+                        os._exit(1)
                 os.close(fds[0])
                 children[os.pidfd_open(pid)] = pid
                 control.send(json.dumps({"pid": pid}).encode())

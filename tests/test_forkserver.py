@@ -90,3 +90,21 @@ def test_oneServerPerInterpreterAndPath(forkingNodes):
     """
     env = forkingNodes.env
     assert forkServerFor(sys.executable, env) is forkServerFor(sys.executable, dict(env))
+
+
+def test_aNodeThatCannotStartFailsAlone(forkingNodes, tmp_path):
+    """
+    A node that fails before twistd runs (its directory is gone) exits 1
+    with the traceback in its log, as a cold start would, and the server
+    goes on forking nodes.
+    """
+    server = forkServerFor(sys.executable, forkingNodes.env)
+    argv = forkingNodes.twistdCommand("web", {"help": True})
+    with open(tmp_path / "doomed.log", "ab") as log:
+        doomed = server.spawn(argv, log, str(tmp_path / "gone"), forkingNodes.env)
+        assert doomed.wait(30) == 1
+    assert "FileNotFoundError" in (tmp_path / "doomed.log").read_text()
+    with open(tmp_path / "help.log", "ab") as log:
+        helped = server.spawn(argv, log, str(tmp_path), forkingNodes.env)
+        assert helped.wait(30) == 0
+    assert "Usage: twistd" in (tmp_path / "help.log").read_text()
