@@ -19,7 +19,7 @@ from io import BytesIO
 import h2.errors
 import h2.settings
 from Crypto.Hash import keccak
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Metric
 from prometheus_client.exposition import make_wsgi_app
 from twisted.internet.defer import succeed
 from twisted.internet.error import ConnectionLost
@@ -1144,13 +1144,32 @@ class CombinedRegistry:
         for registry in self._registries:
             yield from registry.collect()
 
+    def restricted_registry(self, names):
+        """
+        The collector that C{/metrics?name[]=...} reads (prometheus_client's
+        name): only the samples called one of C{names}.
+        """
+        return _RestrictedCollector(self, frozenset(names))
 
-def makeCLIRoot(status, registry=None, reactor=None):
+
+class _RestrictedCollector:
+    def __init__(self, collector, names):
+        self._collector = collector
+        self._names = names
+
+    def collect(self):
+        for family in self._collector.collect():
+            samples = [sample for sample in family.samples if sample.name in self._names]
+            if samples:
+                restricted = Metric(family.name, family.documentation, family.type, family.unit)
+                restricted.samples = samples
+                yield restricted
+
+
+def makeCLIRoot(reactor, status, registry=None):
     """
-    The CLI (admin) port's root: C{/status} and, with a registry, C{/metrics}.
-
-    @param reactor: with a registry, the reactor whose thread pool renders
-        C{/metrics} (prometheus_client's WSGI application).
+    The CLI (admin) port's root: C{/status} and, with a registry, C{/metrics}
+    (prometheus_client's WSGI application, on C{reactor}'s thread pool).
     """
     root = resource.Resource()
     root.putChild(b"status", JSONResource(status))

@@ -51,17 +51,10 @@ def standardInput(sourceDir=SOURCES):
     return {"language": "Solidity", "sources": sources, "settings": SETTINGS}
 
 
-def compileStandIns(solcjs=SOLCJS, sourceDir=SOURCES):
+def _runSolc(command, sourceDir):
     """
-    Compile the stand-ins and return C{{name: {"abi": [...], "bytecode": "0x..."}}}.
-
-    @raise RuntimeError: if solc reports an error.
+    Run solc's standard-JSON mode; return the finished process and its stdout.
     """
-    command = [solcjs]
-    if os.path.realpath(solcjs).endswith(".js"):
-        # Node's baseline WebAssembly compiler alone: for one compile, V8's
-        # optimising tier costs solc's 8 MB of wasm more than it saves.
-        command = [shutil.which("node") or "node", "--liftoff-only", os.path.realpath(solcjs)]
     # solcjs exits before a pipe is drained, cutting long output: use a file.
     with tempfile.TemporaryFile("w+", encoding="utf-8") as out:
         proc = subprocess.run(
@@ -73,7 +66,25 @@ def compileStandIns(solcjs=SOLCJS, sourceDir=SOURCES):
             check=False,
         )
         out.seek(0)
-        stdout = out.read()
+        return proc, out.read()
+
+
+def compileStandIns(solcjs=SOLCJS, sourceDir=SOURCES):
+    """
+    Compile the stand-ins and return C{{name: {"abi": [...], "bytecode": "0x..."}}}.
+
+    @raise RuntimeError: if solc reports an error.
+    """
+    commands = [[solcjs]]
+    if os.path.realpath(solcjs).endswith(".js"):
+        # Node's baseline WebAssembly compiler alone: for one compile, V8's
+        # optimising tier costs solc's 8 MB of wasm more than it saves. A
+        # V8 flag, so a Node without it gets the plain command.
+        commands.insert(0, [shutil.which("node") or "node", "--liftoff-only", os.path.realpath(solcjs)])
+    for command in commands:
+        proc, stdout = _runSolc(command, sourceDir)
+        if not (proc.returncode == 9 and "bad option" in proc.stderr):
+            break
     # solcjs may print notices before the JSON document.
     text = stdout[stdout.find("{") :] if "{" in stdout else ""
     if proc.returncode != 0 or not text:

@@ -1,33 +1,38 @@
 # -*- test-case-name: tests.test_forkserver -*-
 """
 A fork server for the end-to-end tests' nodes: one process per test
-worker imports Twisted, twistd and both daemons' taps once, then forks a
-child for every node that L{LocalNodes} starts. The child becomes the node
-exactly as C{python -c <twistd>} would from there on: its own session, the
-node's log file as stdout and stderr, the node's directory and environment,
-every other descriptor closed, then twistd's own C{run()} with the node's
-command line.
+worker imports Twisted, twistd and the daemons' modules once, then forks a
+child for every node that a L{LocalNodes} made with C{forkNodes=True}
+starts. The child takes its own session, the node's log file as stdout and
+stderr, /dev/null as stdin, the node's directory and environment, closes
+every other descriptor, then runs twistd's own C{run()} with the node's
+command line; its exit status comes back as L{subprocess.Popen} reports
+one.
 
-Only the import is shared, which is most of a node's start-up CPU (about
-0.7 s of this machine's 0.9 s): the suite starts some fifty nodes. Nothing
-is imported before the fork that installs a reactor or starts a thread (the
-server checks), so each child installs its own reactor as twistd does.
+Only the import is shared, which is most of a node's start-up CPU (a
+forked orchestrator is ready for 0.03 CPU-s here, a cold one for 0.9): the
+suite starts some fifty nodes. Nothing is imported before the fork that
+installs a reactor or starts a thread (the server checks), so each child
+installs its own reactor as twistd does. What differs from a cold start:
+the process's command line (ps, C{/proc/PID/cmdline}) is the server's, and
+what the interpreter reads from the environment only at start
+(L{STARTUP_VARIABLES}: hash seed, warnings, locale...) is the server's, so
+only nodes whose environment agrees on those are forked from it.
 
-Only launchers made with C{LocalNodes(forkNodes=True)} fork their nodes.
 A command that is not a twistd node starts cold, as does every node when
-C{LIVEPEER_TX_TEST_COLD_START=1} is set. Some tests keep cold starts on
-purpose: the demo (C{livepeer-tx demo}, as operators run it), the package
-test, the logging and configuration tests, and the benchmarks, whose
-figures are an operator's.
+C{LIVEPEER_TX_TEST_COLD_START=1} is set. Cold starts stay where start-up
+itself is under test or measured: the demo (C{livepeer-tx demo}, as
+operators run it), the package test, the logging and configuration-file
+tests, the keyless-import tests, and the benchmarks.
 
 The server's protocol: a C{SOCK_SEQPACKET} socket pair. A request is a JSON
 object (C{args}: twistd's arguments, C{env}, C{cwd}) carrying the log
 file's descriptor; the answer is C{{"pid": N}}. When a child exits, the
 server reaps it and sends C{{"exited": N, "returncode": R}} (negative for a
-signal, as L{subprocess.Popen.returncode}).
+signal, as L{subprocess.Popen.returncode}); if the server fails, it sends
+C{{"error": traceback}} before it exits.
 """
 
-import atexit
 import importlib
 import json
 import os
@@ -55,7 +60,7 @@ def _nodeModules(path, prefix):
     for L{_NOT_PRELOADED}, found without importing any of them.
     """
     for module in pkgutil.iter_modules(path, prefix):
-        if module.name.startswith(_NOT_PRELOADED):
+        if any(module.name == skipped or module.name.startswith(skipped + ".") for skipped in _NOT_PRELOADED):
             continue
         yield module.name
         if module.ispkg:
@@ -99,13 +104,9 @@ def _becomeNode(request, logFD, control):
     os.dup2(logFD, 1)
     os.dup2(logFD, 2)
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    import random
-
-    random.seed()
     from twisted.scripts.twistd import run
 
     sys.argv = ["twistd"] + request["args"]
@@ -123,8 +124,15 @@ def serve(controlFD):
     except Exception:
         control.send(json.dumps({"error": traceback.format_exc()}).encode())
         return
-    children = {}
     control.send(json.dumps({"ready": os.getpid()}).encode())
+    try:
+        _forkNodes(control)
+    except Exception:
+        control.send(json.dumps({"error": traceback.format_exc()}).encode())
+
+
+def _forkNodes(control):
+    children = {}
     while True:
         readable, _, _ = select.select([control] + list(children), [], [])
         for ready in readable:
@@ -215,21 +223,23 @@ class ForkedProcess:
 
 class ForkServer:
     """
-    The client side: starts the server process and asks it for nodes.
+    The client side: starts the server process and asks it for nodes. The
+    server lives until this process exits (its end of the socket pair
+    closes then), so that the nodes' statuses can still be collected by
+    exit hooks such as L{NodeLauncher.stopAll}.
     """
 
     def __init__(self, python, env):
         """
         @param python: the interpreter the nodes would run cold (the server
             runs on it, so that what it imports is theirs).
-        @param env: the environment the server starts with; its
-            C{PYTHONPATH} decides what it imports, so only nodes with the
-            same one can be forked from it.
+        @param env: the environment the server starts with (see
+            L{STARTUP_VARIABLES}).
         """
-        self.python = python
-        self.pythonPath = env.get("PYTHONPATH")
         self._lock = threading.Lock()
         self._exited = {}
+        self._replies = []
+        self._failure = None
         self._changed = threading.Condition()
         self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         bootstrap = "import runpy, sys; runpy.run_path(sys.argv[1])['serve'](int(sys.argv[2]))"
@@ -246,61 +256,87 @@ class ForkServer:
             self._process.kill()
             self._process.wait(10)
             raise RuntimeError(f"the fork server did not start: {ready.get('error', 'it exited')}")
-        self._gone = False
-        self._replies = []
+        self.pid = ready["ready"]
         self._reader = threading.Thread(target=self._read, name="fork-server-reader", daemon=True)
         self._reader.start()
 
+    @property
+    def alive(self):
+        """
+        Whether the server still answers.
+        """
+        return self._failure is None
+
     def _read(self):
-        while True:
-            message = self._control.recv(_MESSAGE_BYTES)
-            with self._changed:
-                if not message:
-                    self._gone = True
-                    self._changed.notify_all()
+        failure = "it exited"
+        try:
+            while True:
+                reply = json.loads(self._control.recv(_MESSAGE_BYTES) or b"null")
+                if reply is None:
                     return
-                reply = json.loads(message)
-                if "exited" in reply:
-                    self._exited[reply["exited"]] = reply["returncode"]
-                else:
-                    self._replies.append(reply)
-                self._changed.notify_all()
+                if "error" in reply:
+                    failure = reply["error"]
+                    continue
+                with self._changed:
+                    if "exited" in reply:
+                        self._exited[reply["exited"]] = reply["returncode"]
+                    else:
+                        # A new child may have an earlier one's pid.
+                        self._exited.pop(reply["pid"], None)
+                        self._replies.append(reply["pid"])
+                    self._changed.notify_all()
+        except Exception as e:
+            failure = f"its answers could not be read: {e!r}"
+        finally:
+            self._fail(failure)
+
+    def _fail(self, reason):
+        with self._changed:
+            if self._failure is None:
+                self._failure = f"the fork server (pid {self.pid}) failed: {reason}"
+            self._changed.notify_all()
 
     def spawn(self, argv, logFile, cwd, env):
         """
         Fork a node running twistd with C{argv[3:]}.
 
         @return: a L{ForkedProcess}.
+        @raise RuntimeError: if the server is gone or does not answer (it is
+            then given up).
         """
         request = json.dumps({"args": list(argv[3:]), "env": dict(env), "cwd": cwd}).encode()
         with self._lock:
+            if self._failure is not None:
+                raise RuntimeError(self._failure)
             socket.send_fds(self._control, [request], [logFile.fileno()])
             with self._changed:
-                self._changed.wait_for(lambda: self._replies or self._gone, timeout=30)
+                if not self._changed.wait_for(lambda: self._replies or self._failure, timeout=30):
+                    self._fail("no answer to a request within 30 s")
                 if not self._replies:
-                    raise RuntimeError("the fork server did not answer")
-                pid = self._replies.pop(0)["pid"]
+                    raise RuntimeError(self._failure)
+                pid = self._replies.pop(0)
         return ForkedProcess(self, pid, list(argv))
 
     def exitStatus(self, pid, timeout):
         """
         The exit status of child C{pid}, waiting up to C{timeout} s for it
         (forever if L{None}); L{None} if it is still running.
+
+        @raise RuntimeError: if the server failed before reporting it.
         """
         with self._changed:
-            self._changed.wait_for(lambda: pid in self._exited or self._gone, timeout=timeout)
-            if pid not in self._exited and self._gone:
-                raise RuntimeError(f"the fork server exited: the status of {pid} is lost")
+            self._changed.wait_for(lambda: pid in self._exited or self._failure, timeout=timeout)
+            if pid not in self._exited and self._failure is not None:
+                raise RuntimeError(f"{self._failure}; the status of {pid} is lost")
             return self._exited.get(pid)
 
-    def close(self):
-        """
-        Stop the server (the nodes it forked are their callers' to stop).
-        """
-        self._control.shutdown(socket.SHUT_RDWR)
-        self._reader.join(10)
-        self._control.close()
-        self._process.wait(10)
+
+#: What the interpreter reads once, at start: a forked node has the
+#: server's, so only nodes whose environment has the same values are forked.
+STARTUP_VARIABLES = (
+    "PYTHONPATH", "PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONDEVMODE", "PYTHONFAULTHANDLER",
+    "PYTHONIOENCODING", "PYTHONUNBUFFERED", "PYTHONUTF8", "PYTHONMALLOC", "LANG", "LC_ALL", "LC_CTYPE", "TZ",
+)
 
 
 def canFork(argv, env):
@@ -319,11 +355,10 @@ _servers = {}
 
 def forkServerFor(python, env):
     """
-    This process's L{ForkServer} for C{python} and C{env}'s C{PYTHONPATH},
-    started on first use and stopped at exit.
+    This process's L{ForkServer} for C{python} and C{env}'s
+    L{STARTUP_VARIABLES}, started on first use (again if it failed).
     """
-    key = (python, env.get("PYTHONPATH"))
-    if key not in _servers:
-        _servers[key] = server = ForkServer(python, env)
-        atexit.register(server.close)
+    key = (python,) + tuple(env.get(name) for name in STARTUP_VARIABLES)
+    if key not in _servers or not _servers[key].alive:
+        _servers[key] = ForkServer(python, env)
     return _servers[key]

@@ -49,24 +49,25 @@ def gatedFFmpeg(directory, name="gated"):
 
 
 _DRAINING = re.compile(r"Draining \(SIGTERM\)")
-#: Set to C{1} in a launcher's environment by C{LocalNodes(forkNodes=True)}.
-FORK_NODES_VARIABLE = "LIVEPEER_TX_TEST_FORK_NODES"
 
 
 class LocalNode(Node):
     """
     A node a test can query on its CLI port, crash, and stop without
-    waiting for its drain. Started by L{LocalNodes} with C{forkNodes}, a
-    twistd node is forked from this process's fork server when it can be
-    (see C{tests/forkserver.py}).
+    waiting for its drain.
+
+    @cvar forkNodes: whether a twistd node is forked from this process's
+        fork server when it can be (see C{tests/forkserver.py}).
     """
+
+    forkNodes = False
 
     def _spawn(self):
         """
-        Fork a twistd node from the fork server if its launcher asks for
-        it; start anything else cold.
+        Fork a twistd node from the fork server if this class forks; start
+        anything else cold.
         """
-        if self._env.get(FORK_NODES_VARIABLE) == "1":
+        if self.forkNodes:
             from forkserver import canFork, forkServerFor
 
             if canFork(self.argv, self._env):
@@ -147,6 +148,22 @@ class LocalOrchestratorNode(OrchestratorNode, LocalNode):
             time.sleep(0.1)
 
 
+class ForkedLocalNode(LocalNode):
+    """
+    A L{LocalNode} forked from the fork server.
+    """
+
+    forkNodes = True
+
+
+class ForkedLocalOrchestratorNode(LocalOrchestratorNode):
+    """
+    A L{LocalOrchestratorNode} forked from the fork server.
+    """
+
+    forkNodes = True
+
+
 class LocalNodes(NodeLauncher):
     """
     A L{NodeLauncher} whose nodes are L{LocalNode}s and
@@ -159,14 +176,15 @@ class LocalNodes(NodeLauncher):
     def __init__(self, workDir, python=None, env=None, secret=None, forkNodes=False):
         """
         @param forkNodes: fork twistd nodes from a fork server that has
-            imported Twisted and the taps once (the tests' choice), instead
-            of starting each in a new interpreter (the benchmarks', whose
-            figures are an operator's).
+            imported Twisted and the daemons once (the tests' choice),
+            instead of starting each in a new interpreter (the benchmarks',
+            whose figures are an operator's).
         @see: L{NodeLauncher.__init__} for the rest.
         """
         super().__init__(workDir, python, env, secret)
         if forkNodes:
-            self._env[FORK_NODES_VARIABLE] = "1"
+            self.orchestratorClass = ForkedLocalOrchestratorNode
+            self.nodeClass = ForkedLocalNode
 
     def stopAll(self, timeout=10.0):
         """

@@ -212,7 +212,7 @@ def test_orchestratorCliActions(events):
     harness.connect(capacity=3)
     app = harness.app
     app.drain = Drain(harness.clock, app, timeout=60)
-    root = app.makeCLIRoot(monitor=False)
+    root = app.makeCLIRoot(harness.clock, monitor=False)
     setMax = root.children[b"setMaxSessions"]
     assert post(setMax, {"maxSessions": "2"})[0] == 200
     assert app.pool.sessionLimit == 2 and app.fullStatus()["MaxSessions"] == 2

@@ -96,7 +96,9 @@ def test_registrationTranscodeAndRenditions(sharedNodes, clip4s, tmp_path):
 def test_statusIsPublicSafeAndMetrics(sharedNodes):
     """
     The public /status tells capacity but no secret and no transcoder
-    addresses; the CLI /status lists transcoders; /metrics uses go-livepeer's names.
+    addresses; the CLI /status lists transcoders; /metrics uses go-livepeer's names,
+    adds the process's own metrics, and keeps only the samples asked for
+    with C{name[]}.
     """
     _, orchestrator, _ = sharedNodes
     status, body = getURL(orchestrator, f"{orchestrator.publicUrl}/status")
@@ -112,6 +114,11 @@ def test_statusIsPublicSafeAndMetrics(sharedNodes):
     metrics = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read().decode()
     assert re.search(r"^livepeer_transcoders_number 1\.0$", metrics, re.M)
     assert re.search(rf"^livepeer_transcoders_capacity {SHARED_CAPACITY}\.0$", metrics, re.M)
+    assert re.search(r"^python_info\{", metrics, re.M) and re.search(r"^process_start_time_seconds ", metrics, re.M)
+    only = urllib.request.urlopen(f"http://{host}:{port}/metrics?name[]=livepeer_transcoders_number",
+                                  timeout=5).read().decode()
+    assert re.search(r"^livepeer_transcoders_number 1\.0$", only, re.M)
+    assert "livepeer_transcoders_capacity" not in only and "python_info" not in only
     assert secret not in orchestrator.logText()
 
 

@@ -28,6 +28,8 @@ from livepeer_tx.transcoder.ffmpeg import (
 )
 from tests.media import ffmpegBinaries, makeClip, probe
 
+import forkserver
+
 BINARIES = ffmpegBinaries()
 _CLIP_DIR = tempfile.mkdtemp(prefix="lptx-clips-")
 atexit.register(shutil.rmtree, _CLIP_DIR, True)
@@ -56,11 +58,19 @@ def tempDir(testCase):
     return path
 
 
-def childProcesses(excluding=()):
+def _isForkServer(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return os.path.abspath(forkserver.__file__).encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def childProcesses():
     """
     The (pid, state) of this process's children, zombies included, from
-    /proc, but for the pids C{excluding} (those a test found already there,
-    such as the end-to-end tests' fork server).
+    /proc, but for the end-to-end tests' fork server (C{tests/forkserver.py},
+    alive for the whole run of a worker).
     """
     me = str(os.getpid())
     children = []
@@ -72,7 +82,7 @@ def childProcesses(excluding=()):
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if fields[1] == me and int(entry) not in excluding:
+        if fields[1] == me and not _isForkServer(entry):
             children.append((int(entry), fields[0]))
     return children
 
@@ -249,12 +259,11 @@ class _FFmpegBinaryCase:
         self.reactor = reactor
         self.workDir = tempDir(self)
         self.transcoder = FFmpegTranscoder(reactor, BINARIES[self.binary], self.workDir, timeout=60)
-        self.earlierChildren = {pid for pid, _ in childProcesses()}
 
     def assertClean(self):
         self.assertEqual(os.listdir(self.workDir), [])
         self.assertEqual(self.transcoder.running, 0)
-        self.assertEqual(childProcesses(excluding=self.earlierChildren), [])
+        self.assertEqual(childProcesses(), [])
 
     def probeRendition(self, rendition):
         path = os.path.join(tempDir(self), "rendition" + rendition.profile.extension)
@@ -570,12 +579,11 @@ class StubbornProcessTests(unittest.TestCase):
             f.write("#!/bin/sh\ntrap '' TERM\nexec /bin/sleep 30\n")
         os.chmod(fake, 0o755)
         self.transcoder = FFmpegTranscoder(reactor, fake, self.workDir)
-        self.earlierChildren = {pid for pid, _ in childProcesses()}
 
     def assertClean(self):
         self.assertEqual(os.listdir(self.workDir), [])
         self.assertEqual(self.transcoder.running, 0)
-        self.assertEqual(childProcesses(excluding=self.earlierChildren), [])
+        self.assertEqual(childProcesses(), [])
 
     @defer.inlineCallbacks
     def test_timeout(self):

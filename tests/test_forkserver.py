@@ -74,7 +74,7 @@ def test_forkedNodeIsItsOwnProcess(forkingNodes, tmp_path):
     descriptors = {int(fd): os.readlink(f"/proc/{node.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{node.pid}/fd")}
     assert descriptors[0] == os.devnull
     assert descriptors[1] == descriptors[2] == node.logPath
-    server = forkServerFor(sys.executable, forkingNodes.env)._process.pid
+    server = forkServerFor(sys.executable, forkingNodes.env).pid
     serverSockets = {os.readlink(f"/proc/{server}/fd/{fd}") for fd in os.listdir(f"/proc/{server}/fd")
                      if os.readlink(f"/proc/{server}/fd/{fd}").startswith("socket:")}
     assert serverSockets and not serverSockets & set(descriptors.values())
@@ -95,8 +95,7 @@ def test_oneServerPerInterpreterAndPath(forkingNodes):
 def test_aNodeThatCannotStartFailsAlone(forkingNodes, tmp_path):
     """
     A node that fails before twistd runs (its directory is gone) exits 1
-    with the traceback in its log, as a cold start would, and the server
-    goes on forking nodes.
+    with the traceback in its log, and the server goes on forking nodes.
     """
     server = forkServerFor(sys.executable, forkingNodes.env)
     argv = forkingNodes.twistdCommand("web", {"help": True})

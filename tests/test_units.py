@@ -460,3 +460,25 @@ def test_taskAnswersDroppedOnceTheConnectionCloses():
     protocol.state = protocol.STATE_OPEN
     protocol.sendError(7, "failed")
     assert [wsproto.decodeControl(payload)["type"] for payload, _ in sent] == ["error"]
+
+
+def test_metricsRestrictedToTheNamesAskedFor():
+    """
+    The CLI's C{/metrics} collector serves the node's registry and the
+    default one (process and Python metrics), and C{name[]} restricts it to
+    the samples named, from either registry (prometheus_client asks for
+    C{restricted_registry}; without it the request fails).
+    """
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter
+    from prometheus_client.exposition import generate_latest
+
+    from livepeer_tx.web import CombinedRegistry
+
+    nodeRegistry = CollectorRegistry()
+    Counter("livepeer_test_segments", "Segments.", registry=nodeRegistry).inc(3)
+    combined = CombinedRegistry(nodeRegistry, REGISTRY)
+    everything = generate_latest(combined).decode()
+    assert "livepeer_test_segments_total 3.0" in everything and "python_info{" in everything
+    only = generate_latest(combined.restricted_registry(["livepeer_test_segments_total", "python_info"])).decode()
+    assert "livepeer_test_segments_total 3.0" in only and "python_info{" in only
+    assert "livepeer_test_segments_created" not in only and "process_" not in only

@@ -333,13 +333,13 @@ class Orchestrator(service.MultiService):
         return PublicPort(root, registry, {b"/" + RESULTS_PATH: resultBytes}, segments, orchestrator, transcoders,
                           bodyStreams={b"/segment": segmentResource.startUpload})
 
-    def makeCLIRoot(self, monitor, reactor=None):
+    def makeCLIRoot(self, reactor, monitor):
         """
         The CLI port's resource tree: full C{/status}, C{/metrics} with
         C{--monitor} (rendered on C{reactor}'s thread pool), and the actions
         C{POST /drain}, C{POST /resume} and C{POST /setMaxSessions}.
         """
-        root = makeCLIRoot(self.fullStatus, self.metrics.registry if monitor else None, reactor)
+        root = makeCLIRoot(reactor, self.fullStatus, self.metrics.registry if monitor else None)
         return addActions(root, {**drainActions(lambda: self.drain, self.fullStatus),
                                  "setMaxSessions": self._setMaxSessionsAction})
 

@@ -269,7 +269,7 @@ def makeService(config, reactor=None):
     publicEndpoint = serverTLS.endpoint(reactor, config["listenPort"], config["listenHost"])
     StreamServerEndpointService(publicEndpoint, publicFactory).setServiceParent(parent)
 
-    cliPortService(reactor, config, app.makeCLIRoot(config["monitor"], reactor)).setServiceParent(parent)
+    cliPortService(reactor, config, app.makeCLIRoot(reactor, config["monitor"])).setServiceParent(parent)
     _addOperations(reactor, parent, app, secret, serverTLS, config)
 
     _log.info("***Livepeer Running in Orchestrator Mode*** version={version}", version=__version__)

@@ -344,7 +344,7 @@ def makeService(config, reactor=None):
     reloader = TranscoderReloader(node, secret, makeTLSOptions if config["orchCert"] else None, options)
     makeSignalService(reactor, _log, reloader.reload, node.statusLine, node.drain).setServiceParent(node)
 
-    cliRoot = makeCLIRoot(node.status, registry if config["monitor"] else None, reactor)
+    cliRoot = makeCLIRoot(reactor, node.status, registry if config["monitor"] else None)
     addActions(cliRoot, {**drainActions(lambda: node.drain, node.status),
                          "setMaxSessions": lambda fields: _setMaxSessionsAction(node, fields)})
     cliPortService(reactor, config, cliRoot).setServiceParent(node)
