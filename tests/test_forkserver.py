@@ -14,20 +14,19 @@ import sys
 import pytest
 
 from forkserver import COLD_START_VARIABLE, canFork, forkServerFor
-from localnodes import LocalNodes
 
 from livepeer_tx.gateway.launcher import TWISTD_CODE
 
 
 @pytest.fixture
-def forkingNodes(tmp_path):
+def forkingNodes(nodes):
     """
-    A L{LocalNodes} that forks its twistd nodes.
+    The C{nodes} fixture, whose launcher forks its twistd nodes, unless this
+    run starts every node cold.
     """
     if os.environ.get(COLD_START_VARIABLE) == "1":
         pytest.skip(f"{COLD_START_VARIABLE}=1: every node starts cold in this run")
-    with LocalNodes(str(tmp_path / "nodes"), forkNodes=True) as local:
-        yield local
+    return nodes
 
 
 def test_onlyTwistdNodesAreForked():
