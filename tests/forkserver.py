@@ -57,10 +57,11 @@ _NOT_PRELOADED = ("livepeer_tx.chain", "livepeer_tx.gateway")
 def _nodeModules(path, prefix):
     """
     The names of the modules under C{path} (a package's C{__path__}) but
-    for L{_NOT_PRELOADED}, found without importing any of them.
+    for L{_NOT_PRELOADED}, found without importing any of them
+    (C{pkgutil.walk_packages} would import the chain package to walk it).
     """
     for module in pkgutil.iter_modules(path, prefix):
-        if any(module.name == skipped or module.name.startswith(skipped + ".") for skipped in _NOT_PRELOADED):
+        if module.name in _NOT_PRELOADED:
             continue
         yield module.name
         if module.ispkg:
@@ -121,11 +122,7 @@ def serve(controlFD):
     control = socket.socket(fileno=controlFD)
     try:
         _preload()
-    except Exception:
-        control.send(json.dumps({"error": traceback.format_exc()}).encode())
-        return
-    control.send(json.dumps({"ready": os.getpid()}).encode())
-    try:
+        control.send(json.dumps({"ready": os.getpid()}).encode())
         _forkNodes(control)
     except Exception:
         control.send(json.dumps({"error": traceback.format_exc()}).encode())

@@ -5,7 +5,7 @@ never kill, and drains that lose no segment (a transcoder's SIGTERM while it
 holds a segment, the orchestrator's SIGTERM while segments are in flight).
 
 A gateway thread pushes a live stream the way a go-livepeer gateway does:
-one segment per segment interval, not as fast as the nodes take them (which
+one segment per segment duration, not as fast as the nodes take them (which
 would transcode many more segments than the tests need). A segment refused
 before its upload is accepted (503, C{GetOrchestrator} refused, connection
 refused or closed before a status line) is sent to the next orchestrator;
@@ -37,16 +37,11 @@ def writeAtomically(path, data, mode=0o600):
     os.replace(temporary, path)
 
 
-#: The pace of the tests' live streams: one segment (1 s of video, announced
-#: as such) a second.
-SEGMENT_INTERVAL = 1.0
-
-
 class GatewayStream(threading.Thread):
     """
     One live stream of a gateway, as a go-livepeer gateway sends it: a
     segment (C{body} each time, announced as C{durationMs} long) every
-    C{interval} seconds until L{finish}, each to the first orchestrator of
+    C{durationMs} until L{finish}, each to the first orchestrator of
     C{orchestrators} that takes it, whose renditions it downloads before the
     next. A segment whose turn comes while the previous one is still on its
     way goes as soon as that one is done, and the turns after it count from
@@ -57,13 +52,12 @@ class GatewayStream(threading.Thread):
     @ivar refusals: C{(seq, orchestrator, how)} for each refusal.
     """
 
-    def __init__(self, orchestrators, body, manifestId, durationMs, interval):
+    def __init__(self, orchestrators, body, manifestId, durationMs):
         super().__init__(daemon=True)
         self.orchestrators = list(orchestrators)
         self.body = body
         self.manifestId = manifestId
         self.durationMs = durationMs
-        self.interval = interval
         self.served = {}
         self.lost = {}
         self.refusals = []
@@ -71,7 +65,7 @@ class GatewayStream(threading.Thread):
 
     def run(self):
         for seq in range(1000):
-            turn = time.monotonic() + self.interval
+            turn = time.monotonic() + self.durationMs / 1000
             self.sendOne(seq)
             # The stream's pace; finish() ends the wait at once.
             if self._finishing.wait(max(0.0, turn - time.monotonic())):
@@ -234,7 +228,7 @@ def test_secretRotationWithThreeTranscodersAndSegmentsInFlight(nodes, tinySegmen
         transcoders[-1].secretFile = secretFile
         orchestrator.waitForTranscoders(index + 1)
     open(gate, "w").close()
-    stream = GatewayStream([orchestrator], tinySegment, b"rotation", durationMs=1000, interval=SEGMENT_INTERVAL)
+    stream = GatewayStream([orchestrator], tinySegment, b"rotation", durationMs=1000)
     stream.start()
     # All three are idle and alike: the stream's session goes to the first
     # that registered, which the rotation retires first.
@@ -295,7 +289,7 @@ def test_drainsLoseNoSegment(nodes, tinySegment, tmp_path):
 
     # The transcoder's drain.
     open(wrappers[0][1], "w").close()
-    streams = [GatewayStream([first, fallback], tinySegment, name, durationMs=1000, interval=SEGMENT_INTERVAL)
+    streams = [GatewayStream([first, fallback], tinySegment, name, durationMs=1000)
                for name in (b"stream-a", b"stream-b")]
     streams[0].start()
     leaving.waitForLog(r"Transcoding taskId=")
