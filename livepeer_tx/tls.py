@@ -35,7 +35,7 @@ _log = Logger()
 # The bulk TLS transport's unit sizes (see BulkTLSTransport): a socket read,
 # the application data handed on at once, a plaintext write to OpenSSL.
 SOCKET_READ_BYTES = 256 * 1024
-DELIVERY_BYTES = 64 * 1024
+DELIVERY_BYTES = 256 * 1024
 TLS_WRITE_BYTES = 256 * 1024
 # The most one TLS record carries.
 TLS_RECORD_BYTES = 16 * 1024
