@@ -644,3 +644,36 @@ class InvalidRequestTests(unittest.TestCase):
         )
         self.assertIn("/nonexistent/ffmpeg", str(failure))
         self.assertEqual(os.listdir(self.workDir), [])
+
+
+class RenditionPieceTests(unittest.TestCase):
+    """
+    How a streamed transcode hands its renditions' bytes on: in pieces of
+    L{ffmpeg.RENDITION_PIECE_BYTES}, whatever size its pipe reads come in.
+    """
+
+    def test_piecesOfThePieceSize(self):
+        """
+        Each rendition's pipe reads (8 KiB, as Twisted reads a pipe) are
+        gathered and handed on in order, one piece of
+        L{ffmpeg.RENDITION_PIECE_BYTES} each time that much is in, and
+        interleaved renditions keep their own pieces. Handing on every read
+        would send the orchestrator one message per 8 KiB; a larger threshold
+        than the one documented would hold bytes back longer.
+        """
+        from twisted.internet.task import Clock
+
+        handed = []
+        profiles = [PRESETS["P240p30fps16x9"], PRESETS["P360p30fps16x9"]]
+        job = ffmpeg._PipeJob(FFmpegTranscoder(Clock(), "ffmpeg", tempDir(self)), ffmpeg.StreamedSegment(),
+                              profiles, None, 10, lambda index, data: handed.append((index, data)))
+        read = 8 * 1024
+        renditions = {index: os.urandom(2 * ffmpeg.RENDITION_PIECE_BYTES + read) for index in (0, 1)}
+        for at in range(0, len(renditions[0]), read):
+            for index in (0, 1):
+                job._output(ffmpeg.FIRST_OUTPUT_FD + index, renditions[index][at:at + read])
+        self.assertEqual([(index, len(data)) for index, data in handed],
+                         [(0, ffmpeg.RENDITION_PIECE_BYTES), (1, ffmpeg.RENDITION_PIECE_BYTES)] * 2)
+        for index in (0, 1):
+            job._handOn(index)
+            self.assertEqual(b"".join(data for i, data in handed if i == index), renditions[index])
