@@ -38,7 +38,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     .venv/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
     echo "$wanted" > "$stamp"
 fi
-.venv/bin/python -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
+# twistd finds its plugins through dropin.cache files that Twisted writes on
+# first use: write them here when missing or older than a plugin, not from
+# many nodes starting at once.
+for plugins in twisted/plugins .venv/lib/python3*/site-packages/twisted/plugins; do
+    if [ ! -e "$plugins/dropin.cache" ] || [ -n "$(find "$plugins" -maxdepth 1 -name '*.py' -newer "$plugins/dropin.cache")" ]; then
+        .venv/bin/python -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
+        break
+    fi
+done
 
 case "${1:-}" in
     demo)

@@ -382,8 +382,8 @@ class _FFmpegTestsMixin(_FFmpegBinaryCase):
         fires: the same sizes, frame and pixel counts as the file path, valid
         MPEG-TS, and no work file at any time.
         """
-        profiles = [PRESETS["P360p30fps16x9"], PRESETS["P240p30fps16x9"]]
-        data = clip(640, 360, 2)
+        profiles = [PRESETS["P240p30fps16x9"], PRESETS["P144p30fps16x9"]]
+        data = clip(320, 180, 1)
         received = {0: [], 1: []}
         segment = ffmpeg.StreamedSegment(len(data))
 
@@ -392,7 +392,7 @@ class _FFmpegTestsMixin(_FFmpegBinaryCase):
             received[index].append(piece)
 
         d = self.transcoder.transcodeStream(segment, profiles, onData)
-        self.streamInPieces(segment, data)
+        self.streamInPieces(segment, data, pieceBytes=16384)
         streamed = yield d
         fromFiles = yield self.transcoder.transcode(data, profiles)
         self.assertEqual((streamed.decodedFrames, streamed.decodedPixels),
