@@ -560,9 +560,11 @@ class _Job:
 
 # Rendition bytes are handed on in pieces of at least this much (the last
 # piece of each rendition excepted), not in every 8 KiB read of its pipe:
-# each piece is one message the orchestrator parses (bench/README.md, section
-# 5), and what waits when FFmpeg exits is at most this, 42 ms at 50 Mbit/s.
-RENDITION_PIECE_BYTES = 256 * 1024
+# each piece is one message the orchestrator parses, and what is still
+# waiting when FFmpeg exits crosses the link after it. 256 KiB saved the
+# orchestrator about 8% of its CPU but made segments 0.06-0.1 s slower over
+# the WAN benchmark's links (bench/README.md, section 5).
+RENDITION_PIECE_BYTES = 64 * 1024
 # FFmpeg's first rendition pipe: pipe:3 for the first profile, pipe:4 ...
 FIRST_OUTPUT_FD = 3
 STREAM_INPUT = "pipe:0"
