@@ -725,6 +725,12 @@ class HardenedH2Connection(GRPCH2Connection):
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.STREAM_WINDOW_BYTES,
             h2.settings.SettingCodes.MAX_FRAME_SIZE: self.MAX_FRAME_BYTES,
         })
+        # h2 takes larger frames only once the peer's SETTINGS ACK has been
+        # processed, and checks every frame of one read against the size in
+        # force when the read began: an ACK followed, in the same read, by a
+        # frame of the size it allows (as Go's client sends them) would be a
+        # connection error. Our own guard (dataReceived) enforces the size.
+        self.conn.max_inbound_frame_size = self.MAX_FRAME_BYTES
         self.conn.increment_flow_control_window(self.CONNECTION_WINDOW_BYTES - self.conn.inbound_flow_control_window)
         self._tryToWriteControlData()
 

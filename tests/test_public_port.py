@@ -362,6 +362,38 @@ def test_streamHeaderAndFlowControlSettings():
     assert 3 <= len(updates) <= 4
 
 
+def test_settingsAckAndALargeFrameInOneRead():
+    """
+    A client that has our SETTINGS sends its ACK and, in the same read, a
+    DATA frame of the 64 KiB they allow (Go's HTTP/2 client does; the bulk
+    TLS transport hands on up to 256 KiB of records at once): the body
+    arrives. h2 alone checks the whole read against the 16 KiB in force
+    before the ACK, and would close the connection with FRAME_SIZE_ERROR.
+    """
+    root = Recorder()
+    site, clock = makeSite(root, maxBodyBytes=10**7)
+    protocol = site.buildProtocol(PEER)
+    transport = StringTransport(peerAddress=PEER)
+    transport.negotiatedProtocol = b"h2"
+    protocol.makeConnection(transport)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    protocol.dataReceived(conn.data_to_send())
+    conn.receive_data(transport.value())
+    transport.clear()
+    assert conn.max_outbound_frame_size == HardenedH2Connection.MAX_FRAME_BYTES
+    body = b"b" * HardenedH2Connection.MAX_FRAME_BYTES
+    conn.send_headers(1, [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"o"),
+                          (b":path", b"/x"), (b"content-length", b"%d" % len(body))])
+    conn.send_data(1, body, end_stream=True)
+    protocol.dataReceived(conn.data_to_send())
+    clock.advance(0)
+    events = conn.receive_data(transport.value())
+    assert not [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert root.requests == [(b"/x", body)]
+    assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == b"ok %d" % len(body)
+
+
 # The orchestrator's port.
 
 
