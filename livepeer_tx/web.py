@@ -19,7 +19,7 @@ from io import BytesIO
 import h2.errors
 import h2.settings
 from Crypto.Hash import keccak
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Metric
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from prometheus_client.exposition import make_wsgi_app
 from twisted.internet.defer import succeed
 from twisted.internet.error import ConnectionLost
@@ -1153,23 +1153,10 @@ class CombinedRegistry:
     def restricted_registry(self, names):
         """
         The collector that C{/metrics?name[]=...} reads (prometheus_client's
-        name): only the samples called one of C{names}.
+        name): each registry's own restriction to the samples called one of
+        C{names}.
         """
-        return _RestrictedCollector(self, frozenset(names))
-
-
-class _RestrictedCollector:
-    def __init__(self, collector, names):
-        self._collector = collector
-        self._names = names
-
-    def collect(self):
-        for family in self._collector.collect():
-            samples = [sample for sample in family.samples if sample.name in self._names]
-            if samples:
-                restricted = Metric(family.name, family.documentation, family.type, family.unit)
-                restricted.samples = samples
-                yield restricted
+        return CombinedRegistry(*(registry.restricted_registry(names) for registry in self._registries))
 
 
 def makeCLIRoot(reactor, status, registry=None):
